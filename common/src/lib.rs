@@ -1,0 +1,36 @@
+//! # cpc-common
+//!
+//! The ComputeChain protocol as a worker farm meets it, with no networking and no async runtime, so that
+//! every other crate (the coordinator, the agents, the devnet, the tests) shares one byte-exact definition:
+//!
+//! - [`pyjson`]: Python's `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=True)`, which the
+//!   node hashes transaction payloads with;
+//! - [`crypto`] and [`address`]: secp256k1 keys, 64-byte `r‖s` signatures over 32-byte digests, bech32 addresses;
+//! - [`tx`]: the node's wire transaction, its hash, signing and admission-level checks;
+//! - [`compute_result`]: the `SUBMIT_RESULT` payload with the node's (pydantic) validation and canonical JSON;
+//! - [`merkle`] and [`block`]: the duplicate-last Merkle tree, `compute_root` and the block header hash;
+//! - [`synthetic`]: synthetic-v1 task derivation, Philox4x32-10 and the matrix element definition;
+//! - [`keystore`]: cpc-cli compatible key files;
+//! - [`rpc`]: the JSON shapes of the node's HTTP answers.
+//!
+//! Everything here is checked against `../shared/vectors` by the conformance tests in `tests/it`.
+
+pub mod address;
+pub mod block;
+pub mod compute_result;
+pub mod crypto;
+pub mod hashing;
+pub mod keystore;
+pub mod merkle;
+pub mod pyjson;
+pub mod rpc;
+pub mod synthetic;
+pub mod tx;
+
+pub use address::{Address, AddressError};
+pub use block::{Block, BlockHeader};
+pub use compute_result::{ComputeResult, ComputeResultError, PyInt};
+pub use crypto::{CryptoError, PublicKey, SecretKey, Signature};
+pub use hashing::{Digest32, sha256, sha256_hex};
+pub use merkle::{compute_root, merkle_root};
+pub use tx::{Transaction, TxError, TxType};
