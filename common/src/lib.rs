@@ -25,6 +25,8 @@ pub mod merkle;
 pub mod pyjson;
 pub mod rpc;
 pub mod synthetic;
+#[doc(hidden)]
+pub mod test_vectors;
 pub mod tx;
 
 pub use address::{Address, AddressError};
