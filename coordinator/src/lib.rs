@@ -1,1 +1,16 @@
-//! placeholder
+//! # cpc-coordinator
+//!
+//! The farm's coordinator and the operator's command line. This library holds what the `cpc-coordinator`
+//! binary drives and what tests call directly:
+//!
+//! - [`l1`]: the typed client of a ComputeChain node's HTTP RPC;
+//! - [`submit`]: building a `SUBMIT_RESULT` (or transfer) the node will accept, checking it as the node
+//!   would, and sending it;
+//! - [`verify`]: checking blocks (`compute_root`, signatures) and recomputing a worker's result.
+//!
+//! # Feature flags
+//! - `cuda`: offer the CUDA backend of `cpc-kernels` for local `task` and `verify` runs.
+
+pub mod l1;
+pub mod submit;
+pub mod verify;

@@ -1,1 +1,262 @@
-//! placeholder
+//! # cpc-kernels
+//!
+//! The compute side of synthetic-v1 (`../shared/spec/SYNTHETIC_V1.md`): given a challenge, a device
+//! produces the row leaves `L_r = sha256(C[r] as little-endian i32)` of `C = A · B` for a range of rows.
+//! `cpc-common` holds the readable definition (Philox, one element at a time); this crate holds the fast
+//! paths that are tested against it, behind one trait so that the agent never cares which device it drives:
+//!
+//! - [`Backend`]: what a device does, shaped for [`Shard`]s (one iteration, rows `r0..r1`), so one job can be
+//!   split over many devices and recombined by row index;
+//! - [`BackendKind`] and [`open`]: which device, chosen at run time (`"cpu"` or `"cuda"`);
+//! - [`cpu`]: the CPU backend: multi-threaded Philox generation, a cache-blocked exact `i8 × i8 → i32` GEMM
+//!   (AVX2 when the CPU has it, a portable scalar kernel otherwise) and SHA-256 per row;
+//! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
+//!
+//! # Feature flags
+//!
+//! - `cuda`: the CUDA backend. Without it [`CudaBackend`] is a stand-in with the same API whose constructor
+//!   answers [`BackendError::CudaNotCompiled`] ("built without CUDA support: rebuild with --features cuda"),
+//!   so callers never write `#[cfg(feature = "cuda")]` themselves.
+
+use cpc_common::{
+    hashing::Digest32,
+    merkle::merkle_root,
+    synthetic::{Challenge, MAX_MATRIX_SIZE},
+};
+use std::{fmt, ops::Range, str::FromStr};
+
+pub mod cpu;
+mod error;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(not(feature = "cuda"))]
+mod dummy_cuda;
+#[cfg(not(feature = "cuda"))]
+use dummy_cuda as cuda;
+
+pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+pub use error::BackendError;
+
+/// One unit of work: rows `r0..r1` of `C = A · B` for one iteration of a challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// The challenge (seed, n, iterations).
+    pub challenge: Challenge,
+    /// Which product: `A = matrix 2t`, `B = matrix 2t + 1`.
+    pub iteration: u32,
+    /// Rows `r0..r1` of C.
+    pub rows: Range<u32>,
+}
+
+impl Shard {
+    /// A shard, checked: rows non-empty and within `0..n`, iteration below the challenge's count.
+    pub fn new(challenge: Challenge, iteration: u32, rows: Range<u32>) -> Result<Self, BackendError> {
+        let shard = Self { challenge, iteration, rows };
+        shard.validate()?;
+        Ok(shard)
+    }
+
+    /// Every row of one iteration.
+    pub fn whole(challenge: Challenge, iteration: u32) -> Result<Self, BackendError> {
+        let n = challenge.matrix_size;
+        Self::new(challenge, iteration, 0..n)
+    }
+
+    /// Checks the bounds [`Shard::new`] checks (the fields are public, so backends check again).
+    pub fn validate(&self) -> Result<(), BackendError> {
+        let n = self.challenge.matrix_size;
+        if n == 0 || n > MAX_MATRIX_SIZE {
+            return Err(BackendError::InvalidShard(format!("matrix_size {n} is outside 1..={MAX_MATRIX_SIZE}")));
+        }
+        if self.rows.start >= self.rows.end {
+            return Err(BackendError::InvalidShard(format!("rows {:?} are empty", self.rows)));
+        }
+        if self.rows.end > n {
+            return Err(BackendError::InvalidShard(format!("rows {:?} go past the matrix size {n}", self.rows)));
+        }
+        if self.iteration >= self.challenge.iterations {
+            return Err(BackendError::InvalidShard(format!(
+                "iteration {} is not below the challenge's {} iterations",
+                self.iteration, self.challenge.iterations
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of rows.
+    pub fn row_count(&self) -> u32 {
+        self.rows.end.saturating_sub(self.rows.start)
+    }
+
+    /// Bytes this shard needs on a device (see [`shard_memory_bytes`]).
+    pub fn memory_bytes(&self) -> u64 {
+        shard_memory_bytes(self.challenge.matrix_size, self.row_count())
+    }
+}
+
+/// What a shard produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOutput {
+    /// Leaves `L_r0 .. L_{r1-1}`, in row order.
+    pub leaves: Vec<Digest32>,
+    /// The rows of C, row-major (`rows × n`), when the caller asked to keep them (for spot checks).
+    pub rows: Option<Vec<i32>>,
+}
+
+/// Which kind of device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU.
+    Cuda,
+}
+
+impl BackendKind {
+    /// The lower-case name (`"cpu"`, `"cuda"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            _ => Err(BackendError::UnknownKind(s.to_owned())),
+        }
+    }
+}
+
+/// What a device is and how much it can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Human-readable name (CPU model and SIMD kernel, or GPU model).
+    pub name: String,
+    /// Which kind of device.
+    pub kind: BackendKind,
+    /// Bytes available for shards (`u64::MAX` when the device cannot tell).
+    pub memory_bytes: u64,
+    /// Parallel units: worker threads on a CPU, streaming multiprocessors on a GPU.
+    pub compute_units: u32,
+}
+
+/// A device that computes shards. Implementations are exact: every backend returns the same leaves.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Short name for logs (e.g. `cpu-avx2`).
+    fn name(&self) -> &str;
+    /// What the device is and how much memory it has for shards.
+    fn info(&self) -> DeviceInfo;
+    /// Computes one shard: its row leaves, and the rows of C themselves when `keep_rows`.
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError>;
+}
+
+/// Bytes a shard of `rows` rows at matrix size `n` needs: `rows × n` of A (`i8`), `n × n` of B (`i8`,
+/// padded to whole 16-column groups and an even number of rows) and `rows × n × 4` of C (`i32`).
+pub fn shard_memory_bytes(n: u32, rows: u32) -> u64 {
+    let (n, rows) = (u64::from(n), u64::from(rows));
+    let b = n.div_ceil(16) * 16 * n.div_ceil(2) * 2;
+    rows * n + b + rows * n * 4
+}
+
+/// The largest number of rows at matrix size `n` that fits in `memory_bytes` (0 when not even one does).
+pub fn max_rows_for_memory(n: u32, memory_bytes: u64) -> u32 {
+    let fixed = shard_memory_bytes(n, 0);
+    let per_row = u64::from(n) * 5;
+    let rows = memory_bytes.saturating_sub(fixed) / per_row.max(1);
+    u32::try_from(rows.min(u64::from(n))).unwrap_or(n)
+}
+
+/// The `result_hash` of a whole challenge on one backend: every iteration's leaves, their Merkle root, and
+/// with more than one iteration the Merkle root over the roots. Each iteration runs as one shard, or as
+/// several when the device's memory cannot hold all n rows at once.
+pub fn result_hash(backend: &dyn Backend, challenge: &Challenge) -> Result<Digest32, BackendError> {
+    let n = challenge.matrix_size;
+    let info = backend.info();
+    let step = max_rows_for_memory(n, info.memory_bytes).max(1);
+    let mut roots = Vec::with_capacity(challenge.iterations as usize);
+    for iteration in 0..challenge.iterations {
+        let mut leaves = Vec::with_capacity(n as usize);
+        let mut r0 = 0;
+        while r0 < n {
+            let r1 = r0.saturating_add(step).min(n);
+            let shard = Shard::new(challenge.clone(), iteration, r0..r1)?;
+            leaves.extend(backend.run_shard(&shard, false)?.leaves);
+            r0 = r1;
+        }
+        roots.push(merkle_root(&leaves));
+    }
+    Ok(Challenge::combine_iterations(&roots))
+}
+
+/// Opens device `device` of kind `kind`. The CPU is device 0 and uses every core; CUDA needs the `cuda`
+/// feature (without it this answers [`BackendError::CudaNotCompiled`]).
+pub fn open(kind: BackendKind, device: usize) -> Result<Box<dyn Backend>, BackendError> {
+    match kind {
+        BackendKind::Cpu => {
+            if device != 0 {
+                return Err(BackendError::NoDevice { kind, index: device, found: 1 });
+            }
+            Ok(Box::new(CpuBackend::new(0)?))
+        }
+        BackendKind::Cuda => Ok(Box::new(CudaBackend::new(device)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(n: u32, iterations: u32) -> Challenge {
+        Challenge::new("unit", n, iterations).expect("valid challenge")
+    }
+
+    #[test]
+    fn shard_bounds() {
+        assert!(Shard::new(challenge(8, 1), 0, 0..8).is_ok());
+        assert!(Shard::new(challenge(8, 1), 0, 3..3).is_err());
+        assert!(Shard::new(challenge(8, 1), 0, 0..9).is_err());
+        assert!(Shard::new(challenge(8, 2), 2, 0..8).is_err());
+        let raw = Shard { challenge: challenge(8, 1), iteration: 0, rows: 5..2 };
+        assert!(matches!(raw.validate(), Err(BackendError::InvalidShard(_))));
+    }
+
+    #[test]
+    fn kind_round_trips() {
+        for kind in [BackendKind::Cpu, BackendKind::Cuda] {
+            assert_eq!(kind.to_string().parse::<BackendKind>().expect("parses"), kind);
+        }
+        assert!("tpu".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn memory_accounting() {
+        assert_eq!(shard_memory_bytes(1024, 1024), 1024 * 1024 * 6);
+        assert_eq!(shard_memory_bytes(3, 1), 3 + 16 * 4 + 12);
+        assert_eq!(max_rows_for_memory(1024, u64::MAX), 1024);
+        assert_eq!(max_rows_for_memory(1024, 1024 * 1024 + 10 * 5 * 1024), 10);
+        assert_eq!(max_rows_for_memory(1024, 10), 0);
+    }
+
+    #[test]
+    fn cuda_without_feature_says_so() {
+        if cfg!(not(feature = "cuda")) {
+            let err = open(BackendKind::Cuda, 0).expect_err("no cuda");
+            assert!(err.to_string().contains("rebuild with --features cuda"), "{err}");
+        }
+    }
+}

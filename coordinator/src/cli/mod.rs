@@ -1,0 +1,93 @@
+//! Command-line surface of `cpc-coordinator`: one argument struct per concern, one module per group of
+//! subcommands. Each command resolves its arguments, calls the library and prints; `--json` switches
+//! data output to one JSON document on stdout.
+
+mod chain;
+mod compute;
+mod keys;
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use cpc_common::keystore::Keystore;
+use cpc_coordinator::l1::NodeClient;
+use std::{path::PathBuf, process::ExitCode};
+
+/// Default L1 node URL (the public node's port on localhost).
+pub(crate) const DEFAULT_NODE_URL: &str = "http://localhost:8000";
+
+/// Exit code for "checked, and it is wrong" (as opposed to 1: "could not check").
+pub(crate) const EXIT_MISMATCH: u8 = 3;
+
+/// cpc-farm coordinator and operator tool for ComputeChain Proof-of-Compute.
+#[derive(Debug, Parser)]
+#[command(name = "cpc-coordinator", version, about)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// URL of the ComputeChain L1 node.
+    #[arg(long, global = true, env = "CPC_NODE", default_value = DEFAULT_NODE_URL, help_heading = "Global")]
+    pub(crate) node: String,
+    /// Keystore directory (cpc-cli's layout) [default: ~/.computechain/keys].
+    #[arg(long, global = true, env = "CPC_KEYSTORE", help_heading = "Global")]
+    pub(crate) keystore: Option<PathBuf>,
+    /// Print data as JSON.
+    #[arg(long, global = true, help_heading = "Global")]
+    pub(crate) json: bool,
+}
+
+impl GlobalArgs {
+    pub(crate) fn keystore(&self) -> Keystore {
+        Keystore::new(self.keystore.clone().unwrap_or_else(Keystore::default_dir))
+    }
+
+    pub(crate) fn node(&self) -> NodeClient {
+        NodeClient::new(&self.node)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage worker keys (cpc-cli compatible files).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Show the node's head.
+    Status,
+    /// Show the balance and nonce of an address or key name.
+    Balance {
+        /// A `cpc1...` address or a key name from the keystore.
+        who: String,
+    },
+    /// Send transactions.
+    #[command(subcommand)]
+    Tx(chain::TxCommand),
+    /// Sign and send a SUBMIT_RESULT (validated locally first).
+    SubmitResult(chain::SubmitResultArgs),
+    /// Query the chain.
+    #[command(subcommand)]
+    Query(chain::QueryCommand),
+    /// Derive a block task and compute it locally.
+    Task(compute::TaskArgs),
+    /// Recompute a worker's on-chain result for a block and check it.
+    Verify(compute::VerifyArgs),
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Keys(cmd) => keys::run(g, cmd),
+        Command::Status => chain::status(g).await,
+        Command::Balance { who } => chain::balance(g, &who).await,
+        Command::Tx(cmd) => chain::tx(g, cmd).await,
+        Command::SubmitResult(args) => chain::submit_result(g, args).await,
+        Command::Query(cmd) => chain::query(g, cmd).await,
+        Command::Task(args) => compute::task(g, args).await,
+        Command::Verify(args) => compute::verify(g, args).await,
+    }
+}

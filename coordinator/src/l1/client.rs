@@ -1,0 +1,171 @@
+use cpc_common::{
+    Block, Transaction,
+    rpc::{BalanceResponse, NonceResponse, ReceiptResponse, SendStatus, SendTxResponse, StatusResponse},
+};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// How long to wait for a TCP connection to the node.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a whole answer.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node could not be reached at all (refused, DNS, timeout).
+    #[error("L1 node at {url} is unreachable ({reason}); check --node / CPC_NODE and that the node is running")]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The node answered 404.
+    #[error("not found on the L1 node: {url}")]
+    NotFound {
+        /// The URL called.
+        url: String,
+    },
+    /// The node answered with an unexpected HTTP status.
+    #[error("L1 node answered HTTP {status} for {url}: {body}")]
+    Status {
+        /// The URL called.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The answer was not the JSON the RPC promises.
+    #[error("L1 node at {url} sent an answer this client does not understand: {reason}")]
+    Decode {
+        /// The URL called.
+        url: String,
+        /// What did not parse.
+        reason: String,
+    },
+    /// The node refused the transaction.
+    #[error("the node rejected transaction {tx_hash}: {reason}")]
+    Rejected {
+        /// The transaction's hash.
+        tx_hash: String,
+        /// The node's reason.
+        reason: String,
+    },
+}
+
+/// A client for one node.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    /// A client for the node at `base_url` (e.g. `http://localhost:8000`).
+    pub fn new(base_url: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
+            .timeout(DEFAULT_REQUEST_TIMEOUT)
+            .build()
+            // Building a client without TLS or proxies configured only fails if the OS is broken.
+            .unwrap_or_default();
+        Self { base: base_url.trim_end_matches('/').to_owned(), http }
+    }
+
+    /// The node's base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, NodeError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.http.get(&url).send().await.map_err(|e| unreachable(&url, &e))?;
+        decode(url, resp).await
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> Result<StatusResponse, NodeError> {
+        self.get("/status").await
+    }
+
+    /// `GET /block/{height}`; `Ok(None)` when the node has no such block yet.
+    pub async fn block(&self, height: u64) -> Result<Option<Block>, NodeError> {
+        match self.get(&format!("/block/{height}")).await {
+            Ok(b) => Ok(Some(b)),
+            Err(NodeError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /balance/{address}`.
+    pub async fn balance(&self, address: &str) -> Result<BalanceResponse, NodeError> {
+        self.get(&format!("/balance/{address}")).await
+    }
+
+    /// `GET /nonce/{address}`: the next nonce, counting queued transactions.
+    pub async fn pending_nonce(&self, address: &str) -> Result<u64, NodeError> {
+        self.get::<NonceResponse>(&format!("/nonce/{address}")).await.map(|r| r.nonce)
+    }
+
+    /// `GET /tx/{hash}/receipt`; `Ok(None)` when the node does not know the hash.
+    pub async fn receipt(&self, tx_hash: &str) -> Result<Option<ReceiptResponse>, NodeError> {
+        match self.get(&format!("/tx/{tx_hash}/receipt")).await {
+            Ok(r) => Ok(Some(r)),
+            Err(NodeError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /tx/send`. A `rejected` answer is an error carrying the node's reason.
+    pub async fn send_tx(&self, tx: &Transaction) -> Result<String, NodeError> {
+        let url = format!("{}/tx/send", self.base);
+        let resp = self.http.post(&url).json(tx).send().await.map_err(|e| unreachable(&url, &e))?;
+        let answer: SendTxResponse = decode(url, resp).await?;
+        match answer.status {
+            SendStatus::Received => Ok(answer.tx_hash),
+            SendStatus::Rejected => Err(NodeError::Rejected {
+                tx_hash: answer.tx_hash,
+                reason: answer.error.unwrap_or_else(|| "no reason given".to_owned()),
+            }),
+        }
+    }
+
+    /// Looks for `tx_hash` in blocks `from..=head`, newest last; the block list is the authority on
+    /// inclusion (receipts can stay `pending` after a tx is in a block).
+    pub async fn find_tx(&self, tx_hash: &str, from: u64) -> Result<Option<(u64, Block)>, NodeError> {
+        let head = self.status().await?.height;
+        for h in from..=head {
+            if let Some(block) = self.block(h).await? {
+                if block.txs.iter().any(|tx| tx.hash_hex() == tx_hash) {
+                    return Ok(Some((h, block)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn unreachable(url: &str, e: &reqwest::Error) -> NodeError {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    NodeError::Unreachable { url: url.to_owned(), reason }
+}
+
+async fn decode<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T, NodeError> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| unreachable(&url, &e))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(NodeError::NotFound { url });
+    }
+    if !status.is_success() {
+        let body: String = String::from_utf8_lossy(&bytes).chars().take(500).collect();
+        return Err(NodeError::Status { url, status: status.as_u16(), body });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| NodeError::Decode { url, reason: e.to_string() })
+}

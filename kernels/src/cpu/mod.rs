@@ -1,0 +1,272 @@
+//! The CPU backend: Philox generation ([`generate`]), the exact `i8` GEMM ([`gemm`]) and row hashing
+//! ([`hash`]), each multi-threaded on the backend's own rayon pool.
+//!
+//! The building blocks are public so that benches and tools can time or reuse them one by one; they run
+//! on the current rayon pool (the global one unless called inside [`CpuBackend`]'s).
+
+pub mod gemm;
+pub mod generate;
+pub mod hash;
+
+use crate::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
+use cpc_common::synthetic::matrix_ids;
+pub use generate::{PackedB, generate_rows};
+pub use hash::{hash_row, hash_rows};
+use std::num::NonZeroU32;
+
+/// Which GEMM micro-kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, no SIMD intrinsics (the reference the AVX2 kernel is tested against).
+    Scalar,
+    /// x86-64 AVX2: `i8 → i16` widening and `_mm256_madd_epi16` into `i32` accumulators.
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU can run.
+    pub fn detect() -> Self {
+        if Self::Avx2.is_available() { Self::Avx2 } else { Self::Scalar }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx2 => false,
+        }
+    }
+
+    /// This kernel if available, else [`Kernel::Scalar`].
+    pub fn resolve(self) -> Self {
+        if self.is_available() { self } else { Self::Scalar }
+    }
+
+    /// Lower-case name (`"scalar"`, `"avx2"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+        }
+    }
+
+    /// Runs the micro-kernel: `block = A-pack · panel` over the k block both cover.
+    #[inline]
+    fn run(self, a: &[u32], panel: &[i8], block: &mut [[i32; gemm::NR]; gemm::MR]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
+                // SAFETY: the kernel only needs AVX2, which was just detected on this CPU (a cached atomic load,
+                // negligible next to the ~thousand cycles of one call); it touches memory only through slices.
+                unsafe { gemm::avx2::kernel(a, panel, block) }
+            }
+            _ => gemm::kernel_scalar(a, panel, block),
+        }
+    }
+}
+
+/// The CPU backend: every core (or the number of threads asked for) on one shard at a time.
+#[derive(Debug)]
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    kernel: Kernel,
+    name: String,
+    fault_every: Option<NonZeroU32>,
+    memory_limit: Option<u64>,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` worker threads (0: one per logical CPU, or `RAYON_NUM_THREADS`) and the
+    /// fastest kernel the CPU supports.
+    pub fn new(threads: usize) -> Result<Self, BackendError> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("cpc-cpu-{i}")).build()?;
+        let kernel = Kernel::detect();
+        Ok(Self { pool, kernel, name: format!("cpu-{}", kernel.as_str()), fault_every: None, memory_limit: None })
+    }
+
+    /// Forces a kernel (falls back to scalar where the CPU lacks it). For parity tests and benches.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel.resolve();
+        self.name = format!("cpu-{}", self.kernel.as_str());
+        self
+    }
+
+    /// **For tests and demos only**: a dishonest backend that adds 1 to one element of C (column `r % n`) in
+    /// every row `r` with `r % every_k_rows == 0`, before hashing, so that spot checks can be shown to catch
+    /// it. `0` turns injection off.
+    pub fn with_fault_injection(mut self, every_k_rows: u32) -> Self {
+        self.fault_every = NonZeroU32::new(every_k_rows);
+        self
+    }
+
+    /// Caps the memory the backend reports for shards (default: the host's available memory).
+    pub fn with_memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included (no checks: callers
+    /// validate the shard first).
+    fn product_rows(&self, shard: &Shard) -> Vec<i32> {
+        let n = shard.challenge.matrix_size;
+        let km = shard.challenge.key_material();
+        let (a_id, b_id) = matrix_ids(shard.iteration);
+        let (a, b) = rayon::join(
+            || generate_rows(&km, a_id, shard.rows.clone(), n),
+            || PackedB::generate(&km, b_id, n),
+        );
+        let mut c = gemm::gemm(&a, shard.row_count() as usize, &b, self.kernel);
+        if let Some(k) = self.fault_every {
+            for (r, row) in shard.rows.clone().zip(c.chunks_mut(n as usize)) {
+                if r % k.get() == 0 {
+                    let j = (r % n) as usize;
+                    row[j] = row[j].wrapping_add(1);
+                }
+            }
+        }
+        c
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn info(&self) -> DeviceInfo {
+        let memory_bytes = self.memory_limit.or_else(host_available_memory).unwrap_or(u64::MAX);
+        let threads = self.threads();
+        DeviceInfo {
+            name: format!("{} ({}, {threads} threads)", cpu_model().unwrap_or_else(|| "CPU".into()), self.kernel.as_str()),
+            kind: BackendKind::Cpu,
+            memory_bytes,
+            compute_units: u32::try_from(threads).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        shard.validate()?;
+        let info = self.info();
+        let needed = shard.memory_bytes();
+        if needed > info.memory_bytes {
+            return Err(BackendError::ShardTooLarge {
+                n: shard.challenge.matrix_size,
+                rows: shard.row_count(),
+                needed,
+                available: info.memory_bytes,
+                device: info.name,
+            });
+        }
+        let n = shard.challenge.matrix_size as usize;
+        self.pool.install(|| {
+            let c = self.product_rows(shard);
+            let leaves = hash_rows(&c, n);
+            Ok(ShardOutput { leaves, rows: keep_rows.then_some(c) })
+        })
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo` (Linux), in bytes.
+fn host_available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The CPU model from `/proc/cpuinfo` (Linux).
+fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpc_common::synthetic::Challenge;
+
+    fn naive(a: &[i8], b: &[i8], m: usize, n: usize) -> Vec<i32> {
+        let mut c = vec![0i32; m * n];
+        for i in 0..m {
+            for k in 0..n {
+                let av = i32::from(a[i * n + k]);
+                for j in 0..n {
+                    c[i * n + j] += av * i32::from(b[k * n + j]);
+                }
+            }
+        }
+        c
+    }
+
+    fn pseudo(len: usize, seed: u32) -> Vec<i8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as i8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gemm_matches_naive_on_odd_shapes() {
+        for (m, n) in [(1, 1), (1, 2), (7, 3), (13, 17), (6, 16), (97, 33), (5, 300), (100, 530)] {
+            let (a, b) = (pseudo(m * n, m as u32), pseudo(n * n, n as u32));
+            let packed = PackedB::from_rows(&b, n);
+            let want = naive(&a, &b, m, n);
+            for kernel in [Kernel::Scalar, Kernel::Avx2] {
+                assert_eq!(gemm::gemm(&a, m, &packed, kernel), want, "m={m} n={n} {kernel:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_values_are_exact() {
+        // All -128: every product is 2^14, the largest; C = n · 2^14 everywhere.
+        let n = 530;
+        let a = vec![i8::MIN; 3 * n];
+        let packed = PackedB::from_rows(&vec![i8::MIN; n * n], n);
+        for kernel in [Kernel::Scalar, Kernel::Avx2] {
+            assert!(gemm::gemm(&a, 3, &packed, kernel).iter().all(|&v| v == (n as i32) << 14));
+        }
+    }
+
+    #[test]
+    fn shard_rows_match_c_element() {
+        let backend = CpuBackend::new(2).expect("pool");
+        let challenge = Challenge::new("cpu-unit", 37, 2).expect("challenge");
+        let shard = Shard::new(challenge.clone(), 1, 5..19).expect("shard");
+        let out = backend.run_shard(&shard, true).expect("runs");
+        let rows = out.rows.expect("kept");
+        for (i, r) in (5..19).enumerate() {
+            for j in 0..37 {
+                assert_eq!(rows[i * 37 + j as usize], challenge.c_element(1, r, j));
+            }
+            assert_eq!(out.leaves[i], hash_row(&rows[i * 37..(i + 1) * 37]));
+        }
+    }
+
+    #[test]
+    fn too_large_shard_is_refused() {
+        let backend = CpuBackend::new(1).expect("pool").with_memory_limit(1000);
+        let shard = Shard::whole(Challenge::new("big", 64, 1).expect("challenge"), 0).expect("shard");
+        let err = backend.run_shard(&shard, false).expect_err("too large");
+        assert!(matches!(err, BackendError::ShardTooLarge { .. }), "{err}");
+    }
+}
