@@ -1,1 +1,298 @@
-//! placeholder
+//! # cpc-agent
+//!
+//! The per-host agent of a cpc-farm. It dials its coordinator over QUIC (so agents behind NAT work, and adding
+//! capacity is starting another agent), trusts only the certificate whose fingerprint it was given, presents
+//! the join token, announces its devices with their measured throughput, and then answers the coordinator's
+//! requests: run a shard, show a row for a spot check.
+//!
+//! - [`device`]: one actix actor per device, compute off the actor thread, a bounded row cache;
+//! - [`session`]: one connection's life: handshake, heartbeats, request streams, draining;
+//! - [`tls`]: the pinned-fingerprint certificate verifier;
+//! - [`metrics`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`;
+//! - [`noop`]: a backend that computes nothing, for transport benchmarks.
+//!
+//! [`run`] is the whole agent (reconnecting with exponential backoff and jitter until told to drain);
+//! [`AgentThread`] runs one on its own thread and actix system, for tests, benches and embedding.
+//!
+//! # Feature flags
+//! - `cuda`: run shards on NVIDIA GPUs (enables `cpc-kernels/cuda`).
+
+pub mod device;
+mod io;
+pub mod metrics;
+pub mod noop;
+pub mod session;
+pub mod tls;
+
+use cpc_kernels::Backend;
+use rand::Rng as _;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Duration,
+};
+use tokio::sync::{oneshot, watch};
+
+/// Default bytes of rows kept for spot checks.
+pub const DEFAULT_ROW_CACHE_BYTES: u64 = 512 * 1024 * 1024;
+/// Default matrix size of the start-up throughput measurement.
+pub const DEFAULT_MEASURE_MATRIX_SIZE: u32 = 256;
+/// Default first reconnect delay.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// Default longest reconnect delay.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `HOST:PORT` of the coordinator (resolved at every attempt).
+    pub coordinator: String,
+    /// The coordinator's join token.
+    pub token: String,
+    /// The coordinator's certificate fingerprint (SHA-256 of its DER, hex).
+    pub fingerprint: String,
+    /// Name in the coordinator's logs and reports.
+    pub name: String,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// First reconnect delay (doubles up to `backoff_max`, with jitter).
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Bytes of rows kept for spot checks.
+    pub row_cache_bytes: u64,
+    /// Matrix size of the throughput measurement at start (0: skip, announce 1 op/s).
+    pub measure_matrix_size: u32,
+    /// After draining, how long to keep answering spot checks once the last shard is done.
+    pub drain_grace: Duration,
+    /// Longest a drain may take before the agent leaves anyway.
+    pub drain_timeout: Duration,
+    /// Time for the coordinator to answer `Hello`.
+    pub handshake_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults around the three things an agent must be told.
+    pub fn new(
+        coordinator: impl Into<String>,
+        token: impl Into<String>,
+        fingerprint: impl Into<String>,
+    ) -> Self {
+        Self {
+            coordinator: coordinator.into(),
+            token: token.into(),
+            fingerprint: fingerprint.into(),
+            name: default_name(),
+            metrics_listen: None,
+            idle_timeout: Duration::from_secs(15),
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            row_cache_bytes: DEFAULT_ROW_CACHE_BYTES,
+            measure_matrix_size: DEFAULT_MEASURE_MATRIX_SIZE,
+            drain_grace: Duration::from_millis(500),
+            drain_timeout: Duration::from_secs(900),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "agent".into())
+}
+
+/// One device the agent runs.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// Its index (as in `--devices`).
+    pub index: u32,
+    /// Its backend.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// Why an agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The coordinator refused the agent (wrong token, protocol version...): retrying will not help.
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
+    /// The coordinator's certificate is not the pinned one.
+    #[error(
+        "the coordinator's certificate has fingerprint {presented}, not the pinned {pinned}: this is not the \
+         coordinator you were given (or it has a new certificate); check --coordinator and \
+         --coordinator-fingerprint"
+    )]
+    FingerprintMismatch {
+        /// The fingerprint it presented.
+        presented: String,
+        /// The one pinned.
+        pinned: String,
+    },
+    /// `--coordinator-fingerprint` is not 64 hex digits.
+    #[error("--coordinator-fingerprint `{0}` is not a SHA-256 fingerprint (64 hex digits)")]
+    BadFingerprint(String),
+    /// A device could not start.
+    #[error("device {index}: {reason}")]
+    Device {
+        /// Its index.
+        index: u32,
+        /// Why.
+        reason: String,
+    },
+    /// No device to run.
+    #[error("no device to run: check --backend and --devices")]
+    NoDevices,
+    /// The local socket or TLS setup failed.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The agent was killed (tests).
+    #[error("killed")]
+    Killed,
+}
+
+impl AgentError {
+    /// Whether reconnecting cannot help.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Self::Setup(_))
+    }
+}
+
+/// Runs an agent until `shutdown` turns true (then drains: finishes the shards in hand, takes no new one) or a
+/// fatal error. Must run inside an actix system.
+pub async fn run(
+    config: AgentConfig,
+    devices: Vec<DeviceSpec>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let pinned = tls::parse_fingerprint(&config.fingerprint)
+        .ok_or_else(|| AgentError::BadFingerprint(config.fingerprint.clone()))?;
+    if devices.is_empty() {
+        return Err(AgentError::NoDevices);
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics_listen {
+        let bound = metrics::serve(addr, ready.clone()).await.map_err(|e| {
+            AgentError::Setup(format!(
+                "cannot serve metrics on {addr}: {e} (choose another --metrics)"
+            ))
+        })?;
+        tracing::info!(%bound, "metrics endpoint up");
+    }
+    let cache = Arc::new(Mutex::new(device::RowCache::new(config.row_cache_bytes)));
+    let mut actors = session::Devices::default();
+    for spec in devices {
+        let (addr, advert) =
+            device::start(spec.index, spec.backend, cache.clone(), config.measure_matrix_size)
+                .await
+                .map_err(|reason| AgentError::Device { index: spec.index, reason })?;
+        tracing::info!(device = advert.index, name = %advert.name, ops_per_sec = advert.measured_ops_per_sec, "device ready");
+        actors.insert(advert, addr);
+    }
+    metrics::devices(actors.len());
+    let ctx = session::SessionCtx { config: config.clone(), pinned, devices: actors, cache, ready };
+    let mut attempt: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if attempt > 0 {
+            metrics::reconnect();
+        }
+        let mut welcomed = false;
+        match session::run(&ctx, &mut shutdown, &mut welcomed).await {
+            Ok(session::End::Drained) => return Ok(()),
+            Ok(session::End::Lost(reason)) => {
+                tracing::warn!(%reason, "connection to the coordinator lost")
+            }
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => tracing::warn!("cannot reach the coordinator: {e}"),
+        }
+        attempt = if welcomed { 1 } else { attempt.saturating_add(1) };
+        let delay = backoff(config.backoff_initial, config.backoff_max, attempt);
+        tracing::info!(?delay, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Delay before attempt `attempt` (≥ 1): `initial·2^(attempt-1)` capped at `max`, times a jitter in [0.5, 1].
+pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+/// An agent on its own thread and actix system.
+#[derive(Debug)]
+pub struct AgentThread {
+    shutdown: watch::Sender<bool>,
+    kill: Option<oneshot::Sender<()>>,
+    join: Option<std::thread::JoinHandle<Result<(), AgentError>>>,
+}
+
+impl AgentThread {
+    /// Starts an agent.
+    pub fn spawn(config: AgentConfig, devices: Vec<DeviceSpec>) -> Self {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (kill, kill_rx) = oneshot::channel::<()>();
+        let name = format!("cpc-agent-{}", config.name);
+        let join = std::thread::Builder::new().name(name).spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                tokio::select! {
+                    r = run(config, devices, shutdown_rx) => r,
+                    _ = kill_rx => Err(AgentError::Killed),
+                }
+            })
+        });
+        let join = match join {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::error!("cannot spawn an agent thread: {e}");
+                None
+            }
+        };
+        Self { shutdown, kill: Some(kill), join }
+    }
+
+    /// Asks the agent to drain (as SIGTERM does).
+    pub fn drain(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Stops the agent at once, as a crash would: no goodbye to the coordinator.
+    pub fn kill(&mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+    }
+
+    /// Whether the agent has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.join.as_ref().is_none_or(std::thread::JoinHandle::is_finished)
+    }
+
+    /// Waits for the agent to stop; answers why it did.
+    pub fn join(mut self) -> Result<(), AgentError> {
+        match self.join.take() {
+            Some(j) => {
+                j.join().map_err(|_| AgentError::Setup("the agent thread panicked".into()))?
+            }
+            None => Err(AgentError::Setup("the agent thread never started".into())),
+        }
+    }
+}
+
+impl Drop for AgentThread {
+    fn drop(&mut self) {
+        if let Some(j) = self.join.take() {
+            self.kill();
+            let _ = j.join();
+        }
+    }
+}

@@ -61,7 +61,8 @@ impl FromStr for Address {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (hrp, data) = bech32::decode(s).map_err(|_| AddressError::NotBech32(s.to_owned()))?;
         // `decode` accepts bech32m too; the node's addresses are plain bech32.
-        let canonical = bech32::encode::<Bech32>(hrp, &data).map_err(|_| AddressError::NotBech32(s.to_owned()))?;
+        let canonical = bech32::encode::<Bech32>(hrp, &data)
+            .map_err(|_| AddressError::NotBech32(s.to_owned()))?;
         if canonical != s.to_ascii_lowercase() {
             return Err(AddressError::NotBech32(s.to_owned()));
         }

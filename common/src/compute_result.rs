@@ -195,7 +195,10 @@ impl ComputeResult {
 
     /// What the worker signs (hashed with SHA-256): `task_id + worker_address + result_hash + proof + str(nonce)`.
     pub fn signable(&self) -> String {
-        format!("{}{}{}{}{}", self.task_id, self.worker_address, self.result_hash, self.proof, self.nonce)
+        format!(
+            "{}{}{}{}{}",
+            self.task_id, self.worker_address, self.result_hash, self.proof, self.nonce
+        )
     }
 
     /// SHA-256 of [`Self::signable`].
@@ -211,7 +214,8 @@ impl ComputeResult {
 
     /// Whether `signature` is `key`'s valid signature over this result.
     pub fn verify_signature(&self, key: &PublicKey) -> bool {
-        Signature::from_hex(&self.signature).is_ok_and(|sig| key.verify_digest(&self.signable_digest(), &sig))
+        Signature::from_hex(&self.signature)
+            .is_ok_and(|sig| key.verify_digest(&self.signable_digest(), &sig))
     }
 }
 

@@ -35,7 +35,9 @@ pub struct SecretKey(SigningKey);
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
-        f.debug_struct("SecretKey").field("address", &self.address().to_string()).finish_non_exhaustive()
+        f.debug_struct("SecretKey")
+            .field("address", &self.address().to_string())
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,7 +138,8 @@ impl Signature {
     /// Parses 128 hex characters.
     pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
         let mut bytes = [0u8; 64];
-        hex::decode_to_slice(s.trim(), &mut bytes).map_err(|_| CryptoError::InvalidSignatureEncoding)?;
+        hex::decode_to_slice(s.trim(), &mut bytes)
+            .map_err(|_| CryptoError::InvalidSignatureEncoding)?;
         Ok(Self(bytes))
     }
 
@@ -178,8 +181,11 @@ mod tests {
 
     #[test]
     fn malformed_inputs_are_errors_not_panics() {
-        assert_eq!(SecretKey::from_hex("zz").unwrap_err(), CryptoError::InvalidSecretKey);
-        assert_eq!(SecretKey::from_hex(&"00".repeat(32)).unwrap_err(), CryptoError::InvalidSecretKey);
+        assert_eq!(SecretKey::from_hex("zz").expect_err("not hex"), CryptoError::InvalidSecretKey);
+        assert_eq!(
+            SecretKey::from_hex(&"00".repeat(32)).expect_err("zero scalar"),
+            CryptoError::InvalidSecretKey
+        );
         assert!(PublicKey::from_hex("02ab").is_err());
         assert!(Signature::from_hex("abc").is_err());
         assert!(!verify_hex("nothex", &[0; 32], "00"));

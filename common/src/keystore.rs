@@ -18,7 +18,9 @@ use std::{
 #[derive(Debug, thiserror::Error)]
 pub enum KeystoreError {
     /// No key file of that name.
-    #[error("no key named `{name}` in {dir} (list them with `keys list`, or add one with `keys add {name}`)")]
+    #[error(
+        "no key named `{name}` in {dir} (list them with `keys list`, or add one with `keys add {name}`)"
+    )]
     UnknownKey {
         /// The name asked for.
         name: String,
@@ -26,7 +28,9 @@ pub enum KeystoreError {
         dir: PathBuf,
     },
     /// A key of that name exists already; we never overwrite key material.
-    #[error("a key named `{name}` already exists in {dir}; choose another name or remove the file by hand")]
+    #[error(
+        "a key named `{name}` already exists in {dir}; choose another name or remove the file by hand"
+    )]
     AlreadyExists {
         /// The name asked for.
         name: String,
@@ -34,7 +38,9 @@ pub enum KeystoreError {
         dir: PathBuf,
     },
     /// Names become file names: only letters, digits, `-`, `_` and `.` (not leading).
-    #[error("invalid key name `{0}`: use letters, digits, `-`, `_` and `.` (not first), at most 64 characters")]
+    #[error(
+        "invalid key name `{0}`: use letters, digits, `-`, `_` and `.` (not first), at most 64 characters"
+    )]
     InvalidName(String),
     /// The private key in the file or on the command line is not valid.
     #[error("{0}")]
@@ -95,7 +101,11 @@ pub struct Keystore {
 impl Keystore {
     /// cpc-cli's default location, `~/.computechain/keys`.
     pub fn default_dir() -> PathBuf {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".computechain").join("keys")
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".computechain")
+            .join("keys")
     }
 
     /// A keystore in `dir` (created on first write).
@@ -143,10 +153,8 @@ impl Keystore {
             private_key: secret.to_hex(),
             created_at: Value::String(iso8601_now()),
         };
-        let json = serde_json::to_string_pretty(&file).map_err(|e| KeystoreError::Malformed {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let json = serde_json::to_string_pretty(&file)
+            .map_err(|e| KeystoreError::Malformed { path: path.clone(), reason: e.to_string() })?;
         // `create_new` makes "exists already" atomic: two processes cannot both write the name.
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -180,12 +188,17 @@ impl Keystore {
     }
 
     fn parse(path: &Path, text: &str) -> Result<StoredKey, KeystoreError> {
-        let malformed = |reason: String| KeystoreError::Malformed { path: path.to_path_buf(), reason };
+        let malformed =
+            |reason: String| KeystoreError::Malformed { path: path.to_path_buf(), reason };
         let file: KeyFile = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
-        let secret = SecretKey::from_hex(&file.private_key).map_err(|e| malformed(e.to_string()))?;
+        let secret =
+            SecretKey::from_hex(&file.private_key).map_err(|e| malformed(e.to_string()))?;
         let address = secret.address();
         if address.as_str() != file.address {
-            return Err(malformed(format!("address {} does not match the private key (which gives {address})", file.address)));
+            return Err(malformed(format!(
+                "address {} does not match the private key (which gives {address})",
+                file.address
+            )));
         }
         if !file.public_key.eq_ignore_ascii_case(&secret.public_key().to_hex()) {
             return Err(malformed("public_key does not match the private key".to_owned()));
@@ -229,7 +242,10 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SS`, like Python's `datetime.utcnow().isoformat()` to the second.
 fn iso8601_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's days-to-civil algorithm.
     let z = days + 719_468;
@@ -241,7 +257,12 @@ fn iso8601_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -253,18 +274,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ks = Keystore::new(dir.path().join("keys"));
         let a = ks.add("alice").expect("add");
-        let b = ks.import("faucet", "4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c").expect("import");
+        let b = ks
+            .import("faucet", "4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c")
+            .expect("import");
         assert_eq!(ks.load("alice").expect("load").address, a.address);
         assert!(matches!(ks.add("alice"), Err(KeystoreError::AlreadyExists { .. })));
         assert!(matches!(ks.load("bob"), Err(KeystoreError::UnknownKey { .. })));
         assert!(matches!(ks.add("../evil"), Err(KeystoreError::InvalidName(_))));
-        let names: Vec<String> = ks.list().expect("list").into_iter().map(|k| k.expect("key").name).collect();
+        let names: Vec<String> =
+            ks.list().expect("list").into_iter().map(|k| k.expect("key").name).collect();
         assert_eq!(names, vec!["alice", "faucet"]);
-        assert_eq!(b.file.private_key, "4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c");
+        assert_eq!(
+            b.file.private_key,
+            "4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("keys/alice.json")).expect("meta").permissions().mode();
+            let mode = fs::metadata(dir.path().join("keys/alice.json"))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -276,7 +306,8 @@ mod tests {
         let k = ks.add("k").expect("add");
         let mut file = k.file.clone();
         file.address = "cpc1muep0ykx9jzhk6ndjut87p0a657napp53he03n".into();
-        fs::write(dir.path().join("k.json"), serde_json::to_string(&file).expect("json")).expect("write");
+        fs::write(dir.path().join("k.json"), serde_json::to_string(&file).expect("json"))
+            .expect("write");
         assert!(matches!(ks.load("k"), Err(KeystoreError::Malformed { .. })));
     }
 

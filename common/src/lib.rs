@@ -17,6 +17,7 @@
 
 pub mod address;
 pub mod block;
+pub mod codec;
 pub mod compute_result;
 pub mod crypto;
 pub mod hashing;
@@ -28,6 +29,7 @@ pub mod synthetic;
 #[doc(hidden)]
 pub mod test_vectors;
 pub mod tx;
+pub mod wire;
 
 pub use address::{Address, AddressError};
 pub use block::{Block, BlockHeader};

@@ -162,17 +162,26 @@ mod tests {
 
     #[test]
     fn sorts_keys_at_every_depth_without_spaces() {
-        assert_eq!(dumps(r#"{"b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": null}}"#), r#"{"a":{"c":null,"z":[1,{"x":3,"y":2}]},"b":1}"#);
+        assert_eq!(
+            dumps(r#"{"b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": null}}"#),
+            r#"{"a":{"c":null,"z":[1,{"x":3,"y":2}]},"b":1}"#
+        );
     }
 
     #[test]
     fn escapes_like_ensure_ascii() {
-        assert_eq!(dumps(r#""é\"\\/\n\t\u0001 🚀\u007f""#), r#""\u00e9\"\\/\n\t\u0001 \ud83d\ude80\u007f""#);
+        assert_eq!(
+            dumps(r#""é\"\\/\n\t\u0001 🚀\u007f""#),
+            r#""\u00e9\"\\/\n\t\u0001 \ud83d\ude80\u007f""#
+        );
     }
 
     #[test]
     fn integers_keep_every_digit() {
-        assert_eq!(dumps("[1000000000000000000000000000000, -7, -0, 0]"), "[1000000000000000000000000000000,-7,0,0]");
+        assert_eq!(
+            dumps("[1000000000000000000000000000000, -7, -0, 0]"),
+            "[1000000000000000000000000000000,-7,0,0]"
+        );
     }
 
     #[test]

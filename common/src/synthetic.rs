@@ -63,7 +63,8 @@ pub enum SyntheticError {
 /// The deterministic UUIDv8 task id of a hex seed.
 pub fn task_id(seed_hex: &str) -> Result<uuid::Uuid, SyntheticError> {
     let mut seed = [0u8; 32];
-    hex::decode_to_slice(seed_hex, &mut seed).map_err(|_| SyntheticError::SeedNotHex(seed_hex.to_owned()))?;
+    hex::decode_to_slice(seed_hex, &mut seed)
+        .map_err(|_| SyntheticError::SeedNotHex(seed_hex.to_owned()))?;
     let mut pre = Vec::with_capacity(19 + 32);
     pre.extend_from_slice(b"cpc-farm/task-id/v1");
     pre.extend_from_slice(&seed);
@@ -86,7 +87,11 @@ pub struct KeyMaterial {
 
 impl fmt::Debug for KeyMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyMaterial {{ key: [{:#010x}, {:#010x}], stream: {:#010x} }}", self.key[0], self.key[1], self.stream)
+        write!(
+            f,
+            "KeyMaterial {{ key: [{:#010x}, {:#010x}], stream: {:#010x} }}",
+            self.key[0], self.key[1], self.stream
+        )
     }
 }
 
@@ -143,7 +148,11 @@ pub struct Challenge {
 
 impl Challenge {
     /// Checks the bounds the spec sets.
-    pub fn new(seed: impl Into<String>, matrix_size: u32, iterations: u32) -> Result<Self, SyntheticError> {
+    pub fn new(
+        seed: impl Into<String>,
+        matrix_size: u32,
+        iterations: u32,
+    ) -> Result<Self, SyntheticError> {
         if matrix_size == 0 || matrix_size > MAX_MATRIX_SIZE {
             return Err(SyntheticError::MatrixSize(matrix_size.into()));
         }
@@ -166,7 +175,11 @@ impl Challenge {
         let mut a_row = vec![0i8; n];
         km.fill_row(a_id, row, &mut a_row);
         let (group, lane) = (col / 16, (col % 16) as usize);
-        a_row.iter().enumerate().map(|(k, &a)| i32::from(a) * i32::from(km.group(b_id, k as u32, group)[lane])).sum()
+        a_row
+            .iter()
+            .enumerate()
+            .map(|(k, &a)| i32::from(a) * i32::from(km.group(b_id, k as u32, group)[lane]))
+            .sum()
     }
 
     /// Combines per-iteration roots into the result hash.
@@ -192,7 +205,12 @@ pub struct BlockTask {
 
 impl BlockTask {
     /// Derives the task of `worker_address` for the block `block_hash` at `height`.
-    pub fn derive(block_hash: &str, worker_address: &str, matrix_size: u32, height: u64) -> Result<Self, SyntheticError> {
+    pub fn derive(
+        block_hash: &str,
+        worker_address: &str,
+        matrix_size: u32,
+        height: u64,
+    ) -> Result<Self, SyntheticError> {
         let seed = task_seed(block_hash, worker_address);
         let task_id = task_id(&seed)?;
         Ok(Self {

@@ -11,13 +11,20 @@ use std::path::PathBuf;
 pub fn dir() -> Option<PathBuf> {
     let dir = std::env::var_os("CPC_VECTORS").map(PathBuf::from).unwrap_or_else(|| {
         // This crate sits at <repo>/common; the vectors at <repo>/../shared/vectors.
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared").join("vectors")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("..")
+            .join("shared")
+            .join("vectors")
     });
     if dir.is_dir() {
         return Some(dir);
     }
     let msg = format!("conformance vectors not found at {} (set CPC_VECTORS)", dir.display());
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}: CI must run every conformance test");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg}: CI must run every conformance test"
+    );
     eprintln!("\n!!! SKIPPING CONFORMANCE: {msg} !!!\n");
     None
 }
@@ -26,7 +33,8 @@ pub fn dir() -> Option<PathBuf> {
 /// folder is absent. Panics when the folder exists but the file is missing or not JSON.
 pub fn load(name: &str) -> Option<Value> {
     let path = dir()?.join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display())))
 }
 
@@ -34,7 +42,9 @@ pub fn load(name: &str) -> Option<Value> {
 pub fn all_files() -> Vec<String> {
     let Some(dir) = dir() else { return Vec::new() };
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect()
+        })
         .unwrap_or_default();
     names.retain(|n| n.ends_with(".json"));
     names.sort();

@@ -1,9 +1,9 @@
 //! The node's wire transaction: JSON shape, hash, signature and the admission checks a sender can make
 //! before it spends a fee.
 //!
-//! `hash = sha256_hex(tx_type + from_address + (to_address or "") + str(amount) + str(fee) + str(nonce)
-//! + str(gas_price) + str(gas_limit) + json.dumps(payload, sort_keys, compact, ensure_ascii) + pub_key)`,
-//! and the signature is ECDSA over those 32 hash bytes.
+//! The hash is `sha256_hex` of `tx_type`, `from_address`, `to_address or ""`, `str(amount)`, `str(fee)`,
+//! `str(nonce)`, `str(gas_price)`, `str(gas_limit)`, the payload as `json.dumps(payload, sort_keys,
+//! compact, ensure_ascii)` and `pub_key`, concatenated; the signature is ECDSA over those 32 hash bytes.
 
 use crate::{
     crypto::{CryptoError, PublicKey, SecretKey, Signature},
@@ -188,7 +188,8 @@ impl Transaction {
         gas_price: u64,
         payload: Value,
     ) -> Result<Self, TxError> {
-        let base = tx_type.base_gas().ok_or_else(|| TxError::UnsupportedType(tx_type.to_string()))?;
+        let base =
+            tx_type.base_gas().ok_or_else(|| TxError::UnsupportedType(tx_type.to_string()))?;
         Ok(Self {
             tx_type,
             from_address: key.address().to_string(),
@@ -255,9 +256,16 @@ impl Transaction {
         if self.gas_price < MIN_GAS_PRICE {
             return Err(TxError::GasPriceTooLow { got: self.gas_price, min: MIN_GAS_PRICE });
         }
-        let base = self.tx_type.base_gas().ok_or_else(|| TxError::UnsupportedType(self.tx_type.to_string()))?;
+        let base = self
+            .tx_type
+            .base_gas()
+            .ok_or_else(|| TxError::UnsupportedType(self.tx_type.to_string()))?;
         if self.gas_limit < base {
-            return Err(TxError::GasLimitTooLow { tx_type: self.tx_type.to_string(), got: self.gas_limit, need: base });
+            return Err(TxError::GasLimitTooLow {
+                tx_type: self.tx_type.to_string(),
+                got: self.gas_limit,
+                need: base,
+            });
         }
         let need = u128::from(base) * u128::from(self.gas_price);
         if self.fee < need {

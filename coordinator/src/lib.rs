@@ -6,11 +6,14 @@
 //! - [`l1`]: the typed client of a ComputeChain node's HTTP RPC;
 //! - [`submit`]: building a `SUBMIT_RESULT` (or transfer) the node will accept, checking it as the node
 //!   would, and sending it;
-//! - [`verify`]: checking blocks (`compute_root`, signatures) and recomputing a worker's result.
+//! - [`verify`]: checking blocks (`compute_root`, signatures) and recomputing a worker's result;
+//! - [`farm`]: the GPU farm: QUIC agents, sharded jobs, spot checks, metrics.
 //!
 //! # Feature flags
 //! - `cuda`: offer the CUDA backend of `cpc-kernels` for local `task` and `verify` runs.
 
+pub mod farm;
 pub mod l1;
+pub mod mining;
 pub mod submit;
 pub mod verify;

@@ -8,8 +8,7 @@
 use crate::l1::{NodeClient, NodeError};
 use cpc_common::{
     ComputeResult, ComputeResultError, SecretKey, Transaction, TxError, TxType,
-    synthetic::BlockTask,
-    tx::MIN_GAS_PRICE,
+    synthetic::BlockTask, tx::MIN_GAS_PRICE,
 };
 use serde_json::{Map, Value};
 
@@ -73,19 +72,33 @@ pub struct Outgoing {
 impl Outgoing {
     /// A transfer of `amount` to `to`.
     pub fn transfer(to: String, amount: u128, gas_price: u64) -> Self {
-        Self { tx_type: TxType::Transfer, to_address: Some(to), amount, payload: Value::Object(Map::new()), gas_price }
+        Self {
+            tx_type: TxType::Transfer,
+            to_address: Some(to),
+            amount,
+            payload: Value::Object(Map::new()),
+            gas_price,
+        }
     }
 
     /// A `SUBMIT_RESULT` carrying `result`.
     pub fn submit_result(result: &ComputeResult, gas_price: u64) -> Self {
-        Self { tx_type: TxType::SubmitResult, to_address: None, amount: 0, payload: result.to_payload(), gas_price }
+        Self {
+            tx_type: TxType::SubmitResult,
+            to_address: None,
+            amount: 0,
+            payload: result.to_payload(),
+            gas_price,
+        }
     }
 }
 
 /// Checks the fields a `submit-result` operator types, as cpc-cli takes them.
 pub fn validate_result_fields(task_id: &str, result_hash: &str) -> Result<(), SubmitError> {
-    uuid::Uuid::parse_str(task_id)
-        .map_err(|e| SubmitError::Malformed { field: "task_id", reason: format!("`{task_id}` is not a UUID ({e})") })?;
+    uuid::Uuid::parse_str(task_id).map_err(|e| SubmitError::Malformed {
+        field: "task_id",
+        reason: format!("`{task_id}` is not a UUID ({e})"),
+    })?;
     if result_hash.len() != 64 || !result_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(SubmitError::Malformed {
             field: "result_hash",
@@ -117,12 +130,20 @@ pub fn signed_result(
 }
 
 /// The ComputeResult of a computed block task.
-pub fn block_task_result(key: &SecretKey, task: &BlockTask, result_hash: &str) -> Result<ComputeResult, SubmitError> {
+pub fn block_task_result(
+    key: &SecretKey,
+    task: &BlockTask,
+    result_hash: &str,
+) -> Result<ComputeResult, SubmitError> {
     signed_result(key, &task.task_id.to_string(), result_hash, "", task.height.into())
 }
 
 /// Signs `outgoing` with `key` at `nonce` and checks it as the node would, without any network.
-pub fn sign_checked(key: &SecretKey, outgoing: &Outgoing, nonce: u64) -> Result<Transaction, SubmitError> {
+pub fn sign_checked(
+    key: &SecretKey,
+    outgoing: &Outgoing,
+    nonce: u64,
+) -> Result<Transaction, SubmitError> {
     if outgoing.gas_price < MIN_GAS_PRICE {
         return Err(TxError::GasPriceTooLow { got: outgoing.gas_price, min: MIN_GAS_PRICE }.into());
     }
@@ -150,7 +171,11 @@ pub fn sign_checked(key: &SecretKey, outgoing: &Outgoing, nonce: u64) -> Result<
 }
 
 /// Checks the balance, takes the pending nonce, signs and sends. Returns the sent transaction.
-pub async fn send(node: &NodeClient, key: &SecretKey, outgoing: &Outgoing) -> Result<Transaction, SubmitError> {
+pub async fn send(
+    node: &NodeClient,
+    key: &SecretKey,
+    outgoing: &Outgoing,
+) -> Result<Transaction, SubmitError> {
     let address = key.address().to_string();
     let fee = outgoing
         .tx_type
@@ -164,7 +189,13 @@ pub async fn send(node: &NodeClient, key: &SecretKey, outgoing: &Outgoing) -> Re
         reason: format!("balance `{}` is not an integer", balance.balance),
     })?;
     if have < need {
-        return Err(SubmitError::InsufficientBalance { address, have, need, fee, amount: outgoing.amount });
+        return Err(SubmitError::InsufficientBalance {
+            address,
+            have,
+            need,
+            fee,
+            amount: outgoing.amount,
+        });
     }
     let nonce = node.pending_nonce(&address).await?;
     let tx = sign_checked(key, outgoing, nonce)?;
@@ -192,10 +223,19 @@ mod tests {
     #[test]
     fn a_result_for_another_worker_is_refused() {
         let (me, other) = (SecretKey::generate(), SecretKey::generate());
-        let result = signed_result(&other, "d953ea66-be46-8835-a022-1469f385c596", &"ab".repeat(32), "", 1u64.into())
-            .expect("result");
+        let result = signed_result(
+            &other,
+            "d953ea66-be46-8835-a022-1469f385c596",
+            &"ab".repeat(32),
+            "",
+            1u64.into(),
+        )
+        .expect("result");
         let out = Outgoing::submit_result(&result, MIN_GAS_PRICE);
-        assert!(matches!(sign_checked(&me, &out, 0), Err(SubmitError::Malformed { field: "worker_address", .. })));
+        assert!(matches!(
+            sign_checked(&me, &out, 0),
+            Err(SubmitError::Malformed { field: "worker_address", .. })
+        ));
         let tx = sign_checked(&other, &out, 0).expect("own result signs");
         assert_eq!(tx.fee, 80_000_000);
         assert!(tx.verify_signature());

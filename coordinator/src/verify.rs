@@ -98,8 +98,8 @@ pub fn check_block(block: &Block) -> BlockCheck {
         .iter()
         .map(|tx| {
             let key = PublicKey::from_hex(&tx.pub_key).ok();
-            let signature_valid =
-                tx.verify_signature() && key.is_some_and(|k| k.address().as_str() == tx.from_address);
+            let signature_valid = tx.verify_signature()
+                && key.is_some_and(|k| k.address().as_str() == tx.from_address);
             let compute_result = (tx.tx_type == TxType::SubmitResult)
                 .then(|| ComputeResult::from_payload(&tx.payload).map_err(|e| e.to_string()));
             let payload_signature_valid = match (&compute_result, key) {
@@ -153,7 +153,10 @@ pub struct WorkerVerdict {
 impl WorkerVerdict {
     /// Whether everything matches.
     pub fn is_valid(&self) -> bool {
-        self.task_id_matches && self.result_hash_matches && self.block_valid && self.payload_signature_valid != Some(false)
+        self.task_id_matches
+            && self.result_hash_matches
+            && self.block_valid
+            && self.payload_signature_valid != Some(false)
     }
 }
 
@@ -187,15 +190,24 @@ pub async fn verify_worker(
         }
     }
     let Some((included_in, tx_hash, submitted, block_check)) = found else {
-        return Err(VerifyError::NoSubmission { worker: worker.to_owned(), height, from: height + 1, to: last });
+        return Err(VerifyError::NoSubmission {
+            worker: worker.to_owned(),
+            height,
+            from: height + 1,
+            to: last,
+        });
     };
-    let payload_signature_valid =
-        block_check.txs.iter().find(|t| t.tx_hash == tx_hash).and_then(|t| t.payload_signature_valid);
+    let payload_signature_valid = block_check
+        .txs
+        .iter()
+        .find(|t| t.tx_hash == tx_hash)
+        .and_then(|t| t.payload_signature_valid);
     let challenge = task.challenge.clone();
     let started = std::time::Instant::now();
-    let root = tokio::task::spawn_blocking(move || cpc_kernels::result_hash(backend.as_ref(), &challenge))
-        .await
-        .map_err(|e| VerifyError::ComputeThread(e.to_string()))??;
+    let root =
+        tokio::task::spawn_blocking(move || cpc_kernels::result_hash(backend.as_ref(), &challenge))
+            .await
+            .map_err(|e| VerifyError::ComputeThread(e.to_string()))??;
     let expected_result_hash = hex::encode(root);
     Ok(WorkerVerdict {
         task_id_matches: submitted.task_id == task.task_id.to_string(),

@@ -8,14 +8,20 @@
 use cpc_common::synthetic::{Challenge, KeyMaterial};
 use cpc_kernels::{
     Backend, CpuBackend, Shard,
-    cpu::{Kernel, PackedB, gemm::gemm, generate_rows, hash_rows},
+    cpu::{Kernel, PackedA, PackedB, gemm::gemm, generate_rows, hash_rows},
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::{hint::black_box, time::Duration};
 
-fn quick<'c>(c: &'c mut Criterion, name: &str) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+fn quick<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
     let mut group = c.benchmark_group(name);
-    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     group
 }
 
@@ -23,19 +29,19 @@ fn bench_gemm(c: &mut Criterion) {
     let km = KeyMaterial::from_seed("bench");
     let mut group = quick(c, "gemm");
     for n in [512u32, 1024, 2048] {
-        let a = generate_rows(&km, 0, 0..n, n);
+        let a = PackedA::generate(&km, 0, 0..n, n);
         let b = PackedB::generate(&km, 1, n);
         group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
-        group.bench_with_input(BenchmarkId::new(Kernel::detect().as_str(), n), &n, |bench, &n| {
-            bench.iter(|| black_box(gemm(&a, n as usize, &b, Kernel::detect())));
+        group.bench_with_input(BenchmarkId::new(Kernel::detect().as_str(), n), &n, |bench, _| {
+            bench.iter(|| black_box(gemm(&a, &b, Kernel::detect())));
         });
     }
     let n = 512u32;
-    let a = generate_rows(&km, 0, 0..n, n);
+    let a = PackedA::generate(&km, 0, 0..n, n);
     let b = PackedB::generate(&km, 1, n);
     group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
-    group.bench_with_input(BenchmarkId::new("scalar", n), &n, |bench, &n| {
-        bench.iter(|| black_box(gemm(&a, n as usize, &b, Kernel::Scalar)));
+    group.bench_with_input(BenchmarkId::new("scalar", n), &n, |bench, _| {
+        bench.iter(|| black_box(gemm(&a, &b, Kernel::Scalar)));
     });
     group.finish();
 }
@@ -46,15 +52,23 @@ fn bench_philox(c: &mut Criterion) {
     let n = 1024u32;
     // Bytes of matrix produced (one byte per element): 16 per Philox call.
     group.throughput(Throughput::Bytes(u64::from(n) * u64::from(n)));
-    group.bench_function("rows/1024", |bench| bench.iter(|| black_box(generate_rows(&km, 0, 0..n, n))));
-    group.bench_function("packed_b/1024", |bench| bench.iter(|| black_box(PackedB::generate(&km, 1, n))));
+    group.bench_function("rows/1024", |bench| {
+        bench.iter(|| black_box(generate_rows(&km, 0, 0..n, n)))
+    });
+    group.bench_function("packed_a/1024", |bench| {
+        bench.iter(|| black_box(PackedA::generate(&km, 0, 0..n, n)))
+    });
+    group.bench_function("packed_b/1024", |bench| {
+        bench.iter(|| black_box(PackedB::generate(&km, 1, n)))
+    });
     group.finish();
 }
 
 fn bench_hash(c: &mut Criterion) {
     let mut group = quick(c, "hash_rows");
     let n = 1024usize;
-    let rows: Vec<i32> = (0..n * n).map(|i| (i as i32).wrapping_mul(0x9E37_79B9_u32 as i32)).collect();
+    let rows: Vec<i32> =
+        (0..n * n).map(|i| (i as i32).wrapping_mul(0x9E37_79B9_u32 as i32)).collect();
     group.throughput(Throughput::Bytes(4 * (n * n) as u64));
     group.bench_function("1024x1024", |bench| bench.iter(|| black_box(hash_rows(&rows, n))));
     group.finish();

@@ -52,7 +52,11 @@ pub struct Shard {
 
 impl Shard {
     /// A shard, checked: rows non-empty and within `0..n`, iteration below the challenge's count.
-    pub fn new(challenge: Challenge, iteration: u32, rows: Range<u32>) -> Result<Self, BackendError> {
+    pub fn new(
+        challenge: Challenge,
+        iteration: u32,
+        rows: Range<u32>,
+    ) -> Result<Self, BackendError> {
         let shard = Self { challenge, iteration, rows };
         shard.validate()?;
         Ok(shard)
@@ -68,13 +72,18 @@ impl Shard {
     pub fn validate(&self) -> Result<(), BackendError> {
         let n = self.challenge.matrix_size;
         if n == 0 || n > MAX_MATRIX_SIZE {
-            return Err(BackendError::InvalidShard(format!("matrix_size {n} is outside 1..={MAX_MATRIX_SIZE}")));
+            return Err(BackendError::InvalidShard(format!(
+                "matrix_size {n} is outside 1..={MAX_MATRIX_SIZE}"
+            )));
         }
         if self.rows.start >= self.rows.end {
             return Err(BackendError::InvalidShard(format!("rows {:?} are empty", self.rows)));
         }
         if self.rows.end > n {
-            return Err(BackendError::InvalidShard(format!("rows {:?} go past the matrix size {n}", self.rows)));
+            return Err(BackendError::InvalidShard(format!(
+                "rows {:?} go past the matrix size {n}",
+                self.rows
+            )));
         }
         if self.iteration >= self.challenge.iterations {
             return Err(BackendError::InvalidShard(format!(
@@ -165,20 +174,30 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError>;
 }
 
-/// Bytes a shard of `rows` rows at matrix size `n` needs: `rows × n` of A (`i8`), `n × n` of B (`i8`,
-/// padded to whole 16-column groups and an even number of rows) and `rows × n × 4` of C (`i32`).
+/// Bytes a shard of `rows` rows at matrix size `n` needs: its rows of A, all of B and its rows of C.
+///
+/// Counted as the CPU backend lays them out: A as `i16` pairs (2 bytes per element, rows padded to groups
+/// of 6, n to even), B as `i8` (padded to whole 16-column groups and an even number of rows), C as `i32`
+/// (`rows × n × 4`). An upper bound for plain `i8`/`i8`/`i32` storage too.
 pub fn shard_memory_bytes(n: u32, rows: u32) -> u64 {
     let (n, rows) = (u64::from(n), u64::from(rows));
-    let b = n.div_ceil(16) * 16 * n.div_ceil(2) * 2;
-    rows * n + b + rows * n * 4
+    let kpairs = n.div_ceil(2);
+    let a = rows.div_ceil(6) * 6 * kpairs * 4;
+    let b = n.div_ceil(16) * 16 * kpairs * 2;
+    a + b + rows * n * 4
 }
 
 /// The largest number of rows at matrix size `n` that fits in `memory_bytes` (0 when not even one does).
 pub fn max_rows_for_memory(n: u32, memory_bytes: u64) -> u32 {
     let fixed = shard_memory_bytes(n, 0);
-    let per_row = u64::from(n) * 5;
-    let rows = memory_bytes.saturating_sub(fixed) / per_row.max(1);
-    u32::try_from(rows.min(u64::from(n))).unwrap_or(n)
+    let per_row = u64::from(n).div_ceil(2) * 4 + u64::from(n) * 4;
+    let mut rows =
+        u32::try_from((memory_bytes.saturating_sub(fixed) / per_row.max(1)).min(u64::from(n)))
+            .unwrap_or(n);
+    while rows > 0 && shard_memory_bytes(n, rows) > memory_bytes {
+        rows -= 1;
+    }
+    rows
 }
 
 /// The `result_hash` of a whole challenge on one backend: every iteration's leaves, their Merkle root, and
@@ -231,6 +250,7 @@ mod tests {
         assert!(Shard::new(challenge(8, 1), 0, 3..3).is_err());
         assert!(Shard::new(challenge(8, 1), 0, 0..9).is_err());
         assert!(Shard::new(challenge(8, 2), 2, 0..8).is_err());
+        #[allow(clippy::reversed_empty_ranges)] // the point: a reversed range must be refused
         let raw = Shard { challenge: challenge(8, 1), iteration: 0, rows: 5..2 };
         assert!(matches!(raw.validate(), Err(BackendError::InvalidShard(_))));
     }
@@ -245,11 +265,21 @@ mod tests {
 
     #[test]
     fn memory_accounting() {
-        assert_eq!(shard_memory_bytes(1024, 1024), 1024 * 1024 * 6);
-        assert_eq!(shard_memory_bytes(3, 1), 3 + 16 * 4 + 12);
+        assert_eq!(shard_memory_bytes(1024, 1026), 1026 * 1024 * 6 + 1024 * 1024);
+        assert_eq!(shard_memory_bytes(3, 1), 6 * 2 * 4 + 16 * 4 + 12);
         assert_eq!(max_rows_for_memory(1024, u64::MAX), 1024);
-        assert_eq!(max_rows_for_memory(1024, 1024 * 1024 + 10 * 5 * 1024), 10);
+        assert_eq!(max_rows_for_memory(1024, shard_memory_bytes(1024, 12)), 12);
+        assert_eq!(max_rows_for_memory(1024, shard_memory_bytes(1024, 12) - 1), 11);
         assert_eq!(max_rows_for_memory(1024, 10), 0);
+        for n in [1, 7, 100, 1023] {
+            for rows in [1, 5, 6, 7, n] {
+                let fit = max_rows_for_memory(n, shard_memory_bytes(n, rows));
+                assert!(
+                    fit >= rows.min(n) && shard_memory_bytes(n, fit) <= shard_memory_bytes(n, rows),
+                    "n={n} rows={rows}"
+                );
+            }
+        }
     }
 
     #[test]

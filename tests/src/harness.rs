@@ -6,9 +6,8 @@
 //! ```no_run
 //! use cpc_tests::harness::{DevnetOptions, DevnetProcess};
 //! use std::time::Duration;
-//! let devnet = DevnetProcess::start(
-//!     DevnetOptions::new(env!("CARGO_BIN_EXE_cpc-devnet")).block_time(Duration::from_millis(200)),
-//! )?;
+//! // In an integration test: `DevnetOptions::new(env!("CARGO_BIN_EXE_cpc-devnet"))`.
+//! let devnet = DevnetProcess::start(DevnetOptions::located()?.block_time(Duration::from_millis(200)))?;
 //! let status = devnet.get("/status")?;
 //! # Ok::<(), cpc_tests::harness::HarnessError>(())
 //! ```
@@ -34,7 +33,9 @@ pub const LISTENING_PREFIX: &str = "cpc-devnet listening on http://";
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// The binary could not be started.
-    #[error("cannot start {binary}: {source} (build it with `cargo build -p cpc-tests`, or set {BINARY_ENV})")]
+    #[error(
+        "cannot start {binary}: {source} (build it with `cargo build -p cpc-tests`, or set {BINARY_ENV})"
+    )]
     Spawn {
         /// The binary path.
         binary: PathBuf,
@@ -95,7 +96,10 @@ impl DevnetOptions {
     pub fn located() -> Result<Self, HarnessError> {
         locate_binary().map(Self::new).ok_or_else(|| HarnessError::Spawn {
             binary: PathBuf::from(BINARY_NAME),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not next to the test executable"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not next to the test executable",
+            ),
         })
     }
 
@@ -146,7 +150,10 @@ impl DevnetProcess {
 
     fn spawn(options: DevnetOptions, listen: &str) -> Result<Self, HarnessError> {
         let mut cmd = Command::new(&options.binary);
-        cmd.arg("--listen").arg(listen).arg("--block-time").arg(format!("{}ms", options.block_time.as_millis()));
+        cmd.arg("--listen")
+            .arg(listen)
+            .arg("--block-time")
+            .arg(format!("{}ms", options.block_time.as_millis()));
         if let Some(dir) = &options.data_dir {
             cmd.arg("--data-dir").arg(dir);
         }
@@ -158,7 +165,9 @@ impl DevnetProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().map_err(|source| HarnessError::Spawn { binary: options.binary.clone(), source })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| HarnessError::Spawn { binary: options.binary.clone(), source })?;
         let addr = match read_address(&mut child, options.startup_timeout) {
             Ok(a) => a,
             Err(e) => {
@@ -213,9 +222,11 @@ impl DevnetProcess {
     /// A minimal HTTP/1.1 GET (no client library needed): status code and body.
     pub fn get(&self, path: &str) -> Result<(u16, String), HarnessError> {
         let err = |e: std::io::Error| HarnessError::Http(format!("GET {path}: {e}"));
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).map_err(err)?;
+        let mut stream =
+            TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).map_err(err)?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(err)?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr).map_err(err)?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr)
+            .map_err(err)?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).map_err(err)?;
         let text = String::from_utf8_lossy(&raw);
@@ -316,7 +327,8 @@ impl Drop for DevnetProcess {
 
 /// Reads the listening line from the child's stdout (with a timeout), then keeps draining stdout.
 fn read_address(child: &mut Child, timeout: Duration) -> Result<SocketAddr, HarnessError> {
-    let stdout = child.stdout.take().ok_or_else(|| HarnessError::NoAddress("stdout not captured".into()))?;
+    let stdout =
+        child.stdout.take().ok_or_else(|| HarnessError::NoAddress("stdout not captured".into()))?;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut reader = BufReader::new(stdout);

@@ -52,7 +52,10 @@ fn keys_derive_public_key_account_and_validator_addresses() {
         assert_eq!(key.to_hex(), s(&v, "private_key"));
         assert_eq!(key.public_key().to_hex(), s(&v, "public_key"));
         assert_eq!(key.address().as_str(), s(&v, "address"));
-        assert_eq!(Address::valcons_from_public_key(&key.public_key().to_compressed()), s(&v, "validator_address"));
+        assert_eq!(
+            Address::valcons_from_public_key(&key.public_key().to_compressed()),
+            s(&v, "validator_address")
+        );
         assert_eq!(s(&v, "address").parse::<Address>().expect("parse"), key.address());
     }
 }
@@ -69,11 +72,16 @@ fn transactions_hash_sign_and_verify_like_the_node() {
 
         let mut tampered = tx.clone();
         tampered.signature = s(&v, "tampered_signature").to_owned();
-        assert_eq!(tampered.verify_signature(), v["tampered_verifies"].as_bool().expect("bool"), "{name}: tampered");
+        assert_eq!(
+            tampered.verify_signature(),
+            v["tampered_verifies"].as_bool().expect("bool"),
+            "{name}: tampered"
+        );
         assert!(tampered.check_stateless().is_err(), "{name}: tampered tx is refused");
 
         // Re-serialising the parsed tx and parsing again keeps the hash (u128 amounts, big payload ints).
-        let round: Transaction = serde_json::from_str(&serde_json::to_string(&tx).expect("ser")).expect("de");
+        let round: Transaction =
+            serde_json::from_str(&serde_json::to_string(&tx).expect("ser")).expect("de");
         assert_eq!(round.hash_hex(), s(&v, "hash"), "{name}: round trip");
 
         // Our signer produces a signature the node accepts: re-sign with the vector key.
@@ -81,7 +89,10 @@ fn transactions_hash_sign_and_verify_like_the_node() {
             let key = SecretKey::from_hex(s(k, "private_key")).expect("key");
             let mut ours = tx.clone();
             ours.sign(&key).expect("sign");
-            assert!(verify_hex(&ours.pub_key, &ours.hash(), &ours.signature), "{name}: our signature");
+            assert!(
+                verify_hex(&ours.pub_key, &ours.hash(), &ours.signature),
+                "{name}: our signature"
+            );
         }
     }
 }
@@ -120,7 +131,9 @@ fn block_header_hashes_match_the_node() {
         let header: BlockHeader = serde_json::from_value(v["header"].clone()).expect("header");
         assert_eq!(header.hash(), s(&v, "hash"));
         // A block as /block/{h} returns it parses too, and serialises back to the same header.
-        let block: Block = serde_json::from_value(serde_json::json!({"header": v["header"], "txs": []})).expect("block");
+        let block: Block =
+            serde_json::from_value(serde_json::json!({"header": v["header"], "txs": []}))
+                .expect("block");
         assert_eq!(serde_json::to_value(&block.header).expect("ser"), v["header"]);
     }
 }
@@ -141,7 +154,11 @@ fn merkle_roots_match_the_node() {
 #[test]
 fn philox_matches_random123_known_answers() {
     let words = |v: &Value| -> Vec<u32> {
-        v.as_array().expect("array").iter().map(|x| u32::try_from(x.as_u64().expect("u32")).expect("u32")).collect()
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|x| u32::try_from(x.as_u64().expect("u32")).expect("u32"))
+            .collect()
     };
     for v in vectors("philox4x32_10.json") {
         let (c, k, o) = (words(&v["counter"]), words(&v["key"]), words(&v["output"]));
@@ -163,16 +180,30 @@ fn synthetic_tasks_derive_seed_id_and_matrix_elements() {
         for sample in v["samples"].as_array().expect("samples") {
             let at = |k: &str| u32::try_from(sample[k].as_u64().expect(k)).expect(k);
             let (row, col) = (at("row"), at("col"));
-            assert_eq!(i64::from(km.element(0, row, col)), sample["a"].as_i64().expect("a"), "A[{row}][{col}]");
-            assert_eq!(i64::from(km.element(1, row, col)), sample["b"].as_i64().expect("b"), "B[{row}][{col}]");
-            assert_eq!(i64::from(challenge.c_element(0, row, col)), sample["c"].as_i64().expect("c"), "C[{row}][{col}]");
+            assert_eq!(
+                i64::from(km.element(0, row, col)),
+                sample["a"].as_i64().expect("a"),
+                "A[{row}][{col}]"
+            );
+            assert_eq!(
+                i64::from(km.element(1, row, col)),
+                sample["b"].as_i64().expect("b"),
+                "B[{row}][{col}]"
+            );
+            assert_eq!(
+                i64::from(challenge.c_element(0, row, col)),
+                sample["c"].as_i64().expect("c"),
+                "C[{row}][{col}]"
+            );
         }
     }
 }
 
 #[test]
 fn a_signed_submit_result_is_admitted_statelessly() {
-    let key = SecretKey::from_hex("4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c").expect("faucet");
+    let key =
+        SecretKey::from_hex("4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c")
+            .expect("faucet");
     let mut result = ComputeResult {
         task_id: "d953ea66-be46-8835-a022-1469f385c596".into(),
         worker_address: key.address().to_string(),

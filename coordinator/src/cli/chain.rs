@@ -122,7 +122,9 @@ pub(crate) async fn tx(g: &GlobalArgs, cmd: TxCommand) -> anyhow::Result<ExitCod
     let key = load_key(g, &from)?;
     let to = resolve_address(g, &to)?;
     let amount = if base_units {
-        amount.parse::<u128>().with_context(|| format!("invalid amount `{amount}`: expected an integer"))?
+        amount
+            .parse::<u128>()
+            .with_context(|| format!("invalid amount `{amount}`: expected an integer"))?
     } else {
         parse_cpc(&amount)?
     };
@@ -130,21 +132,36 @@ pub(crate) async fn tx(g: &GlobalArgs, cmd: TxCommand) -> anyhow::Result<ExitCod
     send_and_report(g, &key, &out, send.wait).await
 }
 
-pub(crate) async fn submit_result(g: &GlobalArgs, args: SubmitResultArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn submit_result(
+    g: &GlobalArgs,
+    args: SubmitResultArgs,
+) -> anyhow::Result<ExitCode> {
     let key = load_key(g, &args.from)?;
-    let nonce: cpc_common::PyInt =
-        args.nonce.parse().map_err(|_| anyhow::anyhow!("invalid --nonce `{}`: expected an integer", args.nonce))?;
-    let result = submit::signed_result(&key.secret, &args.task_id, &args.result_hash, &args.proof, nonce)?;
+    let nonce: cpc_common::PyInt = args
+        .nonce
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --nonce `{}`: expected an integer", args.nonce))?;
+    let result =
+        submit::signed_result(&key.secret, &args.task_id, &args.result_hash, &args.proof, nonce)?;
     let out = Outgoing::submit_result(&result, args.send.gas_price);
     send_and_report(g, &key, &out, args.send.wait).await
 }
 
-async fn send_and_report(g: &GlobalArgs, key: &StoredKey, out: &Outgoing, wait: u64) -> anyhow::Result<ExitCode> {
+async fn send_and_report(
+    g: &GlobalArgs,
+    key: &StoredKey,
+    out: &Outgoing,
+    wait: u64,
+) -> anyhow::Result<ExitCode> {
     let node = g.node();
     let start_height = node.status().await?.height;
     let tx = submit::send(&node, &key.secret, out).await?;
     let tx_hash = tx.hash_hex();
-    let included = if wait > 0 { wait_for_inclusion(&node, &tx_hash, start_height, wait).await? } else { None };
+    let included = if wait > 0 {
+        wait_for_inclusion(&node, &tx_hash, start_height, wait).await?
+    } else {
+        None
+    };
     if g.json {
         print_json(&json!({
             "tx_hash": tx_hash,
@@ -159,15 +176,26 @@ async fn send_and_report(g: &GlobalArgs, key: &StoredKey, out: &Outgoing, wait: 
         println!("status      received (nonce {}, fee {} CPC)", tx.nonce, format_cpc(tx.fee));
         match included {
             Some(h) => println!("included    block {h}"),
-            None if wait > 0 => println!("included    not yet (waited {wait}s); check `query block`"),
+            None if wait > 0 => {
+                println!("included    not yet (waited {wait}s); check `query block`")
+            }
             None => {}
         }
     }
-    Ok(if wait > 0 && included.is_none() { ExitCode::from(EXIT_MISMATCH) } else { ExitCode::SUCCESS })
+    Ok(if wait > 0 && included.is_none() {
+        ExitCode::from(EXIT_MISMATCH)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Polls new blocks from `from` until `tx_hash` shows up (the block list is the authority, not receipts).
-async fn wait_for_inclusion(node: &NodeClient, tx_hash: &str, from: u64, secs: u64) -> anyhow::Result<Option<u64>> {
+async fn wait_for_inclusion(
+    node: &NodeClient,
+    tx_hash: &str,
+    from: u64,
+    secs: u64,
+) -> anyhow::Result<Option<u64>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut next = from;
     loop {
@@ -189,7 +217,11 @@ async fn wait_for_inclusion(node: &NodeClient, tx_hash: &str, from: u64, secs: u
 
 pub(crate) async fn query(g: &GlobalArgs, cmd: QueryCommand) -> anyhow::Result<ExitCode> {
     let QueryCommand::Block { height } = cmd;
-    let block = g.node().block(height).await?.ok_or_else(|| anyhow::anyhow!("block {height} does not exist yet"))?;
+    let block = g
+        .node()
+        .block(height)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("block {height} does not exist yet"))?;
     let check = check_block(&block);
     if g.json {
         print_json(&json!({"block": block, "check": check, "valid": check.is_valid()}))?;
@@ -211,7 +243,10 @@ pub(crate) async fn query(g: &GlobalArgs, cmd: QueryCommand) -> anyhow::Result<E
             };
             println!("  SUBMIT_RESULT {} from {}: {verdict}", t.tx_hash, t.from_address);
             if let Some(Ok(r)) = &t.compute_result {
-                println!("    task_id {} result_hash {} nonce {}", r.task_id, r.result_hash, r.nonce);
+                println!(
+                    "    task_id {} result_hash {} nonce {}",
+                    r.task_id, r.result_hash, r.nonce
+                );
             }
         }
         let recomputed = check.recomputed_compute_root.as_deref().unwrap_or("<invalid payload>");

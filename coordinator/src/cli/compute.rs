@@ -53,7 +53,9 @@ pub(crate) async fn task(g: &GlobalArgs, args: TaskArgs) -> anyhow::Result<ExitC
     let challenge = task.challenge.clone();
     let compute = Arc::clone(&backend);
     let started = Instant::now();
-    let root = tokio::task::spawn_blocking(move || cpc_kernels::result_hash(compute.as_ref(), &challenge)).await??;
+    let root =
+        tokio::task::spawn_blocking(move || cpc_kernels::result_hash(compute.as_ref(), &challenge))
+            .await??;
     let elapsed = started.elapsed().as_secs_f64();
     let result_hash = hex::encode(root);
     let n = f64::from(args.matrix_size);
@@ -120,9 +122,15 @@ pub(crate) struct VerifyArgs {
 
 pub(crate) async fn verify(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let backend = args.backend.open()?;
-    let v =
-        verify::verify_worker(&g.node(), args.height, &args.worker, args.matrix_size, args.search_blocks, backend)
-            .await?;
+    let v = verify::verify_worker(
+        &g.node(),
+        args.height,
+        &args.worker,
+        args.matrix_size,
+        args.search_blocks,
+        backend,
+    )
+    .await?;
     let valid = v.is_valid();
     if g.json {
         print_json(&json!({"verdict": v, "valid": valid}))?;

@@ -42,7 +42,9 @@ pub(crate) fn run(g: &GlobalArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> 
         KeysCommand::Import { name, private_key } => {
             let hex = if private_key == "-" {
                 let mut line = String::new();
-                std::io::stdin().read_line(&mut line).context("reading the private key from stdin")?;
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the private key from stdin")?;
                 line.trim().to_owned()
             } else {
                 private_key
@@ -64,7 +66,11 @@ pub(crate) fn run(g: &GlobalArgs, cmd: KeysCommand) -> anyhow::Result<ExitCode> 
                 println!("no keys in {}", ks.dir().display());
             } else {
                 for r in rows {
-                    println!("{:<20} {}", r["name"].as_str().unwrap_or(""), r["address"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<20} {}",
+                        r["name"].as_str().unwrap_or(""),
+                        r["address"].as_str().unwrap_or("")
+                    );
                 }
             }
         }

@@ -4,6 +4,7 @@
 
 mod chain;
 mod compute;
+mod farm;
 mod keys;
 mod output;
 
@@ -76,6 +77,10 @@ pub(crate) enum Command {
     Task(compute::TaskArgs),
     /// Recompute a worker's on-chain result for a block and check it.
     Verify(compute::VerifyArgs),
+    /// Run the farm coordinator: accept agents and print the command line that joins them.
+    Serve(farm::ServeArgs),
+    /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
+    Job(farm::JobArgs),
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -89,5 +94,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(cmd) => chain::query(g, cmd).await,
         Command::Task(args) => compute::task(g, args).await,
         Command::Verify(args) => compute::verify(g, args).await,
+        Command::Serve(args) => farm::serve(g, args).await,
+        Command::Job(args) => farm::job(g, args).await,
     }
 }

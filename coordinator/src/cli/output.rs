@@ -24,7 +24,9 @@ pub(crate) fn format_cpc(base_units: u128) -> String {
 
 /// `1.5` → `1500000000000000000`: exact decimal CPC to base units.
 pub(crate) fn parse_cpc(text: &str) -> anyhow::Result<u128> {
-    let bad = || anyhow::anyhow!("invalid amount `{text}`: expected a decimal CPC amount such as 10 or 0.25");
+    let bad = || {
+        anyhow::anyhow!("invalid amount `{text}`: expected a decimal CPC amount such as 10 or 0.25")
+    };
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     if whole.is_empty() && frac.is_empty() {
         return Err(bad());
@@ -38,7 +40,10 @@ pub(crate) fn parse_cpc(text: &str) -> anyhow::Result<u128> {
     let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
     let frac_units: u128 =
         if frac.is_empty() { 0 } else { format!("{frac:0<18}").parse().map_err(|_| bad())? };
-    whole.checked_mul(10u128.pow(CPC_DECIMALS)).and_then(|w| w.checked_add(frac_units)).ok_or_else(bad)
+    whole
+        .checked_mul(10u128.pow(CPC_DECIMALS))
+        .and_then(|w| w.checked_add(frac_units))
+        .ok_or_else(bad)
 }
 
 #[cfg(test)]

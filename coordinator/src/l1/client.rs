@@ -1,6 +1,8 @@
 use cpc_common::{
     Block, Transaction,
-    rpc::{BalanceResponse, NonceResponse, ReceiptResponse, SendStatus, SendTxResponse, StatusResponse},
+    rpc::{
+        BalanceResponse, NonceResponse, ReceiptResponse, SendStatus, SendTxResponse, StatusResponse,
+    },
 };
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -14,7 +16,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The node could not be reached at all (refused, DNS, timeout).
-    #[error("L1 node at {url} is unreachable ({reason}); check --node / CPC_NODE and that the node is running")]
+    #[error(
+        "L1 node at {url} is unreachable ({reason}); check --node / CPC_NODE and that the node is running"
+    )]
     Unreachable {
         /// The URL called.
         url: String,
@@ -134,7 +138,11 @@ impl NodeClient {
 
     /// Looks for `tx_hash` in blocks `from..=head`, newest last; the block list is the authority on
     /// inclusion (receipts can stay `pending` after a tx is in a block).
-    pub async fn find_tx(&self, tx_hash: &str, from: u64) -> Result<Option<(u64, Block)>, NodeError> {
+    pub async fn find_tx(
+        &self,
+        tx_hash: &str,
+        from: u64,
+    ) -> Result<Option<(u64, Block)>, NodeError> {
         let head = self.status().await?.height;
         for h in from..=head {
             if let Some(block) = self.block(h).await? {

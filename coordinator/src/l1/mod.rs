@@ -5,5 +5,7 @@
 //! goes through [`NodeClient`], so timeouts, error wording and JSON shapes live in one place.
 
 mod client;
+mod pool;
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, NodeClient, NodeError};
+pub use pool::NodePool;

@@ -31,16 +31,25 @@ fn json(o: &Output) -> Value {
 /// The reference script's answer, or `None` (loudly) where python3 with numpy is unavailable outside CI.
 fn python_reference(block_hash: &str, worker: &str, n: u32) -> Option<Value> {
     let script = cpc_common::test_vectors::dir()?.join("../spec/synthetic_ref.py");
-    let out = Command::new("python3").arg(&script).args([block_hash, worker, &n.to_string()]).output();
+    let out =
+        Command::new("python3").arg(&script).args([block_hash, worker, &n.to_string()]).output();
     match out {
-        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).expect("reference prints JSON")),
+        Ok(o) if o.status.success() => {
+            Some(serde_json::from_slice(&o.stdout).expect("reference prints JSON"))
+        }
         other => {
             let why = match other {
                 Ok(o) => stderr(&o),
                 Err(e) => e.to_string(),
             };
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "reference script failed under CI: {why}");
-            eprintln!("\n!!! SKIPPING reference cross-check: python3 {} failed: {why} !!!\n", script.display());
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "reference script failed under CI: {why}"
+            );
+            eprintln!(
+                "\n!!! SKIPPING reference cross-check: python3 {} failed: {why} !!!\n",
+                script.display()
+            );
             None
         }
     }
@@ -50,7 +59,16 @@ fn python_reference(block_hash: &str, worker: &str, n: u32) -> Option<Value> {
 fn task_at_1024_matches_the_reference_script() {
     let block_hash = "021908af7753e4f24fed208eaebe64eef3000a5c1b077100efbe7ef2f88ec433";
     let worker = "cpc1vrmhrv849atm3v87dqgckjp70eeku6fzz3uk08";
-    let ours = json(&run(&["task", "--block-hash", block_hash, "--worker", worker, "--matrix-size", "1024", "--json"]));
+    let ours = json(&run(&[
+        "task",
+        "--block-hash",
+        block_hash,
+        "--worker",
+        worker,
+        "--matrix-size",
+        "1024",
+        "--json",
+    ]));
     let Some(reference) = python_reference(block_hash, worker, 1024) else { return };
     for field in ["task_id", "seed", "result_hash"] {
         assert_eq!(ours[field], reference[field], "{field}");
@@ -65,8 +83,16 @@ fn task_matches_the_reference_script_at_odd_sizes() {
     let block_hash = cpc_common::sha256_hex("cpc-farm odd sizes");
     let worker = "cpc1lk90qae9xvphmt4u09vtdxp5sk2xwm3d899chr";
     for n in [1u32, 7, 33, 130] {
-        let ours =
-            json(&run(&["task", "--block-hash", &block_hash, "--worker", worker, "--matrix-size", &n.to_string(), "--json"]));
+        let ours = json(&run(&[
+            "task",
+            "--block-hash",
+            &block_hash,
+            "--worker",
+            worker,
+            "--matrix-size",
+            &n.to_string(),
+            "--json",
+        ]));
         let Some(reference) = python_reference(&block_hash, worker, n) else { return };
         assert_eq!(ours["result_hash"], reference["result_hash"], "n = {n}");
         assert_eq!(ours["task_id"], reference["task_id"], "n = {n}");
@@ -75,7 +101,9 @@ fn task_matches_the_reference_script_at_odd_sizes() {
 
 #[test]
 fn task_reproduces_every_block_task_vector() {
-    let Some(Value::Array(vectors)) = cpc_common::test_vectors::load("synthetic_v1.json") else { return };
+    let Some(Value::Array(vectors)) = cpc_common::test_vectors::load("synthetic_v1.json") else {
+        return;
+    };
     for v in vectors.iter().filter(|v| v["block_hash"].is_string()) {
         let n = v["matrix_size"].to_string();
         let out = json(&run(&[
@@ -109,12 +137,15 @@ fn keys_add_import_list_show_in_a_private_keystore() {
     let list = json(&run(&["--keystore", ks, "--json", "keys", "list"]));
     assert_eq!(list.as_array().map(Vec::len), Some(2));
     assert_eq!(list[1]["address"], added["address"]);
-    let shown = json(&run(&["--keystore", ks, "--json", "keys", "show", "faucet", "--show-private"]));
+    let shown =
+        json(&run(&["--keystore", ks, "--json", "keys", "show", "faucet", "--show-private"]));
     assert_eq!(shown["private_key"], faucet);
 
     // The file is cpc-cli's format: name, address, public_key, private_key, created_at.
-    let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("keys/faucet.json")).expect("file")).expect("json");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("keys/faucet.json")).expect("file"),
+    )
+    .expect("json");
     for field in ["name", "address", "public_key", "private_key", "created_at"] {
         assert!(file.get(field).is_some(), "{field} in key file");
     }
@@ -147,9 +178,41 @@ fn submit_result_validates_locally_before_touching_the_node() {
     let base = ["--keystore", ks, "--node", "http://127.0.0.1:9", "submit-result"];
     let cases: [(&[&str], &str); 4] = [
         (&["--from", "w", "--task-id", "nope", "--result-hash", &"ab".repeat(32)], "task_id"),
-        (&["--from", "w", "--task-id", "d953ea66-be46-8835-a022-1469f385c596", "--result-hash", "xyz"], "result_hash"),
-        (&["--from", "w", "--task-id", "d953ea66-be46-8835-a022-1469f385c596", "--result-hash", &"ab".repeat(32), "--nonce", "1.5"], "--nonce"),
-        (&["--task-id", "d953ea66-be46-8835-a022-1469f385c596", "--result-hash", &"ab".repeat(32), "--from", "ghost"], "no key named"),
+        (
+            &[
+                "--from",
+                "w",
+                "--task-id",
+                "d953ea66-be46-8835-a022-1469f385c596",
+                "--result-hash",
+                "xyz",
+            ],
+            "result_hash",
+        ),
+        (
+            &[
+                "--from",
+                "w",
+                "--task-id",
+                "d953ea66-be46-8835-a022-1469f385c596",
+                "--result-hash",
+                &"ab".repeat(32),
+                "--nonce",
+                "1.5",
+            ],
+            "--nonce",
+        ),
+        (
+            &[
+                "--task-id",
+                "d953ea66-be46-8835-a022-1469f385c596",
+                "--result-hash",
+                &"ab".repeat(32),
+                "--from",
+                "ghost",
+            ],
+            "no key named",
+        ),
     ];
     for (extra, expect) in cases {
         let out = bin().args(base).args(extra).output().expect("spawn");

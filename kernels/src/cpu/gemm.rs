@@ -1,20 +1,24 @@
 //! Exact `i8 × i8 → i32` GEMM: `C (m × n) = A (m × n, row-major) · B (n × n, [`PackedB`])`.
 //!
 //! GotoBLAS-style blocking: C is cut into tiles of [`MC`] rows × [`NC`] columns that run in parallel on the
-//! current rayon pool. A tile walks k in blocks of [`KC_PAIRS`] row pairs; for each block it packs its rows
-//! of A into `i16` pairs (one `u32` per `(A[i][2q], A[i][2q+1])`, L2-resident), then runs the micro-kernel
-//! over every 16-column panel of B (the panel's k block stays in L1 while all row groups pass over it).
-//! The micro-kernel computes an [`MR`] × 16 block of C in registers.
+//! current rayon pool. A tile walks k in blocks of [`KC_PAIRS`] row pairs; for each block it runs the
+//! micro-kernel over every 16-column panel of B (the panel's k block, 8 KiB, stays in L1 while the tile's
+//! row groups of A, 48 KiB per k block and L2-resident, pass over it). A arrives already packed as `i16`
+//! pairs ([`PackedA`]), generated that way, so the tiles never repack it. The micro-kernel computes an
+//! [`MR`] × 16 block of C in registers.
 //!
 //! Exactness: every product is at most 2^14 in magnitude and a row of C sums n ≤ 65536 of them, so every
 //! partial sum fits in `i32` (the spec's bound); `_mm256_madd_epi16` adds two such products into `i32`
 //! without saturation, so the AVX2 and scalar kernels give identical, exact results.
 
-use super::{Kernel, generate::PackedB};
+use super::{
+    Kernel,
+    generate::{GROUP_ROWS, PackedA, PackedB},
+};
 use rayon::prelude::*;
 
 /// Rows of C per micro-kernel call.
-pub const MR: usize = 6;
+pub const MR: usize = GROUP_ROWS;
 /// Columns of C per micro-kernel call (one panel of B).
 pub const NR: usize = super::generate::PANEL_COLUMNS;
 /// Rows of C per tile (a multiple of [`MR`]).
@@ -22,7 +26,7 @@ pub const MC: usize = 16 * MR;
 /// Columns of C per tile (a multiple of [`NR`]).
 pub const NC: usize = 256;
 /// Row pairs of B per k block: `KC_PAIRS × 32` bytes of a panel stay in L1.
-pub const KC_PAIRS: usize = 256;
+pub const KC_PAIRS: usize = 512;
 
 /// The micro-kernel's output block.
 type Block = [[i32; NR]; MR];
@@ -34,14 +38,14 @@ struct Tile<'c> {
     rows: Vec<&'c mut [i32]>,
 }
 
-/// `C = A · B` for `m` rows of A (row-major, `m × n`), with the given kernel (an unavailable kernel falls
+/// `C = A · B` (`m × n`, row-major, `m = a.rows()`), with the given kernel (an unavailable kernel falls
 /// back to the scalar one). Runs on the current rayon pool.
 ///
 /// # Panics
-/// If `a.len() != m * b.n()`.
-pub fn gemm(a: &[i8], m: usize, b: &PackedB, kernel: Kernel) -> Vec<i32> {
-    let n = b.n();
-    assert_eq!(a.len(), m * n, "gemm: A must be m × n");
+/// If A and B have different n.
+pub fn gemm(a: &PackedA, b: &PackedB, kernel: Kernel) -> Vec<i32> {
+    let (m, n) = (a.rows(), b.n());
+    assert_eq!(a.n(), n, "gemm: A and B must have the same n");
     let kernel = kernel.resolve();
     let mut c = vec![0i32; m * n];
     if m == 0 || n == 0 {
@@ -49,53 +53,35 @@ pub fn gemm(a: &[i8], m: usize, b: &PackedB, kernel: Kernel) -> Vec<i32> {
     }
     let col_tiles = n.div_ceil(NC);
     let mut tiles: Vec<Tile<'_>> = (0..m.div_ceil(MC) * col_tiles)
-        .map(|t| Tile { row0: (t / col_tiles) * MC, col0: (t % col_tiles) * NC, rows: Vec::with_capacity(MC) })
+        .map(|t| Tile {
+            row0: (t / col_tiles) * MC,
+            col0: (t % col_tiles) * NC,
+            rows: Vec::with_capacity(MC),
+        })
         .collect();
     for (r, row) in c.chunks_mut(n).enumerate() {
         for (j, piece) in row.chunks_mut(NC).enumerate() {
             tiles[(r / MC) * col_tiles + j].rows.push(piece);
         }
     }
-    tiles.into_par_iter().for_each_init(Vec::new, |a_pack, tile| compute_tile(tile, a, n, b, kernel, a_pack));
+    tiles.into_par_iter().for_each(|tile| compute_tile(tile, a, b, kernel));
     c
 }
 
-/// Packs rows `row0 .. row0 + rows` of A, row pairs `q0..q1`, as `[row group][q][MR]` `i16` pairs.
-/// Rows past the tile and the column past an odd n are zero.
-fn pack_a(a: &[i8], n: usize, row0: usize, rows: usize, q0: usize, q1: usize, out: &mut Vec<u32>) {
-    let kq = q1 - q0;
-    let groups = rows.div_ceil(MR);
-    out.clear();
-    out.resize(groups * kq * MR, 0);
-    for r in 0..rows {
-        let a_row = &a[(row0 + r) * n..(row0 + r + 1) * n];
-        let (g, i) = (r / MR, r % MR);
-        let dst = &mut out[g * kq * MR..(g + 1) * kq * MR];
-        for q in 0..kq {
-            let k = 2 * (q0 + q);
-            let lo = a_row[k] as i16 as u16;
-            let hi = a_row.get(k + 1).map_or(0, |&v| v as i16 as u16);
-            dst[q * MR + i] = u32::from(lo) | (u32::from(hi) << 16);
-        }
-    }
-}
-
-fn compute_tile(mut tile: Tile<'_>, a: &[i8], n: usize, b: &PackedB, kernel: Kernel, a_pack: &mut Vec<u32>) {
+fn compute_tile(mut tile: Tile<'_>, a: &PackedA, b: &PackedB, kernel: Kernel) {
     let rows = tile.rows.len();
     let Some(cols) = tile.rows.first().map(|r| r.len()) else { return };
-    let groups = rows.div_ceil(MR);
+    let (first_group, groups) = (tile.row0 / MR, rows.div_ceil(MR));
     let first_panel = tile.col0 / NR;
     let kpairs = b.kpairs();
     let mut block: Block = [[0; NR]; MR];
     for q0 in (0..kpairs).step_by(KC_PAIRS) {
         let q1 = (q0 + KC_PAIRS).min(kpairs);
-        let kq = q1 - q0;
-        pack_a(a, n, tile.row0, rows, q0, q1, a_pack);
         for pj in 0..cols.div_ceil(NR) {
             let panel = b.panel(first_panel + pj, q0, q1);
             let (off, width) = (pj * NR, NR.min(cols - pj * NR));
             for g in 0..groups {
-                kernel.run(&a_pack[g * kq * MR..(g + 1) * kq * MR], panel, &mut block);
+                kernel.run(a.group(first_group + g, q0, q1), panel, &mut block);
                 for (i, out) in block.iter().enumerate().take(rows - g * MR) {
                     let dst = &mut tile.rows[g * MR + i][off..off + width];
                     for (d, s) in dst.iter_mut().zip(out) {
@@ -125,8 +111,8 @@ pub(super) fn kernel_scalar(a: &[u32], panel: &[i8], block: &mut Block) {
 pub(super) mod avx2 {
     use super::{Block, MR, NR};
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm_loadu_si128, _mm256_add_epi32, _mm256_cvtepi8_epi16, _mm256_madd_epi16,
-        _mm256_set1_epi32, _mm256_setzero_si256, _mm256_storeu_si256,
+        __m128i, __m256i, _mm_loadu_si128, _mm256_add_epi32, _mm256_cvtepi8_epi16,
+        _mm256_madd_epi16, _mm256_set1_epi32, _mm256_setzero_si256, _mm256_storeu_si256,
     };
 
     /// AVX2 micro-kernel: for each row pair q, widens the panel's 32 bytes to two vectors of 16 `i16`
@@ -141,7 +127,10 @@ pub(super) mod avx2 {
             // SAFETY: `b` is a `[i8; 32]`, so both unaligned 16-byte loads (offsets 0 and 16) read inside it;
             // `_mm_loadu_si128` has no alignment requirement.
             let (lo, hi) = unsafe {
-                (_mm_loadu_si128(b.as_ptr().cast::<__m128i>()), _mm_loadu_si128(b.as_ptr().add(16).cast::<__m128i>()))
+                (
+                    _mm_loadu_si128(b.as_ptr().cast::<__m128i>()),
+                    _mm_loadu_si128(b.as_ptr().add(16).cast::<__m128i>()),
+                )
             };
             let (b0, b1) = (_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi));
             for (acc, &pair) in acc.iter_mut().zip(a) {

@@ -10,7 +10,7 @@ pub mod hash;
 
 use crate::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
 use cpc_common::synthetic::matrix_ids;
-pub use generate::{PackedB, generate_rows};
+pub use generate::{PackedA, PackedB, generate_rows};
 pub use hash::{hash_row, hash_rows};
 use std::num::NonZeroU32;
 
@@ -82,9 +82,18 @@ impl CpuBackend {
     /// A backend with `threads` worker threads (0: one per logical CPU, or `RAYON_NUM_THREADS`) and the
     /// fastest kernel the CPU supports.
     pub fn new(threads: usize) -> Result<Self, BackendError> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("cpc-cpu-{i}")).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cpc-cpu-{i}"))
+            .build()?;
         let kernel = Kernel::detect();
-        Ok(Self { pool, kernel, name: format!("cpu-{}", kernel.as_str()), fault_every: None, memory_limit: None })
+        Ok(Self {
+            pool,
+            kernel,
+            name: format!("cpu-{}", kernel.as_str()),
+            fault_every: None,
+            memory_limit: None,
+        })
     }
 
     /// Forces a kernel (falls back to scalar where the CPU lacks it). For parity tests and benches.
@@ -125,10 +134,10 @@ impl CpuBackend {
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
         let (a, b) = rayon::join(
-            || generate_rows(&km, a_id, shard.rows.clone(), n),
+            || PackedA::generate(&km, a_id, shard.rows.clone(), n),
             || PackedB::generate(&km, b_id, n),
         );
-        let mut c = gemm::gemm(&a, shard.row_count() as usize, &b, self.kernel);
+        let mut c = gemm::gemm(&a, &b, self.kernel);
         if let Some(k) = self.fault_every {
             for (r, row) in shard.rows.clone().zip(c.chunks_mut(n as usize)) {
                 if r % k.get() == 0 {
@@ -150,7 +159,11 @@ impl Backend for CpuBackend {
         let memory_bytes = self.memory_limit.or_else(host_available_memory).unwrap_or(u64::MAX);
         let threads = self.threads();
         DeviceInfo {
-            name: format!("{} ({}, {threads} threads)", cpu_model().unwrap_or_else(|| "CPU".into()), self.kernel.as_str()),
+            name: format!(
+                "{} ({}, {threads} threads)",
+                cpu_model().unwrap_or_else(|| "CPU".into()),
+                self.kernel.as_str()
+            ),
             kind: BackendKind::Cpu,
             memory_bytes,
             compute_units: u32::try_from(threads).unwrap_or(u32::MAX),
@@ -228,10 +241,10 @@ mod tests {
     fn gemm_matches_naive_on_odd_shapes() {
         for (m, n) in [(1, 1), (1, 2), (7, 3), (13, 17), (6, 16), (97, 33), (5, 300), (100, 530)] {
             let (a, b) = (pseudo(m * n, m as u32), pseudo(n * n, n as u32));
-            let packed = PackedB::from_rows(&b, n);
+            let (pa, pb) = (PackedA::from_rows(&a, m, n), PackedB::from_rows(&b, n));
             let want = naive(&a, &b, m, n);
             for kernel in [Kernel::Scalar, Kernel::Avx2] {
-                assert_eq!(gemm::gemm(&a, m, &packed, kernel), want, "m={m} n={n} {kernel:?}");
+                assert_eq!(gemm::gemm(&pa, &pb, kernel), want, "m={m} n={n} {kernel:?}");
             }
         }
     }
@@ -240,10 +253,10 @@ mod tests {
     fn extreme_values_are_exact() {
         // All -128: every product is 2^14, the largest; C = n · 2^14 everywhere.
         let n = 530;
-        let a = vec![i8::MIN; 3 * n];
+        let a = PackedA::from_rows(&vec![i8::MIN; 3 * n], 3, n);
         let packed = PackedB::from_rows(&vec![i8::MIN; n * n], n);
         for kernel in [Kernel::Scalar, Kernel::Avx2] {
-            assert!(gemm::gemm(&a, 3, &packed, kernel).iter().all(|&v| v == (n as i32) << 14));
+            assert!(gemm::gemm(&a, &packed, kernel).iter().all(|&v| v == (n as i32) << 14));
         }
     }
 
@@ -265,7 +278,8 @@ mod tests {
     #[test]
     fn too_large_shard_is_refused() {
         let backend = CpuBackend::new(1).expect("pool").with_memory_limit(1000);
-        let shard = Shard::whole(Challenge::new("big", 64, 1).expect("challenge"), 0).expect("shard");
+        let shard =
+            Shard::whole(Challenge::new("big", 64, 1).expect("challenge"), 0).expect("shard");
         let err = backend.run_shard(&shard, false).expect_err("too large");
         assert!(matches!(err, BackendError::ShardTooLarge { .. }), "{err}");
     }

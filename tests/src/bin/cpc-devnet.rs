@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use cpc_tests::devnet::{
     DevnetConfig,
-    chain::{ChainConfig, DEFAULT_EPOCH_LENGTH, DEFAULT_MEMPOOL_CAP, DEFAULT_PREMINE, DEVNET_CHAIN_ID},
+    chain::{
+        ChainConfig, DEFAULT_EPOCH_LENGTH, DEFAULT_MEMPOOL_CAP, DEFAULT_PREMINE, DEVNET_CHAIN_ID,
+    },
     run,
 };
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -16,7 +18,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 #[command(name = "cpc-devnet", version)]
 struct Args {
     /// Address to serve the node's HTTP API on (port 0: a free port, printed at start).
-    #[arg(long, env = "CPC_DEVNET_LISTEN", default_value = "127.0.0.1:8000", help_heading = "Network")]
+    #[arg(
+        long,
+        env = "CPC_DEVNET_LISTEN",
+        default_value = "127.0.0.1:8000",
+        help_heading = "Network"
+    )]
     listen: SocketAddr,
 
     /// Interval between blocks, e.g. `5s`, `200ms`, `1.5s` (a bare number is seconds).
@@ -53,7 +60,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let value: f64 = number.trim().parse().map_err(|_| format!("`{s}` is not a duration like 5s or 200ms"))?;
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("`{s}` is not a duration like 5s or 200ms"))?;
     if !value.is_finite() || value <= 0.0 {
         return Err(format!("`{s}`: the block time must be positive"));
     }
@@ -80,6 +88,7 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

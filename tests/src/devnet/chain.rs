@@ -24,15 +24,16 @@
 //!   `address:balance:nonce;` (decimal numbers).
 
 use cpc_common::{
-    Address, Block, BlockHeader, ComputeResult, Digest32, PublicKey, SecretKey, Signature, Transaction, TxType,
-    merkle_root, sha256, sha256_hex, tx::MAX_PENDING_PER_SENDER,
+    Address, Block, BlockHeader, ComputeResult, Digest32, PublicKey, SecretKey, Signature,
+    Transaction, TxType, merkle_root, sha256, sha256_hex, tx::MAX_PENDING_PER_SENDER,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// The devnet's chain id, as the public devnet names it.
 pub const DEVNET_CHAIN_ID: &str = "cpc-devnet-1";
 /// The public devnet faucet key (devnet only), which holds the premine.
-pub const FAUCET_PRIVATE_KEY: &str = "4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c";
+pub const FAUCET_PRIVATE_KEY: &str =
+    "4f3edf982522b4e51b7e8b5f2f9c4d1d7a9e5f8c2b6d4e1a3c5b7d9e0f1a2b3c";
 /// Default premine of the faucet: 10^9 CPC in 10^-18 units.
 pub const DEFAULT_PREMINE: u128 = 1_000_000_000 * 1_000_000_000_000_000_000;
 /// Lowest gas price admitted.
@@ -46,7 +47,8 @@ pub const DEFAULT_EPOCH_LENGTH: u64 = 100;
 /// Seed of the fixed devnet validator key: its private key is `sha256(seed)`.
 pub const VALIDATOR_KEY_SEED: &str = "cpc-devnet-1 validator key";
 /// `prev_hash` of the genesis block.
-pub const GENESIS_PREV_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_PREV_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Consensus parameters of the devnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +81,9 @@ impl Default for ChainConfig {
             block_gas_limit: DEFAULT_BLOCK_GAS_LIMIT,
             premine: DEFAULT_PREMINE,
             faucet_address: faucet_key().address().to_string(),
-            proposer_address: Address::valcons_from_public_key(&validator_key().public_key().to_compressed()),
+            proposer_address: Address::valcons_from_public_key(
+                &validator_key().public_key().to_compressed(),
+            ),
             mempool_cap: DEFAULT_MEMPOOL_CAP,
             per_sender_cap: MAX_PENDING_PER_SENDER,
             epoch_length: DEFAULT_EPOCH_LENGTH,
@@ -269,7 +273,10 @@ impl Chain {
     pub fn genesis(config: ChainConfig, timestamp: i64) -> (Self, ProducedBlock) {
         let mut accounts = BTreeMap::new();
         if config.premine > 0 {
-            accounts.insert(config.faucet_address.clone(), Account { balance: config.premine, nonce: 0 });
+            accounts.insert(
+                config.faucet_address.clone(),
+                Account { balance: config.premine, nonce: 0 },
+            );
         }
         let header = BlockHeader {
             height: 0,
@@ -296,7 +303,11 @@ impl Chain {
     }
 
     /// A chain resumed from persisted state: the tip header and every account.
-    pub fn restore(config: ChainConfig, tip: BlockHeader, accounts: impl IntoIterator<Item = (String, Account)>) -> Self {
+    pub fn restore(
+        config: ChainConfig,
+        tip: BlockHeader,
+        accounts: impl IntoIterator<Item = (String, Account)>,
+    ) -> Self {
         let tip_hash = tip.hash();
         Self {
             config,
@@ -375,7 +386,12 @@ impl Chain {
                 q.count += 1;
                 q.cost = q.cost.saturating_add(cost(&tx));
                 self.in_pool.insert(hash.clone(), now);
-                self.mempool.push_back(PoolEntry { hash: hash.clone(), tx, base_gas, received_at: now });
+                self.mempool.push_back(PoolEntry {
+                    hash: hash.clone(),
+                    tx,
+                    base_gas,
+                    received_at: now,
+                });
                 self.stats.received += 1;
                 Ok(hash)
             }
@@ -391,7 +407,10 @@ impl Chain {
             return Err(Rejection::AlreadyInPool);
         }
         if tx.gas_price < self.config.min_gas_price {
-            return Err(Rejection::GasPriceTooLow { got: tx.gas_price, min: self.config.min_gas_price });
+            return Err(Rejection::GasPriceTooLow {
+                got: tx.gas_price,
+                min: self.config.min_gas_price,
+            });
         }
         let base_gas = tx.tx_type.base_gas().ok_or(Rejection::UnknownTxType)?;
         if tx.gas_limit < base_gas {
@@ -414,7 +433,8 @@ impl Chain {
         if let Some(pos) = fromhex_error(&tx.pub_key) {
             return Err(Rejection::InvalidKeyFormat(fromhex_message(pos)));
         }
-        let key = PublicKey::from_hex(&tx.pub_key).map_err(|e| Rejection::InvalidKeyFormat(e.to_string()))?;
+        let key = PublicKey::from_hex(&tx.pub_key)
+            .map_err(|e| Rejection::InvalidKeyFormat(e.to_string()))?;
         if key.address().as_str() != tx.from_address {
             return Err(Rejection::PubKeyMismatch);
         }
@@ -465,7 +485,11 @@ impl Chain {
                 Ok(leaf) => {
                     gas_used += entry.base_gas;
                     touched.insert(entry.tx.from_address.clone());
-                    if let Some(to) = entry.tx.to_address.as_ref().filter(|_| entry.tx.tx_type == TxType::Transfer)
+                    if let Some(to) = entry
+                        .tx
+                        .to_address
+                        .as_ref()
+                        .filter(|_| entry.tx.tx_type == TxType::Transfer)
                     {
                         touched.insert(to.clone());
                     }
@@ -493,7 +517,11 @@ impl Chain {
             round: 0,
             tx_root: hex::encode(merkle_root(&hashes)),
             state_root: state_root(&self.accounts),
-            compute_root: if leaves.is_empty() { String::new() } else { hex::encode(merkle_root(&leaves)) },
+            compute_root: if leaves.is_empty() {
+                String::new()
+            } else {
+                hex::encode(merkle_root(&leaves))
+            },
             gas_used,
             gas_limit: self.config.block_gas_limit,
             zk_state_proof_hash: None,
@@ -502,8 +530,9 @@ impl Chain {
         self.tip_hash = header.hash();
         self.tip = header.clone();
         self.stats.blocks += 1;
-        let mut accounts: Vec<(String, Account)> = touched.into_iter().map(|a| (a.clone(), self.account(&a))).collect();
-        accounts.sort();
+        let mut accounts: Vec<(String, Account)> =
+            touched.into_iter().map(|a| (a.clone(), self.account(&a))).collect();
+        accounts.sort_by(|x, y| x.0.cmp(&y.0));
         ProducedBlock {
             block: Block { header, txs: included, pq_signature: None, pq_sig_scheme_id: None },
             accounts,
@@ -524,20 +553,19 @@ impl Chain {
         let total = match total {
             Some(t) if t <= sender.balance => t,
             _ => {
-                let need = total.map_or_else(|| format!("{} + {spent_fee}", tx.amount), |t| t.to_string());
+                let need =
+                    total.map_or_else(|| format!("{} + {spent_fee}", tx.amount), |t| t.to_string());
                 return Err(format!("Insufficient balance: have {}, need {need}", sender.balance));
             }
         };
         let mut leaf = None;
         match tx.tx_type {
-            TxType::Transfer => {
-                if tx.to_address.as_deref().is_none_or(str::is_empty) {
-                    return Err("Transfer must have to_address".to_owned());
-                }
+            TxType::Transfer if tx.to_address.as_deref().is_none_or(str::is_empty) => {
+                return Err("Transfer must have to_address".to_owned());
             }
             TxType::SubmitResult => {
-                let result =
-                    ComputeResult::from_payload(&tx.payload).map_err(|e| format!("Invalid ComputeResult: {e}"))?;
+                let result = ComputeResult::from_payload(&tx.payload)
+                    .map_err(|e| format!("Invalid ComputeResult: {e}"))?;
                 if result.worker_address != tx.from_address {
                     return Err(format!(
                         "Invalid ComputeResult: Worker address mismatch: payload {} vs tx {}",
@@ -568,9 +596,9 @@ impl Chain {
         self.senders.clear();
         self.in_pool.clear();
         for entry in self.mempool.drain(..) {
-            let expected = next
-                .entry(entry.tx.from_address.clone())
-                .or_insert_with(|| self.accounts.get(&entry.tx.from_address).map_or(0, |a| a.nonce));
+            let expected = next.entry(entry.tx.from_address.clone()).or_insert_with(|| {
+                self.accounts.get(&entry.tx.from_address).map_or(0, |a| a.nonce)
+            });
             if entry.tx.nonce == *expected {
                 *expected += 1;
                 let q = self.senders.entry(entry.tx.from_address.clone()).or_default();
@@ -653,16 +681,24 @@ mod tests {
     }
 
     fn transfer(from: &SecretKey, to: &str, amount: u128, nonce: u64) -> Transaction {
-        let mut tx =
-            Transaction::new_unsigned(TxType::Transfer, from, Some(to.to_owned()), amount, nonce, 1000, json!({}))
-                .expect("tx");
+        let mut tx = Transaction::new_unsigned(
+            TxType::Transfer,
+            from,
+            Some(to.to_owned()),
+            amount,
+            nonce,
+            1000,
+            json!({}),
+        )
+        .expect("tx");
         tx.sign(from).expect("sign");
         tx
     }
 
     fn submit_result(from: &SecretKey, nonce: u64, payload: serde_json::Value) -> Transaction {
         let mut tx =
-            Transaction::new_unsigned(TxType::SubmitResult, from, None, 0, nonce, 1000, payload).expect("tx");
+            Transaction::new_unsigned(TxType::SubmitResult, from, None, 0, nonce, 1000, payload)
+                .expect("tx");
         tx.sign(from).expect("sign");
         tx
     }
@@ -729,14 +765,24 @@ mod tests {
 
         let mut t = transfer(&a, &to, 1, 0);
         t.signature.replace_range(0..1, "x");
-        assert_eq!(reason(&mut chain, t), "crypto_error: non-hexadecimal number found in fromhex() arg at position 0");
+        assert_eq!(
+            reason(&mut chain, t),
+            "crypto_error: non-hexadecimal number found in fromhex() arg at position 0"
+        );
 
         assert_eq!(reason(&mut chain, transfer(&a, &to, 0, 0)), "transfer_amount_zero");
         assert_eq!(
             reason(&mut chain, transfer(&a, &to, 10u128.pow(18), 0)),
-            format!("insufficient_balance: have {}, need {}", 10u128.pow(18), 10u128.pow(18) + 21_000_000)
+            format!(
+                "insufficient_balance: have {}, need {}",
+                10u128.pow(18),
+                10u128.pow(18) + 21_000_000
+            )
         );
-        assert_eq!(reason(&mut chain, transfer(&a, &to, 1, 1)), "nonce_too_high: expected 0, got 1");
+        assert_eq!(
+            reason(&mut chain, transfer(&a, &to, 1, 1)),
+            "nonce_too_high: expected 0, got 1"
+        );
 
         let ok = transfer(&a, &to, 1, 0);
         assert_eq!(reason(&mut chain, ok.clone()), "received");
@@ -805,8 +851,14 @@ mod tests {
         assert_eq!(b.block.header.tx_root, tx_root(&b.block.txs));
         assert_eq!(b.block.header.compute_root, "");
         assert_eq!(chain.account(&to).balance, 7);
-        assert_eq!(chain.account(&a.address().to_string()), Account { balance: 10u128.pow(18) - 7 - 21_000_000, nonce: 1 });
-        assert_eq!(b.outcomes, vec![(t.hash_hex(), Outcome::Confirmed { height: 1, timestamp: 2_000 })]);
+        assert_eq!(
+            chain.account(&a.address().to_string()),
+            Account { balance: 10u128.pow(18) - 7 - 21_000_000, nonce: 1 }
+        );
+        assert_eq!(
+            b.outcomes,
+            vec![(t.hash_hex(), Outcome::Confirmed { height: 1, timestamp: 2_000 })]
+        );
         assert_eq!(chain.last_hash(), b.block.header.hash());
         assert_eq!(chain.mempool_len(), 0);
     }
@@ -817,9 +869,7 @@ mod tests {
         let other = SecretKey::generate();
         let mut chain = funded(&[&w], 10u128.pow(18));
         let addr = w.address().to_string();
-        let good = |worker: &str| {
-            json!({"task_id": "t", "worker_address": worker, "result_hash": "ab", "proof": "", "nonce": 1, "signature": ""})
-        };
+        let good = |worker: &str| json!({"task_id": "t", "worker_address": worker, "result_hash": "ab", "proof": "", "nonce": 1, "signature": ""});
         let mut null_proof = good(&addr);
         null_proof["proof"] = serde_json::Value::Null;
         chain.submit(submit_result(&w, 0, null_proof), 0).expect("admitted");
@@ -828,13 +878,19 @@ mod tests {
         assert!(b.block.txs.is_empty());
         assert!(matches!(&b.outcomes[0].1, Outcome::Failed { error, .. }
             if error == "Invalid ComputeResult: 1 validation error for ComputeResult: proof: input should be a valid string"));
-        assert!(matches!(&b.outcomes[1].1, Outcome::Failed { error, .. } if error == "Invalid nonce: expected 0, got 1"));
+        assert!(
+            matches!(&b.outcomes[1].1, Outcome::Failed { error, .. } if error == "Invalid nonce: expected 0, got 1")
+        );
         assert_eq!(chain.account(&addr), Account { balance: 10u128.pow(18), nonce: 0 });
 
-        chain.submit(submit_result(&w, 0, good(&other.address().to_string())), 0).expect("admitted");
+        chain
+            .submit(submit_result(&w, 0, good(&other.address().to_string())), 0)
+            .expect("admitted");
         let b = chain.produce_block(2);
         assert!(b.block.txs.is_empty());
-        assert!(matches!(&b.outcomes[0].1, Outcome::Failed { error, .. } if error.contains("Worker address mismatch")));
+        assert!(
+            matches!(&b.outcomes[0].1, Outcome::Failed { error, .. } if error.contains("Worker address mismatch"))
+        );
 
         let tx = submit_result(&w, 0, good(&addr));
         chain.submit(tx.clone(), 0).expect("admitted");
@@ -860,7 +916,9 @@ mod tests {
 
         // A queued tx whose predecessor fails at inclusion goes too, so the pending nonce stays contiguous.
         let poor = SecretKey::generate();
-        chain.accounts.insert(poor.address().to_string(), Account { balance: 50_000_000, nonce: 0 });
+        chain
+            .accounts
+            .insert(poor.address().to_string(), Account { balance: 50_000_000, nonce: 0 });
         chain.submit(transfer(&poor, &to, 1, 0), 0).expect("admitted");
         chain.submit(transfer(&poor, &to, 1, 1), 0).expect("admitted");
         chain.accounts.insert(poor.address().to_string(), Account { balance: 10, nonce: 0 });

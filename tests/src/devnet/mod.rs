@@ -63,7 +63,9 @@ impl Default for DevnetConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DevnetError {
     /// The listen address is taken or not ours.
-    #[error("cannot listen on {addr}: {source} (pick another with --listen, or port 0 for a free one)")]
+    #[error(
+        "cannot listen on {addr}: {source} (pick another with --listen, or port 0 for a free one)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -103,7 +105,7 @@ impl Devnet {
         };
         store.check_chain_id(&config.chain.chain_id)?;
         let chain = match store.load()? {
-            Some((tip, accounts)) => {
+            Some(store::Persisted { tip, accounts }) => {
                 tracing::info!(height = tip.height, "resuming chain from the data dir");
                 Chain::restore(config.chain.clone(), tip, accounts)
             }
@@ -114,8 +116,9 @@ impl Devnet {
                 chain
             }
         };
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| DevnetError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DevnetError::Bind { addr: config.listen, source })?;
         let shared = Arc::new(Shared {
             chain: Mutex::new(chain),
             store: Mutex::new(store),
@@ -131,7 +134,10 @@ impl Devnet {
 
     /// Serves HTTP and produces blocks until `shutdown` completes (or a task fails), then stops both,
     /// giving in-flight requests [`SHUTDOWN_GRACE`].
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DevnetError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DevnetError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut producer: JoinHandle<Result<(), DevnetError>> =
             tokio::spawn(produce_blocks(self.shared.clone(), self.block_time, stop_rx.clone()));
@@ -166,7 +172,9 @@ impl Devnet {
             }
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-            tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+            tracing::warn!(
+                "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+            );
             producer.abort();
             http.abort();
         }
@@ -176,7 +184,10 @@ impl Devnet {
 }
 
 /// Binds, prints [`listening_line`] on stdout (flushed), and serves until `shutdown`.
-pub async fn run(config: DevnetConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DevnetError> {
+pub async fn run(
+    config: DevnetConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DevnetError> {
     let devnet = Devnet::bind(config).await?;
     let addr = devnet.local_addr()?;
     let mut stdout = std::io::stdout().lock();
@@ -192,7 +203,8 @@ async fn produce_blocks(
     block_time: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), DevnetError> {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + block_time, block_time);
+    let mut interval =
+        tokio::time::interval_at(tokio::time::Instant::now() + block_time, block_time);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

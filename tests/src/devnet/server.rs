@@ -75,7 +75,9 @@ impl Shared {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The devnet's routes.
@@ -96,7 +98,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn limit_in_flight(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+async fn limit_in_flight(
+    State(slots): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
     // The semaphore is never closed, so acquiring only fails if it were; serve anyway then.
     let _permit = slots.acquire_owned().await.ok();
     next.run(request).await
@@ -155,7 +161,10 @@ async fn block(State(s): State<Arc<Shared>>, Path(height): Path<String>) -> Resp
     }
 }
 
-async fn balance(State(s): State<Arc<Shared>>, Path(address): Path<String>) -> Json<BalanceResponse> {
+async fn balance(
+    State(s): State<Arc<Shared>>,
+    Path(address): Path<String>,
+) -> Json<BalanceResponse> {
     s.http.requests.fetch_add(1, Ordering::Relaxed);
     let account = s.chain().account(&address);
     Json(BalanceResponse { address, balance: account.balance.to_string(), nonce: account.nonce })
@@ -202,7 +211,13 @@ async fn send(State(s): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>)
         Ok(b) => b,
         Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             s.http.too_large.fetch_add(1, Ordering::Relaxed);
-            return detail(StatusCode::PAYLOAD_TOO_LARGE, format!("Request body exceeds {MAX_BODY_BYTES} bytes"));
+            // The unread rest of the body makes the connection unusable: tell the client not to reuse it.
+            let mut r = detail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body exceeds {MAX_BODY_BYTES} bytes"),
+            );
+            r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            return r;
         }
         Err(rej) => {
             s.http.unparseable.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +240,11 @@ async fn send(State(s): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>)
         Ok(tx_hash) => SendTxResponse { tx_hash, status: SendStatus::Received, error: None },
         Err((tx_hash, reason)) => {
             tracing::debug!(%tx_hash, %reason, "rejected transaction");
-            SendTxResponse { tx_hash, status: SendStatus::Rejected, error: Some(reason.to_string()) }
+            SendTxResponse {
+                tx_hash,
+                status: SendStatus::Rejected,
+                error: Some(reason.to_string()),
+            }
         }
     };
     Json(answer).into_response()
@@ -273,14 +292,49 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
     };
     metric("cpcfarm_devnet_height", "gauge", "Height of the newest block.", height);
-    metric("cpcfarm_devnet_mempool_size", "gauge", "Transactions waiting in the mempool.", mempool as u64);
+    metric(
+        "cpcfarm_devnet_mempool_size",
+        "gauge",
+        "Transactions waiting in the mempool.",
+        mempool as u64,
+    );
     metric("cpcfarm_devnet_accounts", "gauge", "Accounts with state.", accounts as u64);
-    metric("cpcfarm_devnet_blocks_produced_total", "counter", "Blocks produced by this process.", stats.blocks);
-    metric("cpcfarm_devnet_txs_received_total", "counter", "Transactions admitted to the mempool.", stats.received);
-    metric("cpcfarm_devnet_txs_rejected_total", "counter", "Transactions refused at admission.", stats.rejected);
-    metric("cpcfarm_devnet_txs_included_total", "counter", "Transactions included in blocks.", stats.included);
-    metric("cpcfarm_devnet_txs_dropped_total", "counter", "Transactions dropped at inclusion.", stats.dropped);
-    metric("cpcfarm_devnet_http_requests_total", "counter", "HTTP requests routed.", h.requests.load(Ordering::Relaxed));
+    metric(
+        "cpcfarm_devnet_blocks_produced_total",
+        "counter",
+        "Blocks produced by this process.",
+        stats.blocks,
+    );
+    metric(
+        "cpcfarm_devnet_txs_received_total",
+        "counter",
+        "Transactions admitted to the mempool.",
+        stats.received,
+    );
+    metric(
+        "cpcfarm_devnet_txs_rejected_total",
+        "counter",
+        "Transactions refused at admission.",
+        stats.rejected,
+    );
+    metric(
+        "cpcfarm_devnet_txs_included_total",
+        "counter",
+        "Transactions included in blocks.",
+        stats.included,
+    );
+    metric(
+        "cpcfarm_devnet_txs_dropped_total",
+        "counter",
+        "Transactions dropped at inclusion.",
+        stats.dropped,
+    );
+    metric(
+        "cpcfarm_devnet_http_requests_total",
+        "counter",
+        "HTTP requests routed.",
+        h.requests.load(Ordering::Relaxed),
+    );
     metric(
         "cpcfarm_devnet_http_unparseable_bodies_total",
         "counter",

@@ -32,7 +32,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The data dir holds another chain.
-    #[error("data dir holds chain `{found}`, not `{expected}`: pass another --data-dir or the matching chain id")]
+    #[error(
+        "data dir holds chain `{found}`, not `{expected}`: pass another --data-dir or the matching chain id"
+    )]
     ChainMismatch {
         /// Chain id in the database.
         found: String,
@@ -51,6 +53,15 @@ pub struct StoredReceipt {
     pub outcome: Outcome,
 }
 
+/// What [`Store::load`] finds in a non-empty database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    /// Header of the newest block.
+    pub tip: BlockHeader,
+    /// Every account with state.
+    pub accounts: Vec<(String, Account)>,
+}
+
 /// The SQLite store.
 #[derive(Debug)]
 pub struct Store {
@@ -60,7 +71,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) `dir/devnet.sqlite3`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::DataDir { path: dir.to_owned(), source })?;
         let conn = Connection::open(dir.join(DB_FILE))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -85,42 +97,55 @@ impl Store {
 
     /// Checks (or records, on a fresh database) the chain id.
     pub fn check_chain_id(&self, chain_id: &str) -> Result<(), StoreError> {
-        let found: Option<String> =
-            self.conn.query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| r.get(0)).optional()?;
+        let found: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| r.get(0))
+            .optional()?;
         match found {
             Some(found) if found != chain_id => {
                 Err(StoreError::ChainMismatch { found, expected: chain_id.to_owned() })
             }
             Some(_) => Ok(()),
             None => {
-                self.conn.execute("INSERT INTO meta (key, value) VALUES ('chain_id', ?1)", params![chain_id])?;
+                self.conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('chain_id', ?1)",
+                    params![chain_id],
+                )?;
                 Ok(())
             }
         }
     }
 
     /// The newest block's header and all accounts, or `None` for an empty database.
-    pub fn load(&self) -> Result<Option<(BlockHeader, Vec<(String, Account)>)>, StoreError> {
-        let tip: Option<String> =
-            self.conn.query_row("SELECT json FROM blocks ORDER BY height DESC LIMIT 1", [], |r| r.get(0)).optional()?;
+    pub fn load(&self) -> Result<Option<Persisted>, StoreError> {
+        let tip: Option<String> = self
+            .conn
+            .query_row("SELECT json FROM blocks ORDER BY height DESC LIMIT 1", [], |r| r.get(0))
+            .optional()?;
         let Some(tip) = tip else { return Ok(None) };
-        let block: Block = serde_json::from_str(&tip).map_err(|e| StoreError::Corrupt(format!("tip block: {e}")))?;
+        let block: Block = serde_json::from_str(&tip)
+            .map_err(|e| StoreError::Corrupt(format!("tip block: {e}")))?;
         let mut stmt = self.conn.prepare("SELECT address, balance, nonce FROM accounts")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?;
         let mut accounts = Vec::new();
         for row in rows {
             let (address, balance, nonce) = row?;
-            let balance =
-                balance.parse().map_err(|_| StoreError::Corrupt(format!("balance of {address}: {balance}")))?;
-            let nonce = u64::try_from(nonce).map_err(|_| StoreError::Corrupt(format!("nonce of {address}")))?;
+            let balance = balance
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("balance of {address}: {balance}")))?;
+            let nonce = u64::try_from(nonce)
+                .map_err(|_| StoreError::Corrupt(format!("nonce of {address}")))?;
             accounts.push((address, Account { balance, nonce }));
         }
-        Ok(Some((block.header, accounts)))
+        Ok(Some(Persisted { tip: block.header, accounts }))
     }
 
     /// Persists a block with the accounts it changed and the outcomes of the transactions it took.
     pub fn commit(&mut self, produced: &ProducedBlock) -> Result<(), StoreError> {
-        let json = serde_json::to_string(&produced.block).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(&produced.block)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO blocks (height, hash, json) VALUES (?1, ?2, ?3)",
@@ -140,9 +165,13 @@ impl Store {
             )?;
             for (hash, outcome) in &produced.outcomes {
                 match outcome {
-                    Outcome::Confirmed { height, timestamp } => {
-                        rec.execute(params![hash, "confirmed", to_i64(*height), timestamp, Option::<String>::None])?
-                    }
+                    Outcome::Confirmed { height, timestamp } => rec.execute(params![
+                        hash,
+                        "confirmed",
+                        to_i64(*height),
+                        timestamp,
+                        Option::<String>::None
+                    ])?,
                     Outcome::Failed { error, timestamp } => {
                         rec.execute(params![hash, "failed", Option::<i64>::None, timestamp, error])?
                     }
@@ -162,13 +191,19 @@ impl Store {
     /// The stored JSON of block `height`.
     pub fn block_json(&self, height: u64) -> Result<Option<String>, StoreError> {
         let Ok(h) = i64::try_from(height) else { return Ok(None) };
-        Ok(self.conn.query_row("SELECT json FROM blocks WHERE height = ?1", params![h], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row("SELECT json FROM blocks WHERE height = ?1", params![h], |r| r.get(0))
+            .optional()?)
     }
 
     /// Block `height`, decoded.
     pub fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
         self.block_json(height)?
-            .map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(format!("block {height}: {e}"))))
+            .map(|j| {
+                serde_json::from_str(&j)
+                    .map_err(|e| StoreError::Corrupt(format!("block {height}: {e}")))
+            })
             .transpose()
     }
 
@@ -191,7 +226,9 @@ impl Store {
             .optional()?;
         Ok(row.map(|(status, height, timestamp, error)| {
             let outcome = match (status.as_str(), height) {
-                ("confirmed", Some(h)) => Outcome::Confirmed { height: u64::try_from(h).unwrap_or(0), timestamp },
+                ("confirmed", Some(h)) => {
+                    Outcome::Confirmed { height: u64::try_from(h).unwrap_or(0), timestamp }
+                }
                 _ => Outcome::Failed { error: error.unwrap_or_default(), timestamp },
             };
             StoredReceipt { outcome }
@@ -223,7 +260,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("reopen");
         store.check_chain_id(&config.chain_id).expect("same chain");
         assert!(matches!(store.check_chain_id("other"), Err(StoreError::ChainMismatch { .. })));
-        let (tip, accounts) = store.load().expect("load").expect("not empty");
+        let Persisted { tip, accounts } = store.load().expect("load").expect("not empty");
         assert_eq!(tip.height, 1);
         assert_eq!(tip.hash(), chain.last_hash());
         let restored = Chain::restore(config.clone(), tip, accounts);

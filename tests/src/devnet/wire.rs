@@ -152,7 +152,12 @@ impl Validator<'_> {
             }
             (Some(Value::String(s)), _) => Some(s.clone()),
             (Some(other), _) => {
-                self.errors.push(error("string_type", &[field], "Input should be a valid string", other.clone()));
+                self.errors.push(error(
+                    "string_type",
+                    &[field],
+                    "Input should be a valid string",
+                    other.clone(),
+                ));
                 None
             }
         }
@@ -163,7 +168,12 @@ impl Validator<'_> {
             None | Some(Value::Null) => Some(None),
             Some(Value::String(s)) => Some(Some(s.clone())),
             Some(other) => {
-                self.errors.push(error("string_type", &[field], "Input should be a valid string", other.clone()));
+                self.errors.push(error(
+                    "string_type",
+                    &[field],
+                    "Input should be a valid string",
+                    other.clone(),
+                ));
                 None
             }
         }
@@ -180,15 +190,26 @@ impl Validator<'_> {
         };
         let Some(int) = PyInt::from_lax_json(value) else {
             let (kind, msg) = match value {
-                Value::String(_) => ("int_parsing", "Input should be a valid integer, unable to parse string as an integer"),
-                Value::Number(_) => ("int_from_float", "Input should be a valid integer, got a number with a fractional part"),
+                Value::String(_) => (
+                    "int_parsing",
+                    "Input should be a valid integer, unable to parse string as an integer",
+                ),
+                Value::Number(_) => (
+                    "int_from_float",
+                    "Input should be a valid integer, got a number with a fractional part",
+                ),
                 _ => ("int_type", "Input should be a valid integer"),
             };
             self.errors.push(error(kind, &[field], msg, value.clone()));
             return None;
         };
         if int.as_str().starts_with('-') {
-            let mut e = error("greater_than_equal", &[field], "Input should be greater than or equal to 0", value.clone());
+            let mut e = error(
+                "greater_than_equal",
+                &[field],
+                "Input should be greater than or equal to 0",
+                value.clone(),
+            );
             e["ctx"] = json!({"ge": 0});
             self.errors.push(e);
             return None;
@@ -210,7 +231,12 @@ impl Validator<'_> {
             None => Some(Value::Object(Map::new())),
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(other) => {
-                self.errors.push(error("dict_type", &["payload"], "Input should be a valid dictionary", other.clone()));
+                self.errors.push(error(
+                    "dict_type",
+                    &["payload"],
+                    "Input should be a valid dictionary",
+                    other.clone(),
+                ));
                 None
             }
         }
@@ -225,7 +251,12 @@ mod tests {
         match parse_transaction(body.as_bytes()) {
             Err(BodyError::Invalid(errs)) => errs
                 .iter()
-                .map(|e| (e["type"].as_str().unwrap_or("").to_owned(), e["loc"][1].as_str().unwrap_or("").to_owned()))
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or("").to_owned(),
+                        e["loc"][1].as_str().unwrap_or("").to_owned(),
+                    )
+                })
                 .collect(),
             other => panic!("expected 422, got {other:?}"),
         }
@@ -247,7 +278,9 @@ mod tests {
             ]
         );
         assert_eq!(
-            kinds(r#"{"tx_type":"NOPE","from_address":1,"amount":"x","nonce":-1,"payload":[],"fee":1.5}"#),
+            kinds(
+                r#"{"tx_type":"NOPE","from_address":1,"amount":"x","nonce":-1,"payload":[],"fee":1.5}"#
+            ),
             vec![
                 ("enum".into(), "tx_type".into()),
                 ("string_type".into(), "from_address".into()),

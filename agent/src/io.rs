@@ -1,0 +1,54 @@
+//! Frames over QUIC streams: the async glue between `cpc_common::codec`'s sans-IO decoder and quinn (the
+//! coordinator has the same few lines; `cpc-common` stays free of I/O).
+
+use cpc_common::codec::{self, CodecError, FrameDecoder};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Largest chunk read from a stream at once.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FrameIoError {
+    /// The bytes are not a valid frame.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The stream or connection failed while reading.
+    #[error("read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The stream or connection failed while writing.
+    #[error("write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// The stream was already closed.
+    #[error("stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+}
+
+/// Reads the next message; `Ok(None)` at a clean end of stream.
+pub(crate) async fn read_frame<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    dec: &mut FrameDecoder,
+) -> Result<Option<T>, FrameIoError> {
+    loop {
+        if let Some(msg) = dec.next_message::<T>()? {
+            return Ok(Some(msg));
+        }
+        match recv.read_chunk(READ_CHUNK, true).await? {
+            Some(chunk) => dec.push(&chunk.bytes),
+            None => {
+                dec.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Writes one message as a frame.
+pub(crate) async fn write_frame<T: Serialize>(
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> Result<(), FrameIoError> {
+    let frame = codec::encode(msg)?;
+    send.write_all(&frame).await?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! `cpc-agent`: joins this host's devices to a cpc-farm coordinator. Parses arguments, sets up tracing and
+//! signals, and hands over to `cpc_agent::run`.
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use cpc_agent::{AgentConfig, DeviceSpec};
+use cpc_kernels::BackendKind;
+use std::{net::SocketAddr, sync::Arc};
+
+/// Joins this host's GPUs (or CPU) to a cpc-farm coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "cpc-agent", version, about)]
+struct Args {
+    /// The coordinator's QUIC address, HOST:PORT (as printed by `cpc-coordinator serve`).
+    #[arg(long, env = "CPC_COORDINATOR", help_heading = "Coordinator")]
+    coordinator: String,
+    /// The coordinator's join token.
+    #[arg(long, env = "CPC_JOIN_TOKEN", hide_env_values = true, help_heading = "Coordinator")]
+    token: String,
+    /// SHA-256 fingerprint of the coordinator's certificate (hex); no other coordinator is trusted.
+    #[arg(long, env = "CPC_COORDINATOR_FINGERPRINT", help_heading = "Coordinator")]
+    coordinator_fingerprint: String,
+    /// Name in the coordinator's reports [default: the host name].
+    #[arg(long, help_heading = "Coordinator")]
+    name: Option<String>,
+    /// Which backend runs shards.
+    #[arg(long, default_value = "cpu", help_heading = "Devices")]
+    backend: String,
+    /// Devices to run: `all` or a list of indices such as `0,2`.
+    #[arg(long, default_value = "all", help_heading = "Devices")]
+    devices: String,
+    /// Bytes of rows kept for spot checks, in MiB.
+    #[arg(long, default_value_t = cpc_agent::DEFAULT_ROW_CACHE_BYTES >> 20, help_heading = "Devices")]
+    row_cache_mib: u64,
+    /// TEST ONLY: corrupt one element every K rows (CPU backend), to demonstrate spot checks.
+    #[arg(long, hide = true)]
+    fault_injection: Option<u32>,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, help_heading = "Observability")]
+    metrics: Option<SocketAddr>,
+}
+
+fn open_devices(args: &Args) -> anyhow::Result<Vec<DeviceSpec>> {
+    let kind: BackendKind = args.backend.parse()?;
+    let indices: Option<Vec<u32>> = if args.devices.trim() == "all" {
+        None
+    } else {
+        Some(
+            args.devices
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<u32>()
+                        .with_context(|| format!("--devices: `{s}` is not an index"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        )
+    };
+    let mut out = Vec::new();
+    let open = |i: u32| -> anyhow::Result<DeviceSpec> {
+        let backend: Arc<dyn cpc_kernels::Backend> = match (kind, args.fault_injection) {
+            (BackendKind::Cpu, Some(k)) => {
+                tracing::warn!(
+                    "fault injection on: this agent computes WRONG results every {k} rows"
+                );
+                Arc::new(cpc_kernels::CpuBackend::new(0)?.with_fault_injection(k))
+            }
+            _ => Arc::from(cpc_kernels::open(kind, i as usize)?),
+        };
+        Ok(DeviceSpec { index: i, backend })
+    };
+    match indices {
+        Some(list) => {
+            for i in list {
+                out.push(open(i)?);
+            }
+        }
+        None => {
+            out.push(open(0)?);
+            if kind == BackendKind::Cuda {
+                for i in 1.. {
+                    match open(i) {
+                        Ok(d) => out.push(d),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no device selected: check --devices");
+    }
+    Ok(out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let devices = open_devices(&args)?;
+    let mut config =
+        AgentConfig::new(&args.coordinator, &args.token, &args.coordinator_fingerprint);
+    if let Some(name) = &args.name {
+        config.name.clone_from(name);
+    }
+    config.metrics_listen = args.metrics;
+    config.row_cache_bytes = args.row_cache_mib << 20;
+    actix_rt::System::new().block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: draining (a second signal exits at once)");
+            let _ = tx.send(true);
+            wait_for_signal().await;
+            std::process::exit(130);
+        });
+        cpc_agent::run(config, devices, rx).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

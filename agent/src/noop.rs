@@ -1,0 +1,34 @@
+//! A backend that computes nothing, for benchmarks of the farm's transport and scheduling: it answers the
+//! right number of leaves (each the hash of an all-zero row) at once, so that shard rates measure the
+//! coordinator, QUIC and the agents rather than matrix products. Its results are wrong by design: run it only
+//! with spot checks off.
+
+use cpc_common::hashing::sha256;
+use cpc_kernels::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
+
+/// The no-op backend.
+#[derive(Debug, Clone, Default)]
+pub struct NoopBackend;
+
+impl Backend for NoopBackend {
+    fn name(&self) -> &str {
+        "noop"
+    }
+
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: "no-op".into(),
+            kind: BackendKind::Cpu,
+            memory_bytes: u64::MAX,
+            compute_units: 1,
+        }
+    }
+
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        shard.validate()?;
+        let n = shard.challenge.matrix_size as usize;
+        let leaf = sha256(vec![0u8; 4 * n]);
+        let rows = shard.row_count() as usize;
+        Ok(ShardOutput { leaves: vec![leaf; rows], rows: keep_rows.then(|| vec![0; rows * n]) })
+    }
+}

@@ -1,0 +1,304 @@
+//! One connection to the coordinator, from dial to goodbye: the pinned TLS handshake, `Hello` with the token
+//! and device adverts, then heartbeats on the control stream and one task per request stream (run a shard on a
+//! device actor, or show a cached row). On shutdown it drains: `Draining` to the coordinator, new shards
+//! answered `ShardFailed`, shards in hand finished, spot checks answered for a grace period, then close.
+
+use crate::{
+    AgentConfig, AgentError,
+    device::{Compute, DeviceActor, RowCache, fetch_row},
+    io::{FrameIoError, read_frame, write_frame},
+    metrics as m,
+};
+use actix::Addr;
+use cpc_common::{
+    codec::FrameDecoder,
+    wire::{AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request, Response},
+};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{mpsc, watch};
+
+/// Server name sent in TLS (the certificate is pinned, so it is informative only).
+const SERVER_NAME: &str = "cpc-coordinator";
+/// Largest request frame the coordinator may send.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest `HelloReply`.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
+/// The agent's device actors, by index, with their adverts.
+#[derive(Debug, Default, Clone)]
+pub struct Devices(BTreeMap<u32, (DeviceAdvert, Addr<DeviceActor>)>);
+
+impl Devices {
+    /// Adds a device.
+    pub fn insert(&mut self, advert: DeviceAdvert, addr: Addr<DeviceActor>) {
+        self.0.insert(advert.index, (advert, addr));
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn adverts(&self) -> Vec<DeviceAdvert> {
+        self.0.values().map(|(a, _)| a.clone()).collect()
+    }
+}
+
+/// What every session of an agent shares.
+#[derive(Debug)]
+pub struct SessionCtx {
+    pub(crate) config: AgentConfig,
+    pub(crate) pinned: [u8; 32],
+    pub(crate) devices: Devices,
+    pub(crate) cache: Arc<Mutex<RowCache>>,
+    pub(crate) ready: Arc<AtomicBool>,
+}
+
+/// How a session ended without a fatal error.
+#[derive(Debug)]
+pub enum End {
+    /// Drained on request: the agent is done.
+    Drained,
+    /// The connection was lost: reconnect.
+    Lost(String),
+}
+
+/// Shards being computed, and when the last request arrived.
+#[derive(Debug, Default)]
+struct Activity {
+    in_hand: AtomicUsize,
+    last_request: Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_request.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    fn quiet_for(&self) -> Duration {
+        self.last_request.lock().ok().and_then(|t| *t).map_or(Duration::MAX, |t| t.elapsed())
+    }
+}
+
+async fn resolve(target: &str) -> Result<SocketAddr, AgentError> {
+    let mut addrs = tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| AgentError::Setup(format!("cannot resolve --coordinator {target}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| AgentError::Setup(format!("--coordinator {target} resolves to no address")))
+}
+
+fn transport(idle: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(Some(idle / 3));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t
+}
+
+/// Runs one session. `welcomed` turns true once the coordinator admitted the agent.
+pub async fn run(
+    ctx: &SessionCtx,
+    shutdown: &mut watch::Receiver<bool>,
+    welcomed: &mut bool,
+) -> Result<End, AgentError> {
+    let cfg = &ctx.config;
+    let addr = resolve(&cfg.coordinator).await?;
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|e| AgentError::Setup(format!("{e}")))?;
+    let (client, verifier) = crate::tls::client_config(ctx.pinned, transport(cfg.idle_timeout))
+        .map_err(AgentError::Setup)?;
+    let endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| AgentError::Setup(format!("cannot open a UDP socket: {e}")))?;
+    let result = session(ctx, &endpoint, client, &verifier, addr, shutdown, welcomed).await;
+    ctx.ready.store(false, Ordering::Relaxed);
+    m::connected(false);
+    endpoint.close(0u32.into(), b"agent leaving");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
+async fn session(
+    ctx: &SessionCtx,
+    endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
+    verifier: &crate::tls::PinnedVerifier,
+    addr: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+    welcomed: &mut bool,
+) -> Result<End, AgentError> {
+    let cfg = &ctx.config;
+    let connecting = endpoint
+        .connect_with(client, addr, SERVER_NAME)
+        .map_err(|e| AgentError::Setup(format!("cannot dial {addr}: {e}")))?;
+    let conn = match connecting.await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(presented) = verifier.last_mismatch() {
+                return Err(AgentError::FingerprintMismatch {
+                    presented,
+                    pinned: hex::encode(ctx.pinned),
+                });
+            }
+            return Err(AgentError::Setup(format!("cannot connect to {addr}: {e}")));
+        }
+    };
+    let (mut ctl_send, mut ctl_recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| AgentError::Setup(format!("cannot open the control stream: {e}")))?;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: cfg.token.clone(),
+        agent_name: cfg.name.clone(),
+        devices: ctx.devices.adverts(),
+    };
+    write_frame(&mut ctl_send, &hello)
+        .await
+        .map_err(|e| AgentError::Setup(format!("sending Hello: {e}")))?;
+    let mut dec = FrameDecoder::with_limit(MAX_REPLY_BYTES);
+    let reply = tokio::time::timeout(
+        cfg.handshake_timeout,
+        read_frame::<HelloReply>(&mut ctl_recv, &mut dec),
+    )
+    .await;
+    let (agent_id, interval_ms) = match reply {
+        Err(_) => {
+            return Err(AgentError::Setup("the coordinator did not answer Hello in time".into()));
+        }
+        Ok(Ok(Some(HelloReply::Welcome { agent_id, heartbeat_interval_ms }))) => {
+            (agent_id, heartbeat_interval_ms)
+        }
+        Ok(Ok(Some(HelloReply::Refused { reason }))) => return Err(AgentError::Refused(reason)),
+        Ok(Ok(None)) => {
+            return Err(AgentError::Setup("the coordinator closed the control stream".into()));
+        }
+        Ok(Err(FrameIoError::Codec(e))) => {
+            return Err(AgentError::Refused(format!(
+                "undecodable answer to Hello (wrong protocol?): {e}"
+            )));
+        }
+        Ok(Err(e)) => return Err(AgentError::Setup(format!("waiting for Welcome: {e}"))),
+    };
+    *welcomed = true;
+    ctx.ready.store(true, Ordering::Relaxed);
+    m::connected(true);
+    tracing::info!(agent_id, %addr, devices = ctx.devices.len(), "admitted by the coordinator");
+
+    // Control writer: heartbeats, and `Draining` when asked.
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<AgentControl>();
+    let interval = Duration::from_millis(u64::from(interval_ms.max(10)));
+    let heartbeat = actix_rt::spawn(async move {
+        let mut seq = 0u64;
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            let msg = tokio::select! {
+                _ = tick.tick() => { seq += 1; AgentControl::Heartbeat { seq } }
+                m = ctl_rx.recv() => match m { Some(m) => m, None => break },
+            };
+            if write_frame(&mut ctl_send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let activity = Arc::new(Activity::default());
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut drain_started: Option<Instant> = None;
+    let mut check = tokio::time::interval(Duration::from_millis(50));
+    let end = loop {
+        tokio::select! {
+            stream = conn.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    activity.touch();
+                    let (devices, cache, draining, activity) =
+                        (ctx.devices.clone(), ctx.cache.clone(), draining.clone(), activity.clone());
+                    actix_rt::spawn(serve_request(send, recv, devices, cache, draining, activity));
+                }
+                Err(e) => break End::Lost(e.to_string()),
+            },
+            changed = shutdown.changed(), if drain_started.is_none() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    tracing::info!("draining: finishing the shards in hand, taking no new one");
+                    draining.store(true, Ordering::Relaxed);
+                    let _ = ctl_tx.send(AgentControl::Draining);
+                    drain_started = Some(Instant::now());
+                }
+            },
+            _ = check.tick(), if drain_started.is_some() => {
+                let idle = activity.in_hand.load(Ordering::Relaxed) == 0 && activity.quiet_for() >= ctx.config.drain_grace;
+                if idle || drain_started.is_some_and(|t| t.elapsed() >= ctx.config.drain_timeout) {
+                    conn.close(0u32.into(), b"drained");
+                    break End::Drained;
+                }
+            },
+        }
+    };
+    heartbeat.abort();
+    Ok(end)
+}
+
+async fn serve_request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    devices: Devices,
+    cache: Arc<Mutex<RowCache>>,
+    draining: Arc<AtomicBool>,
+    activity: Arc<Activity>,
+) {
+    let mut dec = FrameDecoder::with_limit(MAX_REQUEST_BYTES);
+    let request = match read_frame::<Request>(&mut recv, &mut dec).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(FrameIoError::Codec(e)) => {
+            let _ = write_frame(&mut send, &Response::Error { reason: e.to_string() }).await;
+            let _ = send.finish();
+            return;
+        }
+        Err(_) => return,
+    };
+    let response = match request {
+        Request::FetchRow { shard_id, row } => fetch_row(&cache, shard_id, row),
+        Request::RunShard(req) => {
+            let shard_id = req.shard_id;
+            if draining.load(Ordering::Relaxed) {
+                Response::ShardFailed { shard_id, reason: "the agent is draining".into() }
+            } else if let Some((_, addr)) = devices.0.get(&req.device) {
+                activity.in_hand.fetch_add(1, Ordering::Relaxed);
+                let r = addr.send(Compute(req)).await;
+                activity.in_hand.fetch_sub(1, Ordering::Relaxed);
+                activity.touch();
+                r.unwrap_or_else(|_| Response::ShardFailed {
+                    shard_id,
+                    reason: "device actor stopped".into(),
+                })
+            } else {
+                Response::ShardFailed {
+                    shard_id,
+                    reason: format!("no device {} on this agent", req.device),
+                }
+            }
+        }
+    };
+    if write_frame(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,138 @@
+//! The farm protocol's messages: what a coordinator and its agents say to each other over QUIC.
+//!
+//! Each message travels as one frame of [`crate::codec`]. A connection has one control stream, opened by the
+//! agent (`Hello` → `Welcome`|`Refused`, then heartbeats and `Draining`), and one bidirectional stream per
+//! request the coordinator makes of an agent (`RunShard` → `ShardDone`|`ShardFailed`, `FetchRow` → `Row`|
+//! `RowUnavailable`). Types here are plain data: no I/O, no runtime.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol, sent in [`Hello`]; a coordinator refuses agents that speak another.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN protocol id of the farm's QUIC connections.
+pub const ALPN: &[u8] = b"cpcfarm/1";
+
+/// One device an agent offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAdvert {
+    /// The agent's own index of the device (`--devices 0,2` → 0 and 2).
+    pub index: u32,
+    /// Human-readable name (GPU model, CPU model and kernel).
+    pub name: String,
+    /// `cpu`, `cuda`, or another backend's short name.
+    pub kind: String,
+    /// Bytes the device has for one shard.
+    pub memory_bytes: u64,
+    /// Integer operations per second (2·rows·n² per shard) the agent measured at start.
+    pub measured_ops_per_sec: f64,
+}
+
+/// Agent → coordinator, first frame of the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The agent's [`PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// The coordinator's join token.
+    pub token: String,
+    /// A name for logs and reports (host name by default).
+    pub agent_name: String,
+    /// The devices this agent runs.
+    pub devices: Vec<DeviceAdvert>,
+}
+
+/// Coordinator → agent, the answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Admitted.
+    Welcome {
+        /// The id the coordinator gave this connection.
+        agent_id: u64,
+        /// How often the coordinator expects a heartbeat, in milliseconds.
+        heartbeat_interval_ms: u32,
+    },
+    /// Not admitted; the connection closes after this frame.
+    Refused {
+        /// What is wrong and what to do about it.
+        reason: String,
+    },
+}
+
+/// Agent → coordinator on the control stream, after the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentControl {
+    /// I am alive.
+    Heartbeat {
+        /// Increments by one per heartbeat.
+        seq: u64,
+    },
+    /// I am shutting down: give me no new shard (those in hand will still be answered).
+    Draining,
+}
+
+/// A shard to run: rows `rows.0 .. rows.1` of iteration `iteration` of the challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunShard {
+    /// The coordinator's id of this dispatch (unique per coordinator run), used by [`Request::FetchRow`].
+    pub shard_id: u64,
+    /// The challenge's seed string.
+    pub seed: String,
+    /// n.
+    pub matrix_size: u32,
+    /// The challenge's iteration count.
+    pub iterations: u32,
+    /// Which product.
+    pub iteration: u32,
+    /// Rows `start .. end` of C.
+    pub rows: (u32, u32),
+    /// The agent's device index to run it on.
+    pub device: u32,
+}
+
+/// Coordinator → agent, the one frame of a request stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a shard and answer its leaves.
+    RunShard(RunShard),
+    /// Answer row `row` (an absolute row index) of a shard this agent ran, for a spot check.
+    FetchRow {
+        /// The shard's id.
+        shard_id: u64,
+        /// Absolute row index of C.
+        row: u32,
+    },
+}
+
+/// Agent → coordinator, the one frame answering a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The leaves of a shard, in row order.
+    ShardDone {
+        /// The shard's id.
+        shard_id: u64,
+        /// `sha256` of each row of C, rows `start .. end`.
+        leaves: Vec<[u8; 32]>,
+    },
+    /// The shard could not run.
+    ShardFailed {
+        /// The shard's id.
+        shard_id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A row of C (n values).
+    Row {
+        /// `C[row][0..n]`.
+        values: Vec<i32>,
+    },
+    /// The row is not (or no longer) held.
+    RowUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be decoded or understood; the stream closes after this frame.
+    Error {
+        /// What was wrong with it.
+        reason: String,
+    },
+}

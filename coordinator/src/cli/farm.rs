@@ -1,0 +1,138 @@
+//! `serve` and `job`: the farm's subcommands. Both start the farm in-process (QUIC endpoint, actors, metrics);
+//! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report.
+
+use super::GlobalArgs;
+use anyhow::Context as _;
+use clap::Args;
+use cpc_common::synthetic::Challenge;
+use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, Identity, JobReport};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+/// Default time `job` waits for agents.
+const DEFAULT_WAIT_SECS: u64 = 120;
+
+/// Where the farm listens and keeps its identity.
+#[derive(Debug, Args)]
+pub(crate) struct FarmArgs {
+    /// QUIC address agents dial.
+    #[arg(long, default_value = farm::DEFAULT_LISTEN, help_heading = "Farm")]
+    pub(crate) listen: SocketAddr,
+    /// Directory of the certificate, key and join token (made on first start) [default: ~/.cpc-farm].
+    #[arg(long, env = "CPC_FARM_DATA_DIR", help_heading = "Farm")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, help_heading = "Farm")]
+    pub(crate) metrics: Option<SocketAddr>,
+    /// Address agents should dial, for the printed command line [default: the listen address].
+    #[arg(long, help_heading = "Farm")]
+    pub(crate) public_addr: Option<String>,
+    /// Seconds a shard may take before its rows go to another device.
+    #[arg(long, default_value_t = farm::DEFAULT_SHARD_TIMEOUT.as_secs(), help_heading = "Farm")]
+    pub(crate) shard_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) farm: FarmArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// The challenge's seed string.
+    #[arg(long, help_heading = "Job")]
+    pub(crate) seed: String,
+    /// n: the matrices are n × n.
+    #[arg(long, help_heading = "Job")]
+    pub(crate) matrix_size: u32,
+    /// Number of products.
+    #[arg(long, default_value_t = 1, help_heading = "Job")]
+    pub(crate) iterations: u32,
+    /// Agents to wait for before starting.
+    #[arg(long, default_value_t = 1, help_heading = "Job")]
+    pub(crate) min_agents: usize,
+    /// Seconds to wait for them.
+    #[arg(long, default_value_t = DEFAULT_WAIT_SECS, help_heading = "Job")]
+    pub(crate) wait: u64,
+    #[command(flatten)]
+    pub(crate) farm: FarmArgs,
+}
+
+fn start(args: &FarmArgs) -> anyhow::Result<FarmHandle> {
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cpc-farm"))
+            .context("no --data-dir and no HOME: pass --data-dir")?,
+    };
+    let identity = Identity::load_or_create(&dir)?;
+    let mut config = FarmConfig::new(args.listen, identity);
+    config.metrics_listen = args.metrics;
+    config.shard_timeout = Duration::from_secs(args.shard_timeout.max(1));
+    let handle = farm::start(config)?;
+    let public = args.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());
+    eprintln!(
+        "farm listening on {} (certificate fingerprint {})",
+        handle.local_addr(),
+        handle.fingerprint()
+    );
+    if let Some(m) = handle.metrics_addr() {
+        eprintln!("metrics on http://{m}/metrics");
+    }
+    eprintln!("join agents with:\n  {}", handle.agent_command(&public));
+    Ok(handle)
+}
+
+pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let handle = start(&args.farm)?;
+    let public = args.farm.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());
+    println!("{}", handle.agent_command(&public));
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("shutting down");
+    tokio::task::spawn_blocking(move || handle.shutdown()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCode> {
+    let challenge = Challenge::new(args.seed.clone(), args.matrix_size, args.iterations)?;
+    let handle = start(&args.farm)?;
+    let agents =
+        handle.wait_for_agents(args.min_agents.max(1), Duration::from_secs(args.wait)).await?;
+    eprintln!("{agents} agent(s) connected: running the job");
+    let report = handle.run_job(challenge).await;
+    tokio::task::spawn_blocking({
+        let handle = handle.clone();
+        move || handle.shutdown()
+    })
+    .await?;
+    let report = report?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &JobReport) {
+    println!("result_hash   {}", r.result_hash);
+    println!("makespan      {:.3} s", r.makespan_seconds);
+    println!("throughput    {:.3e} ops/s", r.achieved_ops_per_sec);
+    println!(
+        "shards        {} dispatched, {} reassigned, {} failed; spot checks {} passed, {} failed",
+        r.shards_dispatched,
+        r.shards_reassigned,
+        r.shards_failed,
+        r.spot_checks_passed,
+        r.spot_checks_failed
+    );
+    if !r.quarantined.is_empty() {
+        println!("quarantined   {}", r.quarantined.join(", "));
+    }
+    for d in &r.devices {
+        println!(
+            "  {:<16} {:<12} rows {:>6}  shards {:>3}  {:.3e} ops/s  ({})",
+            d.device, d.agent, d.rows, d.shards, d.achieved_ops_per_sec, d.name
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The coordinator's identity on disk: a self-signed certificate (agents pin its SHA-256 fingerprint instead of
+//! trusting a CA) and the join token agents must present. Both are made on first start in the data directory
+//! and reused afterwards, so the agent command line printed once stays valid across restarts.
+
+use super::FarmError;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use std::{
+    fmt,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+/// File name of the certificate (PEM) in the data directory.
+pub const CERT_FILE: &str = "coordinator.crt";
+/// File name of the private key (PEM, mode 0600) in the data directory.
+pub const KEY_FILE: &str = "coordinator.key";
+/// File name of the join token in the data directory.
+pub const TOKEN_FILE: &str = "join-token";
+/// DNS name in the certificate (agents pin the fingerprint, so the name is informative only).
+pub const SERVER_NAME: &str = "cpc-coordinator";
+
+/// Certificate, key and join token of a coordinator.
+pub struct Identity {
+    /// The certificate, DER.
+    pub cert: CertificateDer<'static>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The join token agents present.
+    pub token: String,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self { cert: self.cert.clone(), key: self.key.clone_key(), token: self.token.clone() }
+    }
+}
+
+/// SHA-256 of a certificate's DER, lower-case hex: what `--coordinator-fingerprint` pins.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    hex::encode(cpc_common::sha256(cert_der))
+}
+
+impl Identity {
+    /// A fresh identity held in memory only (tests, throw-away farms).
+    pub fn generate() -> Result<Self, FarmError> {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            SERVER_NAME.to_owned(),
+            "localhost".to_owned(),
+        ])
+        .map_err(|e| FarmError::Identity(format!("could not generate a certificate: {e}")))?;
+        let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der())
+            .map_err(|e| FarmError::Identity(format!("generated key is unusable: {e}")))?;
+        Ok(Self { cert: ck.cert.der().clone(), key, token: random_token() })
+    }
+
+    /// Loads the identity from `dir`, creating it (and the directory) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<Self, FarmError> {
+        let (cert_path, key_path, token_path) =
+            (dir.join(CERT_FILE), dir.join(KEY_FILE), dir.join(TOKEN_FILE));
+        let io = |what: &str, path: &Path, e: std::io::Error| {
+            FarmError::Identity(format!(
+                "{what} {}: {e} (check --data-dir and its permissions)",
+                path.display()
+            ))
+        };
+        if !cert_path.exists() || !key_path.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+            let ck = rcgen::generate_simple_self_signed(vec![
+                SERVER_NAME.to_owned(),
+                "localhost".to_owned(),
+            ])
+            .map_err(|e| FarmError::Identity(format!("could not generate a certificate: {e}")))?;
+            write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())
+                .map_err(|e| io("cannot write", &key_path, e))?;
+            std::fs::write(&cert_path, ck.cert.pem())
+                .map_err(|e| io("cannot write", &cert_path, e))?;
+        }
+        if !token_path.exists() {
+            write_private(&token_path, format!("{}\n", random_token()).as_bytes())
+                .map_err(|e| io("cannot write", &token_path, e))?;
+        }
+        let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| {
+            FarmError::Identity(format!("cannot read {}: {e}", cert_path.display()))
+        })?;
+        let key = PrivateKeyDer::from_pem_file(&key_path)
+            .map_err(|e| FarmError::Identity(format!("cannot read {}: {e}", key_path.display())))?;
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(|e| io("cannot read", &token_path, e))?
+            .trim()
+            .to_owned();
+        if token.is_empty() {
+            return Err(FarmError::Identity(format!(
+                "{} is empty: delete it to get a new token",
+                token_path.display()
+            )));
+        }
+        Ok(Self { cert, key, token })
+    }
+
+    /// The certificate's fingerprint.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.cert)
+    }
+
+    /// Paths of the three files in `dir`.
+    pub fn paths(dir: &Path) -> [PathBuf; 3] {
+        [dir.join(CERT_FILE), dir.join(KEY_FILE), dir.join(TOKEN_FILE)]
+    }
+}
+
+fn random_token() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(contents)
+}
+
+/// Constant-time comparison of a presented token with the expected one (hashing first hides the length).
+pub fn token_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let (a, b) = (cpc_common::sha256(presented), cpc_common::sha256(expected));
+    bool::from(a.ct_eq(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Identity::load_or_create(dir.path()).expect("create");
+        let b = Identity::load_or_create(dir.path()).expect("load");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.token, b.token);
+        assert_eq!(a.fingerprint().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode =
+                std::fs::metadata(dir.path().join(KEY_FILE)).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn tokens_compare() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("", "abc"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The coordinator's Prometheus metrics (`cpcfarm_` prefix, base units, `_total` counters, no per-shard
+//! labels) and the small HTTP endpoint that serves them with `/healthz` and `/readyz`.
+//!
+//! Metrics go through the `metrics` facade to the process's global recorder; [`install_recorder`] installs
+//! the Prometheus one (once per process) when `--metrics` is given.
+
+use super::{DeviceId, FarmError};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+/// Buckets of the latency histograms, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's global recorder (once) and answers its handle. When
+/// another recorder was installed first (two roles in one test process), the handle renders only what was
+/// recorded through it.
+pub fn install_recorder() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let builder = builder.set_buckets(LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed: /metrics shows only its own data");
+            }
+            describe();
+            gauge!("cpcfarm_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => "coordinator").set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("cpcfarm_build_info", "Always 1; labels carry the version and role.");
+    describe_gauge!("cpcfarm_agents_connected", "Agents connected to the coordinator.");
+    describe_gauge!("cpcfarm_devices_connected", "Devices offered by connected agents.");
+    describe_gauge!(
+        "cpcfarm_devices_quarantined",
+        "Devices that failed a spot check and get no shards."
+    );
+    describe_counter!(
+        "cpcfarm_devices_quarantined_total",
+        "Devices quarantined since start (alert on increase)."
+    );
+    describe_counter!("cpcfarm_shards_dispatched_total", "Shards sent to devices.");
+    describe_counter!("cpcfarm_shards_completed_total", "Shards answered, checked and accepted.");
+    describe_counter!(
+        "cpcfarm_shards_reassigned_total",
+        "Shards whose rows were sent to another device."
+    );
+    describe_counter!(
+        "cpcfarm_shards_failed_total",
+        "Shards lost to transport errors, timeouts or device errors."
+    );
+    describe_counter!("cpcfarm_spot_checks_passed_total", "Rows spot-checked and found right.");
+    describe_counter!(
+        "cpcfarm_spot_checks_failed_total",
+        "Shards whose spot check found a wrong row."
+    );
+    describe_counter!("cpcfarm_handshakes_refused_total", "Connections refused at the handshake.");
+    describe_counter!("cpcfarm_jobs_total", "Jobs finished, by outcome.");
+    describe_histogram!(
+        "cpcfarm_shard_duration_seconds",
+        Unit::Seconds,
+        "Shard round trip, dispatch to verified."
+    );
+    describe_histogram!("cpcfarm_job_duration_seconds", Unit::Seconds, "Job makespan.");
+    describe_gauge!(
+        "cpcfarm_device_ops_per_second",
+        "Achieved integer ops per second of a device's last shard."
+    );
+    describe_gauge!(
+        "cpcfarm_device_measured_ops_per_second",
+        "Ops per second the agent measured at start."
+    );
+}
+
+/// The coordinator's metrics and readiness flag (clones share them).
+#[derive(Debug, Clone, Default)]
+pub struct FarmMetrics {
+    /// Whether `/readyz` answers 200.
+    pub ready: Arc<AtomicBool>,
+}
+
+fn gpu_label(d: DeviceId) -> String {
+    d.to_string()
+}
+
+impl FarmMetrics {
+    /// Fresh metrics (not ready).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connected(&self, agents: usize, devices: usize, quarantined: usize) {
+        gauge!("cpcfarm_agents_connected").set(agents as f64);
+        gauge!("cpcfarm_devices_connected").set(devices as f64);
+        gauge!("cpcfarm_devices_quarantined").set(quarantined as f64);
+    }
+
+    pub(crate) fn device_measured(&self, d: DeviceId, ops: f64) {
+        gauge!("cpcfarm_device_measured_ops_per_second", "gpu" => gpu_label(d)).set(ops);
+    }
+
+    pub(crate) fn quarantined_device(&self) {
+        counter!("cpcfarm_devices_quarantined_total").increment(1);
+    }
+
+    pub(crate) fn handshake_refused() {
+        counter!("cpcfarm_handshakes_refused_total").increment(1);
+    }
+
+    pub(crate) fn dispatched(&self) {
+        counter!("cpcfarm_shards_dispatched_total").increment(1);
+    }
+
+    pub(crate) fn completed(&self, d: DeviceId, round_trip: Duration, ops: f64) {
+        counter!("cpcfarm_shards_completed_total").increment(1);
+        histogram!("cpcfarm_shard_duration_seconds").record(round_trip.as_secs_f64());
+        if round_trip > Duration::ZERO {
+            gauge!("cpcfarm_device_ops_per_second", "gpu" => gpu_label(d))
+                .set(ops / round_trip.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn reassigned(&self) {
+        counter!("cpcfarm_shards_reassigned_total").increment(1);
+    }
+
+    pub(crate) fn failed(&self) {
+        counter!("cpcfarm_shards_failed_total").increment(1);
+    }
+
+    pub(crate) fn spot_checks(&self, passed: u32, failed: bool) {
+        counter!("cpcfarm_spot_checks_passed_total").increment(u64::from(passed));
+        if failed {
+            counter!("cpcfarm_spot_checks_failed_total").increment(1);
+        }
+    }
+
+    pub(crate) fn job_done(&self, makespan: Duration, ok: bool) {
+        histogram!("cpcfarm_job_duration_seconds").record(makespan.as_secs_f64());
+        counter!("cpcfarm_jobs_total", "outcome" => if ok { "ok" } else { "error" }).increment(1);
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; answers the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+) -> Result<SocketAddr, FarmError> {
+    use axum::{Router, http::StatusCode, routing::get};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| FarmError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| FarmError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route(
+            "/readyz",
+            get(move || {
+                let ok = ready.load(Ordering::Relaxed);
+                std::future::ready(if ok {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                })
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(bound)
+}

@@ -1,0 +1,478 @@
+//! The farm: a pool of devices on many hosts, reached over QUIC, that runs one synthetic-v1 job at a time
+//! on all of them and answers the same `result_hash` as a single machine would.
+//!
+//! [`start`] binds the QUIC endpoint and starts the actors on a dedicated thread with its own actix system,
+//! so that any caller (the CLI, the mining loop, a test on any tokio runtime) drives the farm through the
+//! cheap, clonable [`FarmHandle`]:
+//!
+//! - [`server`]: the endpoint, the handshake (protocol version, constant-time join-token check) and one
+//!   control task per agent connection;
+//! - [`registry`]: the agent registry actor (devices, capabilities, heartbeats, quarantine);
+//! - [`scheduler`]: the pure row-splitting rule and the scheduler actor that runs jobs (`job` drives one:
+//!   dispatch, reassignment of lost or timed-out shards, straggler re-issue);
+//! - [`aggregator`]: places leaves by row and builds the Merkle root;
+//! - [`spot_check`]: fetches random rows of every shard and recomputes elements on the CPU;
+//! - [`identity`]: certificate, key and join token in the data directory;
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+
+pub mod aggregator;
+pub mod identity;
+mod io;
+mod job;
+pub mod metrics;
+pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod spot_check;
+
+use actix::{Actor as _, Addr};
+use cpc_common::synthetic::Challenge;
+use serde::Serialize;
+use std::{
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::oneshot;
+
+pub use identity::Identity;
+pub use scheduler::{SplitPolicy, StragglerPolicy};
+pub use spot_check::SpotCheckConfig;
+
+/// Default QUIC listen address of `cpc-coordinator serve`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7700";
+/// Default interval between agent heartbeats.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default time without a heartbeat after which an agent is dropped.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default QUIC idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default time one shard may take before its rows go to another device.
+pub const DEFAULT_SHARD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default time a job waits for a usable device before failing.
+pub const DEFAULT_NO_DEVICE_WAIT: Duration = Duration::from_secs(60);
+/// Default time an unauthenticated connection has to present its `Hello`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Identifies a device in the farm: the agent connection and the agent's own device index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DeviceId {
+    /// The coordinator's id of the agent connection.
+    pub agent: u64,
+    /// The agent's index of the device.
+    pub index: u32,
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "agent{}/gpu{}", self.agent, self.index)
+    }
+}
+
+/// Everything a farm needs to start.
+#[derive(Debug, Clone)]
+pub struct FarmConfig {
+    /// QUIC listen address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Certificate, key and join token.
+    pub identity: Identity,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (none: no HTTP endpoint).
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Time without a heartbeat after which an agent is dropped and its shards reassigned.
+    pub heartbeat_timeout: Duration,
+    /// QUIC idle timeout (a silent peer is gone after this).
+    pub idle_timeout: Duration,
+    /// Time an unauthenticated connection has to complete TLS and present its `Hello`.
+    pub handshake_timeout: Duration,
+    /// Time a shard may take before its rows go to another device.
+    pub shard_timeout: Duration,
+    /// Time a job waits for a usable device before failing.
+    pub no_device_wait: Duration,
+    /// How jobs are split over devices.
+    pub split: SplitPolicy,
+    /// When a slow shard's rows are re-issued to an idle device.
+    pub straggler: StragglerPolicy,
+    /// How every shard is checked.
+    pub spot_check: SpotCheckConfig,
+    /// Handshakes in progress at once (more are refused).
+    pub max_pending_handshakes: usize,
+}
+
+impl FarmConfig {
+    /// Production defaults around an identity and a listen address.
+    pub fn new(listen: SocketAddr, identity: Identity) -> Self {
+        Self {
+            listen,
+            identity,
+            metrics_listen: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            shard_timeout: DEFAULT_SHARD_TIMEOUT,
+            no_device_wait: DEFAULT_NO_DEVICE_WAIT,
+            split: SplitPolicy::default(),
+            straggler: StragglerPolicy::default(),
+            spot_check: SpotCheckConfig::default(),
+            max_pending_handshakes: 256,
+        }
+    }
+}
+
+/// Why the farm could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    /// Certificate, key or token could not be made, read or written.
+    #[error("coordinator identity: {0}")]
+    Identity(String),
+    /// TLS configuration was refused (bad key or certificate).
+    #[error(
+        "TLS configuration: {0} (delete coordinator.crt and coordinator.key in --data-dir to make new ones)"
+    )]
+    Tls(String),
+    /// The QUIC or metrics socket could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source} (is another coordinator running? choose another port with --listen or --metrics)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The farm's thread could not be started or died while starting.
+    #[error("farm runtime: {0}")]
+    Runtime(String),
+}
+
+/// Why a job did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// No usable device (none connected, all quarantined or draining) for the configured wait.
+    #[error(
+        "no usable device for {0:?}: start agents with the command `cpc-coordinator serve` prints, or check quarantined devices"
+    )]
+    NoDevices(Duration),
+    /// The challenge breaks the spec's bounds.
+    #[error("invalid challenge: {0}")]
+    InvalidChallenge(String),
+    /// The farm has shut down.
+    #[error("the farm has shut down")]
+    Shutdown,
+    /// A bug: leaves missing at the end of a job.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One device's part in a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceReport {
+    /// `agentN/gpuI`.
+    pub device: String,
+    /// The agent's name.
+    pub agent: String,
+    /// The device's name.
+    pub name: String,
+    /// Rows of C it computed that were accepted.
+    pub rows: u64,
+    /// Shards it completed and passed.
+    pub shards: u64,
+    /// Sum of its accepted shards' round trips.
+    pub busy_seconds: f64,
+    /// `2·rows·n²` over its busy time.
+    pub achieved_ops_per_sec: f64,
+}
+
+/// What a job produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// The farm's id of the job.
+    pub job_id: u64,
+    /// The challenge's seed.
+    pub seed: String,
+    /// n.
+    pub matrix_size: u32,
+    /// Iterations.
+    pub iterations: u32,
+    /// The Merkle root over row leaves (or over per-iteration roots), lower-case hex.
+    pub result_hash: String,
+    /// Wall time from start to result.
+    pub makespan_seconds: f64,
+    /// `2·n³·iterations` over the makespan.
+    pub achieved_ops_per_sec: f64,
+    /// Shards sent to devices (duplicates and retries included).
+    pub shards_dispatched: u64,
+    /// Shards whose rows were sent again (lost agent, timeout, failure, quarantine, straggler).
+    pub shards_reassigned: u64,
+    /// Shards that failed (transport, timeout, device error).
+    pub shards_failed: u64,
+    /// Rows spot-checked and found right.
+    pub spot_checks_passed: u64,
+    /// Rows spot-checked and found wrong.
+    pub spot_checks_failed: u64,
+    /// Devices quarantined during this job.
+    pub quarantined: Vec<String>,
+    /// Median shard round trip (dispatch to verified).
+    pub shard_round_trip_p50_seconds: f64,
+    /// 99th percentile shard round trip.
+    pub shard_round_trip_p99_seconds: f64,
+    /// Per-device rows and throughput.
+    pub devices: Vec<DeviceReport>,
+    /// Every shard's round trip, in completion order (not printed).
+    #[serde(skip)]
+    pub shard_round_trips: Vec<Duration>,
+}
+
+/// A device as the registry sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    /// The coordinator's id of the agent connection.
+    pub agent_id: u64,
+    /// `agentN/gpuI`.
+    pub device: String,
+    /// The agent's name.
+    pub agent: String,
+    /// The device's name.
+    pub name: String,
+    /// Its kind (`cpu`, `cuda`, ...).
+    pub kind: String,
+    /// Memory for shards.
+    pub memory_bytes: u64,
+    /// Throughput the agent measured at start.
+    pub measured_ops_per_sec: f64,
+    /// The agent announced it is draining.
+    pub draining: bool,
+    /// Failed a spot check: gets no more shards.
+    pub quarantined: bool,
+}
+
+struct Inner {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    fingerprint: String,
+    token: String,
+    scheduler: Addr<scheduler::Scheduler>,
+    registry: Addr<registry::Registry>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut stop) = self.stop.lock()
+            && let Some(tx) = stop.take()
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A running farm. Clones share it; the farm stops when [`FarmHandle::shutdown`] is called or the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct FarmHandle {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FarmHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FarmHandle")
+            .field("local_addr", &self.inner.local_addr)
+            .field("fingerprint", &self.inner.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FarmHandle {
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The bound metrics address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
+    }
+
+    /// SHA-256 fingerprint of the certificate, hex.
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// The join token.
+    pub fn token(&self) -> &str {
+        &self.inner.token
+    }
+
+    /// The command line that joins an agent to this farm, dialling `public_addr`.
+    pub fn agent_command(&self, public_addr: &str) -> String {
+        format!(
+            "cpc-agent --coordinator {public_addr} --token {} --coordinator-fingerprint {} --backend cuda --devices all",
+            self.inner.token, self.inner.fingerprint
+        )
+    }
+
+    /// Runs one challenge on the farm's devices (one job at a time; later calls queue).
+    pub async fn run_job(&self, challenge: Challenge) -> Result<JobReport, JobError> {
+        self.inner
+            .scheduler
+            .send(scheduler::RunJob(challenge))
+            .await
+            .map_err(|_| JobError::Shutdown)?
+    }
+
+    /// The devices connected now.
+    pub async fn devices(&self) -> Result<Vec<DeviceStatus>, JobError> {
+        self.inner.registry.send(registry::ListDevices).await.map_err(|_| JobError::Shutdown)
+    }
+
+    /// Waits until at least `count` usable devices are connected; answers how many are.
+    pub async fn wait_for_devices(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<usize, JobError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let usable =
+                self.devices().await?.iter().filter(|d| !d.draining && !d.quarantined).count();
+            if usable >= count {
+                return Ok(usable);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JobError::NoDevices(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until at least `count` agents with a usable device are connected; answers how many are.
+    pub async fn wait_for_agents(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<usize, JobError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let agents: std::collections::BTreeSet<u64> = self
+                .devices()
+                .await?
+                .iter()
+                .filter(|d| !d.draining && !d.quarantined)
+                .map(|d| d.agent_id)
+                .collect();
+            if agents.len() >= count {
+                return Ok(agents.len());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JobError::NoDevices(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops the farm (closes every agent connection) and waits for its thread.
+    pub fn shutdown(&self) {
+        if let Ok(mut stop) = self.inner.stop.lock()
+            && let Some(tx) = stop.take()
+        {
+            let _ = tx.send(());
+        }
+        let thread = self.inner.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a farm on its own thread and actix system.
+pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("cpc-farm".into())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let started = start_in_system(config).await;
+                let endpoint = match started {
+                    Ok((parts, endpoint)) => {
+                        let _ = ready_tx.send(Ok(parts));
+                        endpoint
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = stop_rx.await;
+                endpoint.close(0u32.into(), b"coordinator shutting down");
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            });
+        })
+        .map_err(|e| FarmError::Runtime(format!("cannot spawn the farm thread: {e}")))?;
+    let parts = ready_rx
+        .recv()
+        .map_err(|_| FarmError::Runtime("the farm thread died while starting".into()))??;
+    let (local_addr, metrics_addr, fingerprint, token, scheduler, registry) = parts;
+    Ok(FarmHandle {
+        inner: Arc::new(Inner {
+            local_addr,
+            metrics_addr,
+            fingerprint,
+            token,
+            scheduler,
+            registry,
+            stop: Mutex::new(Some(stop_tx)),
+            thread: Mutex::new(Some(thread)),
+        }),
+    })
+}
+
+type Parts = (
+    SocketAddr,
+    Option<SocketAddr>,
+    String,
+    String,
+    Addr<scheduler::Scheduler>,
+    Addr<registry::Registry>,
+);
+
+async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint), FarmError> {
+    let config = Arc::new(config);
+    let farm_metrics = metrics::FarmMetrics::new();
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => Some(
+            metrics::serve(addr, metrics::install_recorder(), farm_metrics.ready.clone()).await?,
+        ),
+        None => None,
+    };
+    let endpoint = server::bind(&config)?;
+    let local_addr =
+        endpoint.local_addr().map_err(|source| FarmError::Bind { addr: config.listen, source })?;
+    let registry = registry::Registry::new(config.heartbeat_timeout, farm_metrics.clone()).start();
+    let aggregator = aggregator::Aggregator::default().start();
+    let scheduler = scheduler::Scheduler::new(
+        config.clone(),
+        registry.clone(),
+        aggregator,
+        farm_metrics.clone(),
+    )
+    .start();
+    actix_rt::spawn(server::accept_loop(endpoint.clone(), config.clone(), registry.clone()));
+    farm_metrics.set_ready(true);
+    let parts = (
+        local_addr,
+        metrics_addr,
+        config.identity.fingerprint(),
+        config.identity.token.clone(),
+        scheduler,
+        registry,
+    );
+    Ok((parts, endpoint))
+}

@@ -1,0 +1,267 @@
+//! The agent registry actor: which agents are connected, which devices they run, how fast each measured,
+//! whether it is healthy (heartbeats), draining, or quarantined. The scheduler asks it for a snapshot of
+//! usable devices each time it dispatches; connection tasks tell it about arrivals, heartbeats and losses.
+
+use super::{DeviceId, DeviceStatus, metrics::FarmMetrics};
+use actix::{Actor, AsyncContext as _, Context, Handler, Message};
+use cpc_common::wire::DeviceAdvert;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+/// Application close code for an agent that stopped sending heartbeats.
+const CLOSE_HEARTBEAT: u32 = 3;
+
+/// A device as the scheduler needs it: where to send shards and how fast it is.
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    /// Its id.
+    pub id: DeviceId,
+    /// The agent's name.
+    pub agent_name: String,
+    /// What the agent announced.
+    pub advert: DeviceAdvert,
+    /// The agent's connection.
+    pub conn: quinn::Connection,
+}
+
+#[derive(Debug)]
+struct AgentEntry {
+    name: String,
+    conn: quinn::Connection,
+    devices: Vec<DeviceAdvert>,
+    last_heartbeat: Instant,
+    draining: bool,
+}
+
+/// The registry actor.
+#[derive(Debug)]
+pub struct Registry {
+    agents: BTreeMap<u64, AgentEntry>,
+    quarantined: BTreeSet<DeviceId>,
+    next_agent: u64,
+    heartbeat_timeout: Duration,
+    metrics: FarmMetrics,
+}
+
+impl Registry {
+    /// An empty registry dropping agents silent for `heartbeat_timeout`.
+    pub fn new(heartbeat_timeout: Duration, metrics: FarmMetrics) -> Self {
+        Self {
+            agents: BTreeMap::new(),
+            quarantined: BTreeSet::new(),
+            next_agent: 1,
+            heartbeat_timeout,
+            metrics,
+        }
+    }
+
+    fn publish(&self) {
+        let devices: usize = self.agents.values().map(|a| a.devices.len()).sum();
+        self.metrics.connected(self.agents.len(), devices, self.quarantined.len());
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = (self.heartbeat_timeout / 4).max(Duration::from_millis(20));
+        ctx.run_interval(every, |this, _| {
+            let now = Instant::now();
+            let stale: Vec<u64> = this
+                .agents
+                .iter()
+                .filter(|(_, a)| now.duration_since(a.last_heartbeat) > this.heartbeat_timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                if let Some(a) = this.agents.remove(&id) {
+                    tracing::warn!(agent = id, name = %a.name, "no heartbeat: dropping the agent");
+                    a.conn.close(CLOSE_HEARTBEAT.into(), b"heartbeat timeout");
+                }
+            }
+            this.publish();
+        });
+    }
+}
+
+/// An agent passed the handshake: answers its id.
+#[derive(Debug, Message)]
+#[rtype(result = "u64")]
+pub struct Register {
+    /// Its name.
+    pub name: String,
+    /// Its devices.
+    pub devices: Vec<DeviceAdvert>,
+    /// Its connection.
+    pub conn: quinn::Connection,
+}
+
+impl Handler<Register> for Registry {
+    type Result = u64;
+
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) -> u64 {
+        let id = self.next_agent;
+        self.next_agent += 1;
+        for d in &msg.devices {
+            self.metrics
+                .device_measured(DeviceId { agent: id, index: d.index }, d.measured_ops_per_sec);
+        }
+        self.agents.insert(
+            id,
+            AgentEntry {
+                name: msg.name,
+                conn: msg.conn,
+                devices: msg.devices,
+                last_heartbeat: Instant::now(),
+                draining: false,
+            },
+        );
+        self.publish();
+        id
+    }
+}
+
+/// An agent's heartbeat.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat {
+    /// The agent.
+    pub agent: u64,
+}
+
+impl Handler<Heartbeat> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Heartbeat, _: &mut Self::Context) {
+        if let Some(a) = self.agents.get_mut(&msg.agent) {
+            a.last_heartbeat = Instant::now();
+        }
+    }
+}
+
+/// An agent announced it is draining (or stopped draining).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AgentState {
+    /// The agent.
+    pub agent: u64,
+    /// Whether it takes no new shard.
+    pub draining: bool,
+}
+
+impl Handler<AgentState> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentState, _: &mut Self::Context) {
+        if let Some(a) = self.agents.get_mut(&msg.agent) {
+            tracing::info!(agent = msg.agent, name = %a.name, "agent is draining");
+            a.draining = msg.draining;
+        }
+    }
+}
+
+/// An agent's connection ended.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AgentGone {
+    /// The agent.
+    pub agent: u64,
+    /// Why.
+    pub reason: String,
+}
+
+impl Handler<AgentGone> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentGone, _: &mut Self::Context) {
+        if let Some(a) = self.agents.remove(&msg.agent) {
+            tracing::info!(agent = msg.agent, name = %a.name, reason = %msg.reason, "agent left");
+        }
+        self.publish();
+    }
+}
+
+/// Marks a device as wrong: it gets no more shards.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Quarantine {
+    /// The device.
+    pub device: DeviceId,
+    /// Why (logged).
+    pub reason: String,
+}
+
+impl Handler<Quarantine> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Quarantine, _: &mut Self::Context) {
+        if self.quarantined.insert(msg.device) {
+            tracing::error!(device = %msg.device, reason = %msg.reason, "device quarantined");
+            self.metrics.quarantined_device();
+        }
+        self.publish();
+    }
+}
+
+/// Usable devices now: connected, not draining, not quarantined.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<DeviceView>")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Registry {
+    type Result = Vec<DeviceView>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Vec<DeviceView> {
+        let mut out = Vec::new();
+        for (&agent, a) in &self.agents {
+            if a.draining || a.conn.close_reason().is_some() {
+                continue;
+            }
+            for d in &a.devices {
+                let id = DeviceId { agent, index: d.index };
+                if !self.quarantined.contains(&id) {
+                    out.push(DeviceView {
+                        id,
+                        agent_name: a.name.clone(),
+                        advert: d.clone(),
+                        conn: a.conn.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Every connected device with its state, for operators.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<DeviceStatus>")]
+pub struct ListDevices;
+
+impl Handler<ListDevices> for Registry {
+    type Result = Vec<DeviceStatus>;
+
+    fn handle(&mut self, _: ListDevices, _: &mut Self::Context) -> Vec<DeviceStatus> {
+        let mut out = Vec::new();
+        for (&agent, a) in &self.agents {
+            for d in &a.devices {
+                let id = DeviceId { agent, index: d.index };
+                out.push(DeviceStatus {
+                    agent_id: agent,
+                    device: id.to_string(),
+                    agent: a.name.clone(),
+                    name: d.name.clone(),
+                    kind: d.kind.clone(),
+                    memory_bytes: d.memory_bytes,
+                    measured_ops_per_sec: d.measured_ops_per_sec,
+                    draining: a.draining,
+                    quarantined: self.quarantined.contains(&id),
+                });
+            }
+        }
+        out
+    }
+}

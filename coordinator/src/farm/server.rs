@@ -1,0 +1,197 @@
+//! The coordinator's QUIC endpoint: TLS with the coordinator's own certificate, the admission handshake
+//! (protocol version, constant-time join-token check), and one task per admitted agent that reads its control
+//! stream (heartbeats, draining) and tells the registry when the agent goes away.
+//!
+//! Unauthenticated peers get a bounded budget: a cap on concurrent handshakes, a deadline, and a small frame
+//! limit for `Hello`. Anything that does not decode is answered with `Refused { reason }` and closed.
+
+use super::{
+    FarmConfig, FarmError,
+    identity::token_matches,
+    io::{FrameIoError, read_frame, write_frame},
+    registry::{AgentGone, AgentState, Heartbeat, Register, Registry},
+};
+use actix::Addr;
+use cpc_common::{
+    codec::FrameDecoder,
+    wire::{ALPN, AgentControl, Hello, HelloReply, PROTOCOL_VERSION},
+};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
+
+/// Largest `Hello` an unauthenticated peer may send.
+pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+/// Largest control frame an agent may send.
+const MAX_CONTROL_BYTES: usize = 4 * 1024;
+/// Most devices one agent may announce.
+pub const MAX_DEVICES_PER_AGENT: usize = 1024;
+/// Application close code for a refused agent.
+const CLOSE_REFUSED: u32 = 1;
+/// Application close code for a protocol violation.
+const CLOSE_PROTOCOL: u32 = 2;
+
+/// Binds the QUIC endpoint with the coordinator's certificate.
+pub(crate) fn bind(config: &FarmConfig) -> Result<quinn::Endpoint, FarmError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| FarmError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![config.identity.cert.clone()], config.identity.key.clone_key())
+        .map_err(|e| FarmError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| FarmError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(config.idle_timeout, config.heartbeat_interval)));
+    quinn::Endpoint::server(server, config.listen)
+        .map_err(|source| FarmError::Bind { addr: config.listen, source })
+}
+
+/// Transport parameters shared by both ends.
+fn transport(idle: Duration, keep_alive: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok());
+    t.keep_alive_interval(Some(keep_alive.min(idle / 2)));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t
+}
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    config: Arc<FarmConfig>,
+    registry: Addr<Registry>,
+) {
+    let pending = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes in progress: refusing");
+            incoming.refuse();
+            continue;
+        };
+        let (config, registry) = (config.clone(), registry.clone());
+        actix_rt::spawn(async move {
+            let remote = incoming.remote_address();
+            if let Err(e) = serve_connection(incoming, config, registry, permit).await {
+                tracing::info!(%remote, "agent connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    config: Arc<FarmConfig>,
+    registry: Addr<Registry>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let deadline = config.handshake_timeout;
+    let conn = tokio::time::timeout(deadline, incoming)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let (mut send, mut recv) = tokio::time::timeout(deadline, conn.accept_bi())
+        .await
+        .map_err(|_| "no control stream before the handshake deadline".to_owned())?
+        .map_err(|e| format!("no control stream: {e}"))?;
+    let mut dec = FrameDecoder::with_limit(MAX_HELLO_BYTES);
+    let hello = match tokio::time::timeout(deadline, read_frame::<Hello>(&mut recv, &mut dec)).await
+    {
+        Err(_) => {
+            return Err(
+                refuse(&conn, &mut send, "no Hello before the handshake deadline".into()).await
+            );
+        }
+        Ok(Ok(Some(hello))) => hello,
+        Ok(Ok(None)) => {
+            return Err(refuse(&conn, &mut send, "control stream closed before Hello".into()).await);
+        }
+        Ok(Err(FrameIoError::Codec(e))) => {
+            crate::farm::metrics::FarmMetrics::handshake_refused();
+            return Err(refuse(&conn, &mut send, format!("could not read Hello: {e}")).await);
+        }
+        Ok(Err(e)) => return Err(format!("reading Hello: {e}")),
+    };
+    if let Err(reason) = admit(&hello, &config.identity.token) {
+        crate::farm::metrics::FarmMetrics::handshake_refused();
+        return Err(refuse(&conn, &mut send, reason).await);
+    }
+    let agent_name = hello.agent_name.clone();
+    let agent_id = registry
+        .send(Register { name: hello.agent_name, devices: hello.devices, conn: conn.clone() })
+        .await
+        .map_err(|_| "registry stopped".to_owned())?;
+    let interval_ms = u32::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+    write_frame(&mut send, &HelloReply::Welcome { agent_id, heartbeat_interval_ms: interval_ms })
+        .await
+        .map_err(|e| format!("writing Welcome: {e}"))?;
+    drop(permit);
+    tracing::info!(agent_id, %agent_name, remote = %conn.remote_address(), "agent admitted");
+
+    let mut dec = FrameDecoder::with_limit(MAX_CONTROL_BYTES);
+    let reason = loop {
+        match read_frame::<AgentControl>(&mut recv, &mut dec).await {
+            Ok(Some(AgentControl::Heartbeat { .. })) => {
+                registry.do_send(Heartbeat { agent: agent_id })
+            }
+            Ok(Some(AgentControl::Draining)) => {
+                registry.do_send(AgentState { agent: agent_id, draining: true });
+            }
+            Ok(None) => break "control stream closed".to_owned(),
+            Err(FrameIoError::Codec(e)) => {
+                let reason = format!("bad control frame: {e}");
+                conn.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+                break reason;
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    registry.do_send(AgentGone { agent: agent_id, reason: reason.clone() });
+    Err(reason)
+}
+
+/// Checks a `Hello`; the error is the reason sent back to the agent.
+fn admit(hello: &Hello, token: &str) -> Result<(), String> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not supported: this coordinator speaks version {PROTOCOL_VERSION}; run the \
+             cpc-agent release that matches the coordinator",
+            hello.protocol_version
+        ));
+    }
+    if !token_matches(&hello.token, token) {
+        return Err("invalid join token: use the --token printed by `cpc-coordinator serve` (the `join-token` file in \
+                    its --data-dir)"
+            .into());
+    }
+    if hello.devices.is_empty() {
+        return Err("the agent announced no device: check --devices and --backend".into());
+    }
+    if hello.devices.len() > MAX_DEVICES_PER_AGENT {
+        return Err(format!(
+            "{} devices is more than the {MAX_DEVICES_PER_AGENT} one agent may run",
+            hello.devices.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in &hello.devices {
+        if !seen.insert(d.index) {
+            return Err(format!("device index {} is announced twice", d.index));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `Refused { reason }`, gives the peer a moment to read it, closes; answers the reason.
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) -> String {
+    tracing::warn!(remote = %conn.remote_address(), "refusing agent: {reason}");
+    if write_frame(send, &HelloReply::Refused { reason: reason.clone() }).await.is_ok()
+        && send.finish().is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
+    reason
+}

@@ -1,0 +1,190 @@
+//! Spot checks: for every shard a device returns, fetch a few random rows from the device, check each row
+//! hashes to the leaf it sent, and recompute a few of the row's elements on the CPU from the definition
+//! (`Challenge::c_element`, O(n) each). A device that lies about a row, cannot produce it, or computed it
+//! wrong fails, and the scheduler quarantines it.
+
+use super::io::{read_frame, write_frame};
+use cpc_common::{
+    codec::FrameDecoder,
+    hashing::{Digest32, sha256},
+    synthetic::Challenge,
+    wire::{Request, Response},
+};
+use rand::{SeedableRng as _, rngs::StdRng, seq::index::sample};
+use std::time::Duration;
+
+/// How hard every shard is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpotCheckConfig {
+    /// Rows fetched and checked per shard (0: no checks, for benchmarks of the transport only).
+    pub rows_per_shard: u32,
+    /// Elements of each fetched row recomputed on the CPU (≥ n: the whole row).
+    pub elements_per_row: u32,
+    /// Seed of the row and column choice (none: the OS's randomness; set it for reproducible tests).
+    pub seed: Option<u64>,
+    /// Time one row fetch may take.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for SpotCheckConfig {
+    fn default() -> Self {
+        Self {
+            rows_per_shard: 2,
+            elements_per_row: 8,
+            seed: None,
+            fetch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The outcome of checking one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every checked row and element was right.
+    Passed {
+        /// Rows checked.
+        rows: u32,
+    },
+    /// The device is wrong (or would not show its work).
+    Failed {
+        /// Rows checked and found right before the failure.
+        passed: u32,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The check could not be made (transport trouble): neither pass nor fail.
+    Inconclusive(String),
+}
+
+/// The shard to check.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardUnderCheck<'a> {
+    pub(crate) shard_id: u64,
+    pub(crate) challenge: &'a Challenge,
+    pub(crate) iteration: u32,
+    pub(crate) first_row: u32,
+    pub(crate) leaves: &'a [Digest32],
+}
+
+/// Checks one shard by fetching rows over `conn`.
+pub(crate) async fn check_shard(
+    conn: &quinn::Connection,
+    shard: ShardUnderCheck<'_>,
+    cfg: &SpotCheckConfig,
+) -> Verdict {
+    let rows = shard.leaves.len();
+    let want = (cfg.rows_per_shard as usize).min(rows);
+    if want == 0 {
+        return Verdict::Passed { rows: 0 };
+    }
+    let mut rng = match cfg.seed {
+        Some(seed) => {
+            StdRng::seed_from_u64(seed ^ shard.shard_id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        }
+        None => StdRng::from_entropy(),
+    };
+    let n = shard.challenge.matrix_size;
+    let mut passed = 0;
+    for offset in sample(&mut rng, rows, want) {
+        let row = shard.first_row + offset as u32;
+        let values =
+            match tokio::time::timeout(cfg.fetch_timeout, fetch_row(conn, shard.shard_id, row))
+                .await
+            {
+                Err(_) => return Verdict::Inconclusive(format!("fetching row {row} timed out")),
+                Ok(Err(FetchError::Transport(e))) => return Verdict::Inconclusive(e),
+                Ok(Err(FetchError::Refused(reason))) => {
+                    return Verdict::Failed {
+                        passed,
+                        reason: format!("row {row} not shown: {reason}"),
+                    };
+                }
+                Ok(Ok(values)) => values,
+            };
+        if values.len() != n as usize {
+            return Verdict::Failed {
+                passed,
+                reason: format!("row {row} has {} values, not n={n}", values.len()),
+            };
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if sha256(&bytes) != shard.leaves[offset] {
+            return Verdict::Failed {
+                passed,
+                reason: format!("row {row} does not hash to the leaf the device sent"),
+            };
+        }
+        let cols: Vec<u32> = if cfg.elements_per_row >= n {
+            (0..n).collect()
+        } else {
+            sample(&mut rng, n as usize, cfg.elements_per_row as usize)
+                .into_iter()
+                .map(|c| c as u32)
+                .collect()
+        };
+        let (challenge, iteration) = (shard.challenge.clone(), shard.iteration);
+        let recomputed = tokio::task::spawn_blocking(move || {
+            cols.into_iter()
+                .map(|c| (c, challenge.c_element(iteration, row, c)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(recomputed) = recomputed else {
+            return Verdict::Inconclusive("CPU recomputation panicked".into());
+        };
+        for (col, want) in recomputed {
+            let got = values[col as usize];
+            if got != want {
+                return Verdict::Failed {
+                    passed,
+                    reason: format!(
+                        "C[{row}][{col}] of iteration {iteration} is {got}, the definition gives {want}"
+                    ),
+                };
+            }
+        }
+        passed += 1;
+    }
+    Verdict::Passed { rows: passed }
+}
+
+enum FetchError {
+    Transport(String),
+    Refused(String),
+}
+
+async fn fetch_row(
+    conn: &quinn::Connection,
+    shard_id: u64,
+    row: u32,
+) -> Result<Vec<i32>, FetchError> {
+    let t = |e: &dyn std::fmt::Display| FetchError::Transport(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| t(&e))?;
+    write_frame(&mut send, &Request::FetchRow { shard_id, row }).await.map_err(|e| t(&e))?;
+    send.finish().map_err(|e| t(&e))?;
+    let mut dec = FrameDecoder::new();
+    match read_frame::<Response>(&mut recv, &mut dec).await {
+        Ok(Some(Response::Row { values })) => Ok(values),
+        Ok(Some(Response::RowUnavailable { reason } | Response::Error { reason })) => {
+            Err(FetchError::Refused(reason))
+        }
+        Ok(Some(other)) => {
+            Err(FetchError::Refused(format!("answered {} to FetchRow", response_name(&other))))
+        }
+        Ok(None) => Err(FetchError::Transport("stream closed without an answer".into())),
+        Err(super::io::FrameIoError::Codec(e)) => {
+            Err(FetchError::Refused(format!("undecodable answer: {e}")))
+        }
+        Err(e) => Err(t(&e)),
+    }
+}
+
+fn response_name(r: &Response) -> &'static str {
+    match r {
+        Response::ShardDone { .. } => "ShardDone",
+        Response::ShardFailed { .. } => "ShardFailed",
+        Response::Row { .. } => "Row",
+        Response::RowUnavailable { .. } => "RowUnavailable",
+        Response::Error { .. } => "Error",
+    }
+}

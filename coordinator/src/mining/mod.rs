@@ -1,0 +1,112 @@
+//! The mining loop: every new block becomes one signed `SUBMIT_RESULT` per worker identity.
+//!
+//! Follow a block through the actors:
+//! [`watcher::ChainWatcher`] sees a new head → [`planner::Planner`] derives each identity's task, journals
+//! it and has the [`compute::ComputeService`] (the farm, or a local backend) compute it → the result is
+//! journaled and the identity's [`submitter::Submitter`] signs, journals, sends, and confirms inclusion.
+//! The [`journal::Journal`] (SQLite in the data dir) is written before anything is sent, which is what
+//! makes a crash or restart lose nothing and send nothing twice.
+
+pub mod compute;
+pub mod config;
+pub mod journal;
+pub mod planner;
+pub mod submitter;
+pub mod watcher;
+
+use crate::l1::NodePool;
+use actix::prelude::*;
+use cpc_common::{Address, SecretKey};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// The journal, shared by the planner and the submitters (each call is short and synchronous).
+pub type SharedJournal = Arc<Mutex<journal::Journal>>;
+
+/// A worker identity the farm mines for.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Key name in the keystore (journal and metrics label).
+    pub name: String,
+    /// Its key.
+    pub key: SecretKey,
+    /// Its address.
+    pub address: Address,
+}
+
+/// Settings of the mining loop.
+#[derive(Debug, Clone)]
+pub struct MinerSettings {
+    /// L1 node URLs, in failover order.
+    pub nodes: Vec<String>,
+    /// Matrix size of each block task.
+    pub matrix_size: u32,
+    /// Gas price of submissions.
+    pub gas_price: u64,
+    /// How often to poll the head.
+    pub poll_interval: Duration,
+}
+
+/// Handles of a running mining loop's actors.
+#[derive(Debug)]
+pub struct Miner {
+    /// The watcher.
+    pub watcher: Addr<watcher::ChainWatcher>,
+    /// The planner.
+    pub planner: Addr<planner::Planner>,
+    /// One submitter per identity.
+    pub submitters: Vec<Addr<submitter::Submitter>>,
+    /// The journal.
+    pub journal: SharedJournal,
+}
+
+/// Opens the journal at `<data_dir>/journal.sqlite`.
+pub fn open_journal(data_dir: &Path) -> Result<SharedJournal, journal::JournalError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        journal::JournalError::Corrupt(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    Ok(Arc::new(Mutex::new(journal::Journal::open(&data_dir.join("journal.sqlite"))?)))
+}
+
+/// Starts the actors (inside a running actix system).
+pub fn start(
+    settings: &MinerSettings,
+    identities: Vec<Identity>,
+    journal: SharedJournal,
+    compute: Arc<dyn compute::ComputeService>,
+) -> Miner {
+    let nodes = NodePool::new(&settings.nodes);
+    let submitters: Vec<Addr<submitter::Submitter>> = identities
+        .iter()
+        .map(|id| {
+            submitter::Submitter::new(
+                id.clone(),
+                nodes.clone(),
+                Arc::clone(&journal),
+                settings.gas_price,
+            )
+            .start()
+        })
+        .collect();
+    let planner = planner::Planner::new(
+        identities,
+        Arc::clone(&journal),
+        compute,
+        settings.matrix_size,
+        submitters.clone(),
+    )
+    .start();
+    let watcher = watcher::ChainWatcher::new(
+        nodes,
+        settings.poll_interval,
+        vec![planner.clone().recipient()],
+    )
+    .start();
+    Miner { watcher, planner, submitters, journal }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of cpc-kernels: conformance with the shared synthetic-v1 vectors, sharding
+//! invariance, kernel parity and fault injection. One binary, per the workspace's house style.
+
+mod conformance;
+mod fault;
+mod parity;
+mod sharding;
+mod vectors;
