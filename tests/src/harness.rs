@@ -125,12 +125,18 @@ impl DevnetOptions {
 /// Finds `cpc-devnet`: `$CPC_DEVNET_BIN`, else next to the running executable or one folder up (a test
 /// binary lives in `target/<profile>/deps/`, the devnet in `target/<profile>/`).
 pub fn locate_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(BINARY_ENV) {
+    locate_workspace_binary(BINARY_NAME, BINARY_ENV)
+}
+
+/// Finds a workspace binary (`cpc-devnet`, `cpc-coordinator`, `cpc-agent`): `$env_var`, else next to the
+/// running executable or one folder up (a test binary lives in `target/<profile>/deps/`).
+pub fn locate_workspace_binary(name: &str, env_var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join(BINARY_NAME), dir.parent()?.join(BINARY_NAME)].into_iter().find(|p| p.is_file())
+    [dir.join(name), dir.parent()?.join(name)].into_iter().find(|p| p.is_file())
 }
 
 /// A running `cpc-devnet` child.
