@@ -60,3 +60,23 @@ impl ComputeService for LocalCompute {
         })
     }
 }
+
+impl ComputeService for crate::farm::FarmHandle {
+    fn describe(&self) -> String {
+        format!("farm on {}", self.local_addr())
+    }
+
+    fn compute(&self, challenge: Challenge) -> ComputeFuture {
+        let farm = self.clone();
+        Box::pin(async move {
+            let report =
+                farm.run_job(challenge).await.map_err(|e| ComputeError::Farm(e.to_string()))?;
+            cpc_common::hashing::digest_from_hex(&report.result_hash).ok_or_else(|| {
+                ComputeError::Farm(format!(
+                    "farm answered a malformed result hash `{}`",
+                    report.result_hash
+                ))
+            })
+        })
+    }
+}

@@ -74,6 +74,57 @@ pub fn open_journal(data_dir: &Path) -> Result<SharedJournal, journal::JournalEr
     Ok(Arc::new(Mutex::new(journal::Journal::open(&data_dir.join("journal.sqlite"))?)))
 }
 
+/// A mining loop running on its own thread and actix system, so any caller (the CLI on tokio, a test)
+/// can start and stop it.
+#[derive(Debug)]
+pub struct MinerHandle {
+    /// The journal (for reports and tests).
+    pub journal: SharedJournal,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MinerHandle {
+    /// Stops the actors and waits for the thread to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MinerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the mining loop on a thread of its own.
+pub fn spawn(
+    settings: MinerSettings,
+    identities: Vec<Identity>,
+    journal: SharedJournal,
+    compute: Arc<dyn compute::ComputeService>,
+) -> std::io::Result<MinerHandle> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let shared = Arc::clone(&journal);
+    let thread = std::thread::Builder::new().name("cpc-miner".into()).spawn(move || {
+        let system = actix_rt::System::new();
+        system.block_on(async move {
+            let _miner = start(&settings, identities, shared, compute);
+            let _ = stop_rx.await;
+        });
+    })?;
+    Ok(MinerHandle { journal, stop: Some(stop_tx), thread: Some(thread) })
+}
+
 /// Starts the actors (inside a running actix system).
 pub fn start(
     settings: &MinerSettings,

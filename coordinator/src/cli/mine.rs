@@ -1,0 +1,265 @@
+//! `run`: the miner. Follows the L1, computes one task per block for every identity (on the farm's agents
+//! or locally), and submits one signed SUBMIT_RESULT per identity per block, journaled in the data dir.
+//! Settings come from flags, then `CPC_*` environment variables, then `--config farm.toml`, then defaults.
+
+use super::{GlobalArgs, output::print_json};
+use anyhow::Context as _;
+use clap::Args;
+use cpc_common::synthetic::DEFAULT_MATRIX_SIZE;
+use cpc_coordinator::{
+    farm::{self, FarmConfig},
+    mining::{
+        self, Identity, MinerSettings,
+        compute::{ComputeService, LocalCompute},
+        config::ConfigFile,
+    },
+};
+use cpc_kernels::BackendKind;
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// Default head polling interval.
+const DEFAULT_POLL_MS: u64 = 500;
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// TOML configuration file (see deploy/farm.example.toml).
+    #[arg(long, env = "CPC_CONFIG", help_heading = "Mining")]
+    config: Option<PathBuf>,
+    /// L1 node URLs in failover order (comma-separated) [default: the file's, else --node].
+    #[arg(long, env = "CPC_NODES", value_delimiter = ',', help_heading = "Mining")]
+    nodes: Vec<String>,
+    /// Worker identities: key names (repeat or comma-separate).
+    #[arg(
+        long = "identity",
+        env = "CPC_IDENTITIES",
+        value_delimiter = ',',
+        help_heading = "Mining"
+    )]
+    identities: Vec<String>,
+    /// Data directory: journal, certificate, join token [default: ~/.cpc-farm].
+    #[arg(long, env = "CPC_DATA_DIR", help_heading = "Mining")]
+    data_dir: Option<PathBuf>,
+    /// Matrix size of block tasks [default: 1024].
+    #[arg(long, env = "CPC_MATRIX_SIZE", help_heading = "Mining")]
+    matrix_size: Option<u32>,
+    /// Gas price of submissions [default: 1000].
+    #[arg(long, env = "CPC_GAS_PRICE", help_heading = "Mining")]
+    gas_price: Option<u64>,
+    /// Head polling interval in milliseconds [default: 500].
+    #[arg(long, env = "CPC_POLL_INTERVAL_MS", help_heading = "Mining")]
+    poll_interval_ms: Option<u64>,
+    /// Where tasks run: `farm` (agents over QUIC) or `local` (this process's CPU) [default: farm].
+    #[arg(long, env = "CPC_COMPUTE", help_heading = "Mining")]
+    compute: Option<String>,
+    /// QUIC address agents dial [default: 0.0.0.0:7700].
+    #[arg(long, env = "CPC_LISTEN", help_heading = "Mining")]
+    listen: Option<SocketAddr>,
+    /// Metrics address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "CPC_METRICS", help_heading = "Mining")]
+    metrics: Option<SocketAddr>,
+    /// Agents to wait for before mining (farm mode).
+    #[arg(long, default_value_t = 0, help_heading = "Mining")]
+    min_agents: usize,
+    /// Stop after this many new blocks have been mined and their submissions settled (0: run until
+    /// interrupted), then print the report.
+    #[arg(long, default_value_t = 0, help_heading = "Mining")]
+    stop_after_blocks: u64,
+    /// Seconds to wait for the last submissions to settle when stopping.
+    #[arg(long, default_value_t = 60, help_heading = "Mining")]
+    settle_timeout: u64,
+}
+
+/// Resolved settings (flags > env > file > defaults).
+struct Resolved {
+    settings: MinerSettings,
+    identities: Vec<String>,
+    data_dir: PathBuf,
+    compute: String,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+}
+
+fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let nodes = if !args.nodes.is_empty() {
+        args.nodes.clone()
+    } else if !file.nodes.is_empty() {
+        file.nodes.clone()
+    } else {
+        vec![g.node.clone()]
+    };
+    let identities =
+        if args.identities.is_empty() { file.identities.clone() } else { args.identities.clone() };
+    if identities.is_empty() {
+        anyhow::bail!(
+            "no worker identity: pass --identity NAME (a key in the keystore) or list `identities` in --config"
+        );
+    }
+    let data_dir = match args.data_dir.clone().or(file.data_dir.clone()) {
+        Some(d) => d,
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cpc-farm"))
+            .context("no --data-dir and no HOME: pass --data-dir")?,
+    };
+    let listen = match (args.listen, &file.listen) {
+        (Some(l), _) => l,
+        (None, Some(l)) => l.parse().with_context(|| format!("invalid `listen` in config: {l}"))?,
+        (None, None) => farm::DEFAULT_LISTEN.parse()?,
+    };
+    let metrics = match (args.metrics, &file.metrics) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => {
+            Some(m.parse().with_context(|| format!("invalid `metrics` in config: {m}"))?)
+        }
+        (None, None) => None,
+    };
+    let compute =
+        args.compute.clone().or(file.compute.clone()).unwrap_or_else(|| "farm".to_owned());
+    if compute != "farm" && compute != "local" {
+        anyhow::bail!("invalid compute `{compute}`: expected `farm` or `local`");
+    }
+    Ok(Resolved {
+        settings: MinerSettings {
+            nodes,
+            matrix_size: args.matrix_size.or(file.matrix_size).unwrap_or(DEFAULT_MATRIX_SIZE),
+            gas_price: args.gas_price.or(file.gas_price).unwrap_or(cpc_common::tx::MIN_GAS_PRICE),
+            poll_interval: Duration::from_millis(
+                args.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_MS).max(10),
+            ),
+        },
+        identities,
+        data_dir,
+        compute,
+        listen,
+        metrics,
+    })
+}
+
+pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(g, &args)?;
+    let keystore = match &args.config {
+        Some(path) if g.keystore.is_none() => ConfigFile::load(path)?
+            .keystore
+            .map(cpc_common::keystore::Keystore::new)
+            .unwrap_or_else(|| g.keystore()),
+        _ => g.keystore(),
+    };
+    let identities = r
+        .identities
+        .iter()
+        .map(|name| {
+            let k = keystore.load(name)?;
+            Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let journal = mining::open_journal(&r.data_dir)?;
+
+    // The farm also serves the metrics endpoint; in local mode it simply has no agents.
+    let mut config = FarmConfig::new(r.listen, farm::Identity::load_or_create(&r.data_dir)?);
+    config.metrics_listen = r.metrics;
+    let farm = farm::start(config)?;
+    if let Some(m) = farm.metrics_addr() {
+        eprintln!("metrics on http://{m}/metrics");
+    }
+    let compute: Arc<dyn ComputeService> = if r.compute == "local" {
+        Arc::new(LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?)))
+    } else {
+        eprintln!("farm listening on {} (fingerprint {})", farm.local_addr(), farm.fingerprint());
+        eprintln!("join agents with:\n  {}", farm.agent_command(&farm.local_addr().to_string()));
+        if args.min_agents > 0 {
+            farm.wait_for_agents(args.min_agents, Duration::from_secs(300)).await?;
+        }
+        Arc::new(farm.clone())
+    };
+    let start_height = cpc_coordinator::l1::NodePool::new(&r.settings.nodes)
+        .status()
+        .await
+        .map(|s| s.height)
+        .unwrap_or(0);
+    eprintln!(
+        "mining for {} on {} with {} (matrix_size {}, data dir {})",
+        identities
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.address))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.settings.nodes.join(", "),
+        compute.describe(),
+        r.settings.matrix_size,
+        r.data_dir.display()
+    );
+    let miner = mining::spawn(r.settings.clone(), identities, Arc::clone(&journal), compute)?;
+
+    if args.stop_after_blocks == 0 {
+        tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+        eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
+        miner.stop();
+        farm.shutdown();
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle.
+    let last = start_height + args.stop_after_blocks - 1;
+    let mut settle_deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let rows = journal
+            .lock()
+            .map_err(|e| anyhow::anyhow!("journal lock: {e}"))?
+            .report(start_height)?;
+        let reached = rows.iter().any(|row| row.height >= last);
+        if reached && settle_deadline.is_none() {
+            settle_deadline = Some(Instant::now() + Duration::from_secs(args.settle_timeout));
+        }
+        let settled = rows
+            .iter()
+            .filter(|row| row.height <= last)
+            .all(|row| matches!(row.state.as_str(), "included" | "failed" | "superseded"));
+        if reached && settled || settle_deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    miner.stop();
+    farm.shutdown();
+    let rows: Vec<_> = journal
+        .lock()
+        .map_err(|e| anyhow::anyhow!("journal lock: {e}"))?
+        .report(start_height)?
+        .into_iter()
+        .filter(|row| row.height <= last)
+        .collect();
+    if g.json {
+        print_json(&rows)?;
+    } else {
+        println!(
+            "{:<7} {:<12} {:<36} {:<64} {}",
+            "height", "identity", "task_id", "result_hash", "included"
+        );
+        for row in &rows {
+            let included = match (row.included_in, &row.tx_hash) {
+                (Some(h), Some(tx)) => format!("block {h} (tx {})", &tx[..16.min(tx.len())]),
+                _ => row.state.clone(),
+            };
+            println!(
+                "{:<7} {:<12} {:<36} {:<64} {included}",
+                row.height,
+                row.identity,
+                row.task_id,
+                row.result_hash.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
