@@ -32,6 +32,40 @@ pub enum BackendError {
     /// The CUDA backend is compiled in but cannot run yet or could not start.
     #[error("CUDA backend unavailable: {0}")]
     CudaUnavailable(String),
+    /// A CUDA call failed on a GPU (driver, NVRTC, cuBLASLt or a kernel). When the error leaves the device's
+    /// context unusable the backend also quarantines itself (see [`BackendError::Quarantined`]).
+    #[error(
+        "CUDA error on {device}: {reason}: if it repeats, check `nvidia-smi -q` and the kernel log for Xid errors"
+    )]
+    Cuda {
+        /// The GPU (`cuda:<ordinal> <model>`).
+        device: String,
+        /// What failed and the CUDA status.
+        reason: String,
+    },
+    /// A GPU call did not finish within the backend's watchdog timeout; the device is quarantined.
+    #[error(
+        "{device} did not finish `{phase}` within {seconds:.1} s: the GPU is quarantined; check `nvidia-smi` \
+         (a hung or throttled GPU, or a shard too large for the timeout: raise the timeout or split the job)"
+    )]
+    Timeout {
+        /// The GPU.
+        device: String,
+        /// The step that was waited for.
+        phase: &'static str,
+        /// The timeout that expired, in seconds.
+        seconds: f64,
+    },
+    /// An earlier failure quarantined this GPU; it takes no more work until the process reopens it.
+    #[error(
+        "{device} is quarantined after an earlier failure ({reason}): the other devices keep serving"
+    )]
+    Quarantined {
+        /// The GPU.
+        device: String,
+        /// The first failure.
+        reason: String,
+    },
     /// No device of that kind at that index.
     #[error(
         "no {kind} device at index {index} ({found} found): for cuda check `nvidia-smi` and CUDA_VISIBLE_DEVICES, \

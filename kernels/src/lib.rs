@@ -11,10 +11,13 @@
 //! - [`cpu`]: the CPU backend: multi-threaded Philox generation, a cache-blocked exact `i8 × i8 → i32` GEMM
 //!   (AVX2 when the CPU has it, a portable scalar kernel otherwise) and SHA-256 per row;
 //! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
+//! - [`gpu`]: plain GPU types (per-shard stats, NVML telemetry with DCGM labels) that compile with or
+//!   without the `cuda` feature.
 //!
 //! # Feature flags
 //!
-//! - `cuda`: the CUDA backend. Without it [`CudaBackend`] is a stand-in with the same API whose constructor
+//! - `cuda`: the CUDA backend (cudarc with dynamic loading, so it builds without a GPU or toolkit; NVRTC
+//!   kernels, cuBLASLt int8 GEMM, NVML telemetry; see `src/cuda/mod.rs`). Without it [`CudaBackend`] is a stand-in with the same API whose constructor
 //!   answers [`BackendError::CudaNotCompiled`] ("built without CUDA support: rebuild with --features cuda"),
 //!   so callers never write `#[cfg(feature = "cuda")]` themselves.
 
@@ -27,6 +30,7 @@ use std::{fmt, ops::Range, str::FromStr};
 
 pub mod cpu;
 mod error;
+pub mod gpu;
 
 #[cfg(feature = "cuda")]
 mod cuda;

@@ -6,6 +6,7 @@ mod chain;
 mod compute;
 mod farm;
 mod keys;
+mod mine;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +78,8 @@ pub(crate) enum Command {
     Task(compute::TaskArgs),
     /// Recompute a worker's on-chain result for a block and check it.
     Verify(compute::VerifyArgs),
+    /// Mine: follow the L1 and submit one SUBMIT_RESULT per identity per block.
+    Run(mine::RunArgs),
     /// Run the farm coordinator: accept agents and print the command line that joins them.
     Serve(farm::ServeArgs),
     /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
@@ -94,6 +97,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(cmd) => chain::query(g, cmd).await,
         Command::Task(args) => compute::task(g, args).await,
         Command::Verify(args) => compute::verify(g, args).await,
+        Command::Run(args) => mine::run(g, args).await,
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
     }

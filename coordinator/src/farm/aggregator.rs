@@ -133,7 +133,6 @@ impl Handler<CloseJob> for Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix::Actor as _;
     use cpc_common::hashing::sha256;
 
     #[actix_rt::test]

@@ -2,6 +2,8 @@
 //! reference script, and the errors an operator sees for bad input or a dead node. Commands that need a
 //! live L1 are tested against the real devnet in the top-level `tests` crate.
 
+mod farm;
+
 use serde_json::Value;
 use std::process::{Command, Output};
 

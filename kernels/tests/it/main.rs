@@ -2,6 +2,8 @@
 //! invariance, kernel parity and fault injection. One binary, per the workspace's house style.
 
 mod conformance;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod fault;
 mod parity;
 mod sharding;

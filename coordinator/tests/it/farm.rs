@@ -1,0 +1,380 @@
+//! The farm end to end on loopback, in one process: a real QUIC coordinator with a real certificate and
+//! agents on their own threads (CPU backend), checked against the single-process `cpc_kernels::result_hash`.
+//! Timeouts are shortened through the configs; nothing asserts on timing.
+
+use cpc_agent::{AgentConfig, AgentError, AgentThread, DeviceSpec};
+use cpc_common::{
+    codec::{self, FrameDecoder},
+    synthetic::Challenge,
+    wire::{ALPN, HelloReply},
+};
+use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, Identity, SplitPolicy, SpotCheckConfig};
+use cpc_kernels::{Backend, BackendError, CpuBackend, DeviceInfo, Shard, ShardOutput};
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+fn farm_config() -> FarmConfig {
+    let mut c = FarmConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        Identity::generate().expect("identity"),
+    );
+    c.heartbeat_interval = Duration::from_millis(100);
+    c.heartbeat_timeout = Duration::from_millis(1500);
+    c.idle_timeout = Duration::from_secs(3);
+    c.handshake_timeout = Duration::from_secs(5);
+    c.no_device_wait = Duration::from_secs(30);
+    c.split = SplitPolicy { small_job: Duration::ZERO, min_shard_rows: 8 };
+    c.spot_check = SpotCheckConfig {
+        rows_per_shard: 2,
+        elements_per_row: 8,
+        seed: Some(0x5eed),
+        ..Default::default()
+    };
+    c
+}
+
+fn agent_config(farm: &FarmHandle, name: &str) -> AgentConfig {
+    let mut c = AgentConfig::new(farm.local_addr().to_string(), farm.token(), farm.fingerprint());
+    c.name = name.to_owned();
+    c.idle_timeout = Duration::from_secs(3);
+    c.backoff_initial = Duration::from_millis(50);
+    c.backoff_max = Duration::from_millis(500);
+    c.measure_matrix_size = 64;
+    c.drain_grace = Duration::from_millis(100);
+    c
+}
+
+fn cpu() -> Arc<dyn Backend> {
+    Arc::new(CpuBackend::new(1).expect("cpu backend"))
+}
+
+fn one_device(backend: Arc<dyn Backend>) -> Vec<DeviceSpec> {
+    vec![DeviceSpec { index: 0, backend }]
+}
+
+fn expected(challenge: &Challenge) -> String {
+    hex::encode(
+        cpc_kernels::result_hash(&CpuBackend::new(0).expect("cpu"), challenge).expect("reference"),
+    )
+}
+
+async fn shutdown(farm: FarmHandle) {
+    tokio::task::spawn_blocking(move || farm.shutdown()).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_three_agents_match_single_process() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let agents: Vec<AgentThread> = (0..3)
+        .map(|i| AgentThread::spawn(agent_config(&farm, &format!("a{i}")), one_device(cpu())))
+        .collect();
+    farm.wait_for_agents(3, Duration::from_secs(60)).await.expect("3 agents");
+
+    let challenge = Challenge::new("farm-it-512", 512, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert_eq!(report.devices.len(), 3, "sharded over every device: {report:#?}");
+    assert_eq!(report.devices.iter().map(|d| d.rows).sum::<u64>(), 512);
+    assert!(report.devices.iter().all(|d| d.rows > 0), "{report:#?}");
+    assert!(report.spot_checks_passed >= 3, "{report:#?}");
+    assert_eq!(report.spot_checks_failed, 0);
+
+    // Several iterations and a size that does not divide evenly.
+    let challenge = Challenge::new("farm-it-iter", 129, 3).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    drop(agents);
+    shutdown(farm).await;
+}
+
+/// A CPU backend that blocks shards of one seed until released, so a test knows an agent is mid-shard.
+#[derive(Debug)]
+struct GatedBackend {
+    inner: CpuBackend,
+    seed: String,
+    started: Mutex<Option<mpsc::Sender<()>>>,
+    gate: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Backend for GatedBackend {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        if shard.challenge.seed == self.seed {
+            if let Some(tx) = self.started.lock().expect("lock").take() {
+                let _ = tx.send(());
+            }
+            let _ = self.gate.lock().expect("lock").recv_timeout(Duration::from_secs(60));
+            return Err(BackendError::InvalidShard("gated backend released".into()));
+        }
+        self.inner.run_shard(shard, keep_rows)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_survives_an_agent_killed_mid_job() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let seed = "farm-it-kill";
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let gated = Arc::new(GatedBackend {
+        inner: CpuBackend::new(1).expect("cpu"),
+        seed: seed.into(),
+        started: Mutex::new(Some(started_tx)),
+        gate: Mutex::new(release_rx),
+    });
+    let a = AgentThread::spawn(agent_config(&farm, "a"), one_device(cpu()));
+    let b = AgentThread::spawn(agent_config(&farm, "b"), one_device(cpu()));
+    let mut victim = AgentThread::spawn(agent_config(&farm, "victim"), one_device(gated));
+    farm.wait_for_agents(3, Duration::from_secs(60)).await.expect("3 agents");
+
+    let challenge = Challenge::new(seed, 512, 1).expect("challenge");
+    let job = tokio::spawn({
+        let (farm, challenge) = (farm.clone(), challenge.clone());
+        async move { farm.run_job(challenge).await }
+    });
+    tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .expect("join")
+        .expect("the victim got a shard");
+    victim.kill();
+    let _ = release_tx.send(());
+    let report = job.await.expect("join").expect("job finishes without the victim");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert!(report.shards_reassigned >= 1, "{report:#?}");
+    assert!(report.devices.iter().all(|d| d.agent != "victim" || d.rows == 0), "{report:#?}");
+    drop((a, b, victim));
+    shutdown(farm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_quarantines_a_faulty_device_and_still_gets_it_right() {
+    let mut config = farm_config();
+    // Whole-row recomputation: with fault injection every row, any checked row reveals the fault.
+    config.spot_check.elements_per_row = u32::MAX;
+    let farm = farm::start(config).expect("farm");
+    let faulty: Arc<dyn Backend> =
+        Arc::new(CpuBackend::new(1).expect("cpu").with_fault_injection(1));
+    let agents = [
+        AgentThread::spawn(agent_config(&farm, "good-a"), one_device(cpu())),
+        AgentThread::spawn(agent_config(&farm, "good-b"), one_device(cpu())),
+        AgentThread::spawn(agent_config(&farm, "liar"), one_device(faulty)),
+    ];
+    farm.wait_for_agents(3, Duration::from_secs(60)).await.expect("3 agents");
+    let challenge = Challenge::new("farm-it-fault", 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert_eq!(report.quarantined.len(), 1, "{report:#?}");
+    assert!(report.spot_checks_failed >= 1);
+    assert!(report.devices.iter().all(|d| d.agent != "liar" || d.rows == 0), "{report:#?}");
+    let devices = farm.devices().await.expect("devices");
+    let liar = devices.iter().find(|d| d.agent == "liar").expect("liar still connected");
+    assert!(liar.quarantined);
+    // The next job does not use it at all.
+    let challenge = Challenge::new("farm-it-fault-2", 128, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert!(report.devices.iter().all(|d| d.agent != "liar"), "{report:#?}");
+    drop(agents);
+    shutdown(farm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_refuses_a_wrong_token_with_a_clear_message() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let mut config = agent_config(&farm, "intruder");
+    config.token = "not-the-token".into();
+    let agent = AgentThread::spawn(config, one_device(cpu()));
+    let err = tokio::task::spawn_blocking(move || agent.join())
+        .await
+        .expect("join")
+        .expect_err("refused");
+    assert!(matches!(err, AgentError::Refused(_)), "{err}");
+    assert!(err.to_string().contains("invalid join token"), "{err}");
+    assert!(farm.devices().await.expect("devices").is_empty());
+    shutdown(farm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_agent_refuses_an_unpinned_coordinator() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let other = Identity::generate().expect("identity");
+    let mut config = agent_config(&farm, "careful");
+    config.fingerprint = other.fingerprint();
+    let agent = AgentThread::spawn(config, one_device(cpu()));
+    let err = tokio::task::spawn_blocking(move || agent.join())
+        .await
+        .expect("join")
+        .expect_err("mismatch");
+    match &err {
+        AgentError::FingerprintMismatch { presented, pinned } => {
+            assert_eq!(presented, farm.fingerprint());
+            assert_eq!(pinned, &other.fingerprint());
+        }
+        other => panic!("expected a fingerprint mismatch, got {other}"),
+    }
+    assert!(err.to_string().contains("--coordinator-fingerprint"), "{err}");
+    assert!(farm.devices().await.expect("devices").is_empty(), "the token was never sent");
+    shutdown(farm).await;
+}
+
+/// Opens a pinned QUIC connection and sends raw bytes as the first frame; answers the decoded reply.
+async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
+    let pinned = cpc_agent::tls::parse_fingerprint(farm.fingerprint()).expect("fingerprint");
+    let (client, _) =
+        cpc_agent::tls::client_config(pinned, quinn::TransportConfig::default()).expect("client");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(client);
+    let conn =
+        endpoint.connect(farm.local_addr(), "cpc-coordinator").expect("dial").await.expect("TLS");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&bytes).await.expect("write");
+    let _ = send.finish();
+    let mut dec = FrameDecoder::new();
+    let mut reply = None;
+    while let Ok(Some(chunk)) = recv.read_chunk(4096, true).await {
+        dec.push(&chunk.bytes);
+        if let Ok(Some(r)) = dec.next_message::<HelloReply>() {
+            reply = Some(r);
+            break;
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_garbage_frames_do_not_disturb_other_agents() {
+    assert_eq!(ALPN, b"cpcfarm/1");
+    let farm = farm::start(farm_config()).expect("farm");
+    let agents = [
+        AgentThread::spawn(agent_config(&farm, "a"), one_device(cpu())),
+        AgentThread::spawn(agent_config(&farm, "b"), one_device(cpu())),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let challenge = Challenge::new("farm-it-garbage", 384, 1).expect("challenge");
+    let job = tokio::spawn({
+        let (farm, challenge) = (farm.clone(), challenge.clone());
+        async move { farm.run_job(challenge).await }
+    });
+
+    // A well-framed payload that is not a Hello.
+    let mut garbage = 16u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 16]);
+    match raw_hello(&farm, garbage).await {
+        Some(HelloReply::Refused { reason }) => {
+            assert!(reason.contains("malformed frame"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A length prefix far above the handshake's cap.
+    match raw_hello(&farm, u32::MAX.to_be_bytes().to_vec()).await {
+        Some(HelloReply::Refused { reason }) => assert!(reason.contains("exceeds"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A real encoder's frame of the wrong type.
+    let wrong = codec::encode(&cpc_common::wire::Request::FetchRow { shard_id: 1, row: 2 })
+        .expect("encode");
+    assert!(matches!(raw_hello(&farm, wrong).await, Some(HelloReply::Refused { .. })));
+
+    let report = job.await.expect("join").expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert_eq!(farm.devices().await.expect("devices").len(), 2, "the good agents are still there");
+    drop(agents);
+    shutdown(farm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_drained_agent_leaves_cleanly_and_metrics_are_served() {
+    let mut config = farm_config();
+    config.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let farm = farm::start(config).expect("farm");
+    let a = AgentThread::spawn(agent_config(&farm, "a"), one_device(cpu()));
+    let b = AgentThread::spawn(agent_config(&farm, "b"), one_device(cpu()));
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let challenge = Challenge::new("farm-it-metrics", 128, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+
+    b.drain();
+    tokio::task::spawn_blocking(move || b.join()).await.expect("join").expect("drained cleanly");
+    let report =
+        farm.run_job(Challenge::new("farm-it-after-drain", 96, 1).expect("c")).await.expect("job");
+    assert!(report.devices.iter().all(|d| d.agent == "a"), "{report:#?}");
+
+    let base = format!("http://{}", farm.metrics_addr().expect("metrics addr"));
+    let client = reqwest::Client::new();
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    for name in [
+        "cpcfarm_build_info",
+        "cpcfarm_shards_dispatched_total",
+        "cpcfarm_shards_completed_total",
+        "cpcfarm_spot_checks_passed_total",
+        "cpcfarm_shard_duration_seconds_bucket",
+        "cpcfarm_job_duration_seconds",
+        "cpcfarm_agents_connected",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    for path in ["healthz", "readyz"] {
+        let status = client.get(format!("{base}/{path}")).send().await.expect("GET").status();
+        assert_eq!(status.as_u16(), 200, "/{path}");
+    }
+    drop(a);
+    shutdown(farm).await;
+}
+
+/// Makespan of n = 2048 on one agent, then on two (each agent one CPU thread: this machine has two cores).
+/// `cargo test -p cpc-coordinator --release --test it farm_makespan -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run on purpose"]
+async fn farm_makespan_1_vs_2_agents() {
+    let challenge = Challenge::new("farm-makespan-2048", 2048, 1).expect("challenge");
+    let want = expected(&challenge);
+    for agents in [1usize, 2] {
+        let mut config = farm_config();
+        config.spot_check.seed = None;
+        let farm = farm::start(config).expect("farm");
+        let threads: Vec<AgentThread> = (0..agents)
+            .map(|i| {
+                let mut c = agent_config(&farm, &format!("m{i}"));
+                c.measure_matrix_size = 256;
+                AgentThread::spawn(c, one_device(cpu()))
+            })
+            .collect();
+        farm.wait_for_agents(agents, Duration::from_secs(60)).await.expect("agents");
+        let report = farm.run_job(challenge.clone()).await.expect("job");
+        assert_eq!(report.result_hash, want);
+        println!(
+            "n=2048 on {agents} agent(s): makespan {:.3} s, {:.3e} ops/s; per device: {}",
+            report.makespan_seconds,
+            report.achieved_ops_per_sec,
+            report
+                .devices
+                .iter()
+                .map(|d| format!(
+                    "{} {} rows {:.3e} ops/s",
+                    d.agent, d.rows, d.achieved_ops_per_sec
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        drop(threads);
+        shutdown(farm).await;
+    }
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# GPU check of the CUDA backend: the ignored GPU parity tests (GPU leaves == CPU leaves for every synthetic-v1
+# vector, odd sizes, random shards, the dp4a fallback, the watchdog) and the benchmark table (per phase and end
+# to end, ms and TOPS, n = 4096..32768, next to cuBLASLt alone).
+#
+# Two steps, so the GPU machine needs no Rust toolchain:
+#   deploy/gpu-check.sh build          # any Linux x86-64 machine with Rust (no GPU needed): stages the
+#                                      # prebuilt binaries and the vectors in deploy/gpu-bin/
+#   deploy/gpu-check.sh run [BENCH...] # the CUDA 13 machine: runs them from deploy/gpu-bin/
+#   deploy/gpu-check.sh all            # both, on a GPU machine that also has Rust
+# BENCH arguments go to the benchmark (default: --reps 5). Tunables: GPU_BIN (staging folder),
+# CUDA_VISIBLE_DEVICES (which GPU; the tests and the bench use CUDA device 0 of what is visible).
+#
+# The GPU machine needs the NVIDIA driver (libcuda, libnvidia-ml) and the CUDA 13 libnvrtc and libcublasLt,
+# found through LD_LIBRARY_PATH; /usr/local/cuda*/lib64 and pip's nvidia/*/lib folders are added when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${GPU_BIN:-$PWD/deploy/gpu-bin}"
+
+build() {
+    echo "== building the cuda test binary and benchmark (release)"
+    mkdir -p "$BIN/vectors"
+    local json test_bin
+    json="$(cargo test -p cpc-kernels --release --features cuda --no-run --message-format=json 2>/dev/null)"
+    test_bin="$(printf '%s\n' "$json" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and t.get("name") == "it" and m.get("executable"):
+        print(m["executable"])')"
+    [ -n "$test_bin" ] || { echo "could not find the cpc-kernels integration test binary" >&2; exit 1; }
+    cargo build -p cpc-kernels --release --features cuda --example cuda_bench
+    local target_dir
+    target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+    cp "$test_bin" "$BIN/cpc-kernels-it"
+    cp "$target_dir/release/examples/cuda_bench" "$BIN/cuda_bench"
+    local vectors="${CPC_VECTORS:-$PWD/../shared/vectors}"
+    [ -d "$vectors" ] || vectors="$PWD/shared/vectors"
+    cp "$vectors"/*.json "$BIN/vectors/"
+    echo "staged in $BIN: $(ls "$BIN" | tr '\n' ' ')"
+}
+
+cuda_libraries() {
+    local extra=""
+    for d in /usr/local/cuda/lib64 /usr/local/cuda-13*/lib64 /usr/lib/x86_64-linux-gnu \
+        $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null | xargs -n1 -I{} sh -c 'ls -d {}/nvidia/*/lib 2>/dev/null' || true); do
+        [ -d "$d" ] && extra="$extra:$d"
+    done
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}$extra"
+    for lib in libcuda.so.1 libnvidia-ml.so.1 libnvrtc.so libcublasLt.so; do
+        if ! ldconfig -p 2>/dev/null | grep -q "$lib" && ! (IFS=:; for d in $LD_LIBRARY_PATH; do ls "$d"/$lib* >/dev/null 2>&1 && exit 0; done; exit 1); then
+            echo "warning: $lib not found (driver / CUDA 13 toolkit libraries); the run may say why it cannot start" >&2
+        fi
+    done
+}
+
+run() {
+    [ -x "$BIN/cpc-kernels-it" ] || { echo "no staged binaries in $BIN: run '$0 build' first" >&2; exit 1; }
+    cuda_libraries
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,uuid,name,driver_version,memory.total,clocks.max.sm --format=csv
+    echo "== GPU parity tests (ignored by default, run explicitly)"
+    CPC_VECTORS="$BIN/vectors" "$BIN/cpc-kernels-it" --ignored cuda --test-threads=1 --nocapture
+    echo "== benchmark"
+    [ "$#" -gt 0 ] || set -- --reps 5
+    "$BIN/cuda_bench" "$@"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) shift; run "$@" ;;
+    all) shift; build; run "$@" ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
+esac
