@@ -181,11 +181,11 @@ pub async fn verify_worker(
             if tx.tx_type != TxType::SubmitResult || tx.from_address != worker {
                 continue;
             }
-            if let Ok(r) = ComputeResult::from_payload(&tx.payload) {
-                if r.nonce.to_u64() == Some(height) {
-                    found = Some((h, tx.hash_hex(), r, check_block(&block)));
-                    break 'blocks;
-                }
+            if let Ok(r) = ComputeResult::from_payload(&tx.payload)
+                && r.nonce.to_u64() == Some(height)
+            {
+                found = Some((h, tx.hash_hex(), r, check_block(&block)));
+                break 'blocks;
             }
         }
     }

@@ -38,8 +38,9 @@ struct Farm {
 impl Farm {
     fn new(block_time_ms: u64, persistent_chain: bool, funded: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut options =
-            DevnetOptions::located().expect("cpc-devnet binary").block_time(Duration::from_millis(block_time_ms));
+        let mut options = DevnetOptions::located()
+            .expect("cpc-devnet binary")
+            .block_time(Duration::from_millis(block_time_ms));
         if persistent_chain {
             options = options.data_dir(dir.path().join("chain"));
         }
@@ -49,7 +50,8 @@ impl Farm {
         for name in ["w1", "w2"] {
             let out = farm.cli(&["--json", "keys", "add", name]);
             let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-            farm.addresses.insert(name.to_owned(), v["address"].as_str().expect("address").to_owned());
+            farm.addresses
+                .insert(name.to_owned(), v["address"].as_str().expect("address").to_owned());
         }
         for name in funded {
             farm.cli(&["tx", "send", name, "5", "--from", "faucet", "--wait", "30"]);
@@ -84,7 +86,14 @@ impl Farm {
             .arg(self.keystore())
             .args(["run", "--identity", "w1,w2", "--compute", "local", "--data-dir"])
             .arg(self.data_dir())
-            .args(["--matrix-size", &MATRIX_SIZE.to_string(), "--poll-interval-ms", "40", "--listen", "127.0.0.1:0"])
+            .args([
+                "--matrix-size",
+                &MATRIX_SIZE.to_string(),
+                "--poll-interval-ms",
+                "40",
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -105,7 +114,10 @@ impl Farm {
     fn chain(&self) -> Vec<Block> {
         let head = self.http("/status").and_then(|s| s["height"].as_u64()).expect("status");
         (0..=head)
-            .map(|h| serde_json::from_value(self.http(&format!("/block/{h}")).expect("block")).expect("block json"))
+            .map(|h| {
+                serde_json::from_value(self.http(&format!("/block/{h}")).expect("block"))
+                    .expect("block json")
+            })
             .collect()
     }
 
@@ -120,7 +132,11 @@ impl Farm {
                 "compute_root of block {}",
                 block.header.height
             );
-            for tx in block.txs.iter().filter(|t| t.tx_type == TxType::SubmitResult && ours.contains(&&t.from_address)) {
+            for tx in block
+                .txs
+                .iter()
+                .filter(|t| t.tx_type == TxType::SubmitResult && ours.contains(&&t.from_address))
+            {
                 let r = ComputeResult::from_payload(&tx.payload).expect("payload");
                 let h = r.nonce.to_u64().expect("height nonce");
                 out.entry((tx.from_address.clone(), h)).or_default().push((block.header.height, r));
@@ -132,7 +148,10 @@ impl Farm {
     fn wait_for_submissions(&self, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.submissions().len() < count {
-            assert!(Instant::now() < deadline, "fewer than {count} submissions landed in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {count} submissions landed in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -150,12 +169,19 @@ fn check_chain(farm: &Farm) -> usize {
     let blocks = farm.chain();
     let subs = farm.submissions();
     for ((address, height), landed) in &subs {
-        assert_eq!(landed.len(), 1, "{address} submitted {} times for block {height}", landed.len());
+        assert_eq!(
+            landed.len(),
+            1,
+            "{address} submitted {} times for block {height}",
+            landed.len()
+        );
         let (included, result) = &landed[0];
         assert!(included > height);
         let block_hash = blocks[*height as usize].header.hash();
         let task = BlockTask::derive(&block_hash, address, MATRIX_SIZE, *height).expect("task");
-        let reference = hex::encode(cpc_kernels::result_hash(backend.as_ref(), &task.challenge).expect("compute"));
+        let reference = hex::encode(
+            cpc_kernels::result_hash(backend.as_ref(), &task.challenge).expect("compute"),
+        );
         assert_eq!(result.result_hash, reference, "{address} at {height}");
         assert_eq!(result.task_id, task.task_id.to_string());
     }
@@ -181,7 +207,13 @@ fn check_journal(farm: &Farm, settled_to: u64) {
 }
 
 fn last_height(report: &Value) -> u64 {
-    report.as_array().expect("rows").iter().filter_map(|r| r["height"].as_u64()).max().expect("some rows")
+    report
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["height"].as_u64())
+        .max()
+        .expect("some rows")
 }
 
 #[test]
@@ -191,8 +223,13 @@ fn twenty_consecutive_blocks_one_included_correct_submission_per_identity_and_bl
     let rows = report.as_array().expect("rows");
     for name in ["w1", "w2"] {
         let mine: Vec<&Value> = rows.iter().filter(|r| r["identity"] == name).collect();
-        let heights: Vec<u64> = mine.iter().map(|r| r["height"].as_u64().expect("height")).collect();
-        assert!(heights.len() >= 15, "{name} computed only {} of 20 blocks: {heights:?}", heights.len());
+        let heights: Vec<u64> =
+            mine.iter().map(|r| r["height"].as_u64().expect("height")).collect();
+        assert!(
+            heights.len() >= 15,
+            "{name} computed only {} of 20 blocks: {heights:?}",
+            heights.len()
+        );
         for r in mine {
             assert_eq!(r["state"], "included", "{r}");
         }
@@ -240,7 +277,10 @@ fn a_node_outage_delays_submissions_but_loses_none() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 #[test]
@@ -253,8 +293,13 @@ fn an_unfunded_identity_is_reported_and_does_not_hold_back_the_other() {
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let unfunded = loop {
-        let text = reqwest::blocking::get(format!("http://{metrics}/metrics")).and_then(|r| r.text()).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.starts_with("cpcfarm_submissions_unfunded_total{identity=\"w2\"}")) {
+        let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("cpcfarm_submissions_unfunded_total{identity=\"w2\"}"))
+        {
             break line.to_owned();
         }
         assert!(Instant::now() < deadline, "no unfunded metric for w2");

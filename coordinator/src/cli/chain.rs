@@ -6,7 +6,7 @@ use super::{
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use cpc_common::{Address, Transaction, keystore::StoredKey, tx::MIN_GAS_PRICE};
+use cpc_common::{Address, keystore::StoredKey, tx::MIN_GAS_PRICE};
 use cpc_coordinator::{
     l1::NodeClient,
     submit::{self, Outgoing},
@@ -189,7 +189,7 @@ async fn send_and_report(
     })
 }
 
-/// Polls new blocks from `from` until `tx_hash` shows up (the block list is the authority, not receipts).
+/// Polls new blocks from `from` until `tx_hash` shows up or `secs` pass.
 async fn wait_for_inclusion(
     node: &NodeClient,
     tx_hash: &str,
@@ -199,15 +199,11 @@ async fn wait_for_inclusion(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut next = from;
     loop {
-        let head = node.status().await?.height;
-        while next <= head {
-            if let Some(block) = node.block(next).await? {
-                if block.txs.iter().any(|t: &Transaction| t.hash_hex() == tx_hash) {
-                    return Ok(Some(next));
-                }
-            }
-            next += 1;
+        let (found, scanned) = node.find_tx(tx_hash, next).await?;
+        if found.is_some() {
+            return Ok(found);
         }
+        next = scanned + 1;
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }

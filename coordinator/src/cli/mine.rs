@@ -244,8 +244,8 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         print_json(&rows)?;
     } else {
         println!(
-            "{:<7} {:<12} {:<36} {:<64} {}",
-            "height", "identity", "task_id", "result_hash", "included"
+            "{:<7} {:<12} {:<36} {:<64} included",
+            "height", "identity", "task_id", "result_hash"
         );
         for row in &rows {
             let included = match (row.included_in, &row.tx_hash) {

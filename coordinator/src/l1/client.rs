@@ -136,22 +136,18 @@ impl NodeClient {
         }
     }
 
-    /// Looks for `tx_hash` in blocks `from..=head`, newest last; the block list is the authority on
-    /// inclusion (receipts can stay `pending` after a tx is in a block).
-    pub async fn find_tx(
-        &self,
-        tx_hash: &str,
-        from: u64,
-    ) -> Result<Option<(u64, Block)>, NodeError> {
+    /// Looks for `tx_hash` in blocks `from..=head`; the block list is the authority on inclusion
+    /// (receipts can stay `pending` after a tx is in a block). Answers the including height, if any, and
+    /// the last height scanned, so a caller can resume from there.
+    pub async fn find_tx(&self, tx_hash: &str, from: u64) -> Result<(Option<u64>, u64), NodeError> {
         let head = self.status().await?.height;
         for h in from..=head {
-            if let Some(block) = self.block(h).await? {
-                if block.txs.iter().any(|tx| tx.hash_hex() == tx_hash) {
-                    return Ok(Some((h, block)));
-                }
+            let Some(block) = self.block(h).await? else { return Ok((None, h.saturating_sub(1))) };
+            if block.txs.iter().any(|tx| tx.hash_hex() == tx_hash) {
+                return Ok((Some(h), h));
             }
         }
-        Ok(None)
+        Ok((None, head))
     }
 }
 

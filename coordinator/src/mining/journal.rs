@@ -555,8 +555,12 @@ mod tests {
         j.mark_lost(&tx.hash_hex(), SubmissionState::Dropped, "not in mempool").expect("lost");
         assert_eq!(j.task("w", &id).expect("task").map(|t| t.state), Some(TaskState::Computed));
         assert!(j.open_submissions("w").expect("open").is_empty());
-        let tx2 = signed(&key, &task, 3);
-        j.record_signed("w", &id, 5, &tx2).expect("signed again");
+        // Re-signing at the same nonce gives the same bytes (RFC 6979): the row is reopened, not doubled.
+        j.record_signed("w", &id, 5, &tx).expect("same bytes again");
+        assert_eq!(j.open_submissions("w").expect("open").len(), 1);
+        j.mark_lost(&tx.hash_hex(), SubmissionState::Dropped, "nonce consumed").expect("lost again");
+        let tx2 = signed(&key, &task, 4);
+        j.record_signed("w", &id, 5, &tx2).expect("signed with a new nonce");
         j.mark_sent(&tx2.hash_hex()).expect("sent");
         j.mark_included(&tx2.hash_hex(), 7).expect("included");
         assert_eq!(j.task("w", &id).expect("task").map(|t| t.state), Some(TaskState::Included));

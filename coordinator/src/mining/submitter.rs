@@ -184,11 +184,13 @@ impl Core {
                         .map_err(journal_err)?;
                     metrics::counter!("cpcfarm_submissions_included_total", "identity" => self.name().to_owned())
                         .increment(1);
-                    if let Some(o) = open.iter().find(|o| o.tx_hash == hash) {
-                        if let Some(seen) = self.seen.get(&o.height) {
-                            metrics::histogram!("cpcfarm_block_to_inclusion_seconds")
-                                .record(seen.elapsed().as_secs_f64());
-                        }
+                    if let Some(seen) = open
+                        .iter()
+                        .find(|o| o.tx_hash == hash)
+                        .and_then(|o| self.seen.get(&o.height))
+                    {
+                        metrics::histogram!("cpcfarm_block_to_inclusion_seconds")
+                            .record(seen.elapsed().as_secs_f64());
                     }
                     tracing::info!(identity = %self.name(), tx = %hash, block = h, "submission included");
                 }
