@@ -9,4 +9,6 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check numpy
 fi
 
+# End-to-end tests run the real binaries (cpc-devnet, cpc-coordinator, cpc-agent): build them all first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

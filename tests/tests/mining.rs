@@ -5,7 +5,7 @@
 //! identity is reported and does not hold the other back.
 
 use cpc_common::{Block, ComputeResult, TxType, synthetic::BlockTask};
-use cpc_coordinator::mining::journal::Journal;
+use cpc_coordinator::{farm::Identity, mining::journal::Journal};
 use cpc_tests::{
     devnet::chain::FAUCET_PRIVATE_KEY,
     harness::{DevnetOptions, DevnetProcess, locate_workspace_binary},
@@ -80,20 +80,61 @@ impl Farm {
 
     /// `cpc-coordinator run` for both identities, computing locally, with extra arguments.
     fn miner(&self, extra: &[&str], log: &str) -> Child {
+        self.miner_with(&["--compute", "local", "--listen", "127.0.0.1:0"], extra, log)
+    }
+
+    /// `cpc-coordinator run` computing on the farm, and `agents` real `cpc-agent` processes (CPU backend)
+    /// joined with the coordinator's token and pinned certificate.
+    fn farm_miner(&self, agents: usize, extra: &[&str], log: &str) -> (Child, Vec<KillOnDrop>) {
+        // The coordinator makes its identity in the data dir on first start; making it first lets the agents
+        // be given the token and fingerprint without parsing the coordinator's output.
+        let identity = Identity::load_or_create(&self.data_dir()).expect("coordinator identity");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port")
+            .port();
+        let quic = format!("127.0.0.1:{port}");
+        let min_agents = agents.to_string();
+        let miner = self.miner_with(
+            &["--compute", "farm", "--listen", &quic, "--min-agents", &min_agents],
+            extra,
+            log,
+        );
+        let agent_bin = locate_workspace_binary("cpc-agent", "CPC_AGENT_BIN").expect(
+            "cpc-agent binary not found: run `cargo build --workspace --bins` or set CPC_AGENT_BIN",
+        );
+        let agents = (0..agents)
+            .map(|i| {
+                let log = std::fs::File::create(self.dir.path().join(format!("agent-{i}.log")))
+                    .expect("log");
+                KillOnDrop(
+                    Command::new(&agent_bin)
+                        .args(["--coordinator", &quic, "--token", &identity.token])
+                        .args([
+                            "--coordinator-fingerprint",
+                            &identity.fingerprint(),
+                            "--backend",
+                            "cpu",
+                        ])
+                        .stdout(Stdio::null())
+                        .stderr(log)
+                        .spawn()
+                        .expect("spawn agent"),
+                )
+            })
+            .collect();
+        (miner, agents)
+    }
+
+    fn miner_with(&self, compute: &[&str], extra: &[&str], log: &str) -> Child {
         let log = std::fs::File::create(self.dir.path().join(log)).expect("log file");
         coordinator()
             .args(["--node", &self.devnet.url(), "--keystore"])
             .arg(self.keystore())
-            .args(["run", "--identity", "w1,w2", "--compute", "local", "--data-dir"])
+            .args(["run", "--identity", "w1,w2", "--data-dir"])
             .arg(self.data_dir())
-            .args([
-                "--matrix-size",
-                &MATRIX_SIZE.to_string(),
-                "--poll-interval-ms",
-                "40",
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(compute)
+            .args(["--matrix-size", &MATRIX_SIZE.to_string(), "--poll-interval-ms", "40"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -157,6 +198,16 @@ impl Farm {
     }
 }
 
+/// A child process killed when the test ends, pass or fail.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn finish(child: Child) -> Value {
     let out = child.wait_with_output().expect("miner exits");
     assert!(out.status.success(), "miner failed: {}", out.status);
@@ -216,10 +267,14 @@ fn last_height(report: &Value) -> u64 {
         .expect("some rows")
 }
 
+/// The whole product: the coordinator computes every block on two real agents over QUIC.
 #[test]
 fn twenty_consecutive_blocks_one_included_correct_submission_per_identity_and_block() {
     let farm = Farm::new(300, false, &["w1", "w2"]);
-    let report = finish(farm.miner(&["--stop-after-blocks", "20", "--json"], "run.log"));
+    let (miner, _agents) = farm.farm_miner(2, &["--stop-after-blocks", "20", "--json"], "run.log");
+    let report = finish(miner);
+    let log = farm.log("run.log");
+    assert!(log.contains("with farm on"), "the blocks were computed by the farm's agents:\n{log}");
     let rows = report.as_array().expect("rows");
     for name in ["w1", "w2"] {
         let mine: Vec<&Value> = rows.iter().filter(|r| r["identity"] == name).collect();
