@@ -7,7 +7,9 @@
 //! - [`submit`]: building a `SUBMIT_RESULT` (or transfer) the node will accept, checking it as the node
 //!   would, and sending it;
 //! - [`verify`]: checking blocks (`compute_root`, signatures) and recomputing a worker's result;
-//! - [`farm`]: the GPU farm: QUIC agents, sharded jobs, spot checks, metrics.
+//! - [`farm`]: the GPU farm: QUIC agents, sharded jobs, spot checks, metrics;
+//! - [`mining`]: the mining loop (watcher, planner, submitters, journal) and the compute priority layer;
+//! - [`validator`]: jobs pushed by PoC validators over WebSocket, answered with signed results.
 //!
 //! # Feature flags
 //! - `cuda`: offer the CUDA backend of `cpc-kernels` for local `task` and `verify` runs.
@@ -16,4 +18,5 @@ pub mod farm;
 pub mod l1;
 pub mod mining;
 pub mod submit;
+pub mod validator;
 pub mod verify;

@@ -1,6 +1,8 @@
 //! `run`: the miner. Follows the L1, computes one task per block for every identity (on the farm's agents
 //! or locally), and submits one signed SUBMIT_RESULT per identity per block, journaled in the data dir.
 //! Settings come from flags, then `CPC_*` environment variables, then `--config farm.toml`, then defaults.
+//! With validators configured (`--validator URL=IDENTITY` or `[[validators]]`), it also takes jobs from
+//! those PoC validators over WebSocket, on the same compute service behind the priority layer.
 
 use super::{GlobalArgs, output::print_json};
 use anyhow::Context as _;
@@ -11,8 +13,10 @@ use cpc_coordinator::{
     mining::{
         self, Identity, MinerSettings,
         compute::{ComputeService, LocalCompute},
-        config::ConfigFile,
+        config::{ConfigFile, ValidatorEntry},
+        priority::{PrioritizedCompute, Priority, SchedulingPolicy},
     },
+    validator::{self, ValidatorSettings, protocol::DEFAULT_MAX_MATRIX_SIZE},
 };
 use cpc_kernels::BackendKind;
 use std::{
@@ -73,6 +77,29 @@ pub(crate) struct RunArgs {
     /// Seconds to wait for the last submissions to settle when stopping.
     #[arg(long, default_value_t = 60, help_heading = "Mining")]
     settle_timeout: u64,
+    #[command(flatten)]
+    validators: ValidatorArgs,
+}
+
+/// PoC validators that push jobs over WebSocket.
+#[derive(Debug, Args)]
+struct ValidatorArgs {
+    /// A PoC validator to take jobs from, as `ws[s]://HOST[:PORT]/PATH=IDENTITY` (repeat or
+    /// comma-separate); replaces the config file's `[[validators]]`.
+    #[arg(
+        long = "validator",
+        env = "CPC_VALIDATORS",
+        value_delimiter = ',',
+        value_name = "URL=IDENTITY",
+        help_heading = "Validators"
+    )]
+    validators: Vec<String>,
+    /// Largest matrix_size a validator job may ask for [default: 8192].
+    #[arg(long, env = "CPC_MAX_VALIDATOR_MATRIX_SIZE", help_heading = "Validators")]
+    max_validator_matrix_size: Option<u32>,
+    /// Order of block tasks and validator jobs: `block_first` or `fifo` [default: block_first].
+    #[arg(long, env = "CPC_SCHEDULING", help_heading = "Validators")]
+    scheduling: Option<String>,
 }
 
 /// Resolved settings (flags > env > file > defaults).
@@ -83,6 +110,18 @@ struct Resolved {
     compute: String,
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
+    validators: Vec<ValidatorEntry>,
+    max_validator_matrix_size: u32,
+    scheduling: SchedulingPolicy,
+}
+
+/// `URL=IDENTITY` (split at the last `=`: a URL may hold `=` in its query).
+fn parse_validator_flag(flag: &str) -> anyhow::Result<ValidatorEntry> {
+    let (url, identity) = flag
+        .rsplit_once('=')
+        .filter(|(u, i)| !u.is_empty() && !i.is_empty())
+        .with_context(|| format!("invalid --validator `{flag}`: expected URL=IDENTITY"))?;
+    Ok(ValidatorEntry { url: url.to_owned(), identity: identity.to_owned(), submit_to_l1: false })
 }
 
 fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
@@ -127,6 +166,30 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
     if compute != "farm" && compute != "local" {
         anyhow::bail!("invalid compute `{compute}`: expected `farm` or `local`");
     }
+    let v = &args.validators;
+    let validators = if v.validators.is_empty() {
+        file.validators.clone()
+    } else {
+        v.validators.iter().map(|f| parse_validator_flag(f)).collect::<anyhow::Result<Vec<_>>>()?
+    };
+    for entry in &validators {
+        validator::url_label(&entry.url)?;
+        if entry.submit_to_l1 && !identities.contains(&entry.identity) {
+            anyhow::bail!(
+                "validator {} has submit_to_l1 for `{}`, which is not a mining identity: add it to `identities`",
+                entry.url,
+                entry.identity
+            );
+        }
+    }
+    let scheduling = match v.scheduling.as_ref().or(file.scheduling.as_ref()) {
+        Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+        None => SchedulingPolicy::default(),
+    };
+    let max_validator_matrix_size = v
+        .max_validator_matrix_size
+        .or(file.max_validator_matrix_size)
+        .unwrap_or(DEFAULT_MAX_MATRIX_SIZE);
     Ok(Resolved {
         settings: MinerSettings {
             nodes,
@@ -141,6 +204,9 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         compute,
         listen,
         metrics,
+        validators,
+        max_validator_matrix_size,
+        scheduling,
     })
 }
 
@@ -153,12 +219,23 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             .unwrap_or_else(|| g.keystore()),
         _ => g.keystore(),
     };
-    let identities = r
-        .identities
+    let load = |name: &String| -> anyhow::Result<Identity> {
+        let k = keystore.load(name)?;
+        Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
+    };
+    let identities = r.identities.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
+    let validator_settings = r
+        .validators
         .iter()
-        .map(|name| {
-            let k = keystore.load(name)?;
-            Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
+        .map(|entry| {
+            let identity = match identities.iter().find(|i| i.name == entry.identity) {
+                Some(i) => i.clone(),
+                None => load(&entry.identity)?,
+            };
+            let mut s = ValidatorSettings::new(entry.url.clone(), identity);
+            s.submit_to_l1 = entry.submit_to_l1;
+            s.max_matrix_size = r.max_validator_matrix_size;
+            Ok(s)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let journal = mining::open_journal(&r.data_dir)?;
@@ -170,7 +247,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     if let Some(m) = farm.metrics_addr() {
         eprintln!("metrics on http://{m}/metrics");
     }
-    let compute: Arc<dyn ComputeService> = if r.compute == "local" {
+    let inner: Arc<dyn ComputeService> = if r.compute == "local" {
         Arc::new(LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?)))
     } else {
         eprintln!("farm listening on {} (fingerprint {})", farm.local_addr(), farm.fingerprint());
@@ -180,6 +257,9 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         }
         Arc::new(farm.clone())
     };
+    // Block tasks and validator jobs share the compute service, one challenge at a time.
+    let prioritized = PrioritizedCompute::new(inner, r.scheduling);
+    let compute = prioritized.class(Priority::Block);
     let start_height = cpc_coordinator::l1::NodePool::new(&r.settings.nodes)
         .status()
         .await
@@ -198,10 +278,22 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         r.data_dir.display()
     );
     let miner = mining::spawn(r.settings.clone(), identities, Arc::clone(&journal), compute)?;
+    for v in &validator_settings {
+        eprintln!(
+            "taking jobs from validator {} for {} (max matrix_size {}, {} scheduling{})",
+            v.url,
+            v.identity.name,
+            v.max_matrix_size,
+            r.scheduling,
+            if v.submit_to_l1 { ", results also submitted to the L1" } else { "" }
+        );
+    }
+    let validators = validator::start(validator_settings, Arc::clone(&journal), prioritized)?;
 
     if args.stop_after_blocks == 0 {
         tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
         eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
+        validators.stop().await;
         miner.stop();
         farm.shutdown();
         return Ok(ExitCode::SUCCESS);
@@ -231,6 +323,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             break;
         }
     }
+    validators.stop().await;
     miner.stop();
     farm.shutdown();
     let rows: Vec<_> = journal

@@ -17,6 +17,9 @@ pub enum ComputeError {
     /// The compute thread died.
     #[error("compute thread failed: {0}")]
     Thread(String),
+    /// The job's deadline passed before it could start.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
 }
 
 /// A boxed computation.

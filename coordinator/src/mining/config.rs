@@ -50,6 +50,25 @@ pub struct ConfigFile {
     pub metrics: Option<String>,
     /// Where tasks run: `farm` (agents over QUIC) or `local` (the CPU backend of this process).
     pub compute: Option<String>,
+    /// PoC validators to take jobs from over WebSocket (`[[validators]]` tables).
+    pub validators: Vec<ValidatorEntry>,
+    /// Largest `matrix_size` a validator job may ask for (default 8192).
+    pub max_validator_matrix_size: Option<u32>,
+    /// Order of block tasks and validator jobs: `block_first` (default) or `fifo`.
+    pub scheduling: Option<String>,
+}
+
+/// One PoC validator connection: a URL and the identity whose key signs the results.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    /// `ws://` or `wss://` URL.
+    pub url: String,
+    /// Key name in the keystore of the identity the jobs are worked for.
+    pub identity: String,
+    /// Also submit each job's result to the L1 as a SUBMIT_RESULT of the identity.
+    #[serde(default)]
+    pub submit_to_l1: bool,
 }
 
 impl ConfigFile {
@@ -73,5 +92,12 @@ mod tests {
         assert!(!cfg.nodes.is_empty() && !cfg.identities.is_empty());
         let bad: Result<ConfigFile, _> = toml::from_str("nodez = []");
         assert!(bad.is_err());
+        let v: ConfigFile = toml::from_str(
+            "scheduling = \"fifo\"\n[[validators]]\nurl = \"wss://v.example:9000/ws\"\nidentity = \"w1\"\n\n[[validators]]\nurl = \"ws://127.0.0.1:9001\"\nidentity = \"w2\"\nsubmit_to_l1 = true\n",
+        )
+        .expect("validators parse");
+        assert_eq!(v.validators.len(), 2);
+        assert!(!v.validators[0].submit_to_l1 && v.validators[1].submit_to_l1);
+        assert_eq!(v.scheduling.as_deref(), Some("fifo"));
     }
 }

@@ -11,6 +11,7 @@ pub mod compute;
 pub mod config;
 pub mod journal;
 pub mod planner;
+pub mod priority;
 pub mod submitter;
 pub mod watcher;
 
