@@ -1,21 +1,41 @@
-//! One actor per device: it runs shards on its backend off the actor thread (`spawn_blocking`, one shard at a
-//! time), keeps the rows of its recent shards in a bounded cache so that the coordinator can spot-check them,
-//! and measures its throughput when it starts so that the coordinator can split jobs in proportion.
+//! One actor per device: it runs shards on its backend off the actor thread (one shard at a time, on the
+//! device's own worker thread), keeps the rows of its recent shards in a bounded cache so that the coordinator
+//! can spot-check them, and measures its throughput when it starts so that the coordinator can split jobs in
+//! proportion.
+//!
+//! # Watchdog and quarantine
+//!
+//! Every call into a backend (the start-up measurement and each shard) runs on the device's own worker thread,
+//! not on tokio's shared blocking pool, so that a call that never returns (a wedged GPU driver) holds up
+//! nothing but its own device. The actor waits for the call against a deadline, [`watchdog_deadline`]: the
+//! watchdog timeout (`--watchdog-secs`, [`DEFAULT_WATCHDOG`]) plus a grace that lets the CUDA backend's own
+//! polled timeout (given the same value) fire first and name the phase that hung.
+//!
+//! When the deadline passes, or the backend answers an error that leaves the device unusable
+//! ([`BackendError::quarantines_device`]: a CUDA error, its own timeout, an earlier quarantine), the actor
+//! quarantines the device: it answers the shard `ShardFailed` with the reason, records it in [`Health`] (the
+//! session tells the coordinator with `DeviceQuarantined`; `/metrics` shows `cpcfarm_agent_device_healthy 0`
+//! and `cpcfarm_agent_devices_quarantined`), gives up on the worker thread (never joined: it ends by itself if
+//! the call ever returns) and refuses every later shard at once. The agent's other devices have their own
+//! actors and threads and keep serving.
 
-use crate::metrics as m;
+use crate::metrics::{self as m, DeviceLabels};
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use cpc_common::{
     synthetic::Challenge,
-    wire::{DeviceAdvert, Response, RunShard},
+    wire::{DeviceAdvert, MAX_QUARANTINE_REASON_BYTES, Response, RunShard},
 };
-use cpc_kernels::{Backend, Shard};
+use cpc_kernels::{Backend, BackendError, Shard, ShardOutput, gpu::ShardStats};
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot, watch};
 
+/// Default watchdog timeout of one backend call (a shard, or the start-up measurement).
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(600);
 /// Rows of C kept for spot checks, bounded by bytes (the newest shard is always kept).
 #[derive(Debug)]
 pub struct RowCache {
@@ -64,20 +84,206 @@ impl RowCache {
     }
 }
 
+/// How long the actor waits for one backend call under watchdog timeout `timeout`: the timeout plus a grace
+/// of a tenth (between 50 ms and 30 s), so that a backend that bounds its own waits (the CUDA backend, opened
+/// with the same timeout) reports first, with the phase that hung.
+pub fn watchdog_deadline(timeout: Duration) -> Duration {
+    timeout + (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(30))
+}
+
+/// Which of the agent's devices are quarantined, and why. The device actors write it; the sessions read it
+/// (to tell the coordinator, on every connection) and so do the metrics. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Health {
+    tx: Arc<watch::Sender<BTreeMap<u32, String>>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { tx: Arc::new(watch::Sender::new(BTreeMap::new())) }
+    }
+}
+
+impl Health {
+    /// Quarantines device `index` (the first reason stays); answers whether it was healthy until now.
+    pub fn quarantine(&self, index: u32, reason: &str) -> bool {
+        let newly = self.tx.send_if_modified(|map| {
+            if map.contains_key(&index) {
+                return false;
+            }
+            map.insert(index, truncate_reason(reason));
+            true
+        });
+        if newly {
+            m::devices_quarantined(self.tx.borrow().len());
+        }
+        newly
+    }
+
+    /// Why device `index` is quarantined, if it is.
+    pub fn reason(&self, index: u32) -> Option<String> {
+        self.tx.borrow().get(&index).cloned()
+    }
+
+    /// Every quarantined device with its reason.
+    pub fn quarantined(&self) -> BTreeMap<u32, String> {
+        self.tx.borrow().clone()
+    }
+
+    /// Changes to come (the current map counts as unseen).
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<u32, String>> {
+        let mut rx = self.tx.subscribe();
+        rx.mark_changed();
+        rx
+    }
+}
+
+/// `reason` cut to [`MAX_QUARANTINE_REASON_BYTES`] at a character boundary.
+fn truncate_reason(reason: &str) -> String {
+    if reason.len() <= MAX_QUARANTINE_REASON_BYTES {
+        return reason.to_owned();
+    }
+    let mut end = MAX_QUARANTINE_REASON_BYTES - 3;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reason[..end])
+}
+
+type Job = Box<dyn FnOnce(&dyn Backend) + Send>;
+
+/// Why a call on the worker thread gave no answer.
+#[derive(Debug)]
+enum CallError {
+    /// The deadline passed.
+    Timeout(Duration),
+    /// The call panicked (the thread survives it).
+    Panicked(String),
+    /// The worker thread is gone or was given up on.
+    Gone,
+}
+
+/// The device's own thread: runs backend calls one after the other.
+#[derive(Debug)]
+struct Worker {
+    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl Worker {
+    fn spawn(index: u32, backend: Arc<dyn Backend>) -> Result<Self, String> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("cpc-device-{index}"))
+            .spawn(move || {
+                for job in rx {
+                    job(backend.as_ref());
+                }
+            })
+            .map_err(|e| format!("cannot start the device's worker thread: {e}"))?;
+        Ok(Self { tx: Mutex::new(Some(tx)) })
+    }
+
+    /// Runs `f` on the worker thread and waits for it at most `deadline`.
+    async fn call<T: Send + 'static>(
+        &self,
+        deadline: Duration,
+        f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |backend| {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(|| f(backend))));
+        });
+        {
+            let guard = self.tx.lock().map_err(|_| CallError::Gone)?;
+            guard.as_ref().ok_or(CallError::Gone)?.send(job).map_err(|_| CallError::Gone)?;
+        }
+        match tokio::time::timeout(deadline, rx).await {
+            Err(_) => Err(CallError::Timeout(deadline)),
+            Ok(Err(_)) => Err(CallError::Gone),
+            Ok(Ok(Err(panic))) => Err(CallError::Panicked(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".into()),
+            )),
+            Ok(Ok(Ok(v))) => Ok(v),
+        }
+    }
+
+    /// Gives up on the thread: it gets no more work and is never joined (it ends once its call, if any,
+    /// returns).
+    fn abandon(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+}
+
+/// What the actors of one device share with their futures.
+#[derive(Debug)]
+struct DeviceState {
+    index: u32,
+    name: String,
+    worker: Worker,
+    health: Health,
+    watchdog: Duration,
+    labels: DeviceLabels,
+    cache: Arc<Mutex<RowCache>>,
+    one_at_a_time: Semaphore,
+}
+
+impl DeviceState {
+    /// Quarantines the device: recorded in [`Health`], worker given up on, metrics and log.
+    fn quarantine(&self, reason: &str) {
+        self.worker.abandon();
+        m::device_healthy(&self.labels, false);
+        if self.health.quarantine(self.index, reason) {
+            tracing::error!(
+                device = self.index,
+                name = %self.name,
+                %reason,
+                "device quarantined: it takes no more shards; the agent keeps serving with its other devices"
+            );
+        }
+    }
+
+    /// Runs a call under the watchdog; quarantines the device on a timeout or a lost worker.
+    async fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        match self.worker.call(watchdog_deadline(self.watchdog), f).await {
+            Ok(v) => Ok(v),
+            Err(CallError::Panicked(why)) => Err(format!("{what} panicked on the device: {why}")),
+            Err(CallError::Timeout(waited)) => {
+                let reason = format!(
+                    "{}: {what} did not finish within {:.1} s (watchdog --watchdog-secs {:.1} plus grace): \
+                     the device is quarantined and its worker thread abandoned; check the device (for a GPU, \
+                     `nvidia-smi` and the kernel log for Xid errors) and restart the agent",
+                    self.name,
+                    waited.as_secs_f64(),
+                    self.watchdog.as_secs_f64()
+                );
+                self.quarantine(&reason);
+                Err(reason)
+            }
+            Err(CallError::Gone) => {
+                let reason = self.health.reason(self.index).unwrap_or_else(|| {
+                    format!("{}: the device's worker thread is gone", self.name)
+                });
+                self.quarantine(&reason);
+                Err(reason)
+            }
+        }
+    }
+}
+
 /// The actor driving one device.
 #[derive(Debug)]
 pub struct DeviceActor {
-    index: u32,
-    backend: Arc<dyn Backend>,
-    cache: Arc<Mutex<RowCache>>,
-    one_at_a_time: Arc<Semaphore>,
-}
-
-impl DeviceActor {
-    /// An actor for device `index`.
-    pub fn new(index: u32, backend: Arc<dyn Backend>, cache: Arc<Mutex<RowCache>>) -> Self {
-        Self { index, backend, cache, one_at_a_time: Arc::new(Semaphore::new(1)) }
-    }
+    state: Arc<DeviceState>,
 }
 
 impl Actor for DeviceActor {
@@ -93,12 +299,11 @@ impl Handler<Compute> for DeviceActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, Compute(req): Compute, _: &mut Self::Context) -> Self::Result {
-        let (backend, cache, gate, index) =
-            (self.backend.clone(), self.cache.clone(), self.one_at_a_time.clone(), self.index);
+        let state = self.state.clone();
         Box::pin(async move {
             let shard_id = req.shard_id;
             let failed = |reason: String| {
-                m::shard_done(index, false, None);
+                m::shard_done(&state.labels, false, None);
                 Response::ShardFailed { shard_id, reason }
             };
             let shard = match Challenge::new(req.seed, req.matrix_size, req.iterations)
@@ -109,30 +314,62 @@ impl Handler<Compute> for DeviceActor {
                 Ok(s) => s,
                 Err(e) => return failed(e),
             };
-            let Ok(_permit) = gate.acquire_owned().await else {
+            let Ok(_permit) = state.one_at_a_time.acquire().await else {
                 return failed("device is shutting down".into());
             };
+            if let Some(reason) = state.health.reason(state.index) {
+                return failed(format!(
+                    "device {} is quarantined ({reason}): the agent's other devices keep serving",
+                    state.index
+                ));
+            }
             let started = Instant::now();
             let (rows, n, first) =
                 (shard.row_count(), shard.challenge.matrix_size, shard.rows.start);
-            let out = tokio::task::spawn_blocking(move || backend.run_shard(&shard, true)).await;
+            let out = state
+                .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
+                    let out = backend.run_shard(&shard, true);
+                    let stats = if out.is_ok() { backend.last_stats() } else { None };
+                    (out, stats)
+                })
+                .await;
             let secs = started.elapsed().as_secs_f64();
             match out {
-                Err(e) => failed(format!("device task panicked: {e}")),
-                Ok(Err(e)) => failed(e.to_string()),
-                Ok(Ok(output)) => {
+                Err(reason) => failed(reason),
+                Ok((Err(e), _)) => {
+                    let reason = format!("{}: {e}", state.name);
+                    if e.quarantines_device() {
+                        state.quarantine(&reason);
+                    }
+                    failed(reason)
+                }
+                Ok((Ok(output), stats)) => {
                     let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
-                    m::shard_done(index, true, Some((secs, ops)));
-                    if let Some(values) = output.rows
-                        && let Ok(mut c) = cache.lock()
+                    m::shard_done(&state.labels, true, Some((secs, ops)));
+                    record_work(&state.labels, ops, secs, stats.as_ref());
+                    let ShardOutput { leaves, rows: values } = output;
+                    if let Some(values) = values
+                        && let Ok(mut c) = state.cache.lock()
                     {
                         c.insert(shard_id, first, n, values);
                     }
-                    Response::ShardDone { shard_id, leaves: output.leaves }
+                    Response::ShardDone { shard_id, leaves }
                 }
             }
         })
     }
+}
+
+/// Achieved ops per second and joules of one shard: the backend's own stats (device time, NVML energy) where
+/// it has them, the wall time of the call otherwise.
+fn record_work(labels: &DeviceLabels, ops: f64, wall_secs: f64, stats: Option<&ShardStats>) {
+    let wall = if wall_secs > 0.0 { ops / wall_secs } else { 0.0 };
+    let (ops_per_second, joules) = match stats {
+        Some(s) if s.device_seconds > 0.0 => (s.tera_ops_per_second() * 1e12, s.energy_joules),
+        Some(s) => (wall, s.energy_joules),
+        None => (wall, None),
+    };
+    m::device_work(labels, ops_per_second, joules);
 }
 
 /// Looks a row up in a cache.
@@ -147,37 +384,82 @@ pub fn fetch_row(cache: &Mutex<RowCache>, shard_id: u64, row: u32) -> Response {
     }
 }
 
-/// Measures a backend's throughput on a whole `n × n` product (best of two runs), in ops per second.
-pub async fn measure(backend: Arc<dyn Backend>, n: u32) -> Result<f64, String> {
+/// Measures a backend's throughput on a whole `n × n` product (best of two runs), in ops per second. Runs on
+/// the calling thread: for the agent's devices [`start`] runs it on the device's worker, under the watchdog.
+pub fn measure(backend: &dyn Backend, n: u32) -> Result<f64, BackendError> {
     if n == 0 {
         return Ok(1.0);
     }
-    tokio::task::spawn_blocking(move || {
-        let challenge = Challenge::new("cpc-farm/measure", n, 1).map_err(|e| e.to_string())?;
-        let shard = Shard::whole(challenge, 0).map_err(|e| e.to_string())?;
-        let mut best = f64::INFINITY;
-        for _ in 0..2 {
-            let t = Instant::now();
-            backend.run_shard(&shard, false).map_err(|e| e.to_string())?;
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        let ops = 2.0 * f64::from(n).powi(3);
-        Ok((ops / best.max(1e-9)).min(1e18))
-    })
-    .await
-    .map_err(|e| format!("measurement panicked: {e}"))?
+    let challenge = Challenge::new("cpc-farm/measure", n, 1)
+        .map_err(|e| BackendError::InvalidShard(e.to_string()))?;
+    let shard = Shard::whole(challenge, 0)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let t = Instant::now();
+        backend.run_shard(&shard, false)?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let ops = 2.0 * f64::from(n).powi(3);
+    Ok((ops / best.max(1e-9)).min(1e18))
 }
 
-/// Starts a device's actor after measuring it; answers its address and its advert.
+/// How one device starts.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Matrix size of the throughput measurement (0: skip, announce 1 op/s).
+    pub measure_n: u32,
+    /// Watchdog timeout of one backend call.
+    pub watchdog: Duration,
+}
+
+/// A started device: its actor, its advert, and whether it failed already (quarantined while measuring).
+#[derive(Debug)]
+pub struct Started {
+    /// The actor.
+    pub addr: actix::Addr<DeviceActor>,
+    /// What the coordinator is told.
+    pub advert: DeviceAdvert,
+    /// Why it is quarantined, when the measurement failed.
+    pub quarantined: Option<String>,
+}
+
+/// Starts a device's worker thread and actor, after measuring it (on the worker, under the watchdog: a device
+/// that fails or hangs there starts quarantined). Errs only when the worker thread cannot start.
 pub async fn start(
     index: u32,
     backend: Arc<dyn Backend>,
     cache: Arc<Mutex<RowCache>>,
-    measure_n: u32,
-) -> Result<(actix::Addr<DeviceActor>, DeviceAdvert), String> {
-    let ops = measure(backend.clone(), measure_n).await?;
+    health: Health,
+    options: &DeviceOptions,
+) -> Result<Started, String> {
     let info = backend.info();
-    m::device_measured(index, ops);
+    let labels = DeviceLabels::of(index, backend.as_ref());
+    let state = Arc::new(DeviceState {
+        index,
+        name: format!("device {index} ({})", backend.name()),
+        worker: Worker::spawn(index, backend.clone())?,
+        health,
+        watchdog: options.watchdog,
+        labels,
+        cache,
+        one_at_a_time: Semaphore::new(1),
+    });
+    m::device_healthy(&state.labels, true);
+    let n = options.measure_n;
+    let measured = state.call("the start-up measurement", move |backend| measure(backend, n)).await;
+    let (ops, quarantined) = match measured {
+        Ok(Ok(ops)) => (ops, None),
+        Ok(Err(e)) => {
+            let reason = format!("{}: the start-up measurement failed: {e}", state.name);
+            state.quarantine(&reason);
+            (1.0, Some(reason))
+        }
+        Err(reason) => {
+            state.quarantine(&reason);
+            (1.0, Some(reason))
+        }
+    };
+    m::device_measured(&state.labels, ops);
     let advert = DeviceAdvert {
         index,
         kind: info.kind.to_string(),
@@ -185,7 +467,7 @@ pub async fn start(
         memory_bytes: info.memory_bytes,
         measured_ops_per_sec: ops,
     };
-    Ok((DeviceActor::new(index, backend, cache).start(), advert))
+    Ok(Started { addr: DeviceActor { state }.start(), advert, quarantined })
 }
 
 #[cfg(test)]
@@ -205,5 +487,186 @@ mod tests {
         assert_eq!(c.get(2, 0), None);
         assert_eq!(c.get(3, 9), Some(vec![7; 4]));
         assert_eq!(c.used_bytes(), 160);
+    }
+
+    /// How [`Faulty`] misbehaves on shards of its seed.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// Never returns (well, not for two minutes).
+        Hang,
+        /// A CUDA error that leaves the context unusable.
+        Fatal,
+        /// An error that is the shard's fault, not the device's.
+        TooLarge,
+    }
+
+    /// A CPU backend that misbehaves on shards whose seed starts with `seed` (and on everything with `"")`.
+    #[derive(Debug)]
+    struct Faulty {
+        inner: cpc_kernels::CpuBackend,
+        seed: &'static str,
+        fault: Fault,
+    }
+
+    impl Faulty {
+        fn backend(seed: &'static str, fault: Fault) -> Arc<dyn Backend> {
+            Arc::new(Self { inner: cpc_kernels::CpuBackend::new(1).expect("cpu"), seed, fault })
+        }
+    }
+
+    impl Backend for Faulty {
+        fn name(&self) -> &str {
+            "faulty"
+        }
+        fn info(&self) -> cpc_kernels::DeviceInfo {
+            self.inner.info()
+        }
+        fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+            if !shard.challenge.seed.starts_with(self.seed) {
+                return self.inner.run_shard(shard, keep_rows);
+            }
+            match self.fault {
+                Fault::Hang => {
+                    std::thread::sleep(Duration::from_secs(120));
+                    Err(BackendError::InvalidShard("woke up".into()))
+                }
+                Fault::Fatal => Err(BackendError::Cuda {
+                    device: "cuda:9 test".into(),
+                    reason: "an illegal memory access was encountered".into(),
+                }),
+                Fault::TooLarge => Err(BackendError::ShardTooLarge {
+                    n: shard.challenge.matrix_size,
+                    rows: shard.row_count(),
+                    needed: 2,
+                    available: 1,
+                    device: "test".into(),
+                }),
+            }
+        }
+    }
+
+    fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
+        Compute(RunShard {
+            shard_id,
+            seed: seed.into(),
+            matrix_size: 32,
+            iterations: 1,
+            iteration: 0,
+            rows: (0, 16),
+            device,
+        })
+    }
+
+    fn options(watchdog: Duration) -> DeviceOptions {
+        DeviceOptions { measure_n: 0, watchdog }
+    }
+
+    fn reference_leaves(seed: &str) -> Vec<[u8; 32]> {
+        let challenge = Challenge::new(seed, 32, 1).expect("challenge");
+        let shard = Shard::new(challenge, 0, 0..16).expect("shard");
+        cpc_kernels::CpuBackend::new(1).expect("cpu").run_shard(&shard, false).expect("run").leaves
+    }
+
+    fn cache() -> Arc<Mutex<RowCache>> {
+        Arc::new(Mutex::new(RowCache::new(1 << 20)))
+    }
+
+    #[test]
+    fn a_hung_call_quarantines_its_device_and_not_the_other() {
+        let handle = crate::metrics::install_recorder();
+        actix_rt::System::new().block_on(async {
+            let health = Health::default();
+            let opts = options(Duration::from_millis(200));
+            let hung = start(10, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+            let good = start(11, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+            assert!(hung.quarantined.is_none() && good.quarantined.is_none());
+
+            let t = Instant::now();
+            let answer = hung.addr.send(run_shard(1, "hang-1", 10)).await.expect("answer");
+            let Response::ShardFailed { shard_id: 1, reason } = answer else {
+                panic!("expected ShardFailed, got {answer:?}")
+            };
+            assert!(reason.contains("did not finish") && reason.contains("watchdog"), "{reason}");
+            assert!(t.elapsed() < Duration::from_secs(10), "the watchdog fired late");
+            assert_eq!(health.reason(10).as_deref(), Some(reason.as_str()));
+
+            // Refused at once from now on, even for work it could do.
+            let answer = hung.addr.send(run_shard(2, "fine", 10)).await.expect("answer");
+            assert!(
+                matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+                "{answer:?}"
+            );
+            // The other device (same faulty kind, its own thread) keeps serving.
+            let answer = good.addr.send(run_shard(3, "fine", 11)).await.expect("answer");
+            assert_eq!(
+                answer,
+                Response::ShardDone { shard_id: 3, leaves: reference_leaves("fine") }
+            );
+            assert_eq!(health.quarantined().keys().copied().collect::<Vec<_>>(), [10]);
+        });
+        let text = handle.render();
+        assert!(text.contains("cpcfarm_agent_device_healthy{gpu=\"10\"} 0"), "{text}");
+        assert!(text.contains("cpcfarm_agent_device_healthy{gpu=\"11\"} 1"), "{text}");
+        assert!(text.contains("cpcfarm_device_achieved_ops_per_second{gpu=\"11\"}"), "{text}");
+    }
+
+    #[test]
+    fn a_fatal_error_quarantines_and_a_shard_error_does_not() {
+        actix_rt::System::new().block_on(async {
+            let health = Health::default();
+            let opts = options(Duration::from_secs(60));
+            let fatal = start(20, Faulty::backend("bad", Fault::Fatal), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+            let large =
+                start(21, Faulty::backend("big", Fault::TooLarge), cache(), health.clone(), &opts)
+                    .await
+                    .expect("start");
+
+            let answer = large.addr.send(run_shard(1, "big", 21)).await.expect("answer");
+            assert!(matches!(answer, Response::ShardFailed { .. }), "{answer:?}");
+            assert_eq!(health.reason(21), None, "a shard too large is not the device's fault");
+            let answer = large.addr.send(run_shard(2, "ok", 21)).await.expect("answer");
+            assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+
+            let answer = fatal.addr.send(run_shard(3, "bad", 20)).await.expect("answer");
+            let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+            assert!(reason.contains("illegal memory access"), "{reason}");
+            assert!(health.reason(20).is_some_and(|r| r.contains("illegal memory access")));
+            let answer = fatal.addr.send(run_shard(4, "ok", 20)).await.expect("answer");
+            assert!(
+                matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+                "{answer:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_device_that_hangs_while_measured_starts_quarantined() {
+        actix_rt::System::new().block_on(async {
+            let health = Health::default();
+            let opts = DeviceOptions { measure_n: 16, watchdog: Duration::from_millis(100) };
+            let started =
+                start(30, Faulty::backend("", Fault::Hang), cache(), health.clone(), &opts)
+                    .await
+                    .expect("start");
+            let reason = started.quarantined.expect("quarantined");
+            assert!(reason.contains("start-up measurement"), "{reason}");
+            assert_eq!(health.reason(30), Some(reason));
+        });
+    }
+
+    #[test]
+    fn reasons_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_QUARANTINE_REASON_BYTES);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= MAX_QUARANTINE_REASON_BYTES && cut.ends_with("..."), "{}", cut.len());
+        assert_eq!(truncate_reason("short"), "short");
+        assert!(watchdog_deadline(Duration::from_secs(600)) == Duration::from_secs(630));
+        assert!(watchdog_deadline(Duration::from_millis(100)) == Duration::from_millis(150));
     }
 }

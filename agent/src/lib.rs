@@ -5,32 +5,41 @@
 //! the join token, announces its devices with their measured throughput, and then answers the coordinator's
 //! requests: run a shard, show a row for a spot check.
 //!
-//! - [`device`]: one actix actor per device, compute off the actor thread, a bounded row cache;
+//! - [`device`]: one actix actor per device, compute on the device's own worker thread under a watchdog
+//!   (a device that errors fatally or hangs is quarantined, reported, and the others keep serving), a
+//!   bounded row cache;
 //! - [`session`]: one connection's life: handshake, heartbeats, request streams, draining;
 //! - [`tls`]: the pinned-fingerprint certificate verifier;
 //! - [`metrics`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`;
+//! - [`telemetry`]: the per-GPU NVML sampler behind the `cpcfarm_gpu_*` metrics (GPUs only);
 //! - [`noop`]: a backend that computes nothing, for transport benchmarks.
 //!
-//! [`run`] is the whole agent (reconnecting with exponential backoff and jitter until told to drain);
+//! [`open_devices`] opens what `--backend` and `--devices` name (a clear error, naming `--backend cpu`, where
+//! CUDA cannot run); [`run`] is the whole agent (reconnecting with exponential backoff and jitter until told to drain);
 //! [`AgentThread`] runs one on its own thread and actix system, for tests, benches and embedding.
 //!
 //! # Feature flags
-//! - `cuda`: run shards on NVIDIA GPUs (enables `cpc-kernels/cuda`).
+//! - `cuda`: run shards on NVIDIA GPUs (enables `cpc-kernels/cuda`); without it `--backend cuda` exits with
+//!   a message saying so, and the NVML sampler is absent.
 
 pub mod device;
 mod io;
 pub mod metrics;
 pub mod noop;
 pub mod session;
+pub mod telemetry;
 pub mod tls;
 
-use cpc_kernels::Backend;
+use cpc_kernels::{Backend, BackendError, BackendKind, CudaBackend};
 use rand::Rng as _;
 use std::{
     net::SocketAddr,
+    str::FromStr,
     sync::{Arc, Mutex, atomic::AtomicBool},
     time::Duration,
 };
+
+pub use device::DEFAULT_WATCHDOG;
 use tokio::sync::{oneshot, watch};
 
 /// Default bytes of rows kept for spot checks.
@@ -71,6 +80,9 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// Time for the coordinator to answer `Hello`.
     pub handshake_timeout: Duration,
+    /// Longest one backend call (a shard, the start-up measurement) may take before its device is
+    /// quarantined (see [`device`]).
+    pub watchdog: Duration,
 }
 
 impl AgentConfig {
@@ -94,6 +106,7 @@ impl AgentConfig {
             drain_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(900),
             handshake_timeout: Duration::from_secs(10),
+            watchdog: DEFAULT_WATCHDOG,
         }
     }
 }
@@ -147,6 +160,17 @@ pub enum AgentError {
     /// No device to run.
     #[error("no device to run: check --backend and --devices")]
     NoDevices,
+    /// `--backend cuda`, but CUDA cannot run here (built without it, no driver, no GPU).
+    #[error(
+        "--backend cuda cannot run on this host: {reason}. Use --backend cpu to run on the CPU instead"
+    )]
+    NoGpu {
+        /// Why, and what to do about it.
+        reason: String,
+    },
+    /// `--devices` is neither `all` nor a list of indices.
+    #[error("--devices `{0}`: expected `all` or a list of indices such as `0,2`")]
+    BadDevices(String),
     /// The local socket or TLS setup failed.
     #[error("setup: {0}")]
     Setup(String),
@@ -184,17 +208,46 @@ pub async fn run(
         tracing::info!(%bound, "metrics endpoint up");
     }
     let cache = Arc::new(Mutex::new(device::RowCache::new(config.row_cache_bytes)));
+    let health = device::Health::default();
+    metrics::devices_quarantined(0);
+    let samplers = telemetry::start(&devices, telemetry::SAMPLE_INTERVAL);
+    if !samplers.is_empty() {
+        tracing::info!(gpus = samplers.len(), every = ?telemetry::SAMPLE_INTERVAL, "GPU telemetry (NVML) on /metrics");
+    }
+    let options =
+        device::DeviceOptions { measure_n: config.measure_matrix_size, watchdog: config.watchdog };
     let mut actors = session::Devices::default();
+    let mut first_failure = None;
     for spec in devices {
-        let (addr, advert) =
-            device::start(spec.index, spec.backend, cache.clone(), config.measure_matrix_size)
+        let started =
+            device::start(spec.index, spec.backend, cache.clone(), health.clone(), &options)
                 .await
                 .map_err(|reason| AgentError::Device { index: spec.index, reason })?;
-        tracing::info!(device = advert.index, name = %advert.name, ops_per_sec = advert.measured_ops_per_sec, "device ready");
-        actors.insert(advert, addr);
+        let advert = &started.advert;
+        match &started.quarantined {
+            Some(reason) => {
+                first_failure.get_or_insert_with(|| (advert.index, reason.clone()));
+            }
+            None => {
+                tracing::info!(device = advert.index, name = %advert.name, ops_per_sec = advert.measured_ops_per_sec, "device ready")
+            }
+        }
+        actors.insert(started.advert, started.addr);
+    }
+    if let Some((index, reason)) = first_failure
+        && health.quarantined().len() >= actors.len()
+    {
+        return Err(AgentError::Device { index, reason });
     }
     metrics::devices(actors.len());
-    let ctx = session::SessionCtx { config: config.clone(), pinned, devices: actors, cache, ready };
+    let ctx = session::SessionCtx {
+        config: config.clone(),
+        pinned,
+        devices: actors,
+        cache,
+        ready,
+        health,
+    };
     let mut attempt: u32 = 0;
     loop {
         if *shutdown.borrow() {
@@ -220,6 +273,119 @@ pub async fn run(
             _ = shutdown.changed() => return Ok(()),
         }
     }
+}
+
+/// What `--devices` names: every device of the backend, or some by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSelection {
+    /// `all`: every visible GPU (CUDA), or the CPU.
+    All,
+    /// A list such as `0,2`.
+    List(Vec<u32>),
+}
+
+impl FromStr for DeviceSelection {
+    type Err = AgentError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("all") {
+            return Ok(Self::All);
+        }
+        let list = s
+            .split(',')
+            .map(|i| i.trim().parse::<u32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AgentError::BadDevices(s.to_owned()))?;
+        if list.is_empty() {
+            return Err(AgentError::BadDevices(s.to_owned()));
+        }
+        Ok(Self::List(list))
+    }
+}
+
+/// Opens the devices `--backend kind --devices selection` name. CUDA backends get `watchdog` as their own
+/// per-shard timeout. For CUDA, `all` opens every visible GPU ([`CudaBackend::device_count`]) and skips, with
+/// a warning, one that will not open; a GPU named in a list must open. Where CUDA cannot run at all (built
+/// without the `cuda` feature, no driver, no GPU) the error says why and names `--backend cpu`.
+pub fn open_devices(
+    kind: BackendKind,
+    selection: &DeviceSelection,
+    watchdog: Duration,
+) -> Result<Vec<DeviceSpec>, AgentError> {
+    let device_err =
+        |index: u32| move |e: BackendError| AgentError::Device { index, reason: e.to_string() };
+    let devices = match kind {
+        BackendKind::Cpu => {
+            let indices = match selection {
+                DeviceSelection::All => vec![0],
+                DeviceSelection::List(list) => list.clone(),
+            };
+            indices
+                .into_iter()
+                .map(|index| {
+                    let backend =
+                        cpc_kernels::open(kind, index as usize).map_err(device_err(index))?;
+                    Ok(DeviceSpec { index, backend: Arc::from(backend) })
+                })
+                .collect::<Result<Vec<_>, AgentError>>()?
+        }
+        BackendKind::Cuda => {
+            let count = CudaBackend::device_count();
+            if count == 0 {
+                // Ask the backend why: not compiled in, no driver, no NVRTC, or no GPU.
+                let reason = match CudaBackend::new(0) {
+                    Err(BackendError::CudaNotCompiled) => {
+                        "this cpc-agent was built without CUDA support: \
+                         rebuild it with `cargo build --release -p cpc-agent --features cuda`"
+                            .to_owned()
+                    }
+                    Err(e) => e.to_string(),
+                    Ok(_) => {
+                        "no CUDA device is visible (check `nvidia-smi` and CUDA_VISIBLE_DEVICES)"
+                            .to_owned()
+                    }
+                };
+                return Err(AgentError::NoGpu { reason });
+            }
+            let open = |index: u32| -> Result<DeviceSpec, BackendError> {
+                CudaBackend::new(index as usize)
+                    .map(|gpu| DeviceSpec { index, backend: Arc::new(gpu.with_timeout(watchdog)) })
+            };
+            match selection {
+                DeviceSelection::List(list) => list
+                    .iter()
+                    .map(|&index| open(index).map_err(device_err(index)))
+                    .collect::<Result<Vec<_>, AgentError>>()?,
+                DeviceSelection::All => {
+                    let mut opened = Vec::new();
+                    let mut first_error = None;
+                    for index in 0..u32::try_from(count).unwrap_or(u32::MAX) {
+                        match open(index) {
+                            Ok(spec) => opened.push(spec),
+                            Err(e) => {
+                                tracing::error!(
+                                    device = index,
+                                    "skipping a GPU that will not open: {e}"
+                                );
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    if opened.is_empty() {
+                        return Err(AgentError::NoGpu {
+                            reason: first_error
+                                .map_or_else(|| "no GPU would open".to_owned(), |e| e.to_string()),
+                        });
+                    }
+                    opened
+                }
+            }
+        }
+    };
+    if devices.is_empty() {
+        return Err(AgentError::NoDevices);
+    }
+    Ok(devices)
 }
 
 /// Delay before attempt `attempt` (≥ 1): `initial·2^(attempt-1)` capped at `max`, times a jitter in [0.5, 1].
@@ -294,5 +460,51 @@ impl Drop for AgentThread {
             self.kill();
             let _ = j.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("all".parse::<DeviceSelection>().expect("all"), DeviceSelection::All);
+        assert_eq!(
+            " 0, 2 ".parse::<DeviceSelection>().expect("list"),
+            DeviceSelection::List(vec![0, 2])
+        );
+        let err = "0,x".parse::<DeviceSelection>().expect_err("bad");
+        assert!(err.to_string().contains("`all` or a list"), "{err}");
+    }
+
+    #[test]
+    fn cuda_without_a_gpu_says_what_to_do() {
+        if CudaBackend::device_count() > 0 {
+            return; // a GPU here: `--backend cuda` opens it.
+        }
+        let err = open_devices(BackendKind::Cuda, &DeviceSelection::All, DEFAULT_WATCHDOG)
+            .expect_err("no GPU");
+        let msg = err.to_string();
+        assert!(matches!(err, AgentError::NoGpu { .. }) && err.is_fatal(), "{err:?}");
+        assert!(msg.contains("--backend cpu"), "{msg}");
+        if matches!(CudaBackend::new(0), Err(BackendError::CudaNotCompiled)) {
+            assert!(msg.contains("--features cuda"), "{msg}");
+        }
+        let err =
+            open_devices(BackendKind::Cuda, &DeviceSelection::List(vec![0, 2]), DEFAULT_WATCHDOG)
+                .expect_err("no GPU");
+        assert!(err.to_string().contains("--backend cpu"), "{err}");
+    }
+
+    #[test]
+    fn cpu_backend_is_device_zero() {
+        let devices =
+            open_devices(BackendKind::Cpu, &DeviceSelection::All, DEFAULT_WATCHDOG).expect("cpu");
+        assert_eq!(devices.iter().map(|d| d.index).collect::<Vec<_>>(), [0]);
+        assert!(devices[0].backend.monitor().is_none());
+        let err = open_devices(BackendKind::Cpu, &DeviceSelection::List(vec![1]), DEFAULT_WATCHDOG)
+            .expect_err("no cpu 1");
+        assert!(matches!(err, AgentError::Device { index: 1, .. }), "{err:?}");
     }
 }

@@ -1,11 +1,10 @@
 //! `cpc-agent`: joins this host's devices to a cpc-farm coordinator. Parses arguments, sets up tracing and
 //! signals, and hands over to `cpc_agent::run`.
 
-use anyhow::{Context as _, bail};
 use clap::Parser;
-use cpc_agent::{AgentConfig, DeviceSpec};
+use cpc_agent::{AgentConfig, DeviceSelection, DeviceSpec};
 use cpc_kernels::BackendKind;
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 /// Joins this host's GPUs (or CPU) to a cpc-farm coordinator.
 #[derive(Debug, Parser)]
@@ -23,12 +22,21 @@ struct Args {
     /// Name in the coordinator's reports [default: the host name].
     #[arg(long, help_heading = "Coordinator")]
     name: Option<String>,
-    /// Which backend runs shards.
+    /// Which backend runs shards: `cpu`, or `cuda` (needs a build with `--features cuda` and an NVIDIA GPU).
     #[arg(long, default_value = "cpu", help_heading = "Devices")]
     backend: String,
-    /// Devices to run: `all` or a list of indices such as `0,2`.
+    /// Devices to run: `all` (every visible GPU; the CPU for `cpu`) or a list of indices such as `0,2`.
     #[arg(long, default_value = "all", help_heading = "Devices")]
     devices: String,
+    /// Longest one shard may run on a device before the device is quarantined (its other shards go
+    /// elsewhere; the agent keeps serving with its other devices), in seconds.
+    #[arg(
+        long,
+        default_value_t = cpc_agent::DEFAULT_WATCHDOG.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Devices"
+    )]
+    watchdog_secs: u64,
     /// Bytes of rows kept for spot checks, in MiB.
     #[arg(long, default_value_t = cpc_agent::DEFAULT_ROW_CACHE_BYTES >> 20, help_heading = "Devices")]
     row_cache_mib: u64,
@@ -40,57 +48,15 @@ struct Args {
     metrics: Option<SocketAddr>,
 }
 
-fn open_devices(args: &Args) -> anyhow::Result<Vec<DeviceSpec>> {
+fn open_devices(args: &Args, watchdog: Duration) -> anyhow::Result<Vec<DeviceSpec>> {
     let kind: BackendKind = args.backend.parse()?;
-    let indices: Option<Vec<u32>> = if args.devices.trim() == "all" {
-        None
-    } else {
-        Some(
-            args.devices
-                .split(',')
-                .map(|s| {
-                    s.trim()
-                        .parse::<u32>()
-                        .with_context(|| format!("--devices: `{s}` is not an index"))
-                })
-                .collect::<anyhow::Result<_>>()?,
-        )
-    };
-    let mut out = Vec::new();
-    let open = |i: u32| -> anyhow::Result<DeviceSpec> {
-        let backend: Arc<dyn cpc_kernels::Backend> = match (kind, args.fault_injection) {
-            (BackendKind::Cpu, Some(k)) => {
-                tracing::warn!(
-                    "fault injection on: this agent computes WRONG results every {k} rows"
-                );
-                Arc::new(cpc_kernels::CpuBackend::new(0)?.with_fault_injection(k))
-            }
-            _ => Arc::from(cpc_kernels::open(kind, i as usize)?),
-        };
-        Ok(DeviceSpec { index: i, backend })
-    };
-    match indices {
-        Some(list) => {
-            for i in list {
-                out.push(open(i)?);
-            }
-        }
-        None => {
-            out.push(open(0)?);
-            if kind == BackendKind::Cuda {
-                for i in 1.. {
-                    match open(i) {
-                        Ok(d) => out.push(d),
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
+    let selection: DeviceSelection = args.devices.parse()?;
+    if let (BackendKind::Cpu, Some(k)) = (kind, args.fault_injection) {
+        tracing::warn!("fault injection on: this agent computes WRONG results every {k} rows");
+        let backend = Arc::new(cpc_kernels::CpuBackend::new(0)?.with_fault_injection(k));
+        return Ok(vec![DeviceSpec { index: 0, backend }]);
     }
-    if out.is_empty() {
-        bail!("no device selected: check --devices");
-    }
-    Ok(out)
+    Ok(cpc_agent::open_devices(kind, &selection, watchdog)?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,7 +67,8 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let devices = open_devices(&args)?;
+    let watchdog = Duration::from_secs(args.watchdog_secs);
+    let devices = open_devices(&args, watchdog)?;
     let mut config =
         AgentConfig::new(&args.coordinator, &args.token, &args.coordinator_fingerprint);
     if let Some(name) = &args.name {
@@ -109,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     }
     config.metrics_listen = args.metrics;
     config.row_cache_bytes = args.row_cache_mib << 20;
+    config.watchdog = watchdog;
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         actix_rt::spawn(async move {

@@ -1,7 +1,16 @@
 //! The agent's Prometheus metrics (`cpcfarm_` prefix, base units, `_total` counters, a `gpu` label per
 //! device and no per-shard labels) and the `/metrics`, `/healthz`, `/readyz` endpoint of `--metrics`.
+//!
+//! Per-device series carry [`DeviceLabels`]: for a GPU that NVML sees, DCGM's label set (`gpu` = NVML index,
+//! `UUID`, `modelName`, `Hostname`), so dashboards can join them with NVIDIA's DCGM exporter; otherwise `gpu`
+//! alone (the agent's device index). The `cpcfarm_gpu_*` series come from the NVML sampler
+//! ([`crate::telemetry`]) and exist only where the CUDA backend runs.
 
-use metrics::{counter, gauge, histogram};
+use cpc_kernels::{
+    Backend,
+    gpu::{GpuTelemetry, dcgm_labels, hostname},
+};
+use metrics::{Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::{
     net::SocketAddr,
@@ -62,6 +71,69 @@ fn describe() {
         Unit::Bytes,
         "Bytes of rows kept for spot checks."
     );
+    describe_gauge!(
+        "cpcfarm_agent_devices_quarantined",
+        "Devices this agent quarantined (CUDA error or watchdog timeout); they take no more shards."
+    );
+    describe_gauge!(
+        "cpcfarm_agent_device_healthy",
+        "1 while the device takes shards, 0 once the agent quarantined it."
+    );
+    describe_gauge!(
+        "cpcfarm_device_achieved_ops_per_second",
+        "Integer ops per second the device achieved on its last shard (device time where the backend \
+         measures it, wall time otherwise)."
+    );
+    describe_gauge!(
+        "cpcfarm_device_joules_per_task",
+        "Energy the GPU used for its last shard (NVML energy counter), joules."
+    );
+    describe_gauge!(
+        "cpcfarm_gpu_utilization_ratio",
+        "Fraction of the last NVML sample period in which a kernel ran (0-1)."
+    );
+    describe_gauge!("cpcfarm_gpu_memory_used_bytes", Unit::Bytes, "GPU memory in use.");
+    describe_gauge!("cpcfarm_gpu_memory_total_bytes", Unit::Bytes, "GPU memory installed.");
+    describe_gauge!("cpcfarm_gpu_temperature_celsius", "GPU die temperature, degrees Celsius.");
+    describe_gauge!("cpcfarm_gpu_power_watts", "GPU power draw, watts.");
+    describe_counter!(
+        "cpcfarm_gpu_energy_joules_total",
+        "Energy the GPU used since the driver loaded, joules."
+    );
+    describe_gauge!("cpcfarm_gpu_sm_clock_hertz", "GPU SM clock, hertz.");
+    describe_gauge!("cpcfarm_gpu_mem_clock_hertz", "GPU memory clock, hertz.");
+    describe_gauge!(
+        "cpcfarm_gpu_throttle_reasons",
+        "NVML clock-throttle reasons bitmask (as DCGM_FI_DEV_CLOCK_THROTTLE_REASONS; 0: none)."
+    );
+    describe_counter!("cpcfarm_gpu_pcie_replays_total", "PCIe replays (link errors retried).");
+    describe_counter!(
+        "cpcfarm_gpu_xid_errors_total",
+        "Critical Xid errors NVML reported since the agent started."
+    );
+}
+
+/// The labels of one device's series: DCGM's (`gpu`, `UUID`, `modelName`, `Hostname`) for a GPU with an NVML
+/// monitor, `gpu` (the agent's device index) alone otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLabels(Vec<Label>);
+
+impl DeviceLabels {
+    /// The labels of device `index` run by `backend`.
+    pub fn of(index: u32, backend: &dyn Backend) -> Self {
+        match backend.monitor() {
+            Some(m) => Self::dcgm(dcgm_labels(m.index(), m.uuid(), m.model_name(), &hostname())),
+            None => Self(vec![Label::new("gpu", index.to_string())]),
+        }
+    }
+
+    fn dcgm(labels: [(&'static str, String); 4]) -> Self {
+        Self(labels.into_iter().map(|(k, v)| Label::new(k, v)).collect())
+    }
+
+    fn get(&self) -> Vec<Label> {
+        self.0.clone()
+    }
 }
 
 pub(crate) fn connected(up: bool) {
@@ -76,19 +148,61 @@ pub(crate) fn reconnect() {
     counter!("cpcfarm_agent_reconnects_total").increment(1);
 }
 
-pub(crate) fn device_measured(index: u32, ops: f64) {
-    gauge!("cpcfarm_device_measured_ops_per_second", "gpu" => index.to_string()).set(ops);
+pub(crate) fn device_measured(labels: &DeviceLabels, ops: f64) {
+    gauge!("cpcfarm_device_measured_ops_per_second", labels.get()).set(ops);
 }
 
-pub(crate) fn shard_done(index: u32, ok: bool, timing: Option<(f64, f64)>) {
+pub(crate) fn shard_done(labels: &DeviceLabels, ok: bool, timing: Option<(f64, f64)>) {
     counter!("cpcfarm_agent_shards_total", "outcome" => if ok { "ok" } else { "failed" })
         .increment(1);
     if let Some((secs, ops)) = timing {
         histogram!("cpcfarm_agent_shard_duration_seconds").record(secs);
         if secs > 0.0 {
-            gauge!("cpcfarm_device_ops_per_second", "gpu" => index.to_string()).set(ops / secs);
+            gauge!("cpcfarm_device_ops_per_second", labels.get()).set(ops / secs);
         }
     }
+}
+
+/// What a shard achieved: ops per second (device time where measured) and, where known, its joules.
+pub(crate) fn device_work(labels: &DeviceLabels, ops_per_second: f64, joules: Option<f64>) {
+    gauge!("cpcfarm_device_achieved_ops_per_second", labels.get()).set(ops_per_second);
+    if let Some(j) = joules {
+        gauge!("cpcfarm_device_joules_per_task", labels.get()).set(j);
+    }
+}
+
+pub(crate) fn device_healthy(labels: &DeviceLabels, healthy: bool) {
+    gauge!("cpcfarm_agent_device_healthy", labels.get()).set(if healthy { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn devices_quarantined(count: usize) {
+    gauge!("cpcfarm_agent_devices_quarantined").set(count as f64);
+}
+
+/// Exports one NVML sample (readings the GPU does not report are left out).
+pub(crate) fn gpu_telemetry(t: &GpuTelemetry) {
+    let labels = DeviceLabels::dcgm(t.labels());
+    let set = |name: &'static str, v: Option<f64>| {
+        if let Some(v) = v {
+            gauge!(name, labels.get()).set(v);
+        }
+    };
+    set("cpcfarm_gpu_utilization_ratio", t.gpu_utilization_ratio);
+    set("cpcfarm_gpu_memory_used_bytes", t.memory_used_bytes.map(|b| b as f64));
+    set("cpcfarm_gpu_memory_total_bytes", t.memory_total_bytes.map(|b| b as f64));
+    set("cpcfarm_gpu_temperature_celsius", t.temperature_celsius);
+    set("cpcfarm_gpu_power_watts", t.power_watts);
+    set("cpcfarm_gpu_sm_clock_hertz", t.sm_clock_hz.map(|h| h as f64));
+    set("cpcfarm_gpu_mem_clock_hertz", t.memory_clock_hz.map(|h| h as f64));
+    set("cpcfarm_gpu_throttle_reasons", t.throttle_reasons.map(|b| b as f64));
+    if let Some(j) = t.energy_joules_total {
+        // Whole joules: Prometheus counters here are integers, and a joule is fine enough for a total.
+        counter!("cpcfarm_gpu_energy_joules_total", labels.get()).absolute(j.max(0.0) as u64);
+    }
+    if let Some(r) = t.pcie_replays_total {
+        counter!("cpcfarm_gpu_pcie_replays_total", labels.get()).absolute(r);
+    }
+    counter!("cpcfarm_gpu_xid_errors_total", labels.get()).absolute(t.xid_errors_total);
 }
 
 pub(crate) fn row_cache_bytes(bytes: u64) {
@@ -120,4 +234,51 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_samples_export_with_dcgm_labels() {
+        let handle = install_recorder();
+        let t = GpuTelemetry {
+            gpu: 7,
+            uuid: "GPU-00112233-4455-6677-8899-aabbccddeeff".into(),
+            model_name: "NVIDIA H100 80GB HBM3".into(),
+            hostname: "node-7".into(),
+            gpu_utilization_ratio: Some(0.5),
+            memory_used_bytes: Some(1 << 30),
+            memory_total_bytes: Some(80 << 30),
+            temperature_celsius: Some(61.0),
+            power_watts: Some(350.5),
+            energy_joules_total: Some(12_345.6),
+            sm_clock_hz: Some(1_980_000_000),
+            memory_clock_hz: Some(2_619_000_000),
+            throttle_reasons: Some(0x4),
+            pcie_replays_total: Some(3),
+            xid_errors_total: 2,
+            ..GpuTelemetry::default()
+        };
+        gpu_telemetry(&t);
+        let text = handle.render();
+        let labels = "gpu=\"7\",UUID=\"GPU-00112233-4455-6677-8899-aabbccddeeff\",modelName=\"NVIDIA H100 80GB HBM3\",Hostname=\"node-7\"";
+        for (name, value) in [
+            ("cpcfarm_gpu_utilization_ratio", "0.5"),
+            ("cpcfarm_gpu_memory_used_bytes", "1073741824"),
+            ("cpcfarm_gpu_memory_total_bytes", "85899345920"),
+            ("cpcfarm_gpu_temperature_celsius", "61"),
+            ("cpcfarm_gpu_power_watts", "350.5"),
+            ("cpcfarm_gpu_energy_joules_total", "12345"),
+            ("cpcfarm_gpu_sm_clock_hertz", "1980000000"),
+            ("cpcfarm_gpu_mem_clock_hertz", "2619000000"),
+            ("cpcfarm_gpu_throttle_reasons", "4"),
+            ("cpcfarm_gpu_pcie_replays_total", "3"),
+            ("cpcfarm_gpu_xid_errors_total", "2"),
+        ] {
+            let line = format!("{name}{{{labels}}} {value}");
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! One connection to the coordinator, from dial to goodbye: the pinned TLS handshake, `Hello` with the token
 //! and device adverts, then heartbeats on the control stream and one task per request stream (run a shard on a
-//! device actor, or show a cached row). On shutdown it drains: `Draining` to the coordinator, new shards
+//! device actor, or show a cached row). Devices the agent quarantined (see [`crate::device`]) are announced in
+//! `Hello` like the others and reported right after `Welcome`, and any quarantined later as it happens, with
+//! `DeviceQuarantined` on the control stream. On shutdown it drains: `Draining` to the coordinator, new shards
 //! answered `ShardFailed`, shards in hand finished, spot checks answered for a grace period, then close.
 
 use crate::{
     AgentConfig, AgentError,
-    device::{Compute, DeviceActor, RowCache, fetch_row},
+    device::{Compute, DeviceActor, Health, RowCache, fetch_row},
     io::{FrameIoError, read_frame, write_frame},
     metrics as m,
 };
@@ -65,6 +67,7 @@ pub struct SessionCtx {
     pub(crate) devices: Devices,
     pub(crate) cache: Arc<Mutex<RowCache>>,
     pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) health: Health,
 }
 
 /// How a session ended without a fatal error.
@@ -203,19 +206,33 @@ async fn session(
     m::connected(true);
     tracing::info!(agent_id, %addr, devices = ctx.devices.len(), "admitted by the coordinator");
 
-    // Control writer: heartbeats, and `Draining` when asked.
+    // Control writer: heartbeats, quarantined devices (each once per connection), and `Draining` when asked.
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<AgentControl>();
     let interval = Duration::from_millis(u64::from(interval_ms.max(10)));
+    let mut health = ctx.health.subscribe();
     let heartbeat = actix_rt::spawn(async move {
         let mut seq = 0u64;
         let mut tick = tokio::time::interval(interval);
+        let mut told = std::collections::BTreeSet::new();
+        let mut health_open = true;
         loop {
-            let msg = tokio::select! {
-                _ = tick.tick() => { seq += 1; AgentControl::Heartbeat { seq } }
-                m = ctl_rx.recv() => match m { Some(m) => m, None => break },
+            let msgs = tokio::select! {
+                _ = tick.tick() => { seq += 1; vec![AgentControl::Heartbeat { seq }] }
+                m = ctl_rx.recv() => match m { Some(m) => vec![m], None => break },
+                changed = health.changed(), if health_open => {
+                    health_open = changed.is_ok();
+                    health
+                        .borrow_and_update()
+                        .iter()
+                        .filter(|(device, _)| told.insert(**device))
+                        .map(|(&device, reason)| AgentControl::DeviceQuarantined { device, reason: reason.clone() })
+                        .collect()
+                }
             };
-            if write_frame(&mut ctl_send, &msg).await.is_err() {
-                break;
+            for msg in &msgs {
+                if write_frame(&mut ctl_send, msg).await.is_err() {
+                    return;
+                }
             }
         }
     });

@@ -1,7 +1,7 @@
 //! The farm protocol's messages: what a coordinator and its agents say to each other over QUIC.
 //!
 //! Each message travels as one frame of [`crate::codec`]. A connection has one control stream, opened by the
-//! agent (`Hello` → `Welcome`|`Refused`, then heartbeats and `Draining`), and one bidirectional stream per
+//! agent (`Hello` → `Welcome`|`Refused`, then heartbeats, `DeviceQuarantined` and `Draining`), and one bidirectional stream per
 //! request the coordinator makes of an agent (`RunShard` → `ShardDone`|`ShardFailed`, `FetchRow` → `Row`|
 //! `RowUnavailable`). Types here are plain data: no I/O, no runtime.
 
@@ -68,7 +68,19 @@ pub enum AgentControl {
     },
     /// I am shutting down: give me no new shard (those in hand will still be answered).
     Draining,
+    /// One of my devices failed (a CUDA error, or a call that outlived the agent's watchdog) and takes no more
+    /// shards until the agent restarts; my other devices keep serving. Sent once per device and connection,
+    /// after `Welcome` for devices quarantined before it.
+    DeviceQuarantined {
+        /// The agent's index of the device.
+        device: u32,
+        /// What failed (at most [`MAX_QUARANTINE_REASON_BYTES`]).
+        reason: String,
+    },
 }
+
+/// Longest reason a [`AgentControl::DeviceQuarantined`] carries (longer ones are cut at a character boundary).
+pub const MAX_QUARANTINE_REASON_BYTES: usize = 1024;
 
 /// A shard to run: rows `rows.0 .. rows.1` of iteration `iteration` of the challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -86,3 +86,18 @@ pub enum BackendError {
     #[error("unknown backend `{0}`: expected `cpu` or `cuda`")]
     UnknownKind(String),
 }
+
+impl BackendError {
+    /// Whether the device that answered this can take no more work until the process reopens it: a CUDA
+    /// error that may have left its context unusable, a watchdog timeout, an earlier quarantine, or a CUDA
+    /// failure at run time. The agent quarantines the device on these; other errors fail only the shard.
+    pub fn quarantines_device(&self) -> bool {
+        matches!(
+            self,
+            Self::Cuda { .. }
+                | Self::Timeout { .. }
+                | Self::Quarantined { .. }
+                | Self::CudaUnavailable(_)
+        )
+    }
+}

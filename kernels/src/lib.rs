@@ -176,6 +176,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn info(&self) -> DeviceInfo;
     /// Computes one shard: its row leaves, and the rows of C themselves when `keep_rows`.
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError>;
+    /// What the last shard that completed cost, for backends that measure it (the CUDA backend: device
+    /// time, achieved tera-ops per second, joules); `None` by default.
+    fn last_stats(&self) -> Option<gpu::ShardStats> {
+        None
+    }
+    /// The device's NVML monitor, for backends that have one (the CUDA backend, when NVML loads); `None` by
+    /// default, and always in builds without the `cuda` feature.
+    fn monitor(&self) -> Option<&gpu::GpuMonitor> {
+        None
+    }
 }
 
 /// Bytes a shard of `rows` rows at matrix size `n` needs: its rows of A, all of B and its rows of C.

@@ -245,8 +245,10 @@ pub struct DeviceStatus {
     pub measured_ops_per_sec: f64,
     /// The agent announced it is draining.
     pub draining: bool,
-    /// Failed a spot check: gets no more shards.
+    /// Failed a spot check, or its agent reported it broken: gets no more shards.
     pub quarantined: bool,
+    /// Why it is quarantined.
+    pub quarantine_reason: Option<String>,
 }
 
 struct Inner {

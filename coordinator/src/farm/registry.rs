@@ -6,7 +6,7 @@ use super::{DeviceId, DeviceStatus, metrics::FarmMetrics};
 use actix::{Actor, AsyncContext as _, Context, Handler, Message};
 use cpc_common::wire::DeviceAdvert;
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
@@ -39,7 +39,7 @@ struct AgentEntry {
 #[derive(Debug)]
 pub struct Registry {
     agents: BTreeMap<u64, AgentEntry>,
-    quarantined: BTreeSet<DeviceId>,
+    quarantined: BTreeMap<DeviceId, String>,
     next_agent: u64,
     heartbeat_timeout: Duration,
     metrics: FarmMetrics,
@@ -50,7 +50,7 @@ impl Registry {
     pub fn new(heartbeat_timeout: Duration, metrics: FarmMetrics) -> Self {
         Self {
             agents: BTreeMap::new(),
-            quarantined: BTreeSet::new(),
+            quarantined: BTreeMap::new(),
             next_agent: 1,
             heartbeat_timeout,
             metrics,
@@ -184,13 +184,14 @@ impl Handler<AgentGone> for Registry {
     }
 }
 
-/// Marks a device as wrong: it gets no more shards.
+/// Marks a device as wrong or broken (a failed spot check, or the agent's own quarantine): it gets no more
+/// shards.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Quarantine {
     /// The device.
     pub device: DeviceId,
-    /// Why (logged).
+    /// Why (logged, and shown by [`ListDevices`]).
     pub reason: String,
 }
 
@@ -198,7 +199,8 @@ impl Handler<Quarantine> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Quarantine, _: &mut Self::Context) {
-        if self.quarantined.insert(msg.device) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.quarantined.entry(msg.device) {
+            e.insert(msg.reason.clone());
             tracing::error!(device = %msg.device, reason = %msg.reason, "device quarantined");
             self.metrics.quarantined_device();
         }
@@ -222,7 +224,7 @@ impl Handler<Snapshot> for Registry {
             }
             for d in &a.devices {
                 let id = DeviceId { agent, index: d.index };
-                if !self.quarantined.contains(&id) {
+                if !self.quarantined.contains_key(&id) {
                     out.push(DeviceView {
                         id,
                         agent_name: a.name.clone(),
@@ -258,7 +260,8 @@ impl Handler<ListDevices> for Registry {
                     memory_bytes: d.memory_bytes,
                     measured_ops_per_sec: d.measured_ops_per_sec,
                     draining: a.draining,
-                    quarantined: self.quarantined.contains(&id),
+                    quarantined: self.quarantined.contains_key(&id),
+                    quarantine_reason: self.quarantined.get(&id).cloned(),
                 });
             }
         }

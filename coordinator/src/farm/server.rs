@@ -1,15 +1,15 @@
 //! The coordinator's QUIC endpoint: TLS with the coordinator's own certificate, the admission handshake
 //! (protocol version, constant-time join-token check), and one task per admitted agent that reads its control
-//! stream (heartbeats, draining) and tells the registry when the agent goes away.
+//! stream (heartbeats, draining, devices the agent quarantined) and tells the registry when the agent goes away.
 //!
 //! Unauthenticated peers get a bounded budget: a cap on concurrent handshakes, a deadline, and a small frame
 //! limit for `Hello`. Anything that does not decode is answered with `Refused { reason }` and closed.
 
 use super::{
-    FarmConfig, FarmError,
+    DeviceId, FarmConfig, FarmError,
     identity::token_matches,
     io::{FrameIoError, read_frame, write_frame},
-    registry::{AgentGone, AgentState, Heartbeat, Register, Registry},
+    registry::{AgentGone, AgentState, Heartbeat, Quarantine, Register, Registry},
 };
 use actix::Addr;
 use cpc_common::{
@@ -138,6 +138,10 @@ async fn serve_connection(
             }
             Ok(Some(AgentControl::Draining)) => {
                 registry.do_send(AgentState { agent: agent_id, draining: true });
+            }
+            Ok(Some(AgentControl::DeviceQuarantined { device, reason })) => {
+                let device = DeviceId { agent: agent_id, index: device };
+                registry.do_send(Quarantine { device, reason: format!("agent: {reason}") });
             }
             Ok(None) => break "control stream closed".to_owned(),
             Err(FrameIoError::Codec(e)) => {

@@ -339,6 +339,124 @@ async fn farm_drained_agent_leaves_cleanly_and_metrics_are_served() {
     shutdown(farm).await;
 }
 
+/// How [`FaultyDevice`] fails shards of its seed: as a wedged GPU (the call never returns), or as a CUDA
+/// error that leaves the device unusable.
+#[derive(Debug, Clone, Copy)]
+enum DeviceFault {
+    Hang,
+    CudaError,
+}
+
+/// A CPU backend that fails (see [`DeviceFault`]) every shard whose seed starts with `seed`; the start-up
+/// measurement and other seeds run normally.
+#[derive(Debug)]
+struct FaultyDevice {
+    inner: CpuBackend,
+    seed: &'static str,
+    fault: DeviceFault,
+}
+
+impl Backend for FaultyDevice {
+    fn name(&self) -> &str {
+        "faulty"
+    }
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        if !shard.challenge.seed.starts_with(self.seed) {
+            return self.inner.run_shard(shard, keep_rows);
+        }
+        match self.fault {
+            DeviceFault::Hang => {
+                // Far past the watchdog; the agent abandons this thread and never joins it.
+                std::thread::sleep(Duration::from_secs(300));
+                Err(BackendError::InvalidShard("woke up".into()))
+            }
+            DeviceFault::CudaError => Err(BackendError::Cuda {
+                device: "cuda:0 test".into(),
+                reason: "cuStreamSynchronize: an illegal memory access was encountered".into(),
+            }),
+        }
+    }
+}
+
+/// One agent, device 0 faulty and device 1 healthy: the job still gives the single-process result, device 0
+/// ends up quarantined on the coordinator with the agent's reason, device 1 is not, and the next job runs on
+/// device 1 alone.
+async fn faulty_device_is_quarantined_and_the_other_keeps_serving(
+    fault: DeviceFault,
+    seed: &'static str,
+    reason_contains: &str,
+) {
+    let farm = farm::start(farm_config()).expect("farm");
+    let mut config = agent_config(&farm, "faulty");
+    config.watchdog = Duration::from_millis(500);
+    config.measure_matrix_size = 0; // both announce 1 op/s: an even split, and no straggler re-issue
+    let faulty = FaultyDevice { inner: CpuBackend::new(1).expect("cpu backend"), seed, fault };
+    let devices = vec![
+        DeviceSpec { index: 0, backend: Arc::new(faulty) },
+        DeviceSpec { index: 1, backend: cpu() },
+    ];
+    let agent = AgentThread::spawn(config, devices);
+    farm.wait_for_devices(2, Duration::from_secs(60)).await.expect("2 devices");
+
+    let challenge = Challenge::new(format!("{seed}-1"), 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job despite a faulty device");
+    assert_eq!(report.result_hash, expected(&challenge), "{report:#?}");
+
+    // The quarantine travels on the control stream: it may land just after the job's last shard.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let devices = loop {
+        let devices = farm.devices().await.expect("devices");
+        if devices.iter().any(|d| d.quarantined) || tokio::time::Instant::now() >= deadline {
+            break devices;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let state = |suffix: &str| {
+        devices
+            .iter()
+            .find(|d| d.device.ends_with(suffix))
+            .unwrap_or_else(|| panic!("{devices:#?}"))
+    };
+    let bad = state("/gpu0");
+    assert!(bad.quarantined, "{devices:#?}");
+    let why = bad.quarantine_reason.as_deref().unwrap_or_default();
+    assert!(why.contains(reason_contains), "reason {why:?} lacks {reason_contains:?}");
+    assert!(!state("/gpu1").quarantined, "{devices:#?}");
+
+    // The next job (a seed the faulty device could compute) runs on the healthy device alone.
+    let challenge = Challenge::new("after-quarantine", 129, 2).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("next job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert!(report.devices.iter().all(|d| d.device.ends_with("/gpu1")), "{report:#?}");
+    assert_eq!(report.devices.iter().map(|d| d.rows).sum::<u64>(), 129 * 2);
+    assert!(!agent.is_finished(), "the agent keeps running");
+    drop(agent);
+    shutdown(farm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_quarantines_a_hung_device_and_keeps_serving() {
+    faulty_device_is_quarantined_and_the_other_keeps_serving(
+        DeviceFault::Hang,
+        "farm-hang",
+        "did not finish",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_quarantines_a_device_with_a_cuda_error_and_keeps_serving() {
+    faulty_device_is_quarantined_and_the_other_keeps_serving(
+        DeviceFault::CudaError,
+        "farm-cuda-error",
+        "illegal memory access",
+    )
+    .await;
+}
+
 /// Makespan of n = 2048 on one agent, then on two (each agent one CPU thread: this machine has two cores).
 /// `cargo test -p cpc-coordinator --release --test it farm_makespan -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

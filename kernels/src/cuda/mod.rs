@@ -888,6 +888,14 @@ impl Backend for CudaBackend {
         }
         Ok(ShardOutput { leaves: out.leaves, rows: out.rows })
     }
+
+    fn last_stats(&self) -> Option<ShardStats> {
+        Self::last_stats(self)
+    }
+
+    fn monitor(&self) -> Option<&GpuMonitor> {
+        Self::monitor(self)
+    }
 }
 
 #[cfg(test)]

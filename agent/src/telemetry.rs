@@ -1,0 +1,66 @@
+//! The NVML sampler: every [`SAMPLE_INTERVAL`], one [`GpuTelemetry`] per GPU from the backend's
+//! [`GpuMonitor`](cpc_kernels::gpu::GpuMonitor), exported on `/metrics` as the `cpcfarm_gpu_*` series with
+//! DCGM's labels (see [`crate::metrics`]).
+//!
+//! Each GPU has its own sampler thread, so an NVML call stuck on a failing GPU stops only that GPU's readings.
+//! Devices without a monitor (the CPU backend, or any build without the `cuda` feature, whose backends never
+//! have one) get no sampler at all.
+
+use crate::{DeviceSpec, metrics as m};
+use std::{
+    sync::mpsc::{self, RecvTimeoutError},
+    time::Duration,
+};
+
+/// How often each GPU is sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The running samplers; dropping this stops them (each within one interval; none is joined).
+#[derive(Debug, Default)]
+pub struct Samplers {
+    stops: Vec<mpsc::Sender<()>>,
+}
+
+impl Samplers {
+    /// Number of GPUs sampled.
+    pub fn len(&self) -> usize {
+        self.stops.len()
+    }
+
+    /// Whether no GPU is sampled.
+    pub fn is_empty(&self) -> bool {
+        self.stops.is_empty()
+    }
+}
+
+/// Starts one sampler thread per device whose backend has an NVML monitor.
+pub fn start(devices: &[DeviceSpec], every: Duration) -> Samplers {
+    let mut samplers = Samplers::default();
+    for spec in devices {
+        if spec.backend.monitor().is_none() {
+            continue;
+        }
+        let (stop, stopped) = mpsc::channel::<()>();
+        let backend = spec.backend.clone();
+        let spawned =
+            std::thread::Builder::new().name(format!("cpc-nvml-{}", spec.index)).spawn(move || {
+                loop {
+                    if let Some(monitor) = backend.monitor() {
+                        m::gpu_telemetry(&monitor.sample());
+                    }
+                    match stopped.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => samplers.stops.push(stop),
+            Err(e) => tracing::warn!(
+                device = spec.index,
+                "no GPU telemetry: cannot start its sampler: {e}"
+            ),
+        }
+    }
+    samplers
+}
