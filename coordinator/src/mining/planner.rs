@@ -76,7 +76,11 @@ impl Planner {
                     match stored {
                         Ok(()) => {
                             tracing::info!(identity = %identity.name, height = job.task.height, %task_id, %result_hash, "task computed");
-                            act.submitters[job.identity].do_send(TaskComputed { height: job.task.height, seen_at: job.seen_at });
+                            act.submitters[job.identity].do_send(TaskComputed {
+                                height: job.task.height,
+                                seen_at: job.seen_at,
+                                computed_at: Instant::now(),
+                            });
                         }
                         Err(e) => tracing::error!(identity = %identity.name, %task_id, error = %e, "could not journal a result"),
                     }

@@ -22,6 +22,7 @@ use crate::{
 use actix::prelude::*;
 use std::{
     collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -33,6 +34,8 @@ pub struct TaskComputed {
     pub height: u64,
     /// When the block was seen.
     pub seen_at: Instant,
+    /// When its result was journaled (submission overhead is measured from here, excluding compute).
+    pub computed_at: Instant,
 }
 
 /// A new block exists: look for open submissions in it.
@@ -51,6 +54,13 @@ pub struct Submitter {
     again: bool,
 }
 
+/// When a block was seen and its task computed, for latency metrics.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    block: Instant,
+    computed: Instant,
+}
+
 #[derive(Debug, Clone)]
 struct Core {
     identity: Identity,
@@ -59,8 +69,9 @@ struct Core {
     gas_price: u64,
     /// Highest block already scanned for inclusions (0: scan from the open submissions' heights).
     scanned_to: u64,
-    /// When each recent block was seen, for latency metrics.
-    seen: BTreeMap<u64, Instant>,
+    /// When each recent block was seen and computed, for latency metrics; shared with the actor so a
+    /// round that picks a result up before its `TaskComputed` message is handled still finds it.
+    seen: Arc<Mutex<BTreeMap<u64, Seen>>>,
 }
 
 impl Submitter {
@@ -72,14 +83,7 @@ impl Submitter {
         gas_price: u64,
     ) -> Self {
         Self {
-            core: Core {
-                identity,
-                nodes,
-                journal,
-                gas_price,
-                scanned_to: 0,
-                seen: BTreeMap::new(),
-            },
+            core: Core { identity, nodes, journal, gas_price, scanned_to: 0, seen: Arc::default() },
             busy: false,
             again: false,
         }
@@ -124,9 +128,11 @@ impl Actor for Submitter {
 impl Handler<TaskComputed> for Submitter {
     type Result = ();
     fn handle(&mut self, msg: TaskComputed, ctx: &mut Self::Context) {
-        self.core.seen.insert(msg.height, msg.seen_at);
-        while self.core.seen.len() > SEEN_HISTORY {
-            self.core.seen.pop_first();
+        if let Ok(mut seen) = self.core.seen.lock() {
+            seen.insert(msg.height, Seen { block: msg.seen_at, computed: msg.computed_at });
+            while seen.len() > SEEN_HISTORY {
+                seen.pop_first();
+            }
         }
         self.kick(ctx);
     }
@@ -146,6 +152,10 @@ fn journal_err(e: impl std::fmt::Display) -> SubmitError {
 impl Core {
     fn name(&self) -> &str {
         &self.identity.name
+    }
+
+    fn seen_at(&self, height: u64) -> Option<Seen> {
+        self.seen.lock().ok().and_then(|s| s.get(&height).copied())
     }
 
     async fn round(&mut self) -> Result<(), SubmitError> {
@@ -184,13 +194,11 @@ impl Core {
                         .map_err(journal_err)?;
                     metrics::counter!("cpcfarm_submissions_included_total", "identity" => self.name().to_owned())
                         .increment(1);
-                    if let Some(seen) = open
-                        .iter()
-                        .find(|o| o.tx_hash == hash)
-                        .and_then(|o| self.seen.get(&o.height))
+                    if let Some(seen) =
+                        open.iter().find(|o| o.tx_hash == hash).and_then(|o| self.seen_at(o.height))
                     {
                         metrics::histogram!("cpcfarm_block_to_inclusion_seconds")
-                            .record(seen.elapsed().as_secs_f64());
+                            .record(seen.block.elapsed().as_secs_f64());
                     }
                     tracing::info!(identity = %self.name(), tx = %hash, block = h, "submission included");
                 }
@@ -330,9 +338,11 @@ impl Core {
                         .mark_sent(&tx.hash_hex())
                         .map_err(journal_err)?;
                     metrics::counter!("cpcfarm_submissions_sent_total", "identity" => self.name().to_owned()).increment(1);
-                    if let Some(seen) = self.seen.get(&record.task.height) {
+                    if let Some(seen) = self.seen_at(record.task.height) {
                         metrics::histogram!("cpcfarm_block_to_submit_seconds")
-                            .record(seen.elapsed().as_secs_f64());
+                            .record(seen.block.elapsed().as_secs_f64());
+                        metrics::histogram!("cpcfarm_result_to_submit_seconds")
+                            .record(seen.computed.elapsed().as_secs_f64());
                     }
                     tracing::info!(identity = %self.name(), height = record.task.height, tx = %tx.hash_hex(), nonce, "submitted");
                     nonce += 1;
