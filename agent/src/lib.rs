@@ -23,7 +23,6 @@
 //!   a message saying so, and the NVML sampler is absent.
 
 pub mod device;
-mod io;
 pub mod metrics;
 pub mod noop;
 pub mod session;

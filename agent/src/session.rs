@@ -8,12 +8,12 @@
 use crate::{
     AgentConfig, AgentError,
     device::{Compute, DeviceActor, Health, RowCache, fetch_row},
-    io::{FrameIoError, read_frame, write_frame},
     metrics as m,
 };
 use actix::Addr;
 use cpc_common::{
     codec::FrameDecoder,
+    quic::{FrameIoError, read_frame, write_frame},
     wire::{AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request, Response},
 };
 use std::{

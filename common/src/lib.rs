@@ -11,7 +11,13 @@
 //! - [`merkle`] and [`block`]: the duplicate-last Merkle tree, `compute_root` and the block header hash;
 //! - [`synthetic`]: synthetic-v1 task derivation, Philox4x32-10 and the matrix element definition;
 //! - [`keystore`]: cpc-cli compatible key files;
-//! - [`rpc`]: the JSON shapes of the node's HTTP answers.
+//! - [`rpc`]: the JSON shapes of the node's HTTP answers;
+//! - [`wire`] and [`codec`]: the farm's messages between coordinator and agents, and their size-capped
+//!   bincode frames (the only place bincode appears, so the wire codec can be swapped).
+//!
+//! # Feature flags
+//! - `quic`: the `quic` module, async frame reading and writing over quinn streams (the agent and the coordinator
+//!   enable it; the protocol itself needs no I/O).
 //!
 //! Everything here is checked against `../shared/vectors` by the conformance tests in `tests/it`.
 
@@ -24,6 +30,8 @@ pub mod hashing;
 pub mod keystore;
 pub mod merkle;
 pub mod pyjson;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod rpc;
 pub mod synthetic;
 #[doc(hidden)]

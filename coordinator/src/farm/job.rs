@@ -8,7 +8,6 @@
 use super::{
     DeviceId, DeviceReport, FarmConfig, JobError, JobReport,
     aggregator::{Aggregator, CloseJob, OpenJob, PlaceLeaves},
-    io::{FrameIoError, read_frame, write_frame},
     metrics::FarmMetrics,
     registry::{DeviceView, Quarantine, Registry, Snapshot},
     scheduler::{DeviceCapacity, shard_ops, split_rows},
@@ -18,6 +17,7 @@ use actix::Addr;
 use cpc_common::{
     codec::FrameDecoder,
     hashing::Digest32,
+    quic::{FrameIoError, read_frame, write_frame},
     synthetic::Challenge,
     wire::{Request, Response, RunShard},
 };

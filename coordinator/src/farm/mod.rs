@@ -17,7 +17,6 @@
 
 pub mod aggregator;
 pub mod identity;
-mod io;
 mod job;
 pub mod metrics;
 pub mod registry;

@@ -8,12 +8,12 @@
 use super::{
     DeviceId, FarmConfig, FarmError,
     identity::token_matches,
-    io::{FrameIoError, read_frame, write_frame},
     registry::{AgentGone, AgentState, Heartbeat, Quarantine, Register, Registry},
 };
 use actix::Addr;
 use cpc_common::{
     codec::FrameDecoder,
+    quic::{FrameIoError, read_frame, write_frame},
     wire::{ALPN, AgentControl, Hello, HelloReply, PROTOCOL_VERSION},
 };
 use std::{sync::Arc, time::Duration};

@@ -3,7 +3,7 @@
 //! (`Challenge::c_element`, O(n) each). A device that lies about a row, cannot produce it, or computed it
 //! wrong fails, and the scheduler quarantines it.
 
-use super::io::{read_frame, write_frame};
+use cpc_common::quic::{read_frame, write_frame};
 use cpc_common::{
     codec::FrameDecoder,
     hashing::{Digest32, sha256},
@@ -172,7 +172,7 @@ async fn fetch_row(
             Err(FetchError::Refused(format!("answered {} to FetchRow", response_name(&other))))
         }
         Ok(None) => Err(FetchError::Transport("stream closed without an answer".into())),
-        Err(super::io::FrameIoError::Codec(e)) => {
+        Err(cpc_common::quic::FrameIoError::Codec(e)) => {
             Err(FetchError::Refused(format!("undecodable answer: {e}")))
         }
         Err(e) => Err(t(&e)),

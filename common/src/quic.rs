@@ -1,7 +1,7 @@
-//! Frames over QUIC streams: the async glue between `cpc_common::codec`'s sans-IO decoder and quinn (the
-//! coordinator has the same few lines; `cpc-common` stays free of I/O).
+//! Frames over QUIC streams: the async glue between [`crate::codec`]'s sans-IO decoder and quinn, shared by
+//! the agent and the coordinator. Behind the `quic` feature, so the protocol itself stays free of I/O.
 
-use cpc_common::codec::{self, CodecError, FrameDecoder};
+use crate::codec::{self, CodecError, FrameDecoder};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Largest chunk read from a stream at once.
@@ -9,7 +9,7 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum FrameIoError {
+pub enum FrameIoError {
     /// The bytes are not a valid frame.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -25,7 +25,7 @@ pub(crate) enum FrameIoError {
 }
 
 /// Reads the next message; `Ok(None)` at a clean end of stream.
-pub(crate) async fn read_frame<T: DeserializeOwned>(
+pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     dec: &mut FrameDecoder,
 ) -> Result<Option<T>, FrameIoError> {
@@ -44,7 +44,7 @@ pub(crate) async fn read_frame<T: DeserializeOwned>(
 }
 
 /// Writes one message as a frame.
-pub(crate) async fn write_frame<T: Serialize>(
+pub async fn write_frame<T: Serialize>(
     send: &mut quinn::SendStream,
     msg: &T,
 ) -> Result<(), FrameIoError> {
