@@ -11,47 +11,20 @@ use cpc_kernels::{
     gpu::{GpuTelemetry, dcgm_labels, hostname},
 };
 use metrics::{Label, counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::AtomicBool},
 };
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 900.0,
-];
-
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Installs the Prometheus recorder as the process's global recorder (once) and answers its handle.
+/// Installs the process's Prometheus recorder (shared with a coordinator in the same process) with the
+/// agent's metric descriptions, and answers its handle.
 pub fn install_recorder() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            let builder =
-                builder.set_buckets(LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed: /metrics shows only its own data"
-                );
-            }
-            describe();
-            gauge!("cpcfarm_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => "agent")
-                .set(1.0);
-            handle
-        })
-        .clone()
+    cpc_common::metrics_endpoint::install_recorder("agent", describe)
 }
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!("cpcfarm_build_info", "Always 1; labels carry the version and role.");
     describe_gauge!("cpcfarm_agent_connected", "1 while the agent is admitted by its coordinator.");
     describe_gauge!("cpcfarm_agent_devices", "Devices this agent runs.");
     describe_counter!("cpcfarm_agent_reconnects_total", "Connection attempts after the first.");
@@ -211,29 +184,7 @@ pub(crate) fn row_cache_bytes(bytes: u64) {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` (200 while admitted) on `addr`; answers the bound address.
 pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
-    use axum::{Router, http::StatusCode, routing::get};
-    let handle = install_recorder();
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| std::future::ready("ok")))
-        .route(
-            "/readyz",
-            get(move || {
-                std::future::ready(if ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not connected")
-                })
-            }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
-        }
-    });
-    Ok(bound)
+    cpc_common::metrics_endpoint::serve(addr, install_recorder(), ready, "not connected").await
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! # Feature flags
 //! - `quic`: the `quic` module, async frame reading and writing over quinn streams (the agent and the coordinator
 //!   enable it; the protocol itself needs no I/O).
+//! - `metrics-endpoint`: the `metrics_endpoint` module, the Prometheus recorder and the `/metrics`,
+//!   `/healthz`, `/readyz` HTTP endpoint shared by the agent and the coordinator.
 //!
 //! Everything here is checked against `../shared/vectors` by the conformance tests in `tests/it`.
 
@@ -29,6 +31,8 @@ pub mod crypto;
 pub mod hashing;
 pub mod keystore;
 pub mod merkle;
+#[cfg(feature = "metrics-endpoint")]
+pub mod metrics_endpoint;
 pub mod pyjson;
 #[cfg(feature = "quic")]
 pub mod quic;

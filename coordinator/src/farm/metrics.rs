@@ -6,47 +6,25 @@
 
 use super::{DeviceId, FarmError};
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 /// Buckets of the latency histograms, in seconds.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 900.0,
-];
-
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Installs the Prometheus recorder as the process's global recorder (once) and answers its handle. When
-/// another recorder was installed first (two roles in one test process), the handle renders only what was
-/// recorded through it.
+/// Installs the process's Prometheus recorder (shared with an agent in the same process) with the
+/// coordinator's metric descriptions, and answers its handle.
 pub fn install_recorder() -> PrometheusHandle {
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new();
-            let builder = builder.set_buckets(LATENCY_BUCKETS).unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed: /metrics shows only its own data");
-            }
-            describe();
-            gauge!("cpcfarm_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => "coordinator").set(1.0);
-            handle
-        })
-        .clone()
+    cpc_common::metrics_endpoint::install_recorder("coordinator", describe)
 }
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!("cpcfarm_build_info", "Always 1; labels carry the version and role.");
     describe_gauge!("cpcfarm_agents_connected", "Agents connected to the coordinator.");
     describe_gauge!("cpcfarm_devices_connected", "Devices offered by connected agents.");
     describe_gauge!(
@@ -170,29 +148,7 @@ pub async fn serve(
     handle: PrometheusHandle,
     ready: Arc<AtomicBool>,
 ) -> Result<SocketAddr, FarmError> {
-    use axum::{Router, http::StatusCode, routing::get};
-    let listener = tokio::net::TcpListener::bind(addr)
+    cpc_common::metrics_endpoint::serve(addr, handle, ready, "not ready")
         .await
-        .map_err(|source| FarmError::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| FarmError::Bind { addr, source })?;
-    let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| std::future::ready("ok")))
-        .route(
-            "/readyz",
-            get(move || {
-                let ok = ready.load(Ordering::Relaxed);
-                std::future::ready(if ok {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                })
-            }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics endpoint stopped: {e}");
-        }
-    });
-    Ok(bound)
+        .map_err(|source| FarmError::Bind { addr, source })
 }
