@@ -336,18 +336,7 @@ impl FarmHandle {
         count: usize,
         timeout: Duration,
     ) -> Result<usize, JobError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let usable =
-                self.devices().await?.iter().filter(|d| !d.draining && !d.quarantined).count();
-            if usable >= count {
-                return Ok(usable);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(JobError::NoDevices(timeout));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.wait_until(count, timeout, |usable| usable.count()).await
     }
 
     /// Waits until at least `count` agents with a usable device are connected; answers how many are.
@@ -356,17 +345,25 @@ impl FarmHandle {
         count: usize,
         timeout: Duration,
     ) -> Result<usize, JobError> {
+        self.wait_until(count, timeout, |usable| {
+            usable.map(|d| d.agent_id).collect::<std::collections::BTreeSet<u64>>().len()
+        })
+        .await
+    }
+
+    /// Polls the usable (not draining, not quarantined) devices until `measure` of them reaches `count`.
+    async fn wait_until(
+        &self,
+        count: usize,
+        timeout: Duration,
+        measure: impl Fn(&mut dyn Iterator<Item = &DeviceStatus>) -> usize,
+    ) -> Result<usize, JobError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let agents: std::collections::BTreeSet<u64> = self
-                .devices()
-                .await?
-                .iter()
-                .filter(|d| !d.draining && !d.quarantined)
-                .map(|d| d.agent_id)
-                .collect();
-            if agents.len() >= count {
-                return Ok(agents.len());
+            let devices = self.devices().await?;
+            let found = measure(&mut devices.iter().filter(|d| !d.draining && !d.quarantined));
+            if found >= count {
+                return Ok(found);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(JobError::NoDevices(timeout));

@@ -13,7 +13,7 @@
 
 use super::{
     Identity, SharedJournal,
-    journal::{SubmissionState, TaskState},
+    journal::{Journal, JournalError, SubmissionState, TaskState},
 };
 use crate::{
     l1::{NodeError, NodePool},
@@ -154,6 +154,14 @@ impl Core {
         &self.identity.name
     }
 
+    /// Runs one short journal call.
+    fn journal<T>(
+        &self,
+        call: impl FnOnce(&Journal) -> Result<T, JournalError>,
+    ) -> Result<T, SubmitError> {
+        call(&*self.journal.lock().map_err(journal_err)?).map_err(journal_err)
+    }
+
     fn seen_at(&self, height: u64) -> Option<Seen> {
         self.seen.lock().ok().and_then(|s| s.get(&height).copied())
     }
@@ -166,12 +174,7 @@ impl Core {
     }
 
     async fn confirm_inclusions(&mut self, head: u64) -> Result<(), SubmitError> {
-        let open = self
-            .journal
-            .lock()
-            .map_err(journal_err)?
-            .open_submissions(self.name())
-            .map_err(journal_err)?;
+        let open = self.journal(|j| j.open_submissions(self.name()))?;
         if open.is_empty() {
             self.scanned_to = self.scanned_to.max(head);
             return Ok(());
@@ -187,11 +190,7 @@ impl Core {
             for tx in &block.txs {
                 let hash = tx.hash_hex();
                 if wanted.remove(&hash) {
-                    self.journal
-                        .lock()
-                        .map_err(journal_err)?
-                        .mark_included(&hash, h)
-                        .map_err(journal_err)?;
+                    self.journal(|j| j.mark_included(&hash, h))?;
                     metrics::counter!("cpcfarm_submissions_included_total", "identity" => self.name().to_owned())
                         .increment(1);
                     if let Some(seen) =
@@ -224,12 +223,7 @@ impl Core {
     }
 
     async fn reconcile_open(&mut self) -> Result<(), SubmitError> {
-        let open = self
-            .journal
-            .lock()
-            .map_err(journal_err)?
-            .open_submissions(self.name())
-            .map_err(journal_err)?;
+        let open = self.journal(|j| j.open_submissions(self.name()))?;
         if open.is_empty() {
             return Ok(());
         }
@@ -239,32 +233,20 @@ impl Core {
             let lost = |reason: &str, state| -> Result<(), SubmitError> {
                 metrics::counter!("cpcfarm_submissions_dropped_total", "identity" => self.name().to_owned()).increment(1);
                 tracing::warn!(identity = %self.name(), tx = %o.tx_hash, nonce = o.nonce, reason, "submission lost; its result will be re-signed");
-                self.journal
-                    .lock()
-                    .map_err(journal_err)?
-                    .mark_lost(&o.tx_hash, state, reason)
-                    .map_err(journal_err)
+                self.journal(|j| j.mark_lost(&o.tx_hash, state, reason))
             };
             if o.nonce < confirmed {
                 lost("its nonce was used by another transaction", SubmissionState::Dropped)?;
             } else if o.nonce < pending {
                 // Queued at the node.
                 if o.state == SubmissionState::Signed {
-                    self.journal
-                        .lock()
-                        .map_err(journal_err)?
-                        .mark_sent(&o.tx_hash)
-                        .map_err(journal_err)?;
+                    self.journal(|j| j.mark_sent(&o.tx_hash))?;
                 }
             } else if o.nonce == pending {
                 // The node does not hold it (restart, flush, or we crashed before sending): same bytes again.
                 match node.send_tx(&o.tx).await {
                     Ok(_) => {
-                        self.journal
-                            .lock()
-                            .map_err(journal_err)?
-                            .mark_sent(&o.tx_hash)
-                            .map_err(journal_err)?;
+                        self.journal(|j| j.mark_sent(&o.tx_hash))?;
                         pending += 1;
                         tracing::info!(identity = %self.name(), tx = %o.tx_hash, nonce = o.nonce, "re-sent a submission the node had lost");
                     }
@@ -281,22 +263,12 @@ impl Core {
     }
 
     async fn submit_computed(&mut self) -> Result<(), SubmitError> {
-        let computed = self
-            .journal
-            .lock()
-            .map_err(journal_err)?
-            .tasks_in_state(self.name(), TaskState::Computed)
-            .map_err(journal_err)?;
+        let computed = self.journal(|j| j.tasks_in_state(self.name(), TaskState::Computed))?;
         if computed.is_empty() {
             return Ok(());
         }
         let (_, mut nonce, have) = self.nonces().await?;
-        let open = self
-            .journal
-            .lock()
-            .map_err(journal_err)?
-            .open_submissions(self.name())
-            .map_err(journal_err)?;
+        let open = self.journal(|j| j.open_submissions(self.name()))?;
         if let Some(highest) = open.iter().map(|o| o.nonce).max() {
             nonce = nonce.max(highest + 1);
         }
@@ -325,18 +297,10 @@ impl Core {
             }
             metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())
                 .set(1.0);
-            self.journal
-                .lock()
-                .map_err(journal_err)?
-                .record_signed(self.name(), &task_id, record.task.height, &tx)
-                .map_err(journal_err)?;
+            self.journal(|j| j.record_signed(self.name(), &task_id, record.task.height, &tx))?;
             match node.send_tx(&tx).await {
                 Ok(_) => {
-                    self.journal
-                        .lock()
-                        .map_err(journal_err)?
-                        .mark_sent(&tx.hash_hex())
-                        .map_err(journal_err)?;
+                    self.journal(|j| j.mark_sent(&tx.hash_hex()))?;
                     metrics::counter!("cpcfarm_submissions_sent_total", "identity" => self.name().to_owned()).increment(1);
                     if let Some(seen) = self.seen_at(record.task.height) {
                         metrics::histogram!("cpcfarm_block_to_submit_seconds")
@@ -351,15 +315,14 @@ impl Core {
                 Err(NodeError::Rejected { reason, .. }) => {
                     metrics::counter!("cpcfarm_submissions_rejected_total", "identity" => self.name().to_owned())
                         .increment(1);
-                    let journal = self.journal.lock().map_err(journal_err)?;
-                    journal
-                        .mark_lost(&tx.hash_hex(), SubmissionState::Rejected, &reason)
-                        .map_err(journal_err)?;
+                    self.journal(|j| {
+                        j.mark_lost(&tx.hash_hex(), SubmissionState::Rejected, &reason)
+                    })?;
                     if reason.to_ascii_lowercase().contains("nonce") {
                         // Someone else used the identity's nonces: the next round starts from the node's view.
                         tracing::warn!(identity = %self.name(), %reason, "nonce out of step with the node; resyncing");
                     } else {
-                        journal.fail_task(self.name(), &task_id, &reason).map_err(journal_err)?;
+                        self.journal(|j| j.fail_task(self.name(), &task_id, &reason))?;
                         tracing::error!(identity = %self.name(), %task_id, %reason, "the node rejected a submission");
                     }
                     return Ok(());
