@@ -355,3 +355,18 @@ fn read_address(child: &mut Child, timeout: Duration) -> Result<SocketAddr, Harn
     })?;
     addr.parse().map_err(|e| HarnessError::NoAddress(format!("{addr}: {e}")))
 }
+
+/// A `cpc-coordinator` command (`$CPC_COORDINATOR_BIN`, or the binary next to the test executable), with
+/// the caller's `CPC_NODE`, `CPC_KEYSTORE` and `CPC_VALIDATORS` removed so a test only talks to what it
+/// started.
+///
+/// # Panics
+/// When the binary is missing: build it first (`cargo build --workspace --bins`, as `deploy/test.sh` does).
+pub fn coordinator_command() -> Command {
+    let bin = locate_workspace_binary("cpc-coordinator", "CPC_COORDINATOR_BIN").unwrap_or_else(|| {
+        panic!("cpc-coordinator binary not found: run `cargo build --workspace --bins` or set CPC_COORDINATOR_BIN")
+    });
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("CPC_NODE").env_remove("CPC_KEYSTORE").env_remove("CPC_VALIDATORS");
+    cmd
+}

@@ -5,23 +5,10 @@
 use cpc_common::SecretKey;
 use cpc_tests::{
     devnet::chain::FAUCET_PRIVATE_KEY,
-    harness::{DevnetOptions, DevnetProcess, locate_workspace_binary},
+    harness::{DevnetOptions, DevnetProcess, coordinator_command},
 };
 use serde_json::Value;
-use std::{
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
-
-/// The coordinator binary (built by `cargo test --workspace`, or named by `$CPC_COORDINATOR_BIN`).
-fn coordinator() -> Command {
-    let bin = locate_workspace_binary("cpc-coordinator", "CPC_COORDINATOR_BIN")
-        .expect("cpc-coordinator binary not found: run `cargo build -p cpc-coordinator` or set CPC_COORDINATOR_BIN");
-    let mut cmd = Command::new(bin);
-    cmd.env_remove("CPC_NODE").env_remove("CPC_KEYSTORE");
-    cmd
-}
+use std::{path::Path, process::Output, time::Duration};
 
 struct Operator<'a> {
     node: String,
@@ -30,7 +17,7 @@ struct Operator<'a> {
 
 impl Operator<'_> {
     fn run(&self, args: &[&str]) -> Output {
-        coordinator()
+        coordinator_command()
             .args(["--node", &self.node, "--keystore"])
             .arg(self.keystore)
             .args(args)

@@ -8,7 +8,7 @@ use cpc_common::{Block, ComputeResult, TxType, synthetic::BlockTask};
 use cpc_coordinator::{farm::Identity, mining::journal::Journal};
 use cpc_tests::{
     devnet::chain::FAUCET_PRIVATE_KEY,
-    harness::{DevnetOptions, DevnetProcess, locate_workspace_binary},
+    harness::{DevnetOptions, DevnetProcess, coordinator_command, locate_workspace_binary},
 };
 use serde_json::Value;
 use std::{
@@ -19,14 +19,6 @@ use std::{
 };
 
 const MATRIX_SIZE: u32 = 64;
-
-fn coordinator() -> Command {
-    let bin = locate_workspace_binary("cpc-coordinator", "CPC_COORDINATOR_BIN")
-        .expect("cpc-coordinator binary not found: run `cargo build -p cpc-coordinator` or set CPC_COORDINATOR_BIN");
-    let mut cmd = Command::new(bin);
-    cmd.env_remove("CPC_NODE").env_remove("CPC_KEYSTORE");
-    cmd
-}
 
 /// A devnet, a keystore with the faucet and two workers, and a data dir.
 struct Farm {
@@ -68,7 +60,7 @@ impl Farm {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        let out = coordinator()
+        let out = coordinator_command()
             .args(["--node", &self.devnet.url(), "--keystore"])
             .arg(self.keystore())
             .args(args)
@@ -128,7 +120,7 @@ impl Farm {
 
     fn miner_with(&self, compute: &[&str], extra: &[&str], log: &str) -> Child {
         let log = std::fs::File::create(self.dir.path().join(log)).expect("log file");
-        coordinator()
+        coordinator_command()
             .args(["--node", &self.devnet.url(), "--keystore"])
             .arg(self.keystore())
             .args(["run", "--identity", "w1,w2", "--data-dir"])

@@ -10,14 +10,14 @@ use cpc_common::{PublicKey, TxType, keystore::Keystore};
 use cpc_coordinator::mining::journal::{Journal, ValidatorJobState};
 use cpc_tests::{
     devnet::chain::FAUCET_PRIVATE_KEY,
-    harness::{DevnetOptions, DevnetProcess, locate_workspace_binary},
+    harness::{DevnetOptions, DevnetProcess, coordinator_command},
     validator::{TestJob, TestValidator, quantile},
 };
 use serde_json::Value;
 use std::{
     collections::BTreeSet,
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -25,15 +25,6 @@ use std::{
 const MATRIX_SIZE: u32 = 64;
 /// How long any single wait may take.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn coordinator() -> anyhow::Result<Command> {
-    let bin = locate_workspace_binary("cpc-coordinator", "CPC_COORDINATOR_BIN").context(
-        "cpc-coordinator binary not found: run `cargo build --bins` or set CPC_COORDINATOR_BIN",
-    )?;
-    let mut cmd = Command::new(bin);
-    cmd.env_remove("CPC_NODE").env_remove("CPC_KEYSTORE").env_remove("CPC_VALIDATORS");
-    Ok(cmd)
-}
 
 /// A miner process, killed when dropped (a failing test leaves nothing behind).
 struct Miner(Child);
@@ -79,7 +70,7 @@ impl Farm {
     }
 
     fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let out = coordinator()?
+        let out = coordinator_command()
             .args(["--node", &self.devnet.url(), "--keystore"])
             .arg(self.keystore())
             .args(args)
@@ -91,7 +82,7 @@ impl Farm {
     /// `cpc-coordinator run` for `w1`, computing locally, taking jobs from `validators`.
     fn miner(&self, validators: &[String], extra: &[&str], log: &str) -> anyhow::Result<Miner> {
         let log = std::fs::File::create(self.dir.path().join(log))?;
-        let mut cmd = coordinator()?;
+        let mut cmd = coordinator_command();
         cmd.args(["--node", &self.devnet.url(), "--keystore"])
             .arg(self.keystore())
             .args(["run", "--identity", "w1", "--compute", "local", "--data-dir"])
