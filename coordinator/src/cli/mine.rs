@@ -7,7 +7,7 @@
 use super::{GlobalArgs, output::print_json};
 use anyhow::Context as _;
 use clap::Args;
-use cpc_common::synthetic::DEFAULT_MATRIX_SIZE;
+use cpc_common::{keystore::Keystore, synthetic::DEFAULT_MATRIX_SIZE};
 use cpc_coordinator::{
     farm::{self, FarmConfig},
     mining::{
@@ -105,6 +105,7 @@ struct ValidatorArgs {
 /// Resolved settings (flags > env > file > defaults).
 struct Resolved {
     settings: MinerSettings,
+    keystore: Keystore,
     identities: Vec<String>,
     data_dir: PathBuf,
     compute: String,
@@ -190,7 +191,13 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         .max_validator_matrix_size
         .or(file.max_validator_matrix_size)
         .unwrap_or(DEFAULT_MAX_MATRIX_SIZE);
+    // --keystore / CPC_KEYSTORE, then the file's `keystore`, then cpc-cli's default.
+    let keystore = match (&g.keystore, &file.keystore) {
+        (None, Some(dir)) => Keystore::new(dir),
+        _ => g.keystore(),
+    };
     Ok(Resolved {
+        keystore,
         settings: MinerSettings {
             nodes,
             matrix_size: args.matrix_size.or(file.matrix_size).unwrap_or(DEFAULT_MATRIX_SIZE),
@@ -212,15 +219,8 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
 
 pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(g, &args)?;
-    let keystore = match &args.config {
-        Some(path) if g.keystore.is_none() => ConfigFile::load(path)?
-            .keystore
-            .map(cpc_common::keystore::Keystore::new)
-            .unwrap_or_else(|| g.keystore()),
-        _ => g.keystore(),
-    };
     let load = |name: &String| -> anyhow::Result<Identity> {
-        let k = keystore.load(name)?;
+        let k = r.keystore.load(name)?;
         Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
     };
     let identities = r.identities.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
