@@ -26,10 +26,9 @@ fn crypto(c: &mut Criterion) {
         "result_hash": "96edc64584cfd9e472f4df8add9b2a8415b030df930dfa2f9b4c4597affe8301",
         "proof": "", "nonce": 7, "signature": "",
     });
-    let mut tx =
-        Transaction::new_unsigned(TxType::SubmitResult, &key, None, 0, 0, MIN_GAS_PRICE, payload)
+    let tx =
+        Transaction::new_signed(TxType::SubmitResult, &key, None, 0, 0, MIN_GAS_PRICE, payload)
             .expect("tx");
-    tx.sign(&key).expect("sign");
     let mut g = c.benchmark_group("transaction");
     g.throughput(Throughput::Elements(1));
     g.bench_function("hash", |b| b.iter(|| black_box(&tx).hash()));

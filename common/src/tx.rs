@@ -178,8 +178,8 @@ fn empty_object() -> Value {
 }
 
 impl Transaction {
-    /// An unsigned transaction from `key`, with `fee = base_gas × gas_price` and `gas_limit = base_gas`.
-    pub fn new_unsigned(
+    /// A transaction from `key`, signed, with `fee = base_gas × gas_price` and `gas_limit = base_gas`.
+    pub fn new_signed(
         tx_type: TxType,
         key: &SecretKey,
         to_address: Option<String>,
@@ -190,7 +190,7 @@ impl Transaction {
     ) -> Result<Self, TxError> {
         let base =
             tx_type.base_gas().ok_or_else(|| TxError::UnsupportedType(tx_type.to_string()))?;
-        Ok(Self {
+        let mut tx = Self {
             tx_type,
             from_address: key.address().to_string(),
             to_address,
@@ -202,7 +202,9 @@ impl Transaction {
             payload,
             gas_price,
             gas_limit: base,
-        })
+        };
+        tx.sign(key)?;
+        Ok(tx)
     }
 
     /// The exact UTF-8 string the node hashes.

@@ -156,7 +156,7 @@ pub fn sign_checked(
             });
         }
     }
-    let mut tx = Transaction::new_unsigned(
+    let tx = Transaction::new_signed(
         outgoing.tx_type.clone(),
         key,
         outgoing.to_address.clone(),
@@ -165,7 +165,6 @@ pub fn sign_checked(
         outgoing.gas_price,
         outgoing.payload.clone(),
     )?;
-    tx.sign(key)?;
     tx.check_stateless()?;
     Ok(tx)
 }

@@ -106,7 +106,7 @@ fn faucet() -> SecretKey {
 }
 
 fn transfer(from: &SecretKey, to: &str, amount: u128, nonce: u64) -> Transaction {
-    let mut tx = Transaction::new_unsigned(
+    Transaction::new_signed(
         TxType::Transfer,
         from,
         Some(to.to_owned()),
@@ -115,17 +115,12 @@ fn transfer(from: &SecretKey, to: &str, amount: u128, nonce: u64) -> Transaction
         1000,
         json!({}),
     )
-    .expect("tx");
-    tx.sign(from).expect("sign");
-    tx
+    .expect("tx")
 }
 
 fn submit_result(worker: &SecretKey, nonce: u64, payload: Value) -> Transaction {
-    let mut tx =
-        Transaction::new_unsigned(TxType::SubmitResult, worker, None, 0, nonce, 1000, payload)
-            .expect("tx");
-    tx.sign(worker).expect("sign");
-    tx
+    Transaction::new_signed(TxType::SubmitResult, worker, None, 0, nonce, 1000, payload)
+        .expect("tx")
 }
 
 fn result_payload(worker: &SecretKey, task: &str, height: u64) -> Value {

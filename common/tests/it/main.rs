@@ -213,7 +213,7 @@ fn a_signed_submit_result_is_admitted_statelessly() {
         signature: String::new(),
     };
     result.sign(&key).expect("payload signature");
-    let mut tx = Transaction::new_unsigned(
+    let tx = Transaction::new_signed(
         cpc_common::TxType::SubmitResult,
         &key,
         None,
@@ -223,7 +223,6 @@ fn a_signed_submit_result_is_admitted_statelessly() {
         result.to_payload(),
     )
     .expect("tx");
-    tx.sign(&key).expect("sign");
     tx.check_stateless().expect("admitted");
     let back = ComputeResult::from_payload(&tx.payload).expect("payload");
     assert!(back.verify_signature(&PublicKey::from_hex(&tx.pub_key).expect("pk")));

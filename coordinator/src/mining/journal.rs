@@ -742,7 +742,7 @@ mod tests {
             signature: String::new(),
         };
         r.sign(key).expect("sign");
-        let mut tx = Transaction::new_unsigned(
+        Transaction::new_signed(
             TxType::SubmitResult,
             key,
             None,
@@ -751,9 +751,7 @@ mod tests {
             MIN_GAS_PRICE,
             r.to_payload(),
         )
-        .expect("tx");
-        tx.sign(key).expect("sign");
-        tx
+        .expect("tx")
     }
 
     #[test]

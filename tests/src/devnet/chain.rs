@@ -681,7 +681,7 @@ mod tests {
     }
 
     fn transfer(from: &SecretKey, to: &str, amount: u128, nonce: u64) -> Transaction {
-        let mut tx = Transaction::new_unsigned(
+        Transaction::new_signed(
             TxType::Transfer,
             from,
             Some(to.to_owned()),
@@ -690,17 +690,12 @@ mod tests {
             1000,
             json!({}),
         )
-        .expect("tx");
-        tx.sign(from).expect("sign");
-        tx
+        .expect("tx")
     }
 
     fn submit_result(from: &SecretKey, nonce: u64, payload: serde_json::Value) -> Transaction {
-        let mut tx =
-            Transaction::new_unsigned(TxType::SubmitResult, from, None, 0, nonce, 1000, payload)
-                .expect("tx");
-        tx.sign(from).expect("sign");
-        tx
+        Transaction::new_signed(TxType::SubmitResult, from, None, 0, nonce, 1000, payload)
+            .expect("tx")
     }
 
     fn reason(chain: &mut Chain, tx: Transaction) -> String {
