@@ -59,12 +59,7 @@ pub(crate) struct JobArgs {
 }
 
 fn start(args: &FarmArgs) -> anyhow::Result<FarmHandle> {
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cpc-farm"))
-            .context("no --data-dir and no HOME: pass --data-dir")?,
-    };
+    let dir = super::data_dir_or_default(args.data_dir.clone())?;
     let identity = Identity::load_or_create(&dir)?;
     let mut config = FarmConfig::new(args.listen, identity);
     config.metrics_listen = args.metrics;

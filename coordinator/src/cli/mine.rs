@@ -144,12 +144,7 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
             "no worker identity: pass --identity NAME (a key in the keystore) or list `identities` in --config"
         );
     }
-    let data_dir = match args.data_dir.clone().or(file.data_dir.clone()) {
-        Some(d) => d,
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cpc-farm"))
-            .context("no --data-dir and no HOME: pass --data-dir")?,
-    };
+    let data_dir = super::data_dir_or_default(args.data_dir.clone().or(file.data_dir.clone()))?;
     let listen = match (args.listen, &file.listen) {
         (Some(l), _) => l,
         (None, Some(l)) => l.parse().with_context(|| format!("invalid `listen` in config: {l}"))?,

@@ -86,6 +86,16 @@ pub(crate) enum Command {
     Job(farm::JobArgs),
 }
 
+/// The data directory when none is given: `~/.cpc-farm` (journal, certificate, join token).
+pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cpc-farm"))
+            .ok_or_else(|| anyhow::anyhow!("no --data-dir and no HOME: pass --data-dir")),
+    }
+}
+
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
