@@ -34,6 +34,42 @@ const CUBLAS_OP_N: i32 = 0;
 /// `CUBLAS_OP_T` of `cublasOperation_t` (cublas_api.h).
 const CUBLAS_OP_T: i32 = 1;
 
+/// The cuBLASLt problem for `C[0..rows] = A[0..rows] · B` on our row-major buffers (see the module docs):
+/// `D (m × n) = op(X) · op(Y)`, column-major, with X = our Bᵗ buffer and Y = our A buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LtShape {
+    m: u64,
+    n: u64,
+    k: u64,
+    /// `TRANSA`: X is stored `k × m` and used transposed.
+    trans_x: bool,
+    /// `TRANSB`: Y is stored `k × n` and used as is.
+    trans_y: bool,
+    /// X's layout: `(rows, cols, ld)` as stored.
+    x: (u64, u64, i64),
+    /// Y's layout: `(rows, cols, ld)` as stored.
+    y: (u64, u64, i64),
+    /// D's (and C's) layout: `(rows, cols, ld)`.
+    d: (u64, u64, i64),
+}
+
+impl LtShape {
+    /// The "TN" problem for `rows` rows of A (`rows × ldk`), Bᵗ (`npad × ldk`) and C (`rows × npad`).
+    fn tn(npad: u32, rows: u32, ldk: u32) -> Self {
+        let (m, n, k) = (u64::from(npad), u64::from(rows), u64::from(ldk));
+        Self {
+            m,
+            n,
+            k,
+            trans_x: true,
+            trans_y: false,
+            x: (k, m, i64::from(ldk)),
+            y: (k, n, i64::from(ldk)),
+            d: (m, n, i64::from(npad)),
+        }
+    }
+}
+
 /// One shape's descriptors and chosen algorithm, kept for the next shard of the same shape.
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
@@ -120,7 +156,7 @@ impl LtGemm {
             Entry::Occupied(_) => return Ok(()),
             Entry::Vacant(v) => v,
         };
-        let (m, n, k) = (u64::from(npad), u64::from(rows), u64::from(ldk));
+        let shape = LtShape::tn(npad, rows, ldk);
         let desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32I,
             sys::cudaDataType_t::CUDA_R_32I,
@@ -137,7 +173,8 @@ impl LtGemm {
         };
         // `cublasOperation_t` (not re-exported by cudarc's cublaslt bindings): CUBLAS_OP_N = 0, CUBLAS_OP_T = 1,
         // a 32-bit C enum; cudarc's own safe matmul passes it the same way.
-        let (trans_x, trans_y) = (CUBLAS_OP_T, CUBLAS_OP_N);
+        let op = |trans: bool| if trans { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let (trans_x, trans_y) = (op(shape.trans_x), op(shape.trans_y));
         let (tx, ty) = (attr(&trans_x), attr(&trans_y));
         // SAFETY: `plan.desc` is a live descriptor; the buffers point at local `i32`s, the size of the attribute's
         // type (`cublasOperation_t`, a 32-bit enum), with their exact sizes.
@@ -155,11 +192,10 @@ impl LtGemm {
                 ty.1,
             )?;
         }
-        let ld = i64::from(ldk);
-        plan.x_layout = lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_8I, k, m, ld)?;
-        plan.y_layout = lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_8I, k, n, ld)?;
-        plan.d_layout =
-            lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_32I, m, n, i64::from(npad))?;
+        let ((xr, xc, xld), (yr, yc, yld), (dr, dc, dld)) = (shape.x, shape.y, shape.d);
+        plan.x_layout = lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_8I, xr, xc, xld)?;
+        plan.y_layout = lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_8I, yr, yc, yld)?;
+        plan.d_layout = lt::create_matrix_layout(sys::cudaDataType_t::CUDA_R_32I, dr, dc, dld)?;
         let pref = lt::create_matmul_pref()?;
         let workspace = self.workspace.len();
         let w = attr(&workspace);
@@ -238,6 +274,60 @@ impl LtGemm {
                 workspace_len,
                 stream.cu_stream() as sys::cudaStream_t,
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LtShape;
+
+    /// cuBLASLt's definition of `D = op(X) · op(Y)` (cuBLAS docs: column-major, element `(r, c)` of a stored
+    /// matrix at `r + c · ld`; `op(M)` is `Mᵀ` when transposed), for the int8 → int32 case, checked against
+    /// what the shape says X, Y and D are.
+    fn lt_product(s: &LtShape, x: &[i8], y: &[i8]) -> Vec<i32> {
+        let at = |layout: (u64, u64, i64), r: u64, c: u64| {
+            assert!(r < layout.0 && c < layout.1, "({r}, {c}) outside a {layout:?} matrix");
+            (r + c * layout.2 as u64) as usize
+        };
+        let op_x = |i: u64, p: u64| if s.trans_x { x[at(s.x, p, i)] } else { x[at(s.x, i, p)] };
+        let op_y = |p: u64, j: u64| if s.trans_y { y[at(s.y, j, p)] } else { y[at(s.y, p, j)] };
+        let mut d = vec![i32::MIN; (s.d.2 as u64 * s.d.1) as usize];
+        for j in 0..s.n {
+            for i in 0..s.m {
+                d[at(s.d, i, j)] =
+                    (0..s.k).map(|p| i32::from(op_x(i, p)) * i32::from(op_y(p, j))).sum();
+            }
+        }
+        d
+    }
+
+    /// The shape handed to cuBLASLt computes exactly row-major `C[i][j] = Σₖ A[i][k] · Bᵗ[j][k]` on our
+    /// buffers, with the alignment IMMA needs (dimensions and leading dimensions multiples of 4).
+    #[test]
+    fn the_tn_problem_is_our_row_major_product() {
+        let (npad, rows, ldk) = (128u32, 64u32, 192u32);
+        let s = LtShape::tn(npad, rows, ldk);
+        for v in [s.m, s.k, s.x.2 as u64, s.y.2 as u64, s.d.2 as u64] {
+            assert_eq!(v % 4, 0, "{s:?}");
+        }
+        let fill = |len: usize, seed: u32| -> Vec<i8> {
+            (0..len as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 24) as i8)
+                .collect()
+        };
+        let a = fill(rows as usize * ldk as usize, 7); // row-major rows × ldk
+        let bt = fill(npad as usize * ldk as usize, 11); // row-major npad × ldk (B transposed)
+        let d = lt_product(&s, &bt, &a);
+        for i in 0..rows as usize {
+            for j in 0..npad as usize {
+                let want: i32 = (0..ldk as usize)
+                    .map(|k| {
+                        i32::from(a[i * ldk as usize + k]) * i32::from(bt[j * ldk as usize + k])
+                    })
+                    .sum();
+                assert_eq!(d[i * npad as usize + j], want, "C[{i}][{j}]");
+            }
         }
     }
 }

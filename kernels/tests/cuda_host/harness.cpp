@@ -1,13 +1,31 @@
-// Host check of kernels/src/cuda/kernels.cu without a GPU: the CUDA C compiled as C++ with shims for the
-// intrinsics, run thread by thread, leaves compared with shared/spec/synthetic_ref.py by check.py.
-// Covers gen_a, gen_bt (the transposed B layout), the dp4a arithmetic and sha256_rows (not the shared-memory
-// tiling of gemm_i8_dp4a). Run: python3 kernels/tests/cuda_host/check.py (needs g++ and numpy).
+// Host twin of kernels/src/cuda/kernels.cu: the CUDA C compiled as plain C++ with the intrinsics shimmed,
+// every kernel launched over its real grid, so the kernels' logic (Philox layout of A and of the transposed
+// B, zero padding, the shared-memory tiling of gemm_i8_dp4a, SHA-256 tails, row chunking) is checked
+// without a GPU. Driven by kernels/tests/it/cuda_host.rs, which compares the leaves with the CPU backend.
+//
+// Blocks run one after another. Kernels without __syncthreads run thread by thread on the calling thread;
+// gemm_i8_dp4a runs each block as blockDim real threads meeting at a std::barrier, with its __shared__
+// arrays as statics (one block at a time), which is what CUDA guarantees a block.
+//
+// Usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID GEMM HASH_CHUNK
+//   GEMM: naive (C = A · Btᵀ on the padded buffers: what cuBLASLt computes, see the unit test in
+//   kernels/src/cuda/gemm.rs) | dp4a (the gemm_i8_dp4a kernel).
+//   HASH_CHUNK: rows per sha256_rows launch (the backend hashes per GEMM chunk, starting at row_begin).
+// Prints one hex leaf per row ROW0..ROW1.
+#include <barrier>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
 #include <vector>
-struct uint4 {unsigned x,y,z,w;}; struct int4 {int x,y,z,w;};
-static inline uint4 make_uint4(unsigned a,unsigned b,unsigned c,unsigned d){return {a,b,c,d};}
+
+struct uint4 { unsigned x, y, z, w; };
+struct int4 { int x, y, z, w; };
+static_assert(sizeof(uint4) == 16 && sizeof(int4) == 16, "vector types are 16 bytes, as in CUDA");
+static inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+
 #define __device__
 #define __forceinline__ inline
 #define __global__
@@ -15,30 +33,110 @@ static inline uint4 make_uint4(unsigned a,unsigned b,unsigned c,unsigned d){retu
 #define __launch_bounds__(x)
 #define __restrict__
 #define __shared__ static
-static void __syncthreads(){}
-static int __dp4a(int a,int b,int c){for(int i=0;i<4;i++) c += (int)(signed char)(a>>(8*i)) * (int)(signed char)(b>>(8*i)); return c;}
-static unsigned __umulhi(unsigned a, unsigned b){return (unsigned)(((uint64_t)a*b)>>32);}
-static unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned s){ s&=31; uint64_t v=((uint64_t)hi<<32)|lo; return (unsigned)(v>>s);}
-static unsigned __byte_perm(unsigned x, unsigned y, unsigned s){ uint64_t v=((uint64_t)y<<32)|x; unsigned r=0; for(int i=0;i<4;i++){unsigned sel=(s>>(4*i))&7; r|=(unsigned)((v>>(8*sel))&0xff)<<(8*i);} return r;}
-template<class T> static T __ldg(const T* p){return *p;}
-struct D3{unsigned x,y,z;}; static D3 threadIdx, blockIdx, blockDim;
+
+struct dim3_ { unsigned x, y, z; };
+static thread_local dim3_ threadIdx;
+static dim3_ blockIdx, blockDim;
+static std::barrier<>* block_barrier = nullptr;
+static void __syncthreads() {
+    if (block_barrier == nullptr) { std::fprintf(stderr, "__syncthreads outside a cooperative launch\n"); std::abort(); }
+    block_barrier->arrive_and_wait();
+}
+static int __dp4a(int a, int b, int c) {
+    for (int i = 0; i < 4; i++) c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+    return c;
+}
+static unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+static unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned s) {
+    uint64_t v = ((uint64_t)hi << 32) | lo;
+    return (unsigned)(v >> (s & 31));
+}
+static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    uint64_t v = ((uint64_t)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+template <class T> static T __ldg(const T* p) { return *p; }
+
 #include "../../src/cuda/kernels.cu"
-static void launch1d(uint64_t threads, unsigned block, auto f){ blockDim={block,1,1}; uint64_t blocks=(threads+block-1)/block; for(uint64_t b=0;b<blocks;b++){blockIdx={(unsigned)b,0,0}; for(unsigned t=0;t<block;t++){threadIdx={t,0,0}; f();}}}
-int main(int argc,char**argv){
-  unsigned n=atoi(argv[1]), r0=atoi(argv[2]), r1=atoi(argv[3]); unsigned k0=strtoul(argv[4],0,10),k1=strtoul(argv[5],0,10),st=strtoul(argv[6],0,10); unsigned aid=atoi(argv[7]), bid=atoi(argv[8]); int use_dp4a=atoi(argv[9]);
-  auto pad=[](unsigned x){return (x+63)/64*64;}; unsigned rows=r1-r0, rp=pad(rows), np=pad(n), ldk=pad(n);
-  std::vector<signed char> a((size_t)rp*ldk,7), bt((size_t)np*ldk,7); std::vector<int> c((size_t)rp*np,0); std::vector<unsigned char> leaves(rp*32);
-  launch1d((uint64_t)(ldk/4)*(np/16),256,[&]{gen_bt(bt.data(),n,np,ldk,bid,k0,k1,st);});
-  launch1d((uint64_t)rp*(ldk/16),256,[&]{gen_a(a.data(),rows,rp,r0,n,ldk,aid,k0,k1,st);});
-  if(use_dp4a){ blockDim={256,1,1}; for(unsigned by=0;by<rp/64;by++)for(unsigned bx=0;bx<np/64;bx++){blockIdx={bx,by,0};
-      // the shared-memory kernel cannot run thread by thread; emulate by running the load phase for all threads then compute: do it via per-thread full recompute instead
-      for(unsigned t=0;t<256;t++){ threadIdx={t,0,0}; }
+
+// A 1-D grid, thread by thread (kernels without __syncthreads).
+template <class F> static void launch_1d(uint64_t threads, unsigned block, F kernel) {
+    blockDim = {block, 1, 1};
+    for (uint64_t b = 0; b < (threads + block - 1) / block; b++) {
+        blockIdx = {(unsigned)b, 0, 0};
+        for (unsigned t = 0; t < block; t++) { threadIdx = {t, 0, 0}; kernel(); }
     }
-    // naive dp4a equivalent over words, same layout as the kernel
-    for(unsigned i=0;i<rp;i++)for(unsigned j=0;j<np;j++){int acc=0; for(unsigned w=0;w<ldk/4;w++) acc=__dp4a(((int*)a.data())[(size_t)i*(ldk/4)+w],((int*)bt.data())[(size_t)j*(ldk/4)+w],acc); c[(size_t)i*np+j]=acc;}
-  } else {
-    for(unsigned i=0;i<rp;i++)for(unsigned j=0;j<np;j++){int acc=0; for(unsigned k=0;k<ldk;k++) acc+=a[(size_t)i*ldk+k]*bt[(size_t)j*ldk+k]; c[(size_t)i*np+j]=acc;}
-  }
-  launch1d(rows,32,[&]{sha256_rows(c.data(),leaves.data(),0,rows,n,np);});
-  for(unsigned i=0;i<rows;i++){for(int b=0;b<32;b++)printf("%02x",leaves[i*32+b]); printf("\n");}
+}
+
+// A 2-D grid of cooperative blocks: each block is `block` threads meeting at __syncthreads.
+template <class F> static void launch_blocks(unsigned gx, unsigned gy, unsigned block, F kernel) {
+    blockDim = {block, 1, 1};
+    for (unsigned by = 0; by < gy; by++) {
+        for (unsigned bx = 0; bx < gx; bx++) {
+            blockIdx = {bx, by, 0};
+            std::barrier<> barrier((std::ptrdiff_t)block);
+            block_barrier = &barrier;
+            std::vector<std::thread> threads;
+            threads.reserve(block);
+            for (unsigned t = 0; t < block; t++) threads.emplace_back([t, &kernel] { threadIdx = {t, 0, 0}; kernel(); });
+            for (auto& th : threads) th.join();
+            block_barrier = nullptr;
+        }
+    }
+}
+
+int main(int argc, char** argv) {
+    if (argc != 11) {
+        std::fprintf(stderr, "usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID naive|dp4a HASH_CHUNK\n");
+        return 2;
+    }
+    unsigned n = std::strtoul(argv[1], 0, 10), r0 = std::strtoul(argv[2], 0, 10), r1 = std::strtoul(argv[3], 0, 10);
+    unsigned k0 = std::strtoul(argv[4], 0, 10), k1 = std::strtoul(argv[5], 0, 10), st = std::strtoul(argv[6], 0, 10);
+    unsigned a_id = std::strtoul(argv[7], 0, 10), b_id = std::strtoul(argv[8], 0, 10);
+    std::string gemm = argv[9];
+    unsigned hash_chunk = std::strtoul(argv[10], 0, 10);
+    if (n == 0 || r1 <= r0 || r1 > n || hash_chunk == 0) { std::fprintf(stderr, "bad arguments\n"); return 2; }
+
+    // Dims::new in kernels/src/cuda/mod.rs: every dimension padded to 64.
+    auto pad = [](unsigned x) { return (x + 63) / 64 * 64; };
+    unsigned rows = r1 - r0, rows_pad = pad(rows), npad = pad(n), ldk = pad(n);
+    // Poisoned, not zeroed: the kernels must write every byte of the padding themselves.
+    std::vector<signed char> a((size_t)rows_pad * ldk, 0x5a), bt((size_t)npad * ldk, 0x5a);
+    std::vector<int> c((size_t)rows_pad * npad, 0x5a5a5a5a);
+    std::vector<unsigned char> leaves((size_t)rows_pad * 32, 0);
+
+    // Generation, with Slot::run's grids and block size.
+    launch_1d((uint64_t)(ldk / 4) * (npad / 16), 256, [&] { gen_bt(bt.data(), n, npad, ldk, b_id, k0, k1, st); });
+    launch_1d((uint64_t)rows_pad * (ldk / 16), 256, [&] { gen_a(a.data(), rows, rows_pad, r0, n, ldk, a_id, k0, k1, st); });
+
+    if (gemm == "naive") {
+        for (unsigned i = 0; i < rows_pad; i++)
+            for (unsigned j = 0; j < npad; j++) {
+                int acc = 0;
+                for (unsigned p = 0; p < ldk; p++) acc += a[(size_t)i * ldk + p] * bt[(size_t)j * ldk + p];
+                c[(size_t)i * npad + j] = acc;
+            }
+    } else if (gemm == "dp4a") {
+        // Slot::run's launch: grid (npad / 64, rows_pad / 64), 256 threads, words of 4 bytes.
+        unsigned ldk_words = ldk / 4, ldc = npad;
+        const int* aw = reinterpret_cast<const int*>(a.data());
+        const int* bw = reinterpret_cast<const int*>(bt.data());
+        launch_blocks(npad / 64, rows_pad / 64, 256, [&] { gemm_i8_dp4a(aw, bw, c.data(), ldk_words, ldc); });
+    } else {
+        std::fprintf(stderr, "unknown GEMM %s\n", gemm.c_str());
+        return 2;
+    }
+
+    // Hashing per chunk of rows, as Slot::run launches it (32 threads per block, rows begin..end).
+    for (unsigned begin = 0; begin < rows; begin += hash_chunk) {
+        unsigned end = begin + hash_chunk < rows ? begin + hash_chunk : rows;
+        launch_1d(end - begin, 32, [&] { sha256_rows(c.data(), leaves.data(), begin, end, n, npad); });
+    }
+    for (unsigned i = 0; i < rows; i++) {
+        for (int b = 0; b < 32; b++) std::printf("%02x", leaves[(size_t)i * 32 + b]);
+        std::printf("\n");
+    }
+    return 0;
 }

@@ -1,0 +1,151 @@
+//! The CUDA kernels' CPU twin check, without a GPU: `kernels/src/cuda/kernels.cu` compiled as C++ by the
+//! host compiler (`kernels/tests/cuda_host/harness.cpp` shims the intrinsics and runs every kernel over its
+//! real grid, `__syncthreads` included), its leaves compared with the CPU backend's for odd sizes, offset
+//! row ranges, later iterations and chunked hashing, with the dp4a kernel and with the plain product that
+//! cuBLASLt is asked for (that the cuBLASLt call computes it is the unit test in `kernels/src/cuda/gemm.rs`).
+//! What it cannot show (the real cuBLASLt, streams, the driver) is left to the GPU parity tests in
+//! `cuda.rs`, run by `deploy/gpu-check.sh`.
+//!
+//! Needs a C++20 compiler (`$CXX`, else `c++`). Without one it skips loudly; under `CI=true` it fails.
+
+use cpc_common::synthetic::{Challenge, matrix_ids};
+use cpc_kernels::{Backend, CpuBackend, Shard};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+/// The harness binary, built once per test process (`None`: no C++ compiler here, outside CI).
+fn harness() -> Option<&'static Path> {
+    static HARNESS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    HARNESS
+        .get_or_init(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_host/harness.cpp");
+            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda_host");
+            std::fs::create_dir_all(&out_dir).expect("creating the harness folder");
+            let exe = out_dir.join(format!("harness-{}", std::process::id()));
+            let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+            let built = Command::new(&cxx)
+                .args(["-std=c++20", "-O2", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wextra"])
+                .args(["-Wno-unused-parameter", "-Wno-unused-function", "-o"])
+                .arg(&exe)
+                .arg(&source)
+                .output();
+            match built {
+                Ok(out) if out.status.success() => Some(exe),
+                Ok(out) => panic!(
+                    "{cxx} could not build {}:\n{}",
+                    source.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => {
+                    assert!(
+                        std::env::var("CI").as_deref() != Ok("true"),
+                        "CI=true but no C++ compiler ({cxx}: {e}): install g++ for the CUDA kernels' host check"
+                    );
+                    eprintln!(
+                        "\n*** SKIPPED the CUDA kernels' host check: no C++ compiler ({cxx}: {e}). \
+                         Install g++ (or set CXX) to run it. ***\n"
+                    );
+                    None
+                }
+            }
+        })
+        .as_deref()
+}
+
+/// Which GEMM the harness runs between generation and hashing.
+#[derive(Debug, Clone, Copy)]
+enum Gemm {
+    /// `gemm_i8_dp4a` itself, blocks of 256 cooperating threads.
+    Dp4a,
+    /// `C = A · Bᵗᵀ` on the padded buffers, what the cuBLASLt call computes.
+    Plain,
+}
+
+impl Gemm {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Dp4a => "dp4a",
+            Self::Plain => "naive",
+        }
+    }
+}
+
+/// The leaves the CUDA kernels produce for `shard`, run on the host.
+fn kernel_leaves(exe: &Path, shard: &Shard, gemm: Gemm, hash_chunk: u32) -> Vec<String> {
+    let km = shard.challenge.key_material();
+    let (a_id, b_id) = matrix_ids(shard.iteration);
+    let args = [
+        shard.challenge.matrix_size,
+        shard.rows.start,
+        shard.rows.end,
+        km.key[0],
+        km.key[1],
+        km.stream,
+        a_id,
+        b_id,
+    ];
+    let out = Command::new(exe)
+        .args(args.iter().map(u32::to_string))
+        .arg(gemm.arg())
+        .arg(hash_chunk.to_string())
+        .output()
+        .expect("running the harness");
+    assert!(out.status.success(), "harness failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("hex").lines().map(str::to_owned).collect()
+}
+
+fn cpu_leaves(shard: &Shard) -> Vec<String> {
+    let cpu = CpuBackend::new(0).expect("cpu backend");
+    cpu.run_shard(shard, false).expect("cpu shard").leaves.iter().map(hex::encode).collect()
+}
+
+fn check(exe: &Path, seed: &str, n: u32, rows: std::ops::Range<u32>, iteration: u32) {
+    let challenge = Challenge::new(seed, n, iteration + 1).expect("challenge");
+    let shard = Shard::new(challenge, iteration, rows.clone()).expect("shard");
+    let want = cpu_leaves(&shard);
+    // Hash chunks of 64 rows (several launches with row_begin > 0, as the backend's GEMM chunks) and one.
+    for (gemm, hash_chunk) in [(Gemm::Dp4a, 64), (Gemm::Plain, 4096)] {
+        let got = kernel_leaves(exe, &shard, gemm, hash_chunk);
+        assert_eq!(
+            got, want,
+            "seed={seed} n={n} rows={rows:?} iteration={iteration} gemm={gemm:?} hash_chunk={hash_chunk}"
+        );
+    }
+}
+
+/// Sizes around every boundary the kernels care about: the 16-column Philox group, 4-byte words, the 64
+/// padding and tile, SHA-256's 16-word block and its 14-word tail limit (n mod 16 ∈ {13, 14, 15, 0, 1}).
+#[test]
+fn cuda_kernels_on_the_host_match_the_cpu_backend() {
+    let Some(exe) = harness() else { return };
+    for (seed, n, rows, iteration) in [
+        ("host-1", 1, 0..1, 0),
+        ("host-3", 3, 1..3, 0),
+        ("host-13", 13, 0..13, 0),
+        ("host-14", 14, 0..14, 1),
+        ("host-15", 15, 2..15, 0),
+        ("host-16", 16, 0..16, 0),
+        ("host-17", 17, 0..17, 2),
+        ("host-33", 33, 5..30, 1),
+        ("host-63", 63, 0..63, 0),
+        ("host-64", 64, 0..64, 0),
+        ("host-65", 65, 60..65, 0),
+        ("host-100", 100, 0..100, 1),
+        ("host-131", 131, 7..99, 0),
+        ("host-160", 160, 0..160, 0),
+        ("host-200", 200, 130..200, 0),
+    ] {
+        check(exe, seed, n, rows, iteration);
+    }
+}
+
+/// More than one 64-row tile and 64-row hash chunk in both directions, at a size from the shared vectors
+/// (n = 1024 is too slow for the thread-per-thread host run; a row range of it is not).
+#[test]
+fn cuda_kernels_on_the_host_match_on_a_slice_of_a_large_matrix() {
+    let Some(exe) = harness() else { return };
+    check(exe, "host-large", 1024, 448..600, 0);
+}
