@@ -21,7 +21,7 @@
 //! [`BackendError::Timeout`]; a CUDA error that can leave the context unusable returns
 //! [`BackendError::Cuda`]; either way the backend quarantines itself and every later call answers
 //! [`BackendError::Quarantined`] at once, while other GPUs' backends are untouched (nothing is shared
-//! between devices except the compiled PTX cache). A driver call that itself never returns (a wedged GPU in
+//! between devices except the compiled kernel cache). A driver call that itself never returns (a wedged GPU in
 //! an allocation, say) cannot be bounded from inside, so the agent should also run each call on the GPU's
 //! own thread and give up on it after `timeout + grace`: quarantine the GPU, stop sending it work, and leave
 //! the thread behind rather than join it.
