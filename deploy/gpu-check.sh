@@ -8,8 +8,9 @@
 #                                      # prebuilt binaries and the vectors in deploy/gpu-bin/
 #   deploy/gpu-check.sh run [BENCH...] # the CUDA 13 machine: runs them from deploy/gpu-bin/
 #   deploy/gpu-check.sh all            # both, on a GPU machine that also has Rust
-# BENCH arguments go to the benchmark (default: --reps 5). Tunables: GPU_BIN (staging folder),
-# CUDA_VISIBLE_DEVICES (which GPU; the tests and the bench use CUDA device 0 of what is visible).
+# BENCH arguments go to `cpc-coordinator bench --backend cuda` (default: --reps 5; e.g. --matrix-size 16384
+# --json). Tunables: GPU_BIN (staging folder), CUDA_VISIBLE_DEVICES (which GPU; the tests and the bench use
+# CUDA device 0 of what is visible).
 #
 # The GPU machine needs the NVIDIA driver (libcuda, libnvidia-ml) and the CUDA 13 libnvrtc and libcublasLt,
 # found through LD_LIBRARY_PATH; /usr/local/cuda*/lib64 and pip's nvidia/*/lib folders are added when present.
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 BIN="${GPU_BIN:-$PWD/deploy/gpu-bin}"
 
 build() {
-    echo "== building the cuda test binary and benchmark (release)"
+    echo "== building the cuda test binary and cpc-coordinator (release, for its bench command)"
     mkdir -p "$BIN/vectors"
     local json test_bin
     json="$(cargo test -p cpc-kernels --release --features cuda --no-run --message-format=json 2>/dev/null)"
@@ -31,11 +32,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and t.get("name") == "it" and m.get("executable"):
         print(m["executable"])')"
     [ -n "$test_bin" ] || { echo "could not find the cpc-kernels integration test binary" >&2; exit 1; }
-    cargo build -p cpc-kernels --release --features cuda --example cuda_bench
+    cargo build -p cpc-coordinator --release --features cuda
     local target_dir
     target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
     cp "$test_bin" "$BIN/cpc-kernels-it"
-    cp "$target_dir/release/examples/cuda_bench" "$BIN/cuda_bench"
+    cp "$target_dir/release/cpc-coordinator" "$BIN/cpc-coordinator"
     local vectors="${CPC_VECTORS:-$PWD/../shared/vectors}"
     [ -d "$vectors" ] || vectors="$PWD/shared/vectors"
     cp "$vectors"/*.json "$BIN/vectors/"
@@ -64,7 +65,7 @@ run() {
     CPC_VECTORS="$BIN/vectors" "$BIN/cpc-kernels-it" --ignored cuda --test-threads=1 --nocapture
     echo "== benchmark"
     [ "$#" -gt 0 ] || set -- --reps 5
-    "$BIN/cuda_bench" "$@"
+    "$BIN/cpc-coordinator" bench --backend cuda "$@"
 }
 
 case "${1:-}" in

@@ -13,6 +13,8 @@
 //! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
 //! - [`gpu`]: plain GPU types (per-shard stats, NVML telemetry with DCGM labels) that compile with or
 //!   without the `cuda` feature.
+//! - [`bench`]: per-phase and end-to-end timings of whole products on one device, with the GEMM alone on
+//!   CUDA (what `cpc-coordinator bench` prints).
 //!
 //! # Feature flags
 //!
@@ -28,6 +30,7 @@ use cpc_common::{
 };
 use std::{fmt, ops::Range, str::FromStr};
 
+pub mod bench;
 pub mod cpu;
 mod error;
 pub mod gpu;

@@ -14,10 +14,10 @@ use std::{process::ExitCode, sync::Arc, time::Instant};
 pub(crate) struct BackendArgs {
     /// Compute backend.
     #[arg(long, default_value = "cpu", help_heading = "Compute")]
-    backend: BackendKind,
+    pub(crate) backend: BackendKind,
     /// Device index (for `cuda`).
     #[arg(long, default_value_t = 0, help_heading = "Compute")]
-    device: usize,
+    pub(crate) device: usize,
 }
 
 impl BackendArgs {

@@ -2,6 +2,7 @@
 //! subcommands. Each command resolves its arguments, calls the library and prints; `--json` switches
 //! data output to one JSON document on stdout.
 
+mod bench;
 mod chain;
 mod compute;
 mod farm;
@@ -84,6 +85,8 @@ pub(crate) enum Command {
     Serve(farm::ServeArgs),
     /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
     Job(farm::JobArgs),
+    /// Benchmark this host's CPU or GPU: per phase and end to end, ms and tera-ops per second.
+    Bench(bench::BenchArgs),
 }
 
 /// The data directory when none is given: `~/.cpc-farm` (journal, certificate, join token).
@@ -110,5 +113,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => mine::run(g, args).await,
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
+        // Minutes of blocking compute: keep it off the runtime's async workers.
+        Command::Bench(args) => tokio::task::block_in_place(|| bench::run(g, &args)),
     }
 }

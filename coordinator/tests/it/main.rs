@@ -1,7 +1,8 @@
 //! The `cpc-coordinator` binary as an operator runs it: keys, local tasks cross-checked against the
-//! reference script, and the errors an operator sees for bad input or a dead node. Commands that need a
-//! live L1 are tested against the real devnet in the top-level `tests` crate.
+//! reference script, the local benchmark, and the errors an operator sees for bad input or a dead node.
+//! Commands that need a live L1 are tested against the real devnet in the top-level `tests` crate.
 
+mod bench;
 mod farm;
 
 use serde_json::Value;

@@ -1,0 +1,364 @@
+//! `bench`: how fast this host computes synthetic-v1, as an operator sizes a farm or checks a new GPU. Per
+//! matrix size, per phase and end to end: median milliseconds and tera-ops per second, the share of a peak,
+//! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. The
+//! measuring is `cpc_kernels::bench`; this module picks the sizes and prints.
+
+use super::{GlobalArgs, compute::BackendArgs, output::print_json};
+use anyhow::Context as _;
+use clap::Args;
+use cpc_common::synthetic::MAX_MATRIX_SIZE;
+use cpc_kernels::{
+    BackendKind, CudaBackend, DeviceInfo,
+    bench::{BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport},
+    gpu::GpuTelemetry,
+};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+/// Sizes measured on the CPU when `--matrix-size` is not given.
+pub(crate) const DEFAULT_CPU_SIZES: [u32; 3] = [512, 1024, 2048];
+/// Sizes measured on a GPU when `--matrix-size` is not given (32768 only where memory allows).
+pub(crate) const DEFAULT_CUDA_SIZES: [u32; 4] = [4096, 8192, 16384, 32768];
+/// Measured repetitions per size (after one warm-up).
+pub(crate) const DEFAULT_REPS: u32 = 5;
+/// Most repetitions per size.
+const MAX_REPS: i64 = 1000;
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Matrix sizes n to measure: a comma-separated list, or the flag repeated [default: 512,1024,2048 for
+    /// cpu; 4096,8192,16384,32768 for cuda].
+    #[arg(
+        long = "matrix-size",
+        value_name = "N[,N...]",
+        value_delimiter = ',',
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MATRIX_SIZE)),
+        help_heading = "Bench"
+    )]
+    matrix_sizes: Vec<u32>,
+    /// Measured repetitions per size, each with a fresh seed, after one warm-up; the table shows medians.
+    #[arg(
+        long,
+        default_value_t = DEFAULT_REPS,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_REPS),
+        help_heading = "Bench"
+    )]
+    reps: u32,
+    /// Peak tera-ops per second to report end to end against [default: 1979, the H100 SXM dense INT8
+    /// peak, for cuda; none for cpu].
+    #[arg(long, value_name = "TOPS", value_parser = parse_peak, help_heading = "Bench")]
+    peak_tops: Option<f64>,
+}
+
+impl BenchArgs {
+    /// The sizes asked for, or the backend's defaults; duplicates dropped, order kept.
+    fn sizes(&self) -> Vec<u32> {
+        let asked = if self.matrix_sizes.is_empty() {
+            match self.backend.backend {
+                BackendKind::Cpu => DEFAULT_CPU_SIZES.to_vec(),
+                BackendKind::Cuda => DEFAULT_CUDA_SIZES.to_vec(),
+            }
+        } else {
+            self.matrix_sizes.clone()
+        };
+        let mut sizes = Vec::with_capacity(asked.len());
+        for n in asked {
+            if !sizes.contains(&n) {
+                sizes.push(n);
+            }
+        }
+        sizes
+    }
+
+    /// The peak given, or the H100's for cuda.
+    fn peak_tops(&self) -> Option<f64> {
+        self.peak_tops.or(match self.backend.backend {
+            BackendKind::Cpu => None,
+            BackendKind::Cuda => Some(H100_SXM_INT8_PEAK_TOPS),
+        })
+    }
+}
+
+fn parse_peak(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("`{text}` is not a positive number of tera-ops per second (e.g. 1979)")),
+    }
+}
+
+/// Runs the benchmark (blocking: call it off the async runtime) and prints as it goes, or one JSON document
+/// at the end with `--json`.
+pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let (kind, index) = (args.backend.backend, args.backend.device);
+    let device = BenchDevice::open(kind, index).map_err(|e| match kind {
+        BackendKind::Cuda if CudaBackend::device_count() == 0 => anyhow::anyhow!(
+            "--backend cuda cannot run on this host: {e}. Use --backend cpu to benchmark the CPU instead"
+        ),
+        _ => anyhow::Error::new(e).context(format!("opening {kind} device {index}")),
+    })?;
+    let info = device.info();
+    let sizes = args.sizes();
+    let peak = args.peak_tops();
+    let monitor = device.backend().monitor();
+    let before = monitor.map(|m| m.sample());
+    if !g.json {
+        print_header(&device, &info, before.as_ref(), peak);
+    }
+    let mut reports = Vec::with_capacity(sizes.len());
+    for n in sizes {
+        let report =
+            device.measure(n, args.reps).with_context(|| format!("benchmark at n = {n}"))?;
+        if !g.json {
+            print_size(&report, args.reps, peak);
+        }
+        reports.push(report);
+    }
+    let after = monitor.map(|m| m.sample());
+    if g.json {
+        print_json(&json!({
+            "backend": kind.as_str(),
+            "device": {
+                "backend_name": device.backend().name(),
+                "name": info.name,
+                "index": index,
+                "compute_units": info.compute_units,
+                "memory_bytes": known_bytes(info.memory_bytes),
+                "gemm_engine": device.gemm_engine(),
+            },
+            "nvml_before": before.as_ref().map(telemetry_json),
+            "nvml_after": after.as_ref().map(telemetry_json),
+            "reps": args.reps,
+            "peak_tops": peak,
+            "sizes": reports.iter().map(|r| size_json(r, peak)).collect::<Vec<_>>(),
+        }))?;
+    } else if let Some(t) = after {
+        println!(
+            "after: gpu {} throttle {:?}, xid errors {}, pcie replays {}",
+            t.gpu,
+            t.throttle_reason_names(),
+            t.xid_errors_total,
+            t.pcie_replays_total.map_or_else(|| "unknown".into(), |r| r.to_string())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `u64::MAX` means "the device cannot tell".
+fn known_bytes(bytes: u64) -> Option<u64> {
+    (bytes != u64::MAX).then_some(bytes)
+}
+
+fn gib(bytes: u64) -> String {
+    match known_bytes(bytes) {
+        Some(b) => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        None => "unknown memory".into(),
+    }
+}
+
+fn print_header(
+    device: &BenchDevice,
+    info: &DeviceInfo,
+    nvml: Option<&GpuTelemetry>,
+    peak: Option<f64>,
+) {
+    let units = match info.kind {
+        BackendKind::Cpu => "threads",
+        BackendKind::Cuda => "SMs",
+    };
+    let engine = device.gemm_engine().map(|e| format!(", GEMM engine {e}")).unwrap_or_default();
+    println!(
+        "device: {} ({}), {} {units}, {} per shard{engine}",
+        device.backend().name(),
+        info.name,
+        info.compute_units,
+        gib(info.memory_bytes)
+    );
+    if let Some(t) = nvml {
+        let show = |x: Option<f64>| x.map_or_else(|| "?".into(), |v| format!("{v:.0}"));
+        println!(
+            "nvml: gpu {} {} {}, {} °C, {} W (limit {} W), SM clock {} MHz",
+            t.gpu,
+            t.uuid,
+            t.model_name,
+            show(t.temperature_celsius),
+            show(t.power_watts),
+            show(t.power_limit_watts),
+            t.sm_clock_hz.map_or_else(|| "?".into(), |hz| (hz / 1_000_000).to_string())
+        );
+    }
+    if let Some(peak) = peak {
+        println!("reference peak: {peak} TOPS");
+    }
+    println!();
+}
+
+fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>) {
+    let m = match report {
+        SizeReport::Skipped(s) => {
+            println!("n = {}: skipped, {s}\n", s.n);
+            return;
+        }
+        SizeReport::Measured(m) => m,
+    };
+    let engine = m.gemm_engine.map(|e| format!("; {e} GEMM")).unwrap_or_default();
+    println!("n = {} ({reps} reps after a warm-up, medians{engine})", m.n);
+    println!("  {:<26} {:>12} {:>12}", "phase", "ms", "TOPS");
+    for p in &m.phases {
+        println!(
+            "  {:<26} {:>12.3} {:>12.4}",
+            p.phase.label(),
+            p.seconds * 1e3,
+            m.tops(p.phase).unwrap_or(0.0)
+        );
+    }
+    let mut summary = format!("  end to end: {:.4} TOPS", m.end_to_end_tops());
+    if let Some(peak) = peak {
+        summary += &format!(" = {:.2} % of {peak} TOPS peak", 100.0 * m.fraction_of_peak(peak));
+    }
+    if let Some(ratio) = m.pipeline_gemm_ratio() {
+        summary += &format!("; pipeline GEMM at {:.1} % of the library alone", 100.0 * ratio);
+    }
+    println!("{summary}");
+    if let Some(j) = m.energy_joules {
+        println!("  energy per task: {j:.2} J");
+    }
+    if let (Some(first), Some(last)) = (m.reps.first(), m.reps.last()) {
+        println!(
+            "  result hashes: {} ({}) .. {} ({})",
+            short_hex(&first.result_hash),
+            first.seed,
+            short_hex(&last.result_hash),
+            last.seed
+        );
+    }
+    println!();
+}
+
+fn short_hex(digest: &[u8; 32]) -> String {
+    hex::encode(&digest[..8])
+}
+
+fn size_json(report: &SizeReport, peak: Option<f64>) -> Value {
+    match report {
+        SizeReport::Skipped(s) => json!({
+            "n": s.n,
+            "skipped": s.to_string(),
+            "needed_bytes": s.needed_bytes,
+            "available_bytes": s.available_bytes,
+        }),
+        SizeReport::Measured(m) => measurement_json(m, peak),
+    }
+}
+
+fn measurement_json(m: &Measurement, peak: Option<f64>) -> Value {
+    let phases: serde_json::Map<String, Value> = m
+        .phases
+        .iter()
+        .map(|p| {
+            let tops = m.tops(p.phase).unwrap_or(0.0);
+            (p.phase.key().to_owned(), json!({"seconds": p.seconds, "tops": tops}))
+        })
+        .collect();
+    let reps: Vec<Value> = m
+        .reps
+        .iter()
+        .map(|r| {
+            let mut rep = json!({
+                "seed": r.seed,
+                "result_hash": hex::encode(r.result_hash),
+                "wall_seconds": r.wall_seconds,
+            });
+            if let (Some(s), Some(obj)) = (&r.stats, rep.as_object_mut()) {
+                obj.insert("device_seconds".into(), json!(s.device_seconds));
+                obj.insert("generate_seconds".into(), json!(s.generate_seconds));
+                obj.insert("gemm_seconds".into(), json!(s.gemm_seconds));
+                obj.insert("hash_tail_seconds".into(), json!(s.hash_tail_seconds));
+                obj.insert("energy_joules".into(), json!(s.energy_joules));
+                obj.insert("b_cached".into(), json!(s.b_cached));
+            }
+            rep
+        })
+        .collect();
+    json!({
+        "n": m.n,
+        "ops": m.ops,
+        "skipped": null,
+        "gemm_engine": m.gemm_engine.map(|e| e.as_str()),
+        "phases": phases,
+        "end_to_end": {
+            "phase": m.end_to_end_phase().key(),
+            "seconds": m.end_to_end_seconds(),
+            "tops": m.end_to_end_tops(),
+            "fraction_of_peak": peak.map(|p| m.fraction_of_peak(p)),
+        },
+        "pipeline_gemm_ratio_to_alone": m.pipeline_gemm_ratio(),
+        "energy_joules_per_task": m.energy_joules,
+        "reps": reps,
+    })
+}
+
+fn telemetry_json(t: &GpuTelemetry) -> Value {
+    json!({
+        "gpu": t.gpu,
+        "uuid": t.uuid,
+        "model_name": t.model_name,
+        "temperature_celsius": t.temperature_celsius,
+        "power_watts": t.power_watts,
+        "power_limit_watts": t.power_limit_watts,
+        "sm_clock_hz": t.sm_clock_hz,
+        "energy_joules_total": t.energy_joules_total,
+        "throttle_reasons": t.throttle_reason_names(),
+        "xid_errors_total": t.xid_errors_total,
+        "pcie_replays_total": t.pcie_replays_total,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["cpc-coordinator", "bench"].iter().chain(args))?;
+        match cli.command {
+            Command::Bench(b) => Ok(b),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes_default_per_backend_and_accept_lists() {
+        let cpu = parse(&[]).expect("parses");
+        assert_eq!(cpu.sizes(), DEFAULT_CPU_SIZES);
+        assert_eq!(cpu.reps, DEFAULT_REPS);
+        assert_eq!(cpu.peak_tops(), None);
+        let cuda = parse(&["--backend", "cuda", "--device", "1"]).expect("parses");
+        assert_eq!(cuda.sizes(), DEFAULT_CUDA_SIZES);
+        assert_eq!(cuda.backend.device, 1);
+        assert_eq!(cuda.peak_tops(), Some(H100_SXM_INT8_PEAK_TOPS));
+        let listed =
+            parse(&["--matrix-size", "64,130", "--matrix-size", "7", "--matrix-size", "64"])
+                .expect("parses");
+        assert_eq!(listed.sizes(), [64, 130, 7]);
+        let peak = parse(&["--peak-tops", "989.5"]).expect("parses");
+        assert_eq!(peak.peak_tops(), Some(989.5));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            &["--matrix-size", "0"][..],
+            &["--matrix-size", "70000"],
+            &["--matrix-size", "64,x"],
+            &["--reps", "0"],
+            &["--peak-tops", "-1"],
+            &["--peak-tops", "nan"],
+            &["--backend", "tpu"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
