@@ -21,6 +21,8 @@ BIN="${GPU_BIN:-$PWD/deploy/gpu-bin}"
 build() {
     echo "== building the cuda test binary and cpc-coordinator (release, for its bench command)"
     mkdir -p "$BIN/vectors"
+    # What an earlier build staged (cuda_bench: before `cpc-coordinator bench` replaced it).
+    rm -f "$BIN/cpc-kernels-it" "$BIN/cpc-coordinator" "$BIN/cuda_bench" "$BIN"/vectors/*.json
     local json test_bin
     json="$(cargo test -p cpc-kernels --release --features cuda --no-run --message-format=json 2>/dev/null)"
     test_bin="$(printf '%s\n' "$json" | python3 -c '
@@ -61,11 +63,17 @@ run() {
     [ -x "$BIN/cpc-kernels-it" ] || { echo "no staged binaries in $BIN: run '$0 build' first" >&2; exit 1; }
     cuda_libraries
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,uuid,name,driver_version,memory.total,clocks.max.sm --format=csv
+    # Both steps run whatever the first gives (GPU time is scarce: one run should bring back both answers);
+    # the exit status is the first failure's.
+    local parity=0 bench=0
     echo "== GPU parity tests (ignored by default, run explicitly)"
-    CPC_VECTORS="$BIN/vectors" "$BIN/cpc-kernels-it" --ignored cuda --test-threads=1 --nocapture
+    CPC_VECTORS="$BIN/vectors" "$BIN/cpc-kernels-it" --ignored cuda --test-threads=1 --nocapture || parity=$?
     echo "== benchmark"
     [ "$#" -gt 0 ] || set -- --reps 5
-    "$BIN/cpc-coordinator" bench --backend cuda "$@"
+    "$BIN/cpc-coordinator" bench --backend cuda "$@" || bench=$?
+    echo "== parity: $([ "$parity" -eq 0 ] && echo PASSED || echo "FAILED ($parity)"); benchmark: $([ "$bench" -eq 0 ] && echo done || echo "FAILED ($bench)")"
+    [ "$parity" -eq 0 ] || exit "$parity"
+    exit "$bench"
 }
 
 case "${1:-}" in

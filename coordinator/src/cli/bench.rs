@@ -93,9 +93,15 @@ fn parse_peak(text: &str) -> Result<f64, String> {
 pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (kind, index) = (args.backend.backend, args.backend.device);
     let device = BenchDevice::open(kind, index).map_err(|e| match kind {
-        BackendKind::Cuda if CudaBackend::device_count() == 0 => anyhow::anyhow!(
-            "--backend cuda cannot run on this host: {e}. Use --backend cpu to benchmark the CPU instead"
-        ),
+        BackendKind::Cuda if CudaBackend::device_count() == 0 => {
+            let why = e.to_string();
+            let hint = if why.contains("--backend cpu") {
+                ""
+            } else {
+                ". Use --backend cpu to benchmark the CPU instead"
+            };
+            anyhow::anyhow!("--backend cuda cannot run on this host: {why}{hint}")
+        }
         _ => anyhow::Error::new(e).context(format!("opening {kind} device {index}")),
     })?;
     let info = device.info();
