@@ -6,8 +6,9 @@
 //! 1. scan the blocks since the last round for the hashes of open submissions → `included`;
 //! 2. reconcile open submissions with the node's nonces: one the node still queues is waited for; one it
 //!    lost (node restart, mempool flush) whose nonce is next is re-sent byte for byte (same hash, so it can
-//!    never land twice); one whose nonce was consumed or left behind a gap is marked lost and its task
-//!    goes back to `computed`;
+//!    never land twice); one whose nonce was consumed is looked for once more in the blocks up to the
+//!    head as of now (it may have landed after step 1) and, only when it is in none, marked lost with its
+//!    task back to `computed`, as is one left behind a gap;
 //! 3. sign each computed task's result with the next nonce, journal it, then send it, after checking
 //!    that the balance covers the fee.
 
@@ -190,20 +191,30 @@ impl Core {
             for tx in &block.txs {
                 let hash = tx.hash_hex();
                 if wanted.remove(&hash) {
-                    self.journal(|j| j.mark_included(&hash, h))?;
-                    metrics::counter!("cpcfarm_submissions_included_total", "identity" => self.name().to_owned())
-                        .increment(1);
-                    if let Some(seen) =
-                        open.iter().find(|o| o.tx_hash == hash).and_then(|o| self.seen_at(o.height))
-                    {
-                        metrics::histogram!("cpcfarm_block_to_inclusion_seconds")
-                            .record(seen.block.elapsed().as_secs_f64());
-                    }
-                    tracing::info!(identity = %self.name(), tx = %hash, block = h, "submission included");
+                    let task_height = open.iter().find(|o| o.tx_hash == hash).map(|o| o.height);
+                    self.record_inclusion(&hash, task_height, h)?;
                 }
             }
             self.scanned_to = h;
         }
+        Ok(())
+    }
+
+    /// Journals that `tx_hash` (the submission for the task of `task_height`) is in block `block`.
+    fn record_inclusion(
+        &self,
+        tx_hash: &str,
+        task_height: Option<u64>,
+        block: u64,
+    ) -> Result<(), SubmitError> {
+        self.journal(|j| j.mark_included(tx_hash, block))?;
+        metrics::counter!("cpcfarm_submissions_included_total", "identity" => self.name().to_owned())
+            .increment(1);
+        if let Some(seen) = task_height.and_then(|h| self.seen_at(h)) {
+            metrics::histogram!("cpcfarm_block_to_inclusion_seconds")
+                .record(seen.block.elapsed().as_secs_f64());
+        }
+        tracing::info!(identity = %self.name(), tx = %tx_hash, block, "submission included");
         Ok(())
     }
 
@@ -236,7 +247,15 @@ impl Core {
                 self.journal(|j| j.mark_lost(&o.tx_hash, state, reason))
             };
             if o.nonce < confirmed {
-                lost("its nonce was used by another transaction", SubmissionState::Dropped)?;
+                // Usually ours, landed in a block after this round's scan: the nonces were read after the
+                // scan. Only a search up to a head read after the nonces can tell it from a replacement
+                // (re-signing an included result would put it on chain twice).
+                match node.find_tx(&o.tx_hash, o.height + 1).await? {
+                    (Some(block), _) => self.record_inclusion(&o.tx_hash, Some(o.height), block)?,
+                    (None, _) => {
+                        lost("its nonce was used by another transaction", SubmissionState::Dropped)?
+                    }
+                }
             } else if o.nonce < pending {
                 // Queued at the node.
                 if o.state == SubmissionState::Signed {
@@ -332,5 +351,125 @@ impl Core {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{Json, Router, extract::Path, routing::get};
+    use cpc_common::{
+        BlockHeader, SecretKey, Transaction, block::Block, synthetic::BlockTask, tx::MIN_GAS_PRICE,
+    };
+    use serde_json::{Value, json};
+
+    fn block(height: u64, txs: Vec<Transaction>) -> Block {
+        Block {
+            header: BlockHeader {
+                height,
+                prev_hash: "00".repeat(32),
+                timestamp: 1_700_000_000 + height as i64,
+                chain_id: "cpc-devnet-1".into(),
+                proposer_address: String::new(),
+                round: 0,
+                tx_root: String::new(),
+                state_root: String::new(),
+                compute_root: String::new(),
+                gas_used: 0,
+                gas_limit: 10_000_000,
+                zk_state_proof_hash: None,
+                zk_compute_proof_hash: None,
+            },
+            txs,
+            pq_signature: None,
+            pq_sig_scheme_id: None,
+        }
+    }
+
+    /// A node frozen just after our submission (nonce 0, for the task of block 1) landed in block 3, while
+    /// the round's scan had only reached block 2: the confirmed nonce (1) is already past ours.
+    async fn node_where_ours_landed_after_the_scan(address: String, tx: Transaction) -> String {
+        let blocks = Arc::new(vec![
+            block(0, vec![]),
+            block(1, vec![]),
+            block(2, vec![]),
+            block(3, vec![tx]),
+        ]);
+        let (a, b) = (address.clone(), address);
+        let app = Router::new()
+            .route(
+                "/status",
+                get(|| async {
+                    Json(json!({"height": 3, "last_hash": "00", "network": "cpc-devnet-1", "mempool_size": 0}))
+                }),
+            )
+            .route(
+                "/block/{h}",
+                get(move |Path(h): Path<usize>| {
+                    let blocks = blocks.clone();
+                    async move {
+                        blocks.get(h).map(|b| Json(serde_json::to_value(b).unwrap_or(Value::Null))).ok_or(
+                            axum::http::StatusCode::NOT_FOUND,
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/balance/{a}",
+                get(move || async move {
+                    Json(json!({"address": a, "balance": "1000000000000000000000", "nonce": 1}))
+                }),
+            )
+            .route(
+                "/nonce/{a}",
+                get(move || async move { Json(json!({"address": b, "nonce": 1, "pending": true})) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    /// The race behind a double submission: our transaction lands between the inclusion scan and the nonce
+    /// read. The confirmed nonce is then past ours, yet the result must be recorded as included, not
+    /// dropped and re-signed (which would put a second SUBMIT_RESULT for the block on chain).
+    #[tokio::test]
+    async fn a_submission_included_after_the_scan_is_not_mistaken_for_a_replaced_one() {
+        let key = SecretKey::generate();
+        let address = key.address();
+        let task = BlockTask::derive(&"11".repeat(32), &address.to_string(), 8, 1).expect("task");
+        let task_id = task.task_id.to_string();
+        let result = submit::block_task_result(&key, &task, &"ab".repeat(32)).expect("result");
+        let tx = submit::sign_checked(&key, &Outgoing::submit_result(&result, MIN_GAS_PRICE), 0)
+            .expect("tx");
+        let journal = Journal::in_memory().expect("journal");
+        journal.record_task("w", &task).expect("task");
+        journal.record_result("w", &task_id, &"ab".repeat(32)).expect("computed");
+        journal.record_signed("w", &task_id, 1, &tx).expect("signed");
+        journal.mark_sent(&tx.hash_hex()).expect("sent");
+
+        let url = node_where_ours_landed_after_the_scan(address.to_string(), tx.clone()).await;
+        let mut core = Core {
+            identity: Identity { name: "w".into(), key, address },
+            nodes: NodePool::new(&[url]),
+            journal: Arc::new(Mutex::new(journal)),
+            gas_price: MIN_GAS_PRICE,
+            scanned_to: 0,
+            seen: Arc::default(),
+        };
+        core.confirm_inclusions(2).await.expect("scan up to block 2, as the round's head said");
+        assert_eq!(core.scanned_to, 2);
+        assert_eq!(core.journal(|j| j.open_submissions("w")).expect("open").len(), 1);
+        core.reconcile_open().await.expect("reconcile");
+
+        let journal = core.journal.lock().expect("journal");
+        let subs = journal.submissions("w").expect("submissions");
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].state, SubmissionState::Included, "{:?}", subs[0]);
+        assert!(journal.open_submissions("w").expect("open").is_empty());
+        assert!(
+            journal.tasks_in_state("w", TaskState::Computed).expect("computed").is_empty(),
+            "the result must not go back to be signed again"
+        );
     }
 }
