@@ -1,7 +1,14 @@
 //! One actor per device: it runs shards on its backend off the actor thread (one shard at a time, on the
-//! device's own worker thread), keeps the rows of its recent shards in a bounded cache so that the coordinator
-//! can spot-check them, and measures its throughput when it starts so that the coordinator can split jobs in
-//! proportion.
+//! device's own worker thread), answers the coordinator's spot checks with rows of its recent shards, and
+//! measures its throughput when it starts so that the coordinator can split jobs in proportion.
+//!
+//! # Rows for spot checks
+//!
+//! A CPU has the rows of C in host memory anyway: they are kept in a bounded [`RowCache`]. A GPU does not
+//! ([`Backend::keeps_rows_cheaply`] is false): copying every row across PCIe would cost several times the
+//! shard, so only the shard's description is kept, and a row asked for is recomputed on the device as a
+//! one-row shard ([`RecomputeRow`]). That recomputation takes another path through the device (another GEMM
+//! shape), so a row the first run got wrong no longer hashes to the leaf it sent.
 //!
 //! # Watchdog and quarantine
 //!
@@ -36,12 +43,33 @@ use tokio::sync::{Semaphore, oneshot, watch};
 
 /// Default watchdog timeout of one backend call (a shard, or the start-up measurement).
 pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(600);
-/// Rows of C kept for spot checks, bounded by bytes (the newest shard is always kept).
+/// Shards remembered for recomputing rows (descriptions only, a few hundred bytes each).
+const MAX_RECOMPUTABLE_SHARDS: usize = 4096;
+
+/// Rows of C kept for spot checks, bounded by bytes (the newest shard is always kept), and the shards whose
+/// rows were not kept but can be recomputed on their device.
 #[derive(Debug)]
 pub struct RowCache {
     budget: u64,
     used: u64,
     shards: VecDeque<CachedShard>,
+    recomputable: VecDeque<(u64, u32, Shard)>,
+}
+
+/// Where a row a spot check asks for comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowSource {
+    /// Held in the cache.
+    Held(Vec<i32>),
+    /// To be recomputed on `device` as the one-row `shard`.
+    Recompute {
+        /// The device that ran the shard.
+        device: u32,
+        /// The row, as a one-row shard of the same challenge and iteration.
+        shard: Shard,
+    },
+    /// Neither held nor recomputable (evicted, never run here, or a row outside the shard).
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -55,7 +83,32 @@ struct CachedShard {
 impl RowCache {
     /// A cache holding at most `budget` bytes of rows (plus the newest shard if it alone is larger).
     pub fn new(budget: u64) -> Self {
-        Self { budget, used: 0, shards: VecDeque::new() }
+        Self { budget, used: 0, shards: VecDeque::new(), recomputable: VecDeque::new() }
+    }
+
+    /// Remembers that `shard` (id `shard_id`) ran on `device` without keeping its rows.
+    pub fn insert_recomputable(&mut self, shard_id: u64, device: u32, shard: Shard) {
+        self.recomputable.push_back((shard_id, device, shard));
+        while self.recomputable.len() > MAX_RECOMPUTABLE_SHARDS {
+            self.recomputable.pop_front();
+        }
+    }
+
+    /// Where row `row` (absolute) of shard `shard_id` can be had.
+    pub fn source(&self, shard_id: u64, row: u32) -> RowSource {
+        if let Some(values) = self.get(shard_id, row) {
+            return RowSource::Held(values);
+        }
+        let found = self.recomputable.iter().rev().find(|(id, _, _)| *id == shard_id);
+        match found {
+            Some((_, device, shard)) if shard.rows.contains(&row) => {
+                match Shard::new(shard.challenge.clone(), shard.iteration, row..row + 1) {
+                    Ok(one) => RowSource::Recompute { device: *device, shard: one },
+                    Err(_) => RowSource::Unknown,
+                }
+            }
+            _ => RowSource::Unknown,
+        }
     }
 
     /// Keeps the rows (row-major, `n` values a row) of a shard, evicting the oldest beyond the budget.
@@ -231,6 +284,8 @@ struct DeviceState {
     labels: DeviceLabels,
     cache: Arc<Mutex<RowCache>>,
     one_at_a_time: Semaphore,
+    /// [`Backend::keeps_rows_cheaply`]: keep each shard's rows, or recompute the rows asked for.
+    keeps_rows: bool,
 }
 
 impl DeviceState {
@@ -326,9 +381,11 @@ impl Handler<Compute> for DeviceActor {
             let started = Instant::now();
             let (rows, n, first) =
                 (shard.row_count(), shard.challenge.matrix_size, shard.rows.start);
+            let keep_rows = state.keeps_rows;
+            let recomputable = (!keep_rows).then(|| shard.clone());
             let out = state
                 .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
-                    let out = backend.run_shard(&shard, true);
+                    let out = backend.run_shard(&shard, keep_rows);
                     let stats = if out.is_ok() { backend.last_stats() } else { None };
                     (out, stats)
                 })
@@ -348,10 +405,14 @@ impl Handler<Compute> for DeviceActor {
                     m::shard_done(&state.labels, true, Some((secs, ops)));
                     record_work(&state.labels, ops, secs, stats.as_ref());
                     let ShardOutput { leaves, rows: values } = output;
-                    if let Some(values) = values
-                        && let Ok(mut c) = state.cache.lock()
-                    {
-                        c.insert(shard_id, first, n, values);
+                    if let Ok(mut c) = state.cache.lock() {
+                        match (values, recomputable) {
+                            (Some(values), _) => c.insert(shard_id, first, n, values),
+                            (None, Some(shard)) => {
+                                c.insert_recomputable(shard_id, state.index, shard)
+                            }
+                            (None, None) => {}
+                        }
                     }
                     Response::ShardDone { shard_id, leaves }
                 }
@@ -372,15 +433,50 @@ fn record_work(labels: &DeviceLabels, ops: f64, wall_secs: f64, stats: Option<&S
     m::device_work(labels, ops_per_second, joules);
 }
 
-/// Looks a row up in a cache.
-pub fn fetch_row(cache: &Mutex<RowCache>, shard_id: u64, row: u32) -> Response {
-    match cache.lock().ok().and_then(|c| c.get(shard_id, row)) {
-        Some(values) => Response::Row { values },
-        None => Response::RowUnavailable {
-            reason: format!(
-                "row {row} of shard {shard_id} is not held (evicted: raise --row-cache-mib)"
-            ),
-        },
+/// Recomputes one row of a shard this device ran without keeping its rows, for a spot check; answers `Row`
+/// or `RowUnavailable`. Runs between shards, under the same watchdog.
+#[derive(Debug, Message)]
+#[rtype(result = "Response")]
+pub struct RecomputeRow {
+    /// The coordinator's id of the shard the row belongs to (for messages).
+    pub shard_id: u64,
+    /// The row, as a one-row shard ([`RowSource::Recompute`]).
+    pub shard: Shard,
+}
+
+impl Handler<RecomputeRow> for DeviceActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: RecomputeRow, _: &mut Self::Context) -> Self::Result {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let RecomputeRow { shard_id, shard } = msg;
+            let (row, n) = (shard.rows.start, shard.challenge.matrix_size as usize);
+            let unavailable = |reason: String| Response::RowUnavailable { reason };
+            let Ok(_permit) = state.one_at_a_time.acquire().await else {
+                return unavailable("device is shutting down".into());
+            };
+            if let Some(reason) = state.health.reason(state.index) {
+                return unavailable(format!("device {} is quarantined ({reason})", state.index));
+            }
+            let what = format!("recomputing row {row} of shard {shard_id}");
+            match state.call(&what, move |backend| backend.run_shard(&shard, true)).await {
+                Err(reason) => unavailable(reason),
+                Ok(Err(e)) => {
+                    let reason = format!("{}: {what}: {e}", state.name);
+                    if e.quarantines_device() {
+                        state.quarantine(&reason);
+                    }
+                    unavailable(reason)
+                }
+                Ok(Ok(ShardOutput { rows: Some(values), .. })) if values.len() == n => {
+                    Response::Row { values }
+                }
+                Ok(Ok(_)) => {
+                    unavailable(format!("{}: {what}: the backend kept no row", state.name))
+                }
+            }
+        })
     }
 }
 
@@ -443,6 +539,7 @@ pub async fn start(
         labels,
         cache,
         one_at_a_time: Semaphore::new(1),
+        keeps_rows: backend.keeps_rows_cheaply(),
     });
     m::device_healthy(&state.labels, true);
     let n = options.measure_n;
@@ -642,6 +739,97 @@ mod tests {
                 matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
                 "{answer:?}"
             );
+        });
+    }
+
+    /// A GPU-like device: C is not in host memory, so rows are not kept (asserted) and a spot check's row is
+    /// recomputed on the device. `corrupt_row` makes the device get one row wrong on its first run only.
+    #[derive(Debug)]
+    struct DeviceMemoryBackend {
+        inner: cpc_kernels::CpuBackend,
+        corrupt_row: Option<u32>,
+        runs: Mutex<Vec<(std::ops::Range<u32>, bool)>>,
+    }
+
+    impl Backend for DeviceMemoryBackend {
+        fn name(&self) -> &str {
+            "device-memory"
+        }
+        fn info(&self) -> cpc_kernels::DeviceInfo {
+            self.inner.info()
+        }
+        fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+            if let Ok(mut runs) = self.runs.lock() {
+                runs.push((shard.rows.clone(), keep_rows));
+            }
+            let mut out = self.inner.run_shard(shard, keep_rows)?;
+            if let Some(r) =
+                self.corrupt_row.filter(|r| shard.rows.contains(r) && shard.row_count() > 1)
+            {
+                // A flipped bit in one element, and the leaf hashed from the wrong row, as a GPU would.
+                let mut rows = self.inner.run_shard(shard, true)?.rows.expect("rows");
+                let n = shard.challenge.matrix_size as usize;
+                let i = (r - shard.rows.start) as usize;
+                rows[i * n + 3] ^= 1 << 9;
+                let bytes: Vec<u8> =
+                    rows[i * n..(i + 1) * n].iter().flat_map(|v| v.to_le_bytes()).collect();
+                out.leaves[i] = cpc_common::hashing::sha256(&bytes);
+            }
+            Ok(out)
+        }
+        fn keeps_rows_cheaply(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_device_that_keeps_no_rows_recomputes_the_row_a_spot_check_asks_for() {
+        actix_rt::System::new().block_on(async {
+            let backend = Arc::new(DeviceMemoryBackend {
+                inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+                corrupt_row: Some(9),
+                runs: Mutex::new(Vec::new()),
+            });
+            let rows = cache();
+            let opts = options(Duration::from_secs(60));
+            let device = start(30, backend.clone(), rows.clone(), Health::default(), &opts)
+                .await
+                .expect("start");
+            let answer = device.addr.send(run_shard(7, "gpu-like", 30)).await.expect("answer");
+            let Response::ShardDone { leaves, .. } = answer else { panic!("{answer:?}") };
+            assert_eq!(
+                backend.runs.lock().expect("runs").as_slice(),
+                [(0..16, false)],
+                "the shard ran without copying its rows back"
+            );
+            assert_eq!(rows.lock().expect("cache").used_bytes(), 0, "no rows held");
+
+            let reference =
+                Shard::new(Challenge::new("gpu-like", 32, 1).expect("c"), 0, 0..16).expect("shard");
+            let want = cpc_kernels::CpuBackend::new(1)
+                .expect("cpu")
+                .run_shard(&reference, true)
+                .expect("run");
+            let want_rows = want.rows.expect("rows");
+            for row in [0u32, 5, 9, 15] {
+                let source = rows.lock().expect("cache").source(7, row);
+                let RowSource::Recompute { device: 30, shard } = source else {
+                    panic!("row {row}: {source:?}")
+                };
+                assert_eq!(shard.rows, row..row + 1);
+                let answer =
+                    device.addr.send(RecomputeRow { shard_id: 7, shard }).await.expect("answer");
+                let Response::Row { values } = answer else { panic!("row {row}: {answer:?}") };
+                let i = row as usize;
+                assert_eq!(values, want_rows[i * 32..(i + 1) * 32], "row {row} is the true row");
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let leaf_matches = cpc_common::hashing::sha256(&bytes) == leaves[i];
+                // The row the device got wrong the first time no longer matches the leaf it sent: the
+                // coordinator's spot check fails the device.
+                assert_eq!(leaf_matches, row != 9, "row {row}");
+            }
+            assert_eq!(rows.lock().expect("cache").source(7, 16), RowSource::Unknown);
+            assert_eq!(rows.lock().expect("cache").source(8, 0), RowSource::Unknown);
         });
     }
 

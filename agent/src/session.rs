@@ -7,7 +7,7 @@
 
 use crate::{
     AgentConfig, AgentError,
-    device::{Compute, DeviceActor, Health, RowCache, fetch_row},
+    device::{Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource},
     metrics as m,
 };
 use actix::Addr;
@@ -273,6 +273,34 @@ async fn session(
     Ok(end)
 }
 
+/// A row for a spot check: from the cache, or recomputed by the device that ran its shard.
+async fn fetch_row(
+    devices: &Devices,
+    cache: &Mutex<RowCache>,
+    shard_id: u64,
+    row: u32,
+) -> Response {
+    let source = cache.lock().map_or(RowSource::Unknown, |c| c.source(shard_id, row));
+    match source {
+        RowSource::Held(values) => Response::Row { values },
+        RowSource::Recompute { device, shard } => match devices.0.get(&device) {
+            Some((_, addr)) => {
+                addr.send(RecomputeRow { shard_id, shard }).await.unwrap_or_else(|_| {
+                    Response::RowUnavailable { reason: format!("device {device}'s actor stopped") }
+                })
+            }
+            None => {
+                Response::RowUnavailable { reason: format!("no device {device} on this agent") }
+            }
+        },
+        RowSource::Unknown => Response::RowUnavailable {
+            reason: format!(
+                "row {row} of shard {shard_id} is not held (evicted: raise --row-cache-mib)"
+            ),
+        },
+    }
+}
+
 async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -293,7 +321,7 @@ async fn serve_request(
         Err(_) => return,
     };
     let response = match request {
-        Request::FetchRow { shard_id, row } => fetch_row(&cache, shard_id, row),
+        Request::FetchRow { shard_id, row } => fetch_row(&devices, &cache, shard_id, row).await,
         Request::RunShard(req) => {
             let shard_id = req.shard_id;
             if draining.load(Ordering::Relaxed) {

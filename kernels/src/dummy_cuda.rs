@@ -103,6 +103,10 @@ impl Backend for CudaBackend {
     fn run_shard(&self, _shard: &Shard, _keep_rows: bool) -> Result<ShardOutput, BackendError> {
         match *self {}
     }
+
+    fn keeps_rows_cheaply(&self) -> bool {
+        match *self {}
+    }
 }
 
 /// The NVML sampler; this build has none, so no value of this type can exist.

@@ -179,6 +179,13 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn info(&self) -> DeviceInfo;
     /// Computes one shard: its row leaves, and the rows of C themselves when `keep_rows`.
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError>;
+    /// Whether `keep_rows` costs next to nothing: the rows are in host memory anyway (the CPU, the default).
+    /// `false` for a GPU, where C stays on the device and keeping its rows would copy all of them across
+    /// PCIe (1 GiB for a whole n = 16384 product, several times the compute): callers keep no rows and
+    /// recompute the few a spot check asks for as one-row shards, which cost the device next to nothing.
+    fn keeps_rows_cheaply(&self) -> bool {
+        true
+    }
     /// What the last shard that completed cost, for backends that measure it (the CUDA backend: device
     /// time, achieved tera-ops per second, joules); `None` by default.
     fn last_stats(&self) -> Option<gpu::ShardStats> {

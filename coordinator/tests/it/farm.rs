@@ -185,6 +185,73 @@ async fn farm_quarantines_a_faulty_device_and_still_gets_it_right() {
     shutdown(farm).await;
 }
 
+/// A device whose C stays in device memory, like a GPU: it keeps no rows, so the agent recomputes the rows a
+/// spot check asks for as one-row shards. With `flip`, every multi-row shard comes back with one element of
+/// each row wrong and the leaves hashed from the wrong rows (a consistent lie, as a faulty GPU tells it);
+/// one-row recomputations are right.
+#[derive(Debug)]
+struct RowsOnDevice {
+    inner: CpuBackend,
+    flip: bool,
+}
+
+impl Backend for RowsOnDevice {
+    fn name(&self) -> &str {
+        "rows-on-device"
+    }
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        if !self.flip || shard.row_count() == 1 {
+            return self.inner.run_shard(shard, keep_rows);
+        }
+        let mut out = self.inner.run_shard(shard, true)?;
+        let n = shard.challenge.matrix_size as usize;
+        let mut rows = out.rows.take().unwrap_or_default();
+        for (i, row) in rows.chunks_mut(n).enumerate() {
+            row[n / 2] = row[n / 2].wrapping_add(1);
+            let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.leaves[i] = cpc_common::hashing::sha256(&bytes);
+        }
+        out.rows = keep_rows.then_some(rows);
+        Ok(out)
+    }
+    fn keeps_rows_cheaply(&self) -> bool {
+        false
+    }
+}
+
+/// GPU-like devices are spot-checked through recomputed rows: an honest one passes, and one whose shards
+/// each carry a single wrong element per row is caught by the leaf check alone (the 8 sampled elements of a
+/// 256-wide row would miss it most of the time), quarantined, and its rows recomputed elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_spot_checks_devices_that_keep_no_rows_by_recomputing_them() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let device = |flip| -> Arc<dyn Backend> {
+        Arc::new(RowsOnDevice { inner: CpuBackend::new(1).expect("cpu"), flip })
+    };
+    let agents = [
+        AgentThread::spawn(agent_config(&farm, "gpu-ok"), one_device(device(false))),
+        AgentThread::spawn(agent_config(&farm, "gpu-flaky"), one_device(device(true))),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let challenge = Challenge::new("farm-it-rows-on-device", 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge), "{report:#?}");
+    assert!(report.spot_checks_failed >= 1, "{report:#?}");
+    assert!(
+        report.spot_checks_passed >= 1,
+        "the honest device's recomputed rows pass: {report:#?}"
+    );
+    let devices = farm.devices().await.expect("devices");
+    let quarantined: Vec<&str> =
+        devices.iter().filter(|d| d.quarantined).map(|d| d.agent.as_str()).collect();
+    assert_eq!(quarantined, ["gpu-flaky"], "{devices:#?}");
+    drop(agents);
+    shutdown(farm).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farm_refuses_a_wrong_token_with_a_clear_message() {
     let farm = farm::start(farm_config()).expect("farm");

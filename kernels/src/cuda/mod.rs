@@ -889,6 +889,10 @@ impl Backend for CudaBackend {
         Ok(ShardOutput { leaves: out.leaves, rows: out.rows })
     }
 
+    fn keeps_rows_cheaply(&self) -> bool {
+        false
+    }
+
     fn last_stats(&self) -> Option<ShardStats> {
         Self::last_stats(self)
     }
