@@ -1,5 +1,5 @@
-//! One actor per device: it runs shards on its backend off the actor thread (one shard at a time, on the
-//! device's own worker thread), answers the coordinator's spot checks with rows of its recent shards, and
+//! One actor per device: it runs shards on its backend off the actor thread (on the device's own worker
+//! threads: one shard at a time, two on a GPU so that consecutive shards overlap), answers the coordinator's spot checks with rows of its recent shards, and
 //! measures its throughput when it starts so that the coordinator can split jobs in proportion.
 //!
 //! # Rows for spot checks
@@ -12,7 +12,7 @@
 //!
 //! # Watchdog and quarantine
 //!
-//! Every call into a backend (the start-up measurement and each shard) runs on the device's own worker thread,
+//! Every call into a backend (the start-up measurement and each shard) runs on the device's own worker threads,
 //! not on tokio's shared blocking pool, so that a call that never returns (a wedged GPU driver) holds up
 //! nothing but its own device. The actor waits for the call against a deadline, [`watchdog_deadline`]: the
 //! watchdog timeout (`--watchdog-secs`, [`DEFAULT_WATCHDOG`]) plus a grace that lets the CUDA backend's own
@@ -22,7 +22,7 @@
 //! ([`BackendError::quarantines_device`]: a CUDA error, its own timeout, an earlier quarantine), the actor
 //! quarantines the device: it answers the shard `ShardFailed` with the reason, records it in [`Health`] (the
 //! session tells the coordinator with `DeviceQuarantined`; `/metrics` shows `cpcfarm_agent_device_healthy 0`
-//! and `cpcfarm_agent_devices_quarantined`), gives up on the worker thread (never joined: it ends by itself if
+//! and `cpcfarm_agent_devices_quarantined`), gives up on the worker threads (never joined: each ends by itself if
 //! the call ever returns) and refuses every later shard at once. The agent's other devices have their own
 //! actors and threads and keep serving.
 
@@ -216,23 +216,36 @@ enum CallError {
     Gone,
 }
 
-/// The device's own thread: runs backend calls one after the other.
+/// The device's own threads ([`Backend::concurrent_shards`] of them: two on a GPU, so that consecutive
+/// shards overlap), taking backend calls from one queue.
 #[derive(Debug)]
 struct Worker {
     tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
 }
 
 impl Worker {
-    fn spawn(index: u32, backend: Arc<dyn Backend>) -> Result<Self, String> {
+    fn spawn(index: u32, backend: Arc<dyn Backend>, threads: usize) -> Result<Self, String> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name(format!("cpc-device-{index}"))
-            .spawn(move || {
-                for job in rx {
-                    job(backend.as_ref());
-                }
-            })
-            .map_err(|e| format!("cannot start the device's worker thread: {e}"))?;
+        let rx = Arc::new(Mutex::new(rx));
+        for t in 0..threads.max(1) {
+            let (rx, backend) = (rx.clone(), backend.clone());
+            std::thread::Builder::new()
+                .name(format!("cpc-device-{index}-{t}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next call, not while running it.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(backend.as_ref()),
+                            Err(_) => return, // the worker was given up on, or the device is gone
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the device's worker thread: {e}"))?;
+        }
         Ok(Self { tx: Mutex::new(Some(tx)) })
     }
 
@@ -283,7 +296,8 @@ struct DeviceState {
     watchdog: Duration,
     labels: DeviceLabels,
     cache: Arc<Mutex<RowCache>>,
-    one_at_a_time: Semaphore,
+    /// Calls running on the device at once ([`Backend::concurrent_shards`]).
+    in_flight: Semaphore,
     /// [`Backend::keeps_rows_cheaply`]: keep each shard's rows, or recompute the rows asked for.
     keeps_rows: bool,
 }
@@ -369,7 +383,7 @@ impl Handler<Compute> for DeviceActor {
                 Ok(s) => s,
                 Err(e) => return failed(e),
             };
-            let Ok(_permit) = state.one_at_a_time.acquire().await else {
+            let Ok(_permit) = state.in_flight.acquire().await else {
                 return failed("device is shutting down".into());
             };
             if let Some(reason) = state.health.reason(state.index) {
@@ -453,7 +467,7 @@ impl Handler<RecomputeRow> for DeviceActor {
             let RecomputeRow { shard_id, shard } = msg;
             let (row, n) = (shard.rows.start, shard.challenge.matrix_size as usize);
             let unavailable = |reason: String| Response::RowUnavailable { reason };
-            let Ok(_permit) = state.one_at_a_time.acquire().await else {
+            let Ok(_permit) = state.in_flight.acquire().await else {
                 return unavailable("device is shutting down".into());
             };
             if let Some(reason) = state.health.reason(state.index) {
@@ -533,12 +547,12 @@ pub async fn start(
     let state = Arc::new(DeviceState {
         index,
         name: format!("device {index} ({})", backend.name()),
-        worker: Worker::spawn(index, backend.clone())?,
+        worker: Worker::spawn(index, backend.clone(), backend.concurrent_shards())?,
         health,
         watchdog: options.watchdog,
         labels,
         cache,
-        one_at_a_time: Semaphore::new(1),
+        in_flight: Semaphore::new(backend.concurrent_shards().max(1)),
         keeps_rows: backend.keeps_rows_cheaply(),
     });
     m::device_healthy(&state.labels, true);
@@ -830,6 +844,64 @@ mod tests {
             }
             assert_eq!(rows.lock().expect("cache").source(7, 16), RowSource::Unknown);
             assert_eq!(rows.lock().expect("cache").source(8, 0), RowSource::Unknown);
+        });
+    }
+
+    /// A device that overlaps two shards (as a GPU does): each call waits, up to 10 s, for a second call to be
+    /// inside `run_shard` at the same time, and records how many it saw.
+    #[derive(Debug)]
+    struct Overlapping {
+        inner: cpc_kernels::CpuBackend,
+        inside: std::sync::Mutex<(u32, u32)>,
+        changed: std::sync::Condvar,
+    }
+
+    impl Backend for Overlapping {
+        fn name(&self) -> &str {
+            "overlapping"
+        }
+        fn info(&self) -> cpc_kernels::DeviceInfo {
+            self.inner.info()
+        }
+        fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+            let mut inside = self.inside.lock().expect("lock");
+            inside.0 += 1;
+            inside.1 = inside.1.max(inside.0);
+            self.changed.notify_all();
+            let (mut inside, _) = self
+                .changed
+                .wait_timeout_while(inside, Duration::from_secs(10), |(now, _)| *now < 2)
+                .expect("wait");
+            inside.1 = inside.1.max(inside.0);
+            drop(inside);
+            let out = self.inner.run_shard(shard, keep_rows);
+            self.inside.lock().expect("lock").0 -= 1;
+            out
+        }
+        fn concurrent_shards(&self) -> usize {
+            2
+        }
+    }
+
+    #[test]
+    fn a_device_that_overlaps_shards_gets_two_at_once() {
+        actix_rt::System::new().block_on(async {
+            let backend = Arc::new(Overlapping {
+                inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+                inside: std::sync::Mutex::new((0, 0)),
+                changed: std::sync::Condvar::new(),
+            });
+            let opts = options(Duration::from_secs(60));
+            let device =
+                start(40, backend.clone(), cache(), Health::default(), &opts).await.expect("start");
+            let (a, b) = tokio::join!(
+                device.addr.send(run_shard(1, "overlap-a", 40)),
+                device.addr.send(run_shard(2, "overlap-b", 40)),
+            );
+            for answer in [a.expect("a"), b.expect("b")] {
+                assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+            }
+            assert_eq!(backend.inside.lock().expect("lock").1, 2, "both shards ran at once");
         });
     }
 

@@ -107,6 +107,10 @@ impl Backend for CudaBackend {
     fn keeps_rows_cheaply(&self) -> bool {
         match *self {}
     }
+
+    fn concurrent_shards(&self) -> usize {
+        match *self {}
+    }
 }
 
 /// The NVML sampler; this build has none, so no value of this type can exist.

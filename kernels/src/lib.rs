@@ -186,6 +186,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn keeps_rows_cheaply(&self) -> bool {
         true
     }
+    /// How many `run_shard` calls from different threads the device overlaps usefully: 1 by default (the CPU
+    /// backend already uses every core for one shard); [`gpu::SLOTS`] on a GPU, where one shard's generation
+    /// and hashing overlap the other's GEMM, each shard within the memory of [`DeviceInfo::memory_bytes`].
+    fn concurrent_shards(&self) -> usize {
+        1
+    }
     /// What the last shard that completed cost, for backends that measure it (the CUDA backend: device
     /// time, achieved tera-ops per second, joules); `None` by default.
     fn last_stats(&self) -> Option<gpu::ShardStats> {

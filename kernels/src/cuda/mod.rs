@@ -893,6 +893,10 @@ impl Backend for CudaBackend {
         false
     }
 
+    fn concurrent_shards(&self) -> usize {
+        SLOTS
+    }
+
     fn last_stats(&self) -> Option<ShardStats> {
         Self::last_stats(self)
     }
