@@ -192,8 +192,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn concurrent_shards(&self) -> usize {
         1
     }
-    /// What the last shard that completed cost, for backends that measure it (the CUDA backend: device
-    /// time, achieved tera-ops per second, joules); `None` by default.
+    /// What the last shard the calling thread completed cost, for backends that measure it (the CUDA
+    /// backend: device time, achieved tera-ops per second, joules); `None` by default.
     fn last_stats(&self) -> Option<gpu::ShardStats> {
         None
     }

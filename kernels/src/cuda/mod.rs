@@ -53,11 +53,13 @@ use cudarc::driver::{
 use gemm::LtGemm;
 use module::Kernels;
 use std::{
+    collections::HashMap,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
+    thread::ThreadId,
     time::{Duration, Instant},
 };
 
@@ -545,7 +547,8 @@ pub struct CudaBackend {
     gemm_note: String,
     quarantine: Mutex<Option<String>>,
     monitor: Option<GpuMonitor>,
-    last_stats: Mutex<Option<ShardStats>>,
+    /// Stats of the last shard each thread completed (the agent runs [`SLOTS`] threads per GPU).
+    last_stats: Mutex<HashMap<ThreadId, ShardStats>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -663,7 +666,7 @@ impl CudaBackend {
             gemm_note,
             quarantine: Mutex::new(None),
             monitor,
-            last_stats: Mutex::new(None),
+            last_stats: Mutex::new(HashMap::new()),
         })
     }
 
@@ -711,9 +714,11 @@ impl CudaBackend {
         self.quarantine.lock().map_or_else(|p| p.into_inner().clone(), |q| q.clone())
     }
 
-    /// Stats of the last shard that completed.
+    /// Stats of the last shard the calling thread completed (so that threads running shards at once each
+    /// read their own).
     pub fn last_stats(&self) -> Option<ShardStats> {
-        self.last_stats.lock().ok().and_then(|s| s.clone())
+        let id = std::thread::current().id();
+        self.last_stats.lock().ok().and_then(|s| s.get(&id).cloned())
     }
 
     /// Device seconds of one `n × n × n` GEMM alone (unchunked, this backend's engine, generated data, after a
@@ -884,7 +889,7 @@ impl Backend for CudaBackend {
             out.stats.energy_joules = Some((after - before).max(0.0));
         }
         if let Ok(mut last) = self.last_stats.lock() {
-            *last = Some(out.stats);
+            last.insert(std::thread::current().id(), out.stats);
         }
         Ok(ShardOutput { leaves: out.leaves, rows: out.rows })
     }

@@ -182,6 +182,9 @@ fn cuda_consecutive_shards_overlap_and_recombine() {
         let cpu_root = result_hash(cpu(), ch).expect("CPU");
         assert_eq!(merkle_root(&leaves), cpu_root, "{}", ch.seed);
     }
+    // Stats are kept per calling thread (run_shards ran its own): none here until this thread runs one.
+    assert!(gpu.last_stats().is_none());
+    gpu.run_shard(&shards[0], false).expect("GPU shard");
     let stats = gpu.last_stats().expect("stats");
     assert!(stats.device_seconds > 0.0 && stats.ops > 0, "{stats:?}");
 }
