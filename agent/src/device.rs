@@ -1,6 +1,7 @@
 //! One actor per device: it runs shards on its backend off the actor thread (on the device's own worker
-//! threads: one shard at a time, two on a GPU so that consecutive shards overlap), answers the coordinator's spot checks with rows of its recent shards, and
-//! measures its throughput when it starts so that the coordinator can split jobs in proportion.
+//! threads: one shard at a time, two on a GPU so that consecutive shards overlap), answers the
+//! coordinator's spot checks with rows of its recent shards, and measures its throughput when it starts
+//! so that the coordinator can split jobs in proportion.
 //!
 //! # Rows for spot checks
 //!

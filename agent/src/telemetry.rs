@@ -1,6 +1,6 @@
-//! The NVML sampler: every [`SAMPLE_INTERVAL`], one [`GpuTelemetry`] per GPU from the backend's
-//! [`GpuMonitor`](cpc_kernels::gpu::GpuMonitor), exported on `/metrics` as the `cpcfarm_gpu_*` series with
-//! DCGM's labels (see [`crate::metrics`]).
+//! The NVML sampler: every [`SAMPLE_INTERVAL`], one [`GpuTelemetry`](cpc_kernels::gpu::GpuTelemetry) per
+//! GPU from the backend's [`GpuMonitor`](cpc_kernels::gpu::GpuMonitor), exported on `/metrics` as the
+//! `cpcfarm_gpu_*` series with DCGM's labels (see [`crate::metrics`]).
 //!
 //! Each GPU has its own sampler thread, so an NVML call stuck on a failing GPU stops only that GPU's readings.
 //! Devices without a monitor (the CPU backend, or any build without the `cuda` feature, whose backends never

@@ -13,15 +13,16 @@
 //! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
 //! - [`gpu`]: plain GPU types (per-shard stats, NVML telemetry with DCGM labels) that compile with or
 //!   without the `cuda` feature.
-//! - [`bench`]: per-phase and end-to-end timings of whole products on one device, with the GEMM alone on
+//! - [`bench`](mod@bench): per-phase and end-to-end timings of whole products on one device, with the GEMM alone on
 //!   CUDA (what `cpc-coordinator bench` prints).
 //!
 //! # Feature flags
 //!
 //! - `cuda`: the CUDA backend (cudarc with dynamic loading, so it builds without a GPU or toolkit; NVRTC
-//!   kernels, cuBLASLt int8 GEMM, NVML telemetry; see `src/cuda/mod.rs`). Without it [`CudaBackend`] is a stand-in with the same API whose constructor
-//!   answers [`BackendError::CudaNotCompiled`] ("built without CUDA support: rebuild with --features cuda"),
-//!   so callers never write `#[cfg(feature = "cuda")]` themselves.
+//!   kernels, cuBLASLt int8 GEMM, NVML telemetry; see `src/cuda/mod.rs`). Without it [`CudaBackend`] is a
+//!   stand-in with the same API whose constructor answers [`BackendError::CudaNotCompiled`] ("built
+//!   without CUDA support: rebuild with --features cuda"), so callers never write `#[cfg(feature = "cuda")]`
+//!   themselves.
 
 use cpc_common::{
     hashing::Digest32,
