@@ -249,8 +249,10 @@ impl Core {
             if o.nonce < confirmed {
                 // Usually ours, landed in a block after this round's scan: the nonces were read after the
                 // scan. Only a search up to a head read after the nonces can tell it from a replacement
-                // (re-signing an included result would put it on chain twice).
-                match node.find_tx(&o.tx_hash, o.height + 1).await? {
+                // (re-signing an included result would put it on chain twice). Blocks up to `scanned_to`
+                // were searched for every open submission already.
+                let from = (self.scanned_to + 1).max(o.height + 1);
+                match node.find_tx(&o.tx_hash, from).await? {
                     (Some(block), _) => self.record_inclusion(&o.tx_hash, Some(o.height), block)?,
                     (None, _) => {
                         lost("its nonce was used by another transaction", SubmissionState::Dropped)?
