@@ -8,6 +8,7 @@ use cpc_common::{
 };
 use cpc_tests::{
     devnet::chain::FAUCET_PRIVATE_KEY,
+    fixtures::{submit_result, transfer},
     harness::{DevnetOptions, DevnetProcess},
 };
 use reqwest::blocking::Client;
@@ -103,24 +104,6 @@ impl Api {
 
 fn faucet() -> SecretKey {
     SecretKey::from_hex(FAUCET_PRIVATE_KEY).expect("faucet key")
-}
-
-fn transfer(from: &SecretKey, to: &str, amount: u128, nonce: u64) -> Transaction {
-    Transaction::new_signed(
-        TxType::Transfer,
-        from,
-        Some(to.to_owned()),
-        amount,
-        nonce,
-        1000,
-        json!({}),
-    )
-    .expect("tx")
-}
-
-fn submit_result(worker: &SecretKey, nonce: u64, payload: Value) -> Transaction {
-    Transaction::new_signed(TxType::SubmitResult, worker, None, 0, nonce, 1000, payload)
-        .expect("tx")
 }
 
 fn result_payload(worker: &SecretKey, task: &str, height: u64) -> Value {

@@ -669,6 +669,7 @@ fn fromhex_message(pos: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{submit_result, transfer};
     use serde_json::json;
 
     fn funded(keys: &[&SecretKey], balance: u128) -> Chain {
@@ -678,24 +679,6 @@ mod tests {
             chain.accounts.insert(k.address().to_string(), Account { balance, nonce: 0 });
         }
         chain
-    }
-
-    fn transfer(from: &SecretKey, to: &str, amount: u128, nonce: u64) -> Transaction {
-        Transaction::new_signed(
-            TxType::Transfer,
-            from,
-            Some(to.to_owned()),
-            amount,
-            nonce,
-            1000,
-            json!({}),
-        )
-        .expect("tx")
-    }
-
-    fn submit_result(from: &SecretKey, nonce: u64, payload: serde_json::Value) -> Transaction {
-        Transaction::new_signed(TxType::SubmitResult, from, None, 0, nonce, 1000, payload)
-            .expect("tx")
     }
 
     fn reason(chain: &mut Chain, tx: Transaction) -> String {
