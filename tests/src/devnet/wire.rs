@@ -143,6 +143,17 @@ impl Validator<'_> {
         }
     }
 
+    /// pydantic's `string_type` error for `field`; `None` for the caller to return.
+    fn not_a_string<T>(&mut self, field: &str, input: &Value) -> Option<T> {
+        self.errors.push(error(
+            "string_type",
+            &[field],
+            "Input should be a valid string",
+            input.clone(),
+        ));
+        None
+    }
+
     fn string(&mut self, field: &str, default: Option<&str>) -> Option<String> {
         match (self.obj.get(field), default) {
             (None, Some(d)) => Some(d.to_owned()),
@@ -151,15 +162,7 @@ impl Validator<'_> {
                 None
             }
             (Some(Value::String(s)), _) => Some(s.clone()),
-            (Some(other), _) => {
-                self.errors.push(error(
-                    "string_type",
-                    &[field],
-                    "Input should be a valid string",
-                    other.clone(),
-                ));
-                None
-            }
+            (Some(other), _) => self.not_a_string(field, other),
         }
     }
 
@@ -167,15 +170,7 @@ impl Validator<'_> {
         match self.obj.get(field) {
             None | Some(Value::Null) => Some(None),
             Some(Value::String(s)) => Some(Some(s.clone())),
-            Some(other) => {
-                self.errors.push(error(
-                    "string_type",
-                    &[field],
-                    "Input should be a valid string",
-                    other.clone(),
-                ));
-                None
-            }
+            Some(other) => self.not_a_string(field, other),
         }
     }
 
