@@ -2,7 +2,7 @@
 
 use crate::vectors;
 use cpc_common::synthetic::{matrix_ids, task_id, task_seed};
-use cpc_kernels::{Backend, CpuBackend, Shard, cpu::Kernel, result_hash};
+use cpc_kernels::{CpuBackend, cpu::Kernel, result_hash};
 
 #[test]
 fn task_derivation_and_samples() {
@@ -59,33 +59,7 @@ fn result_hash_and_leaves_every_kernel() {
             if kernel == Kernel::Scalar && ch.matrix_size > 256 {
                 continue; // the scalar kernel is covered by parity tests; keep the suite fast
             }
-            let got = result_hash(&backend, ch).expect("runs");
-            assert_eq!(
-                hex::encode(got),
-                hex::encode(v.result_hash),
-                "{} n={} t={}",
-                backend.name(),
-                ch.matrix_size,
-                ch.iterations
-            );
-
-            let shard = Shard::whole(ch.clone(), 0).expect("shard");
-            let out = backend.run_shard(&shard, true).expect("runs");
-            assert_eq!(out.leaves.len(), ch.matrix_size as usize);
-            if let Some(leaves) = &v.row_leaves {
-                assert_eq!(&out.leaves, leaves, "row leaves n={}", ch.matrix_size);
-            }
-            let rows = out.rows.expect("rows kept");
-            let n = ch.matrix_size as usize;
-            for s in &v.samples {
-                assert_eq!(
-                    rows[s.row as usize * n + s.col as usize],
-                    s.c,
-                    "C[{}][{}]",
-                    s.row,
-                    s.col
-                );
-            }
+            v.check(&backend);
         }
     }
 }

@@ -82,30 +82,8 @@ fn cuda_every_vector_matches_spec_and_cpu() {
     };
     let gpu = gpu();
     for v in &vectors {
-        let ch = &v.challenge;
-        let got = result_hash(&gpu, ch).expect("GPU result hash");
-        assert_eq!(
-            hex::encode(got),
-            hex::encode(v.result_hash),
-            "result_hash n={}",
-            ch.matrix_size
-        );
-        let shard = Shard::whole(ch.clone(), 0).expect("shard");
-        let out = gpu.run_shard(&shard, true).expect("GPU shard");
-        if let Some(leaves) = &v.row_leaves {
-            assert_eq!(&out.leaves, leaves, "vector row leaves n={}", ch.matrix_size);
-        }
-        let n = ch.matrix_size as usize;
-        let rows = out.rows.as_ref().expect("rows kept");
-        for s in &v.samples {
-            assert_eq!(
-                rows[s.row as usize * n + s.col as usize],
-                s.c,
-                "C[{}][{}] n={n}",
-                s.row,
-                s.col
-            );
-        }
+        let out = v.check(&gpu);
+        let shard = Shard::whole(v.challenge.clone(), 0).expect("shard");
         assert_same(&shard, &out, &cpu().run_shard(&shard, true).expect("CPU"), "vector");
     }
 }

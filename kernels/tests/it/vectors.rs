@@ -1,6 +1,7 @@
 //! The synthetic-v1 vectors (`synthetic_v1.json`), parsed.
 
 use cpc_common::{hashing::Digest32, synthetic::Challenge};
+use cpc_kernels::{Backend, Shard, ShardOutput, result_hash};
 use serde_json::Value;
 
 /// One sampled element: `A[row][col]`, `B[row][col]` and `C[row][col]` of iteration 0.
@@ -77,4 +78,34 @@ pub(crate) fn load() -> Option<Vec<Vector>> {
             })
             .collect(),
     )
+}
+
+impl Vector {
+    /// Checks `backend` against this vector: its `result_hash`, then one whole-matrix shard of iteration 0
+    /// with the rows kept: the row leaves (when the vector lists them) and every sampled element of C.
+    /// Answers that shard's output, for callers that compare it further.
+    pub(crate) fn check(&self, backend: &dyn Backend) -> ShardOutput {
+        let ch = &self.challenge;
+        let what = format!("{} n={} t={}", backend.name(), ch.matrix_size, ch.iterations);
+        let got = result_hash(backend, ch).expect("result hash");
+        assert_eq!(hex::encode(got), hex::encode(self.result_hash), "result_hash, {what}");
+        let shard = Shard::whole(ch.clone(), 0).expect("shard");
+        let out = backend.run_shard(&shard, true).expect("whole shard");
+        assert_eq!(out.leaves.len(), ch.matrix_size as usize, "{what}");
+        if let Some(leaves) = &self.row_leaves {
+            assert_eq!(&out.leaves, leaves, "row leaves, {what}");
+        }
+        let n = ch.matrix_size as usize;
+        let rows = out.rows.as_ref().expect("rows kept");
+        for s in &self.samples {
+            assert_eq!(
+                rows[s.row as usize * n + s.col as usize],
+                s.c,
+                "C[{}][{}], {what}",
+                s.row,
+                s.col
+            );
+        }
+        out
+    }
 }
