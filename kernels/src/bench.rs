@@ -251,12 +251,7 @@ impl BenchDevice {
     /// Opens device `device` of kind `kind` (like [`crate::open`]).
     pub fn open(kind: BackendKind, device: usize) -> Result<Self, BackendError> {
         match kind {
-            BackendKind::Cpu => {
-                if device != 0 {
-                    return Err(BackendError::NoDevice { kind, index: device, found: 1 });
-                }
-                Ok(Self::Cpu(CpuBackend::new(0)?))
-            }
+            BackendKind::Cpu => Ok(Self::Cpu(crate::open_cpu(device)?)),
             BackendKind::Cuda => Ok(Self::Cuda(Box::new(CudaBackend::new(device)?))),
         }
     }

@@ -257,14 +257,17 @@ pub fn result_hash(backend: &dyn Backend, challenge: &Challenge) -> Result<Diges
 /// feature (without it this answers [`BackendError::CudaNotCompiled`]).
 pub fn open(kind: BackendKind, device: usize) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
-        BackendKind::Cpu => {
-            if device != 0 {
-                return Err(BackendError::NoDevice { kind, index: device, found: 1 });
-            }
-            Ok(Box::new(CpuBackend::new(0)?))
-        }
+        BackendKind::Cpu => Ok(Box::new(open_cpu(device)?)),
         BackendKind::Cuda => Ok(Box::new(CudaBackend::new(device)?)),
     }
+}
+
+/// The CPU as device `device`: there is one, device 0, using every core.
+pub(crate) fn open_cpu(device: usize) -> Result<CpuBackend, BackendError> {
+    if device != 0 {
+        return Err(BackendError::NoDevice { kind: BackendKind::Cpu, index: device, found: 1 });
+    }
+    CpuBackend::new(0)
 }
 
 #[cfg(test)]
