@@ -49,12 +49,26 @@ const MAX_RECOMPUTABLE_SHARDS: usize = 4096;
 
 /// Rows of C kept for spot checks, bounded by bytes (the newest shard is always kept), and the shards whose
 /// rows were not kept but can be recomputed on their device.
+///
+/// Entries are keyed by [`ShardKey`]: the coordinator numbers shards per run, so after a reconnect (to the
+/// same coordinator or to a restarted one) the same id can name another shard. [`RowCache::begin_session`]
+/// forgets every row of the previous connection, and a late shard of an old connection is never cached.
 #[derive(Debug)]
 pub struct RowCache {
     budget: u64,
     used: u64,
+    session: u64,
     shards: VecDeque<CachedShard>,
-    recomputable: VecDeque<(u64, u32, Shard)>,
+    recomputable: VecDeque<(ShardKey, u32, Shard)>,
+}
+
+/// A shard as this agent knows it: the connection it came on and the coordinator's id for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardKey {
+    /// The agent's own number of the connection (one per session, never reused in a process).
+    pub session: u64,
+    /// The coordinator's id of the shard, unique within its run.
+    pub shard_id: u64,
 }
 
 /// Where a row a spot check asks for comes from.
@@ -75,7 +89,7 @@ pub enum RowSource {
 
 #[derive(Debug)]
 struct CachedShard {
-    shard_id: u64,
+    key: ShardKey,
     first_row: u32,
     n: u32,
     rows: Vec<i32>,
@@ -84,23 +98,36 @@ struct CachedShard {
 impl RowCache {
     /// A cache holding at most `budget` bytes of rows (plus the newest shard if it alone is larger).
     pub fn new(budget: u64) -> Self {
-        Self { budget, used: 0, shards: VecDeque::new(), recomputable: VecDeque::new() }
+        Self { budget, used: 0, session: 0, shards: VecDeque::new(), recomputable: VecDeque::new() }
     }
 
-    /// Remembers that `shard` (id `shard_id`) ran on `device` without keeping its rows.
-    pub fn insert_recomputable(&mut self, shard_id: u64, device: u32, shard: Shard) {
-        self.recomputable.push_back((shard_id, device, shard));
+    /// A new connection begins: every row of the previous one is forgotten (nobody can ask for it any more,
+    /// and its shard ids may name other shards now).
+    pub fn begin_session(&mut self, session: u64) {
+        self.session = session;
+        self.shards.clear();
+        self.recomputable.clear();
+        self.used = 0;
+        m::row_cache_bytes(0);
+    }
+
+    /// Remembers that `shard` ran on `device` without keeping its rows.
+    pub fn insert_recomputable(&mut self, key: ShardKey, device: u32, shard: Shard) {
+        if key.session != self.session {
+            return;
+        }
+        self.recomputable.push_back((key, device, shard));
         while self.recomputable.len() > MAX_RECOMPUTABLE_SHARDS {
             self.recomputable.pop_front();
         }
     }
 
-    /// Where row `row` (absolute) of shard `shard_id` can be had.
-    pub fn source(&self, shard_id: u64, row: u32) -> RowSource {
-        if let Some(values) = self.get(shard_id, row) {
+    /// Where row `row` (absolute) of shard `key` can be had.
+    pub fn source(&self, key: ShardKey, row: u32) -> RowSource {
+        if let Some(values) = self.get(key, row) {
             return RowSource::Held(values);
         }
-        let found = self.recomputable.iter().rev().find(|(id, _, _)| *id == shard_id);
+        let found = self.recomputable.iter().rev().find(|(k, _, _)| *k == key);
         match found {
             Some((_, device, shard)) if shard.rows.contains(&row) => {
                 match Shard::new(shard.challenge.clone(), shard.iteration, row..row + 1) {
@@ -113,9 +140,13 @@ impl RowCache {
     }
 
     /// Keeps the rows (row-major, `n` values a row) of a shard, evicting the oldest beyond the budget.
-    pub fn insert(&mut self, shard_id: u64, first_row: u32, n: u32, rows: Vec<i32>) {
+    /// Rows of a shard from an earlier connection are dropped.
+    pub fn insert(&mut self, key: ShardKey, first_row: u32, n: u32, rows: Vec<i32>) {
+        if key.session != self.session {
+            return;
+        }
         self.used += rows.len() as u64 * 4;
-        self.shards.push_back(CachedShard { shard_id, first_row, n, rows });
+        self.shards.push_back(CachedShard { key, first_row, n, rows });
         while self.used > self.budget && self.shards.len() > 1 {
             if let Some(old) = self.shards.pop_front() {
                 self.used -= old.rows.len() as u64 * 4;
@@ -124,9 +155,9 @@ impl RowCache {
         m::row_cache_bytes(self.used);
     }
 
-    /// Row `row` (absolute) of shard `shard_id`, if still held.
-    pub fn get(&self, shard_id: u64, row: u32) -> Option<Vec<i32>> {
-        let s = self.shards.iter().find(|s| s.shard_id == shard_id)?;
+    /// Row `row` (absolute) of shard `key`, if still held.
+    pub fn get(&self, key: ShardKey, row: u32) -> Option<Vec<i32>> {
+        let s = self.shards.iter().find(|s| s.key == key)?;
         let i = row.checked_sub(s.first_row)? as usize;
         let n = s.n as usize;
         s.rows.get(i * n..(i + 1) * n).map(<[i32]>::to_vec)
@@ -360,18 +391,25 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 }
 
-/// Runs a shard and answers `ShardDone` or `ShardFailed`.
+/// Runs a shard that came on connection `session` and answers `ShardDone` or `ShardFailed`.
 #[derive(Debug, Message)]
 #[rtype(result = "Response")]
-pub struct Compute(pub RunShard);
+pub struct Compute {
+    /// The connection the request came on ([`ShardKey::session`]).
+    pub session: u64,
+    /// The request.
+    pub request: RunShard,
+}
 
 impl Handler<Compute> for DeviceActor {
     type Result = ResponseFuture<Response>;
 
-    fn handle(&mut self, Compute(req): Compute, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Compute, _: &mut Self::Context) -> Self::Result {
         let state = self.state.clone();
         Box::pin(async move {
+            let Compute { session, request: req } = msg;
             let shard_id = req.shard_id;
+            let key = ShardKey { session, shard_id };
             let failed = |reason: String| {
                 m::shard_done(&state.labels, false, None);
                 Response::ShardFailed { shard_id, reason }
@@ -422,10 +460,8 @@ impl Handler<Compute> for DeviceActor {
                     let ShardOutput { leaves, rows: values } = output;
                     if let Ok(mut c) = state.cache.lock() {
                         match (values, recomputable) {
-                            (Some(values), _) => c.insert(shard_id, first, n, values),
-                            (None, Some(shard)) => {
-                                c.insert_recomputable(shard_id, state.index, shard)
-                            }
+                            (Some(values), _) => c.insert(key, first, n, values),
+                            (None, Some(shard)) => c.insert_recomputable(key, state.index, shard),
                             (None, None) => {}
                         }
                     }
@@ -588,17 +624,40 @@ mod tests {
 
     #[test]
     fn cache_is_bounded_and_keeps_the_newest() {
+        let key = |shard_id| ShardKey { session: 0, shard_id };
         let mut c = RowCache::new(64);
-        c.insert(1, 10, 2, vec![1, 2, 3, 4]); // 16 bytes
-        c.insert(2, 0, 2, vec![5; 12]); // 48 bytes
-        assert_eq!(c.get(1, 11), Some(vec![3, 4]));
-        assert_eq!(c.get(1, 12), None);
-        assert_eq!(c.get(1, 9), None);
-        c.insert(3, 0, 4, vec![7; 40]); // 160 bytes: alone over budget, still kept
-        assert_eq!(c.get(1, 10), None);
-        assert_eq!(c.get(2, 0), None);
-        assert_eq!(c.get(3, 9), Some(vec![7; 4]));
+        c.insert(key(1), 10, 2, vec![1, 2, 3, 4]); // 16 bytes
+        c.insert(key(2), 0, 2, vec![5; 12]); // 48 bytes
+        assert_eq!(c.get(key(1), 11), Some(vec![3, 4]));
+        assert_eq!(c.get(key(1), 12), None);
+        assert_eq!(c.get(key(1), 9), None);
+        c.insert(key(3), 0, 4, vec![7; 40]); // 160 bytes: alone over budget, still kept
+        assert_eq!(c.get(key(1), 10), None);
+        assert_eq!(c.get(key(2), 0), None);
+        assert_eq!(c.get(key(3), 9), Some(vec![7; 4]));
         assert_eq!(c.used_bytes(), 160);
+    }
+
+    /// The defect a coordinator restart exposed: shard ids start again at 1, and rows cached for the old
+    /// connection's shard 1 were served for the new connection's shard 1.
+    #[test]
+    fn rows_of_an_earlier_connection_are_never_served() {
+        let mut c = RowCache::new(1 << 20);
+        c.begin_session(1);
+        let old = ShardKey { session: 1, shard_id: 1 };
+        c.insert(old, 0, 2, vec![1, 2, 3, 4]);
+        assert_eq!(c.get(old, 1), Some(vec![3, 4]));
+        c.begin_session(2);
+        let new = ShardKey { session: 2, shard_id: 1 };
+        assert_eq!(c.get(new, 1), None);
+        assert_eq!(c.source(new, 1), RowSource::Unknown);
+        assert_eq!(c.used_bytes(), 0);
+        // A shard of the old connection that finishes late is not cached for the new one.
+        c.insert(old, 0, 2, vec![9, 9, 9, 9]);
+        assert_eq!(c.get(new, 0), None);
+        assert_eq!(c.used_bytes(), 0);
+        c.insert(new, 0, 2, vec![5, 6, 7, 8]);
+        assert_eq!(c.get(new, 1), Some(vec![7, 8]));
     }
 
     /// How [`Faulty`] misbehaves on shards of its seed.
@@ -658,15 +717,18 @@ mod tests {
     }
 
     fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
-        Compute(RunShard {
-            shard_id,
-            seed: seed.into(),
-            matrix_size: 32,
-            iterations: 1,
-            iteration: 0,
-            rows: (0, 16),
-            device,
-        })
+        Compute {
+            session: 0,
+            request: RunShard {
+                shard_id,
+                seed: seed.into(),
+                matrix_size: 32,
+                iterations: 1,
+                iteration: 0,
+                rows: (0, 16),
+                device,
+            },
+        }
     }
 
     fn options(watchdog: Duration) -> DeviceOptions {
@@ -827,7 +889,8 @@ mod tests {
                 .expect("run");
             let want_rows = want.rows.expect("rows");
             for row in [0u32, 5, 9, 15] {
-                let source = rows.lock().expect("cache").source(7, row);
+                let source =
+                    rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 7 }, row);
                 let RowSource::Recompute { device: 30, shard } = source else {
                     panic!("row {row}: {source:?}")
                 };
@@ -843,8 +906,14 @@ mod tests {
                 // coordinator's spot check fails the device.
                 assert_eq!(leaf_matches, row != 9, "row {row}");
             }
-            assert_eq!(rows.lock().expect("cache").source(7, 16), RowSource::Unknown);
-            assert_eq!(rows.lock().expect("cache").source(8, 0), RowSource::Unknown);
+            assert_eq!(
+                rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 7 }, 16),
+                RowSource::Unknown
+            );
+            assert_eq!(
+                rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 8 }, 0),
+                RowSource::Unknown
+            );
         });
     }
 

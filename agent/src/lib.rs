@@ -45,6 +45,9 @@ use tokio::sync::{oneshot, watch};
 pub const DEFAULT_ROW_CACHE_BYTES: u64 = 512 * 1024 * 1024;
 /// Default matrix size of the start-up throughput measurement.
 pub const DEFAULT_MEASURE_MATRIX_SIZE: u32 = 256;
+/// Default QUIC idle timeout: a coordinator that vanished without a word (host down, cable pulled) is given
+/// up after this; a restarted one is noticed sooner, by the stateless reset its first answer carries.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default first reconnect delay.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 /// Default longest reconnect delay.
@@ -97,7 +100,7 @@ impl AgentConfig {
             fingerprint: fingerprint.into(),
             name: default_name(),
             metrics_listen: None,
-            idle_timeout: Duration::from_secs(15),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             backoff_initial: DEFAULT_BACKOFF_INITIAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
             row_cache_bytes: DEFAULT_ROW_CACHE_BYTES,
@@ -246,6 +249,7 @@ pub async fn run(
         cache,
         ready,
         health,
+        sessions: std::sync::atomic::AtomicU64::new(0),
     };
     let mut attempt: u32 = 0;
     loop {

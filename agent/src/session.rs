@@ -7,7 +7,7 @@
 
 use crate::{
     AgentConfig, AgentError,
-    device::{Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource},
+    device::{Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource, ShardKey},
     metrics as m,
 };
 use actix::Addr;
@@ -21,7 +21,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -68,6 +68,8 @@ pub struct SessionCtx {
     pub(crate) cache: Arc<Mutex<RowCache>>,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) health: Health,
+    /// Numbers the sessions of this process ([`ShardKey::session`]).
+    pub(crate) sessions: AtomicU64,
 }
 
 /// How a session ended without a fatal error.
@@ -202,6 +204,12 @@ async fn session(
         Ok(Err(e)) => return Err(AgentError::Setup(format!("waiting for Welcome: {e}"))),
     };
     *welcomed = true;
+    // Rows cached for an earlier connection are never served on this one: shard ids are the coordinator's,
+    // and a restarted coordinator numbers its shards from 1 again.
+    let session = ctx.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    if let Ok(mut cache) = ctx.cache.lock() {
+        cache.begin_session(session);
+    }
     ctx.ready.store(true, Ordering::Relaxed);
     m::connected(true);
     tracing::info!(agent_id, %addr, devices = ctx.devices.len(), "admitted by the coordinator");
@@ -248,7 +256,7 @@ async fn session(
                     activity.touch();
                     let (devices, cache, draining, activity) =
                         (ctx.devices.clone(), ctx.cache.clone(), draining.clone(), activity.clone());
-                    actix_rt::spawn(serve_request(send, recv, devices, cache, draining, activity));
+                    actix_rt::spawn(serve_request(send, recv, session, devices, cache, draining, activity));
                 }
                 Err(e) => break End::Lost(e.to_string()),
             },
@@ -277,10 +285,11 @@ async fn session(
 async fn fetch_row(
     devices: &Devices,
     cache: &Mutex<RowCache>,
-    shard_id: u64,
+    key: ShardKey,
     row: u32,
 ) -> Response {
-    let source = cache.lock().map_or(RowSource::Unknown, |c| c.source(shard_id, row));
+    let shard_id = key.shard_id;
+    let source = cache.lock().map_or(RowSource::Unknown, |c| c.source(key, row));
     match source {
         RowSource::Held(values) => Response::Row { values },
         RowSource::Recompute { device, shard } => match devices.0.get(&device) {
@@ -304,6 +313,7 @@ async fn fetch_row(
 async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    session: u64,
     devices: Devices,
     cache: Arc<Mutex<RowCache>>,
     draining: Arc<AtomicBool>,
@@ -321,14 +331,16 @@ async fn serve_request(
         Err(_) => return,
     };
     let response = match request {
-        Request::FetchRow { shard_id, row } => fetch_row(&devices, &cache, shard_id, row).await,
+        Request::FetchRow { shard_id, row } => {
+            fetch_row(&devices, &cache, ShardKey { session, shard_id }, row).await
+        }
         Request::RunShard(req) => {
             let shard_id = req.shard_id;
             if draining.load(Ordering::Relaxed) {
                 Response::ShardFailed { shard_id, reason: "the agent is draining".into() }
             } else if let Some((_, addr)) = devices.0.get(&req.device) {
                 activity.in_hand.fetch_add(1, Ordering::Relaxed);
-                let r = addr.send(Compute(req)).await;
+                let r = addr.send(Compute { session, request: req }).await;
                 activity.in_hand.fetch_sub(1, Ordering::Relaxed);
                 activity.touch();
                 r.unwrap_or_else(|_| Response::ShardFailed {

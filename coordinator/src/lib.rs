@@ -14,6 +14,7 @@
 //! # Feature flags
 //! - `cuda`: offer the CUDA backend of `cpc-kernels` for local `task` and `verify` runs.
 
+pub mod data_dir;
 pub mod farm;
 pub mod l1;
 pub mod mining;

@@ -4,16 +4,21 @@
 //! With validators configured (`--validator URL=IDENTITY` or `[[validators]]`), it also takes jobs from
 //! those PoC validators over WebSocket, on the same compute service behind the priority layer.
 
-use super::{GlobalArgs, output::print_json};
+use super::{GlobalArgs, output::print_json, usage};
 use anyhow::Context as _;
 use clap::Args;
-use cpc_common::{keystore::Keystore, synthetic::DEFAULT_MATRIX_SIZE};
+use cpc_common::{
+    keystore::Keystore,
+    synthetic::{DEFAULT_MATRIX_SIZE, MAX_MATRIX_SIZE},
+};
 use cpc_coordinator::{
+    data_dir::{self, DataDirLock},
     farm::{self, FarmConfig},
     mining::{
         self, Identity, MinerSettings,
         compute::{ComputeService, LocalCompute},
         config::{ConfigFile, ValidatorEntry},
+        journal::ReportRow,
         priority::{PrioritizedCompute, Priority, SchedulingPolicy},
     },
     validator::{self, ValidatorSettings, protocol::DEFAULT_MAX_MATRIX_SIZE},
@@ -29,6 +34,8 @@ use std::{
 
 /// Default head polling interval.
 const DEFAULT_POLL_MS: u64 = 500;
+/// Default days settled journal rows are kept.
+const DEFAULT_JOURNAL_RETENTION_DAYS: u64 = 7;
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -77,6 +84,13 @@ pub(crate) struct RunArgs {
     /// Seconds to wait for the last submissions to settle when stopping.
     #[arg(long, default_value_t = 60, help_heading = "Mining")]
     settle_timeout: u64,
+    /// Start a new journal although this data dir was used before and its journal is missing or empty.
+    /// Results an earlier run put on chain are then recovered from the chain before anything is signed.
+    #[arg(long, help_heading = "Mining")]
+    new_journal: bool,
+    /// Days settled tasks and answered validator jobs stay in the journal (0: forever) [default: 7].
+    #[arg(long, env = "CPC_JOURNAL_RETENTION_DAYS", help_heading = "Mining")]
+    journal_retention_days: Option<u64>,
     #[command(flatten)]
     validators: ValidatorArgs,
 }
@@ -114,14 +128,16 @@ struct Resolved {
     validators: Vec<ValidatorEntry>,
     max_validator_matrix_size: u32,
     scheduling: SchedulingPolicy,
+    journal_retention: Option<Duration>,
 }
 
 /// `URL=IDENTITY` (split at the last `=`: a URL may hold `=` in its query).
 fn parse_validator_flag(flag: &str) -> anyhow::Result<ValidatorEntry> {
-    let (url, identity) = flag
-        .rsplit_once('=')
-        .filter(|(u, i)| !u.is_empty() && !i.is_empty())
-        .with_context(|| format!("invalid --validator `{flag}`: expected URL=IDENTITY"))?;
+    let Some((url, identity)) =
+        flag.rsplit_once('=').filter(|(u, i)| !u.is_empty() && !i.is_empty())
+    else {
+        usage!("invalid --validator `{flag}`: expected URL=IDENTITY");
+    };
     Ok(ValidatorEntry { url: url.to_owned(), identity: identity.to_owned(), submit_to_l1: false })
 }
 
@@ -137,30 +153,54 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
     } else {
         vec![g.node.clone()]
     };
+    for url in &nodes {
+        check_node_url(url)?;
+    }
     let identities =
         if args.identities.is_empty() { file.identities.clone() } else { args.identities.clone() };
     if identities.is_empty() {
-        anyhow::bail!(
+        usage!(
             "no worker identity: pass --identity NAME (a key in the keystore) or list `identities` in --config"
         );
     }
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(twice) = identities.iter().find(|name| !names.insert(name.as_str())) {
+        usage!(
+            "identity `{twice}` is listed twice: each identity submits once per block, so list it once"
+        );
+    }
     let data_dir = super::data_dir_or_default(args.data_dir.clone().or(file.data_dir.clone()))?;
+    let parse_addr = |what: &str, text: &str| -> anyhow::Result<SocketAddr> {
+        match text.parse() {
+            Ok(a) => Ok(a),
+            Err(e) => usage!("invalid `{what}` in config: {text}: {e} (expected IP:PORT)"),
+        }
+    };
     let listen = match (args.listen, &file.listen) {
         (Some(l), _) => l,
-        (None, Some(l)) => l.parse().with_context(|| format!("invalid `listen` in config: {l}"))?,
-        (None, None) => farm::DEFAULT_LISTEN.parse()?,
+        (None, Some(l)) => parse_addr("listen", l)?,
+        (None, None) => parse_addr("listen", farm::DEFAULT_LISTEN)?,
     };
     let metrics = match (args.metrics, &file.metrics) {
         (Some(m), _) => Some(m),
-        (None, Some(m)) => {
-            Some(m.parse().with_context(|| format!("invalid `metrics` in config: {m}"))?)
-        }
+        (None, Some(m)) => Some(parse_addr("metrics", m)?),
         (None, None) => None,
     };
     let compute =
         args.compute.clone().or(file.compute.clone()).unwrap_or_else(|| "farm".to_owned());
     if compute != "farm" && compute != "local" {
-        anyhow::bail!("invalid compute `{compute}`: expected `farm` or `local`");
+        usage!("invalid compute `{compute}`: expected `farm` or `local`");
+    }
+    let matrix_size = args.matrix_size.or(file.matrix_size).unwrap_or(DEFAULT_MATRIX_SIZE);
+    if matrix_size == 0 || matrix_size > MAX_MATRIX_SIZE {
+        usage!("invalid matrix_size {matrix_size}: expected 1 to {MAX_MATRIX_SIZE}");
+    }
+    let gas_price = args.gas_price.or(file.gas_price).unwrap_or(cpc_common::tx::MIN_GAS_PRICE);
+    if gas_price < cpc_common::tx::MIN_GAS_PRICE {
+        usage!(
+            "invalid gas_price {gas_price}: the L1 drops transactions under {} (its minimum)",
+            cpc_common::tx::MIN_GAS_PRICE
+        );
     }
     let v = &args.validators;
     let validators = if v.validators.is_empty() {
@@ -169,9 +209,11 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         v.validators.iter().map(|f| parse_validator_flag(f)).collect::<anyhow::Result<Vec<_>>>()?
     };
     for entry in &validators {
-        validator::url_label(&entry.url)?;
+        if let Err(e) = validator::url_label(&entry.url) {
+            usage!("{e}");
+        }
         if entry.submit_to_l1 && !identities.contains(&entry.identity) {
-            anyhow::bail!(
+            usage!(
                 "validator {} has submit_to_l1 for `{}`, which is not a mining identity: add it to `identities`",
                 entry.url,
                 entry.identity
@@ -179,9 +221,18 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         }
     }
     let scheduling = match v.scheduling.as_ref().or(file.scheduling.as_ref()) {
-        Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+        Some(s) => match s.parse() {
+            Ok(policy) => policy,
+            Err(e) => usage!("{e}"),
+        },
         None => SchedulingPolicy::default(),
     };
+    let retention_days = args
+        .journal_retention_days
+        .or(file.journal_retention_days)
+        .unwrap_or(DEFAULT_JOURNAL_RETENTION_DAYS);
+    let journal_retention =
+        (retention_days > 0).then(|| Duration::from_secs(retention_days.saturating_mul(86_400)));
     let max_validator_matrix_size = v
         .max_validator_matrix_size
         .or(file.max_validator_matrix_size)
@@ -195,11 +246,12 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         keystore,
         settings: MinerSettings {
             nodes,
-            matrix_size: args.matrix_size.or(file.matrix_size).unwrap_or(DEFAULT_MATRIX_SIZE),
-            gas_price: args.gas_price.or(file.gas_price).unwrap_or(cpc_common::tx::MIN_GAS_PRICE),
+            matrix_size,
+            gas_price,
             poll_interval: Duration::from_millis(
                 args.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_MS).max(10),
             ),
+            recover_from_chain: false,
         },
         identities,
         data_dir,
@@ -209,16 +261,50 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         validators,
         max_validator_matrix_size,
         scheduling,
+        journal_retention,
     })
 }
 
+/// An L1 node URL must be `http://` or `https://` with a host.
+fn check_node_url(url: &str) -> anyhow::Result<()> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(u) => usage!(
+            "invalid node URL `{url}`: scheme `{}` without a host or not http(s) (expected e.g. http://127.0.0.1:8000)",
+            u.scheme()
+        ),
+        Err(e) => usage!("invalid node URL `{url}`: {e} (expected e.g. http://127.0.0.1:8000)"),
+    }
+}
+
 pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let r = resolve(g, &args)?;
+    let mut r = resolve(g, &args)?;
     let load = |name: &String| -> anyhow::Result<Identity> {
         let k = r.keystore.load(name)?;
         Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
     };
     let identities = r.identities.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, a) in identities.iter().enumerate() {
+        if let Some(b) = identities[..i].iter().find(|b| b.address == a.address) {
+            usage!(
+                "identities `{}` and `{}` are the same key ({}): each identity submits once per block, so list it once",
+                b.name,
+                a.name,
+                a.address
+            );
+        }
+    }
+    // One coordinator per data dir, for the life of the process (the OS drops the lock if it dies).
+    let lock = DataDirLock::acquire(&r.data_dir)?;
+    let opened = data_dir::open_journal(&lock, args.new_journal)?;
+    r.settings.recover_from_chain = opened.created;
+    let journal = opened.journal;
+    if opened.created && args.new_journal {
+        eprintln!(
+            "new journal in {}: each identity first looks for its results of the last blocks on chain",
+            r.data_dir.display()
+        );
+    }
     let validator_settings = r
         .validators
         .iter()
@@ -233,7 +319,9 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             Ok(s)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let journal = mining::open_journal(&r.data_dir)?;
+    if let Some(keep) = r.journal_retention {
+        spawn_journal_pruning(Arc::clone(&journal), keep);
+    }
 
     // The farm also serves the metrics endpoint; in local mode it simply has no agents.
     let mut config = FarmConfig::new(r.listen, farm::Identity::load_or_create(&r.data_dir)?);
@@ -255,11 +343,15 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     // Block tasks and validator jobs share the compute service, one challenge at a time.
     let prioritized = PrioritizedCompute::new(inner, r.scheduling);
     let compute = prioritized.class(Priority::Block);
-    let start_height = cpc_coordinator::l1::NodePool::new(&r.settings.nodes)
-        .status()
-        .await
-        .map(|s| s.height)
-        .unwrap_or(0);
+    // A bounded run's window starts at the head: wait for a node rather than take height 0.
+    let start_height = if args.stop_after_blocks > 0 {
+        match wait_for_head(&r.settings.nodes).await? {
+            Some(h) => h,
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    } else {
+        0
+    };
     eprintln!(
         "mining for {} on {} with {} (matrix_size {}, data dir {})",
         identities
@@ -296,17 +388,23 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
 
     // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle.
     let last = start_height + args.stop_after_blocks - 1;
+    let pool = cpc_coordinator::l1::NodePool::new(&r.settings.nodes);
+    let mut head = start_height;
     let mut settle_deadline: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
+        if let Ok(status) = pool.status().await {
+            head = head.max(status.height);
+        }
         let rows = journal
             .lock()
             .map_err(|e| anyhow::anyhow!("journal lock: {e}"))?
             .report(start_height)?;
-        let reached = rows.iter().any(|row| row.height >= last);
+        // The last block's task exists, or the chain moved past it (then it was planned or missed).
+        let reached = head > last || rows.iter().any(|row| row.height >= last);
         if reached && settle_deadline.is_none() {
             settle_deadline = Some(Instant::now() + Duration::from_secs(args.settle_timeout));
         }
@@ -321,13 +419,17 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     validators.stop().await;
     miner.stop();
     farm.shutdown();
-    let rows: Vec<_> = journal
-        .lock()
-        .map_err(|e| anyhow::anyhow!("journal lock: {e}"))?
-        .report(start_height)?
-        .into_iter()
-        .filter(|row| row.height <= last)
-        .collect();
+    let tasks =
+        journal.lock().map_err(|e| anyhow::anyhow!("journal lock: {e}"))?.report(start_height)?;
+    let names = &r.identities;
+    let rows = window_report(&tasks, names, start_height..=last.min(head));
+    let included = rows.iter().filter(|r| r.state == "included").count();
+    eprintln!(
+        "blocks {start_height}..={}: {included} of {} results included, {} not",
+        last.min(head),
+        rows.len(),
+        rows.len() - included
+    );
     if g.json {
         print_json(&rows)?;
     } else {
@@ -336,18 +438,129 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             "height", "identity", "task_id", "result_hash"
         );
         for row in &rows {
-            let included = match (row.included_in, &row.tx_hash) {
-                (Some(h), Some(tx)) => format!("block {h} (tx {})", &tx[..16.min(tx.len())]),
+            let included = match (row.included_in, &row.tx_hash, &row.reason) {
+                (Some(h), Some(tx), _) => format!("block {h} (tx {})", &tx[..16.min(tx.len())]),
+                (_, _, Some(reason)) => format!("{}: {reason}", row.state),
                 _ => row.state.clone(),
             };
             println!(
                 "{:<7} {:<12} {:<36} {:<64} {included}",
                 row.height,
                 row.identity,
-                row.task_id,
+                row.task_id.as_deref().unwrap_or("-"),
                 row.result_hash.as_deref().unwrap_or("-")
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of a bounded run's report: every identity at every chain block of the window, whether the
+/// farm planned a task for it or not.
+#[derive(Debug, serde::Serialize)]
+struct WindowRow {
+    height: u64,
+    identity: String,
+    task_id: Option<String>,
+    result_hash: Option<String>,
+    /// `included`, `submitted`, `computed`, `planned`, `superseded`, `failed`, or `missed` (no task).
+    state: String,
+    tx_hash: Option<String>,
+    included_in: Option<u64>,
+    /// Why the result is not included, where it is not.
+    reason: Option<String>,
+}
+
+/// Every (height, identity) of `window`, from the journal's tasks; blocks the farm never planned show up
+/// as `missed`.
+fn window_report(
+    tasks: &[ReportRow],
+    identities: &[String],
+    window: std::ops::RangeInclusive<u64>,
+) -> Vec<WindowRow> {
+    let mut rows = Vec::new();
+    for height in window {
+        for identity in identities {
+            let task = tasks.iter().find(|t| t.height == height && &t.identity == identity);
+            rows.push(match task {
+                Some(t) => WindowRow {
+                    height,
+                    identity: identity.clone(),
+                    task_id: Some(t.task_id.clone()),
+                    result_hash: t.result_hash.clone(),
+                    state: t.state.clone(),
+                    tx_hash: t.tx_hash.clone(),
+                    included_in: t.included_in,
+                    reason: miss_reason(t),
+                },
+                None => WindowRow {
+                    height,
+                    identity: identity.clone(),
+                    task_id: None,
+                    result_hash: None,
+                    state: "missed".into(),
+                    tx_hash: None,
+                    included_in: None,
+                    reason: Some(
+                        "no task: the block was never seen as the head (a newer one came first, or \
+                         the coordinator or the node was down)"
+                            .into(),
+                    ),
+                },
+            });
+        }
+    }
+    rows
+}
+
+fn miss_reason(t: &ReportRow) -> Option<String> {
+    match t.state.as_str() {
+        "included" => None,
+        "superseded" => Some("superseded: a newer block came before it was computed".into()),
+        "failed" => Some(t.error.clone().unwrap_or_else(|| "failed".into())),
+        "planned" => Some("not computed before the run ended".into()),
+        "computed" => Some("computed, not submitted (underfunded, or no node)".into()),
+        "submitted" => Some("submitted, not included before the run ended".into()),
+        other => Some(other.to_owned()),
+    }
+}
+
+/// The node's head, waiting (and saying so) while no node answers; `None` when interrupted.
+async fn wait_for_head(nodes: &[String]) -> anyhow::Result<Option<u64>> {
+    let pool = cpc_coordinator::l1::NodePool::new(nodes);
+    let mut told = false;
+    loop {
+        match pool.status().await {
+            Ok(status) => return Ok(Some(status.height)),
+            Err(e) if !told => {
+                eprintln!("waiting for an L1 node ({e})");
+                told = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Prunes settled journal rows older than `keep`, once at start and every hour.
+fn spawn_journal_pruning(journal: mining::SharedJournal, keep: Duration) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let before = mining::journal::now_ms() - keep.as_millis() as i64;
+            match journal
+                .lock()
+                .map_err(|e| e.to_string())
+                .and_then(|j| j.prune(before).map_err(|e| e.to_string()))
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned settled rows from the journal"),
+                Err(e) => tracing::warn!(error = %e, "journal pruning failed"),
+            }
+        }
+    });
 }

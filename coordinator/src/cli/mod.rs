@@ -20,6 +20,21 @@ pub(crate) const DEFAULT_NODE_URL: &str = "http://localhost:8000";
 
 /// Exit code for "checked, and it is wrong" (as opposed to 1: "could not check").
 pub(crate) const EXIT_MISMATCH: u8 = 3;
+/// Exit code for a usage error: a flag, variable or config setting that is not valid.
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// An invalid setting, found by the program rather than by clap: `main` exits with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// Fails with a [`UsageError`].
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::cli::UsageError(format!($($arg)*))))
+    };
+}
+pub(crate) use usage;
 
 /// cpc-farm coordinator and operator tool for ComputeChain Proof-of-Compute.
 #[derive(Debug, Parser)]

@@ -47,6 +47,16 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
 }
 
 impl Identity {
+    /// The QUIC stateless-reset key material: derived from the private key, so it is the same after a
+    /// restart. A restarted coordinator then answers an agent's next packet on the old connection with a
+    /// stateless reset the agent recognises, and the agent reconnects at once instead of waiting for its
+    /// idle timeout.
+    pub fn stateless_reset_secret(&self) -> [u8; 32] {
+        let mut material = b"cpcfarm stateless reset v1".to_vec();
+        material.extend_from_slice(self.key.secret_der());
+        cpc_common::sha256(&material)
+    }
+
     /// A fresh identity held in memory only (tests, throw-away farms).
     pub fn generate() -> Result<Self, FarmError> {
         let ck = rcgen::generate_simple_self_signed(vec![
@@ -85,6 +95,8 @@ impl Identity {
             write_private(&token_path, format!("{}\n", random_token()).as_bytes())
                 .map_err(|e| io("cannot write", &token_path, e))?;
         }
+        refuse_if_shared(&key_path)?;
+        refuse_if_shared(&token_path)?;
         let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| {
             FarmError::Identity(format!("cannot read {}: {e}", cert_path.display()))
         })?;
@@ -94,10 +106,12 @@ impl Identity {
             .map_err(|e| io("cannot read", &token_path, e))?
             .trim()
             .to_owned();
-        if token.is_empty() {
+        if token.len() < MIN_TOKEN_CHARS {
             return Err(FarmError::Identity(format!(
-                "{} is empty: delete it to get a new token",
-                token_path.display()
+                "{} holds a join token of {} characters; at least {MIN_TOKEN_CHARS} are needed (128 bits \
+                 of hex): delete the file to get a new random token",
+                token_path.display(),
+                token.len()
             )));
         }
         Ok(Self { cert, key, token })
@@ -112,6 +126,31 @@ impl Identity {
     pub fn paths(dir: &Path) -> [PathBuf; 3] {
         [dir.join(CERT_FILE), dir.join(KEY_FILE), dir.join(TOKEN_FILE)]
     }
+}
+
+/// Shortest join token accepted: 32 hex characters carry 128 bits (tokens made here have 192).
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// Refuses a secret file that others can read or write, as ssh refuses such a private key: the key and the
+/// token let anyone impersonate this coordinator or join its farm.
+fn refuse_if_shared(path: &Path) -> Result<(), FarmError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| FarmError::Identity(format!("cannot read {}: {e}", path.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(FarmError::Identity(format!(
+                "{} is accessible by other users (mode {:o}): run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn random_token() -> String {
@@ -158,6 +197,22 @@ mod tests {
                 std::fs::metadata(dir.path().join(KEY_FILE)).expect("key").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn shared_key_files_and_short_tokens_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Identity::load_or_create(dir.path()).expect("create");
+        let key = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = Identity::load_or_create(dir.path()).expect_err("0644 key refused").to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        write_private(&dir.path().join(TOKEN_FILE), b"x\n").expect("write");
+        let e = Identity::load_or_create(dir.path()).expect_err("short token refused").to_string();
+        assert!(e.contains("at least 32"), "{e}");
     }
 
     #[test]

@@ -41,18 +41,25 @@ pub use spot_check::SpotCheckConfig;
 
 /// Default QUIC listen address of `cpc-coordinator serve`.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7700";
-/// Default interval between agent heartbeats.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// Default time without a heartbeat after which an agent is dropped.
-pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default QUIC idle timeout.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default interval between agent heartbeats (a few dozen bytes each: cheap at any farm size, and what lets
+/// a dead agent be noticed within [`DEFAULT_HEARTBEAT_TIMEOUT`], and a restarted coordinator be noticed by
+/// its agents within one interval through the stateless reset its next packet draws).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
+/// Default time without a heartbeat after which an agent is dropped and its shards go elsewhere: six
+/// missed heartbeats, checked every quarter of it, so a dead agent is gone within 2 s.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Default QUIC idle timeout (QUIC keep-alives every heartbeat interval keep a quiet link open).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default time one shard may take before its rows go to another device.
 pub const DEFAULT_SHARD_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default time a job waits for a usable device before failing.
 pub const DEFAULT_NO_DEVICE_WAIT: Duration = Duration::from_secs(60);
 /// Default time an unauthenticated connection has to present its `Hello`.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Default number of handshakes in progress at once; past half of it peers must validate their address
+/// (QUIC Retry), past all of it they are refused.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Identifies a device in the farm: the agent connection and the agent's own device index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -116,7 +123,7 @@ impl FarmConfig {
             split: SplitPolicy::default(),
             straggler: StragglerPolicy::default(),
             spot_check: SpotCheckConfig::default(),
-            max_pending_handshakes: 256,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
         }
     }
 }

@@ -238,12 +238,20 @@ impl Scheduler {
                 registry,
                 aggregator,
                 metrics,
-                next_shard: Arc::new(AtomicU64::new(1)),
+                next_shard: Arc::new(AtomicU64::new(first_shard_id())),
             },
             one_at_a_time: Arc::new(Semaphore::new(1)),
             next_job: Arc::new(AtomicU64::new(1)),
         }
     }
+}
+
+/// The first shard id of this run: random in the upper half of `u64`'s low 63 bits, so that shard ids of
+/// two coordinator runs do not meet (an agent keys its cached rows by connection as well; this is the
+/// second fence, and it makes ids in logs of different runs tell apart).
+fn first_shard_id() -> u64 {
+    use rand::Rng as _;
+    rand::thread_rng().gen_range(1u64 << 40..1u64 << 62)
 }
 
 impl Actor for Scheduler {

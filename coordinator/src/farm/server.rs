@@ -16,7 +16,10 @@ use cpc_common::{
     quic::{FrameIoError, read_frame, write_frame},
     wire::{ALPN, AgentControl, Hello, HelloReply, PROTOCOL_VERSION},
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::Semaphore;
 
 /// Largest `Hello` an unauthenticated peer may send.
@@ -29,6 +32,43 @@ pub const MAX_DEVICES_PER_AGENT: usize = 1024;
 const CLOSE_REFUSED: u32 = 1;
 /// Application close code for a protocol violation.
 const CLOSE_PROTOCOL: u32 = 2;
+/// How long a refused peer is given to read its `Refused` before the connection closes.
+const REFUSED_LINGER: Duration = Duration::from_millis(500);
+
+/// At most one log line per [`LogLimiter::EVERY`] for an event a peer can cause at will (refused
+/// handshakes, a full handshake queue), with the number of lines held back: a flood must not flood the logs.
+#[derive(Debug)]
+struct LogLimiter {
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    const fn new() -> Self {
+        Self { state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// `Some(held_back)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().ok()?;
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < Self::EVERY => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let held_back = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                Some(held_back)
+            }
+        }
+    }
+}
+
+static REFUSAL_LOG: LogLimiter = LogLimiter::new();
+static QUEUE_FULL_LOG: LogLimiter = LogLimiter::new();
 
 /// Binds the QUIC endpoint with the coordinator's certificate.
 pub(crate) fn bind(config: &FarmConfig) -> Result<quinn::Endpoint, FarmError> {
@@ -44,8 +84,13 @@ pub(crate) fn bind(config: &FarmConfig) -> Result<quinn::Endpoint, FarmError> {
         .map_err(|e| FarmError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport(config.idle_timeout, config.heartbeat_interval)));
-    quinn::Endpoint::server(server, config.listen)
-        .map_err(|source| FarmError::Bind { addr: config.listen, source })
+    let reset_key =
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &config.identity.stateless_reset_secret());
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let bind_err = |source| FarmError::Bind { addr: config.listen, source };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)
 }
 
 /// Transport parameters shared by both ends.
@@ -66,8 +111,21 @@ pub(crate) async fn accept_loop(
 ) {
     let pending = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
     while let Some(incoming) = endpoint.accept().await {
+        // Past half the handshake budget, a peer must first prove its address (a stateless Retry: no
+        // state is kept for it), so spoofed floods cost nothing and real agents only one round trip.
+        if pending.available_permits() < config.max_pending_handshakes.max(1) / 2
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes in progress: refusing");
+            crate::farm::metrics::FarmMetrics::handshake_refused();
+            if let Some(held_back) = QUEUE_FULL_LOG.admit() {
+                tracing::warn!(remote = %incoming.remote_address(), held_back,
+                    "too many handshakes in progress: refusing (one line per 10 s)");
+            }
             incoming.refuse();
             continue;
         };
@@ -190,11 +248,14 @@ fn admit(hello: &Hello, token: &str) -> Result<(), String> {
 
 /// Sends `Refused { reason }`, gives the peer a moment to read it, closes; answers the reason.
 async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) -> String {
-    tracing::warn!(remote = %conn.remote_address(), "refusing agent: {reason}");
+    if let Some(held_back) = REFUSAL_LOG.admit() {
+        tracing::warn!(remote = %conn.remote_address(), held_back,
+            "refusing agent: {reason} (one line per 10 s; cpcfarm_handshakes_refused_total counts all)");
+    }
     if write_frame(send, &HelloReply::Refused { reason: reason.clone() }).await.is_ok()
         && send.finish().is_ok()
     {
-        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        let _ = tokio::time::timeout(REFUSED_LINGER, send.stopped()).await;
     }
     conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
     reason

@@ -56,6 +56,8 @@ pub struct ConfigFile {
     pub max_validator_matrix_size: Option<u32>,
     /// Order of block tasks and validator jobs: `block_first` (default) or `fifo`.
     pub scheduling: Option<String>,
+    /// Days to keep settled tasks and answered validator jobs in the journal (0: keep forever).
+    pub journal_retention_days: Option<u64>,
 }
 
 /// One PoC validator connection: a URL and the identity whose key signs the results.

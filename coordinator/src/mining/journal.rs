@@ -21,12 +21,63 @@ use std::{path::Path, time::SystemTime};
 /// Errors from the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// SQLite failed (disk full, corrupted file, locked by another coordinator).
-    #[error("journal database error: {0} (is another coordinator using the same --data-dir?)")]
+    /// SQLite failed: the message says how (disk full, I/O error, corrupted file, busy).
+    #[error("journal database error: {0}{hint}", hint = sqlite_hint(.0))]
     Sqlite(#[from] rusqlite::Error),
+    /// `PRAGMA quick_check` found damage.
+    #[error(
+        "journal failed its integrity check ({0}): restore it from a backup, or move it aside and start with --new-journal"
+    )]
+    Damaged(String),
     /// A stored transaction no longer parses.
     #[error("journal holds a transaction that does not parse: {0}")]
     Corrupt(String),
+}
+
+/// What to tell the operator about an SQLite error: only a busy or locked database points at another
+/// process; corruption and I/O errors say so themselves.
+fn sqlite_hint(e: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => {
+            " (another process holds the journal: is another coordinator using the same --data-dir?)"
+        }
+        Some(C::DatabaseCorrupt | C::NotADatabase) => {
+            " (the file is damaged: restore it, or move it aside and start with --new-journal)"
+        }
+        Some(C::DiskFull) => " (free some disk space)",
+        Some(C::ReadOnly | C::PermissionDenied | C::CannotOpen) => {
+            " (check the data dir's permissions)"
+        }
+        _ => "",
+    }
+}
+
+/// Where a task comes from. Block tasks own their ids: a validator's result never takes a block task's id
+/// (see [`Journal::record_task`] and [`Journal::record_validator_task`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOrigin {
+    /// Derived from a block by the planner.
+    Block,
+    /// A PoC validator's job with `submit_to_l1`.
+    Validator,
+}
+
+impl TaskOrigin {
+    fn parse(s: &str) -> Self {
+        if s == "validator" { Self::Validator } else { Self::Block }
+    }
+}
+
+/// What [`Journal::record_validator_task`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidatorTaskOutcome {
+    /// Queued for the L1.
+    Queued,
+    /// Already queued (the same job answered twice).
+    AlreadyQueued,
+    /// The id is a block task's: refused.
+    CollidesWithBlockTask,
 }
 
 /// A task's state.
@@ -120,6 +171,8 @@ pub struct TaskRecord {
     pub result_hash: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Where it comes from.
+    pub origin: TaskOrigin,
 }
 
 /// A submission as journaled.
@@ -167,6 +220,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     created_ms INTEGER NOT NULL,
     computed_ms INTEGER,
+    origin TEXT NOT NULL DEFAULT 'block',
     PRIMARY KEY (identity, task_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
@@ -219,22 +273,51 @@ impl Journal {
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
-        db.execute_batch(SCHEMA)?;
-        Ok(Self { db })
+        Self::prepare(db)
     }
 
     /// An in-memory journal (tests, dry runs).
     pub fn in_memory() -> Result<Self, JournalError> {
-        let db = Connection::open_in_memory()?;
+        Self::prepare(Connection::open_in_memory()?)
+    }
+
+    fn prepare(db: Connection) -> Result<Self, JournalError> {
         db.execute_batch(SCHEMA)?;
+        // Journals written before task origins existed hold block tasks only.
+        let has_origin = db
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'origin'")?
+            .exists([])?;
+        if !has_origin {
+            db.execute_batch("ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT 'block'")?;
+        }
         Ok(Self { db })
     }
 
-    /// Records a derived task; `false` if it was already known (a restart re-derives the same id).
+    /// `PRAGMA quick_check`: the journal is readable through and through.
+    pub fn check_integrity(&self) -> Result<(), JournalError> {
+        let mut stmt = self.db.prepare("PRAGMA quick_check")?;
+        let findings: Vec<String> =
+            stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>()?;
+        match findings.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            _ => Err(JournalError::Damaged(findings.join("; "))),
+        }
+    }
+
+    /// Records a block task derived by the planner; `false` if it was already known (a restart re-derives
+    /// the same id). The id belongs to the block: a validator's task that holds it and has not been
+    /// submitted is replaced (a validator can compute a block task's id from public data, and its result
+    /// must never stand in for the block's).
     pub fn record_task(&self, identity: &str, task: &BlockTask) -> Result<bool, JournalError> {
         let n = self.db.execute(
-            "INSERT OR IGNORE INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'planned', ?8)",
+            "INSERT INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, created_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'planned', ?8, 'block')
+             ON CONFLICT (identity, task_id) DO UPDATE SET
+                height = excluded.height, block_hash = excluded.block_hash,
+                worker_address = excluded.worker_address, seed = excluded.seed,
+                matrix_size = excluded.matrix_size, state = 'planned', result_hash = NULL, error = NULL,
+                created_ms = excluded.created_ms, computed_ms = NULL, origin = 'block'
+             WHERE tasks.origin <> 'block' AND tasks.state NOT IN ('submitted', 'included')",
             params![
                 identity,
                 task.task_id.to_string(),
@@ -261,6 +344,70 @@ impl Journal {
             params![identity, task_id, state.as_str(), error],
         )?;
         Ok(())
+    }
+
+    /// Queues a validator job's result for the L1 as a computed task of its own origin. Refused when the id
+    /// is a block task's of this identity.
+    pub fn record_validator_task(
+        &self,
+        identity: &str,
+        task: &BlockTask,
+        result_hash: &str,
+    ) -> Result<ValidatorTaskOutcome, JournalError> {
+        let task_id = task.task_id.to_string();
+        if let Some(known) = self.task(identity, &task_id)? {
+            return Ok(match known.origin {
+                TaskOrigin::Block => ValidatorTaskOutcome::CollidesWithBlockTask,
+                TaskOrigin::Validator => ValidatorTaskOutcome::AlreadyQueued,
+            });
+        }
+        self.db.execute(
+            "INSERT INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, result_hash, created_ms, computed_ms, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'computed', ?8, ?9, ?9, 'validator')",
+            params![
+                identity,
+                task_id,
+                task.height as i64,
+                task.block_hash,
+                task.worker_address,
+                task.challenge.seed,
+                task.challenge.matrix_size,
+                result_hash,
+                now_ms()
+            ],
+        )?;
+        Ok(ValidatorTaskOutcome::Queued)
+    }
+
+    /// Whether `task_id` is a block task of `identity` in this journal.
+    pub fn is_block_task(&self, identity: &str, task_id: &str) -> Result<bool, JournalError> {
+        Ok(self.task(identity, task_id)?.is_some_and(|t| t.origin == TaskOrigin::Block))
+    }
+
+    /// Deletes what is settled and older than `before_ms`: answered validator jobs, and tasks that are
+    /// included, superseded or failed with their submissions. Open work is never pruned. Returns the number
+    /// of rows deleted.
+    pub fn prune(&self, before_ms: i64) -> Result<usize, JournalError> {
+        let jobs = self.db.execute(
+            "DELETE FROM validator_jobs WHERE state = 'answered' AND received_ms < ?1",
+            params![before_ms],
+        )?;
+        let settled = "t.state IN ('included', 'superseded', 'failed') AND t.created_ms < ?1";
+        let subs = self.db.execute(
+            &format!(
+                "DELETE FROM submissions WHERE state IN ('included', 'dropped', 'rejected') AND EXISTS
+                 (SELECT 1 FROM tasks t WHERE t.identity = submissions.identity AND t.task_id = submissions.task_id AND {settled})"
+            ),
+            params![before_ms],
+        )?;
+        let tasks = self.db.execute(
+            &format!(
+                "DELETE FROM tasks AS t WHERE {settled} AND NOT EXISTS
+                 (SELECT 1 FROM submissions s WHERE s.identity = t.identity AND s.task_id = t.task_id)"
+            ),
+            params![before_ms],
+        )?;
+        Ok(jobs + subs + tasks)
     }
 
     /// Stores a computed result (before anything is signed or sent).
@@ -304,7 +451,7 @@ impl Journal {
         state: TaskState,
     ) -> Result<Vec<TaskRecord>, JournalError> {
         let mut stmt = self.db.prepare(
-            "SELECT identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, result_hash, error
+            "SELECT identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, result_hash, error, origin
              FROM tasks WHERE identity = ?1 AND state = ?2 ORDER BY height, task_id",
         )?;
         let rows = stmt.query_map(params![identity, state.as_str()], task_from_row)?;
@@ -314,7 +461,7 @@ impl Journal {
     /// One task.
     pub fn task(&self, identity: &str, task_id: &str) -> Result<Option<TaskRecord>, JournalError> {
         let mut stmt = self.db.prepare(
-            "SELECT identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, result_hash, error
+            "SELECT identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, result_hash, error, origin
              FROM tasks WHERE identity = ?1 AND task_id = ?2",
         )?;
         stmt.query_row(params![identity, task_id], task_from_row).optional()?.transpose()
@@ -680,6 +827,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult<TaskRecord
     let seed: String = r.get(5)?;
     let n: u32 = r.get(6)?;
     let state: String = r.get(7)?;
+    let origin: String = r.get(10)?;
     let build = || -> RowResult<TaskRecord> {
         let task = BlockTask {
             task_id: task_id
@@ -697,6 +845,7 @@ fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult<TaskRecord
             state: TaskState::parse(&state),
             result_hash: r.get(8)?,
             error: r.get(9)?,
+            origin: TaskOrigin::parse(&origin),
         })
     };
     Ok(build())
@@ -752,6 +901,95 @@ mod tests {
             r.to_payload(),
         )
         .expect("tx")
+    }
+
+    fn block_task(address: &str, height: u64) -> BlockTask {
+        BlockTask::derive(&format!("{height:064x}"), address, 8, height).expect("task")
+    }
+
+    /// The hostile-validator defect: a validator derives a block task's id, gets its own result journaled
+    /// under it first, and the planner then skipped the block's real task as "already computed".
+    #[test]
+    fn a_block_task_id_belongs_to_the_block_and_never_to_a_validator_result() {
+        let j = Journal::in_memory().expect("journal");
+        let key = SecretKey::generate();
+        let address = key.address().to_string();
+        let real = block_task(&address, 5);
+        let id = real.task_id.to_string();
+        let mut forged = real.clone();
+        forged.challenge = cpc_common::synthetic::Challenge::new("evil", 1, 1).expect("challenge");
+        forged.block_hash = "validator:v".into();
+
+        // The validator's result comes first: queued, then taken over by the block task.
+        assert_eq!(
+            j.record_validator_task("w", &forged, &"ee".repeat(32)).expect("queue"),
+            ValidatorTaskOutcome::Queued
+        );
+        assert_eq!(
+            j.record_validator_task("w", &forged, &"ee".repeat(32)).expect("again"),
+            ValidatorTaskOutcome::AlreadyQueued
+        );
+        assert!(j.record_task("w", &real).expect("block task takes the id over"));
+        let t = j.task("w", &id).expect("read").expect("task");
+        assert_eq!((t.state, t.origin), (TaskState::Planned, TaskOrigin::Block));
+        assert_eq!(t.task.challenge, real.challenge);
+        assert_eq!(t.result_hash, None);
+        // Re-planning the same block is a no-op, and a validator can no longer take the id.
+        assert!(!j.record_task("w", &real).expect("known"));
+        assert_eq!(
+            j.record_validator_task("w", &forged, &"ee".repeat(32)).expect("refused"),
+            ValidatorTaskOutcome::CollidesWithBlockTask
+        );
+        assert!(j.is_block_task("w", &id).expect("read"));
+        assert!(!j.is_block_task("other", &id).expect("read"));
+    }
+
+    #[test]
+    fn pruning_removes_only_settled_rows_older_than_the_cutoff() {
+        let j = Journal::in_memory().expect("journal");
+        let key = SecretKey::generate();
+        let address = key.address().to_string();
+        let (done, open) = (block_task(&address, 1), block_task(&address, 2));
+        for t in [&done, &open] {
+            j.record_task("w", t).expect("task");
+            j.record_result("w", &t.task_id.to_string(), &"ab".repeat(32)).expect("result");
+        }
+        let tx = signed(&key, &done, 0);
+        j.record_signed("w", &done.task_id.to_string(), 1, &tx).expect("signed");
+        j.mark_included(&tx.hash_hex(), 2).expect("included");
+        // Nothing is older than a cutoff in the past.
+        assert_eq!(j.prune(0).expect("prune"), 0);
+        let deleted = j.prune(now_ms() + 1).expect("prune");
+        assert_eq!(deleted, 2, "the included task and its submission");
+        assert!(j.task("w", &done.task_id.to_string()).expect("read").is_none());
+        assert_eq!(
+            j.task("w", &open.task_id.to_string()).expect("read").map(|t| t.state),
+            Some(TaskState::Computed),
+            "a computed result is never pruned"
+        );
+    }
+
+    #[test]
+    fn a_journal_written_before_task_origins_opens_and_reads_as_block_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.sqlite");
+        let key = SecretKey::generate();
+        let task = block_task(&key.address().to_string(), 3);
+        {
+            let db = Connection::open(&path).expect("open");
+            db.execute_batch(&SCHEMA.replace("    origin TEXT NOT NULL DEFAULT 'block',\n", ""))
+                .expect("old schema");
+            db.execute(
+                "INSERT INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, created_ms)
+                 VALUES ('w', ?1, 3, ?2, ?3, ?4, 8, 'planned', 0)",
+                params![task.task_id.to_string(), task.block_hash, task.worker_address, task.challenge.seed],
+            )
+            .expect("old row");
+        }
+        let j = Journal::open(&path).expect("migrates");
+        j.check_integrity().expect("intact");
+        let t = j.task("w", &task.task_id.to_string()).expect("read").expect("task");
+        assert_eq!(t.origin, TaskOrigin::Block);
     }
 
     #[test]

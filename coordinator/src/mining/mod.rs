@@ -49,6 +49,9 @@ pub struct MinerSettings {
     pub gas_price: u64,
     /// How often to poll the head.
     pub poll_interval: Duration,
+    /// The journal was made in this run: submitters look for their results on chain before signing
+    /// (see [`submitter`]).
+    pub recover_from_chain: bool,
 }
 
 /// Handles of a running mining loop's actors.
@@ -143,6 +146,7 @@ pub fn start(
                 Arc::clone(&journal),
                 settings.gas_price,
             )
+            .recovering_from_chain(settings.recover_from_chain)
             .start()
         })
         .collect();

@@ -11,18 +11,26 @@
 //!    task back to `computed`, as is one left behind a gap;
 //! 3. sign each computed task's result with the next nonce, journal it, then send it, after checking
 //!    that the balance covers the fee.
+//!
+//! Two guards come before step 3. On a journal made in this run (a first start, or `--new-journal` after
+//! a lost one) the submitter first recovers from the chain: it waits until the node queues no transaction
+//! of the identity that the journal does not know, then journals as included every SUBMIT_RESULT of the
+//! identity it finds in the blocks since its oldest computed task, so nothing an earlier run sent is sent
+//! again. And a validator's result (`submit_to_l1`) is signed only once the block of its nonce exists and
+//! its task id is not that block's task of the identity (a validator can derive a block task's id).
 
 use super::{
     Identity, SharedJournal,
-    journal::{Journal, JournalError, SubmissionState, TaskState},
+    journal::{Journal, JournalError, SubmissionState, TaskOrigin, TaskRecord, TaskState},
 };
 use crate::{
     l1::{NodeError, NodePool},
     submit::{self, Outgoing, SubmitError},
 };
 use actix::prelude::*;
+use cpc_common::{synthetic, tx::TxType};
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -70,6 +78,8 @@ struct Core {
     gas_price: u64,
     /// Highest block already scanned for inclusions (0: scan from the open submissions' heights).
     scanned_to: u64,
+    /// The journal was made in this run: recover from the chain before signing anything.
+    recovering: bool,
     /// When each recent block was seen and computed, for latency metrics; shared with the actor so a
     /// round that picks a result up before its `TaskComputed` message is handled still finds it.
     seen: Arc<Mutex<BTreeMap<u64, Seen>>>,
@@ -84,10 +94,24 @@ impl Submitter {
         gas_price: u64,
     ) -> Self {
         Self {
-            core: Core { identity, nodes, journal, gas_price, scanned_to: 0, seen: Arc::default() },
+            core: Core {
+                identity,
+                nodes,
+                journal,
+                gas_price,
+                scanned_to: 0,
+                recovering: false,
+                seen: Arc::default(),
+            },
             busy: false,
             again: false,
         }
+    }
+
+    /// On a journal made in this run: look for this identity's results on chain before signing any.
+    pub fn recovering_from_chain(mut self, recovering: bool) -> Self {
+        self.core.recovering = recovering;
+        self
     }
 
     fn kick(&mut self, ctx: &mut Context<Self>) {
@@ -105,6 +129,7 @@ impl Submitter {
             .into_actor(self)
             .map(|(core, res), act, ctx| {
                 act.core.scanned_to = core.scanned_to;
+                act.core.recovering = core.recovering;
                 act.busy = false;
                 if let Err(e) = res {
                     tracing::warn!(identity = %act.core.identity.name, error = %e, "submission round incomplete; retrying next block");
@@ -283,10 +308,72 @@ impl Core {
         Ok(())
     }
 
+    /// The task id of this identity's block task at `height`, or `None` while that block does not exist.
+    async fn block_task_at(&self, height: u64) -> Result<Option<String>, SubmitError> {
+        let Some(block) = self.nodes.client().block(height).await? else { return Ok(None) };
+        let seed = synthetic::task_seed(&block.header.hash(), self.identity.address.as_str());
+        let id = synthetic::task_id(&seed).map_err(|e| SubmitError::Malformed {
+            field: "block task id",
+            reason: e.to_string(),
+        })?;
+        Ok(Some(id.to_string()))
+    }
+
+    /// Recovery on a journal made in this run (see the module docs). Returns `false` while the node still
+    /// queues transactions of this identity that the journal does not know (an earlier run's): signing now
+    /// could put a second result for one task on chain.
+    async fn recover_from_chain(&mut self, computed: &[TaskRecord]) -> Result<bool, SubmitError> {
+        let (confirmed, pending, _) = self.nonces().await?;
+        let open = self.journal(|j| j.open_submissions(self.name()))?;
+        let known_until = open.iter().map(|o| o.nonce + 1).max().unwrap_or(0);
+        if pending > confirmed.max(known_until) {
+            tracing::warn!(identity = %self.name(), confirmed, pending,
+                "the node queues transactions of this identity that the journal does not know (an earlier run's); \
+                 waiting for them to land before signing anything");
+            return Ok(false);
+        }
+        let head = self.nodes.status().await?.height;
+        let from = computed.iter().map(|t| t.task.height).min().unwrap_or(head);
+        let mut wanted: HashMap<String, u64> =
+            computed.iter().map(|t| (t.task.task_id.to_string(), t.task.height)).collect();
+        let me = self.identity.address.to_string();
+        let node = self.nodes.client().clone();
+        for h in from..=head {
+            if wanted.is_empty() {
+                break;
+            }
+            let Some(block) = node.block(h).await? else { break };
+            for tx in &block.txs {
+                if tx.tx_type != TxType::SubmitResult || tx.from_address != me {
+                    continue;
+                }
+                let Some(task_id) = tx.payload.get("task_id").and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                if let Some(task_height) = wanted.remove(task_id) {
+                    self.journal(|j| {
+                        j.record_signed(self.name(), task_id, task_height, tx)?;
+                        j.mark_included(&tx.hash_hex(), h)
+                    })?;
+                    tracing::warn!(identity = %self.name(), %task_id, block = h, tx = %tx.hash_hex(),
+                        "found this task's result already on chain (sent by an earlier run): not sending it again");
+                }
+            }
+        }
+        Ok(true)
+    }
+
     async fn submit_computed(&mut self) -> Result<(), SubmitError> {
         let computed = self.journal(|j| j.tasks_in_state(self.name(), TaskState::Computed))?;
         if computed.is_empty() {
             return Ok(());
+        }
+        if self.recovering {
+            if !self.recover_from_chain(&computed).await? {
+                return Ok(());
+            }
+            self.recovering = false;
+            return Box::pin(self.submit_computed()).await;
         }
         let (_, mut nonce, have) = self.nonces().await?;
         let open = self.journal(|j| j.open_submissions(self.name()))?;
@@ -298,6 +385,22 @@ impl Core {
         for record in computed {
             let Some(result_hash) = record.result_hash.as_deref() else { continue };
             let task_id = record.task.task_id.to_string();
+            if record.origin == TaskOrigin::Validator {
+                match self.block_task_at(record.task.height).await? {
+                    // Its block is not there yet: the id cannot be checked, so it waits.
+                    None => continue,
+                    Some(block_task_id) if block_task_id == task_id => {
+                        let reason = format!(
+                            "a validator's result with the task_id of this identity's block task at height {}: never submitted",
+                            record.task.height
+                        );
+                        tracing::warn!(identity = %self.name(), %task_id, "{reason}");
+                        self.journal(|j| j.fail_task(self.name(), &task_id, &reason))?;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
             let result = submit::block_task_result(&self.identity.key, &record.task, result_hash)?;
             let outgoing = Outgoing::submit_result(&result, self.gas_price);
             let tx = submit::sign_checked(&self.identity.key, &outgoing, nonce)?;
@@ -457,6 +560,7 @@ mod tests {
             journal: Arc::new(Mutex::new(journal)),
             gas_price: MIN_GAS_PRICE,
             scanned_to: 0,
+            recovering: false,
             seen: Arc::default(),
         };
         core.confirm_inclusions(2).await.expect("scan up to block 2, as the round's head said");

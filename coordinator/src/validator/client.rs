@@ -19,7 +19,7 @@ use super::{
 };
 use crate::mining::{
     SharedJournal,
-    journal::{self, ValidatorJobRecord, ValidatorJobState},
+    journal::{self, ValidatorJobRecord, ValidatorJobState, ValidatorTaskOutcome},
     priority::{PrioritizedCompute, Priority},
 };
 use cpc_common::{ComputeResult, PyInt, synthetic::BlockTask};
@@ -40,6 +40,10 @@ use tokio_tungstenite::{
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Largest message the WebSocket layer reads: beyond [`MAX_MESSAGE_BYTES`] a message still gets a
+/// `job_error`; beyond this one it cannot be skipped, and the connection is dropped after a `job_error`.
+const TRANSPORT_LIMIT_BYTES: usize = 16 * MAX_MESSAGE_BYTES;
 
 /// How long a connection must have lasted for the backoff to start again from its minimum.
 const STABLE_CONNECTION: Duration = Duration::from_secs(5);
@@ -115,9 +119,11 @@ impl Client {
     /// Connects, serves, reconnects, until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
+        // The transport reads up to TRANSPORT_LIMIT_BYTES so that a message over the protocol's own limit
+        // can still be answered with a `job_error` and the connection kept.
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+            .max_message_size(Some(TRANSPORT_LIMIT_BYTES))
+            .max_frame_size(Some(TRANSPORT_LIMIT_BYTES));
         loop {
             if *shutdown.borrow() {
                 return;
@@ -186,7 +192,20 @@ impl Client {
             let step: Result<(), String> = tokio::select! {
                 msg = ws.next() => match msg {
                     None => Err("the validator closed the connection".into()),
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                        let error = format!("message too large ({e}); the limit is {MAX_MESSAGE_BYTES} bytes");
+                        let answer = Answer::JobError { job_id: None, error: error.clone() };
+                        metrics::counter!("cpcfarm_validator_jobs_failed_total", "validator" => self.label.clone()).increment(1);
+                        let _ = send(&mut ws, &answer).await;
+                        Err(error)
+                    }
                     Some(Err(e)) => Err(format!("read failed: {e}")),
+                    Some(Ok(Message::Text(text))) if text.len() > MAX_MESSAGE_BYTES => {
+                        self.too_large(text.len(), &mut ws).await
+                    }
+                    Some(Ok(Message::Binary(bytes))) if bytes.len() > MAX_MESSAGE_BYTES => {
+                        self.too_large(bytes.len(), &mut ws).await
+                    }
                     Some(Ok(Message::Text(text))) => self.on_frame(text.as_str(), &mut ws).await,
                     Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                         Ok(text) => self.on_frame(text, &mut ws).await,
@@ -257,6 +276,15 @@ impl Client {
         Ok(())
     }
 
+    /// A message over [`MAX_MESSAGE_BYTES`]: a `job_error` (its job id is not read), and the connection stays.
+    async fn too_large(&mut self, len: usize, ws: &mut Ws) -> Result<(), String> {
+        tracing::warn!(validator = %self.settings.url, bytes = len, "refused an oversized validator message");
+        metrics::counter!("cpcfarm_validator_jobs_failed_total", "validator" => self.label.clone())
+            .increment(1);
+        let error = format!("message too large: {len} bytes; the limit is {MAX_MESSAGE_BYTES}");
+        send(ws, &Answer::JobError { job_id: None, error }).await
+    }
+
     async fn on_frame(&mut self, text: &str, ws: &mut Ws) -> Result<(), String> {
         let job = match protocol::parse_job(text, self.settings.max_matrix_size) {
             Ok(job) => job,
@@ -268,6 +296,29 @@ impl Client {
         };
         metrics::counter!("cpcfarm_validator_jobs_received_total", "validator" => self.label.clone())
             .increment(1);
+        if self.settings.submit_to_l1 {
+            // A block task's id is public (derivable from the block hash and the address): a validator
+            // could otherwise make this identity submit its own result under the block's task.
+            let taken = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
+                j.is_block_task(self.identity(), &job.task_id).map_err(|e| e.to_string())
+            });
+            if matches!(taken, Ok(true)) {
+                tracing::warn!(validator = %self.settings.url, job_id = %job.job_id, task_id = %job.task_id,
+                    "refused a validator job whose task_id is one of this identity's block tasks");
+                metrics::counter!("cpcfarm_validator_jobs_failed_total", "validator" => self.label.clone()).increment(1);
+                return send(
+                    ws,
+                    &Answer::JobError {
+                        job_id: Some(job.job_id),
+                        error: format!(
+                            "task_id {} is a block task of worker {}: refused",
+                            job.task_id, self.settings.identity.address
+                        ),
+                    },
+                )
+                .await;
+            }
+        }
         let record = self.record(&job);
         let known = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
             if j.record_validator_job(&record).map_err(|e| e.to_string())? {
@@ -510,12 +561,13 @@ fn submit_to_l1(
     };
     let name = &settings.identity.name;
     let id = task_id.to_string();
-    match journal
-        .record_task(name, &task)
-        .and_then(|_| journal.record_result(name, &id, result_hash))
-    {
-        Ok(()) => {
+    match journal.record_validator_task(name, &task, result_hash) {
+        Ok(ValidatorTaskOutcome::Queued | ValidatorTaskOutcome::AlreadyQueued) => {
             tracing::info!(validator = %rec.validator, job_id = %rec.job_id, task_id = %id, "validator job queued for the L1")
+        }
+        Ok(ValidatorTaskOutcome::CollidesWithBlockTask) => {
+            tracing::warn!(validator = %rec.validator, job_id = %rec.job_id, task_id = %id,
+                "not queued for the L1: the task_id is one of this identity's block tasks")
         }
         Err(e) => {
             tracing::error!(validator = %rec.validator, job_id = %rec.job_id, error = %e, "cannot queue a validator job for the L1")
