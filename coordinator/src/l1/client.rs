@@ -64,6 +64,7 @@ pub enum NodeError {
 pub struct NodeClient {
     base: String,
     http: reqwest::Client,
+    budget: std::sync::Arc<super::budget::RequestBudget>,
 }
 
 impl NodeClient {
@@ -75,7 +76,7 @@ impl NodeClient {
             .build()
             // Building a client without TLS or proxies configured only fails if the OS is broken.
             .unwrap_or_default();
-        Self { base: base_url.trim_end_matches('/').to_owned(), http }
+        Self { base: base_url.trim_end_matches('/').to_owned(), http, budget: Default::default() }
     }
 
     /// The node's base URL.
@@ -85,8 +86,36 @@ impl NodeClient {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, NodeError> {
         let url = format!("{}{path}", self.base);
-        let resp = self.http.get(&url).send().await.map_err(|e| unreachable(&url, &e))?;
+        let resp = self.send_within_budget(self.http.get(&url), &url).await?;
         decode(url, resp).await
+    }
+
+    /// Sends a request under the node's [`super::budget::RequestBudget`]: a 429 pauses every caller of
+    /// this client for the node's `Retry-After`, and the request is tried again after the pause (a few
+    /// times, then the 429 is the caller's error).
+    async fn send_within_budget(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, NodeError> {
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            let Some(req) = request.try_clone() else { break };
+            let _permit = self.budget.permit().await;
+            let resp = req.send().await.map_err(|e| unreachable(url, &e))?;
+            if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || attempt == TRIES {
+                return Ok(resp);
+            }
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            self.budget.overloaded(retry_after);
+        }
+        let _permit = self.budget.permit().await;
+        request.send().await.map_err(|e| unreachable(url, &e))
     }
 
     /// `GET /status`.
@@ -125,7 +154,7 @@ impl NodeClient {
     /// `POST /tx/send`. A `rejected` answer is an error carrying the node's reason.
     pub async fn send_tx(&self, tx: &Transaction) -> Result<String, NodeError> {
         let url = format!("{}/tx/send", self.base);
-        let resp = self.http.post(&url).json(tx).send().await.map_err(|e| unreachable(&url, &e))?;
+        let resp = self.send_within_budget(self.http.post(&url).json(tx), &url).await?;
         let answer: SendTxResponse = decode(url, resp).await?;
         match answer.status {
             SendStatus::Received => Ok(answer.tx_hash),

@@ -4,6 +4,7 @@
 //! Everything that talks to the chain (operator commands, and later the chain watcher and submitters)
 //! goes through [`NodeClient`], so timeouts, error wording and JSON shapes live in one place.
 
+pub mod budget;
 mod client;
 mod pool;
 

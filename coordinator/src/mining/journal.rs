@@ -293,6 +293,18 @@ impl Journal {
         Ok(Self { db })
     }
 
+    /// Runs `writes` in one SQLite transaction: one disk sync for a whole block's tasks instead of one
+    /// each. `writes` must not open a transaction itself (e.g. [`Self::mark_included`]).
+    pub fn batch<T>(
+        &self,
+        writes: impl FnOnce(&Self) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let txn = self.db.unchecked_transaction()?;
+        let out = writes(self)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
     /// `PRAGMA quick_check`: the journal is readable through and through.
     pub fn check_integrity(&self) -> Result<(), JournalError> {
         let mut stmt = self.db.prepare("PRAGMA quick_check")?;

@@ -162,6 +162,7 @@ pub fn start(
         nodes,
         settings.poll_interval,
         vec![planner.clone().recipient()],
+        submitters.iter().map(|s| s.clone().recipient()).collect(),
     )
     .start();
     Miner { watcher, planner, submitters, journal }

@@ -107,47 +107,53 @@ impl Handler<NewBlock> for Planner {
             tracing::error!("journal lock poisoned; cannot plan");
             return;
         };
-        // Tasks still waiting for an older block are superseded.
-        for old in self.queue.drain(..) {
-            let name = &self.identities[old.identity].name;
-            if let Err(e) = journal.supersede(name, &old.task.task_id.to_string()) {
-                tracing::error!(error = %e, "journal");
+        // One journal transaction for the whole block: every identity's task is written with one sync.
+        let planned = journal.batch(|journal| {
+            let mut planned = Vec::new();
+            // Tasks still waiting for an older block are superseded.
+            for old in self.queue.drain(..) {
+                let name = &self.identities[old.identity].name;
+                if let Err(e) = journal.supersede(name, &old.task.task_id.to_string()) {
+                    tracing::error!(error = %e, "journal");
+                }
+                metrics::counter!("cpcfarm_tasks_superseded_total").increment(1);
             }
-            metrics::counter!("cpcfarm_tasks_superseded_total").increment(1);
-        }
-        for (i, identity) in self.identities.iter().enumerate() {
-            let task = match BlockTask::derive(
-                &block.hash,
-                identity.address.as_str(),
-                self.matrix_size,
-                block.height,
-            ) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot derive task");
-                    continue;
-                }
-            };
-            let state = journal.record_task(&identity.name, &task).and_then(|_| {
-                journal.task(&identity.name, &task.task_id.to_string()).map(|t| t.map(|t| t.state))
-            });
-            match state {
-                Ok(Some(TaskState::Planned | TaskState::Superseded)) => {
-                    metrics::counter!("cpcfarm_tasks_derived_total").increment(1);
-                    self.queue.push_back(Queued { identity: i, task, seen_at: block.seen_at });
-                }
-                Ok(_) => {
-                    tracing::debug!(identity = %identity.name, height = block.height, "task already computed")
-                }
-                Err(e) => {
-                    tracing::error!(identity = %identity.name, error = %e, "cannot journal task")
+            for (i, identity) in self.identities.iter().enumerate() {
+                let task = match BlockTask::derive(
+                    &block.hash,
+                    identity.address.as_str(),
+                    self.matrix_size,
+                    block.height,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot derive task");
+                        continue;
+                    }
+                };
+                let state = journal.record_task(&identity.name, &task).and_then(|_| {
+                    journal.task(&identity.name, &task.task_id.to_string()).map(|t| t.map(|t| t.state))
+                });
+                match state {
+                    Ok(Some(TaskState::Planned | TaskState::Superseded)) => {
+                        metrics::counter!("cpcfarm_tasks_derived_total").increment(1);
+                        planned.push(Queued { identity: i, task, seen_at: block.seen_at });
+                    }
+                    Ok(_) => {
+                        tracing::debug!(identity = %identity.name, height = block.height, "task already computed")
+                    }
+                    Err(e) => {
+                        tracing::error!(identity = %identity.name, error = %e, "cannot journal task")
+                    }
                 }
             }
+            Ok(planned)
+        });
+        match planned {
+            Ok(planned) => self.queue.extend(planned),
+            Err(e) => tracing::error!(error = %e, "cannot journal this block's tasks"),
         }
         drop(journal);
-        for s in &self.submitters {
-            s.do_send(super::submitter::CheckInclusion);
-        }
         self.start_next(ctx);
     }
 }

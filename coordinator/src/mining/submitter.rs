@@ -2,9 +2,15 @@
 //! transactions, assigns nonces itself, sends them, and confirms inclusion by finding the tx hash in
 //! later blocks (receipts can lie).
 //!
+//! It asks the node little: blocks come from the chain follower ([`super::watcher::BlocksSeen`], each block
+//! fetched and hashed once for all identities), the next nonce and the balance are tracked locally after
+//! the first read, and the node's nonces are read again only when the journal cannot account for a
+//! submission (one not included [`STALE_AFTER_BLOCKS`] blocks after it was sent, one left `signed` by a
+//! crash, a rejection, an unreachable node). In steady state that is one `POST /tx/send` per result.
+//!
 //! Every round runs the same steps, so a restart is just another round over what the journal holds:
-//! 1. scan the blocks since the last round for the hashes of open submissions → `included`;
-//! 2. reconcile open submissions with the node's nonces: one the node still queues is waited for; one it
+//! 1. look for the hashes of open submissions in the blocks since the last round → `included`;
+//! 2. reconcile stale open submissions with the node's nonces: one the node still queues is waited for; one it
 //!    lost (node restart, mempool flush) whose nonce is next is re-sent byte for byte (same hash, so it can
 //!    never land twice); one whose nonce was consumed is looked for once more in the blocks up to the
 //!    head as of now (it may have landed after step 1) and, only when it is in none, marked lost with its
@@ -22,6 +28,7 @@
 use super::{
     Identity, SharedJournal,
     journal::{Journal, JournalError, SubmissionState, TaskOrigin, TaskRecord, TaskState},
+    watcher::{BlocksSeen, SeenBlock},
 };
 use crate::{
     l1::{NodeError, NodePool},
@@ -54,6 +61,10 @@ pub struct CheckInclusion;
 
 /// How many block-seen times to remember for latency metrics.
 const SEEN_HISTORY: usize = 256;
+/// Blocks the follower delivered that a submitter keeps for its inclusion scan.
+const BLOCK_HISTORY: usize = 256;
+/// A submission not included this many blocks after it was sent is reconciled with the node's nonces.
+pub const STALE_AFTER_BLOCKS: u64 = 3;
 
 /// Submits for one identity.
 #[derive(Debug)]
@@ -83,6 +94,16 @@ struct Core {
     /// When each recent block was seen and computed, for latency metrics; shared with the actor so a
     /// round that picks a result up before its `TaskComputed` message is handled still finds it.
     seen: Arc<Mutex<BTreeMap<u64, Seen>>>,
+    /// Blocks the follower delivered (by height), shared with the actor.
+    blocks: Arc<Mutex<BTreeMap<u64, Arc<[SeenBlock]>>>>,
+    /// The head as the follower last reported it (0: unknown yet, ask the node).
+    head: u64,
+    /// The nonce the next submission takes, while the journal accounts for every earlier one.
+    next_nonce: Option<u64>,
+    /// The balance left after the fees of what was sent since it was read.
+    balance: Option<u128>,
+    /// The head when each open submission was sent in this run (others are reconciled at once).
+    sent_at_head: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Submitter {
@@ -102,6 +123,11 @@ impl Submitter {
                 scanned_to: 0,
                 recovering: false,
                 seen: Arc::default(),
+                blocks: Arc::default(),
+                head: 0,
+                next_nonce: None,
+                balance: None,
+                sent_at_head: Arc::default(),
             },
             busy: false,
             again: false,
@@ -130,6 +156,9 @@ impl Submitter {
             .map(|(core, res), act, ctx| {
                 act.core.scanned_to = core.scanned_to;
                 act.core.recovering = core.recovering;
+                act.core.next_nonce = core.next_nonce;
+                act.core.balance = core.balance;
+                act.core.head = act.core.head.max(core.head);
                 act.busy = false;
                 if let Err(e) = res {
                     tracing::warn!(identity = %act.core.identity.name, error = %e, "submission round incomplete; retrying next block");
@@ -164,6 +193,22 @@ impl Handler<TaskComputed> for Submitter {
     }
 }
 
+impl Handler<BlocksSeen> for Submitter {
+    type Result = ();
+    fn handle(&mut self, msg: BlocksSeen, ctx: &mut Self::Context) {
+        if let Ok(mut blocks) = self.core.blocks.lock() {
+            if let Some(last) = msg.blocks.last() {
+                blocks.insert(last.height, Arc::clone(&msg.blocks));
+            }
+            while blocks.values().map(|b| b.len()).sum::<usize>() > BLOCK_HISTORY {
+                blocks.pop_first();
+            }
+        }
+        self.core.head = self.core.head.max(msg.head);
+        self.kick(ctx);
+    }
+}
+
 impl Handler<CheckInclusion> for Submitter {
     type Result = ();
     fn handle(&mut self, _: CheckInclusion, ctx: &mut Self::Context) {
@@ -193,10 +238,29 @@ impl Core {
     }
 
     async fn round(&mut self) -> Result<(), SubmitError> {
-        let head = self.nodes.status().await?.height;
+        // The chain follower's first blocks start the work (it kicks every submitter).
+        if self.head == 0 {
+            return Ok(());
+        }
+        let head = self.head;
         self.confirm_inclusions(head).await?;
         self.reconcile_open().await?;
         self.submit_computed().await
+    }
+
+    /// The transaction hashes of block `h`, from the follower's blocks, else from the node (a catch-up
+    /// after a restart); `None` when the block does not exist yet.
+    async fn block_tx_hashes(&self, h: u64) -> Result<Option<HashSet<String>>, SubmitError> {
+        let delivered = self.blocks.lock().ok().and_then(|blocks| {
+            blocks.range(h..).next().and_then(|(_, batch)| {
+                batch.iter().find(|b| b.height == h).map(|b| b.tx_hashes.clone())
+            })
+        });
+        if let Some(hashes) = delivered {
+            return Ok(Some(hashes));
+        }
+        let block = self.nodes.client().block(h).await?;
+        Ok(block.map(|b| SeenBlock::of(&b).tx_hashes))
     }
 
     async fn confirm_inclusions(&mut self, head: u64) -> Result<(), SubmitError> {
@@ -210,14 +274,11 @@ impl Core {
         // A transaction can only land in a block produced after it was sent, so blocks scanned in an
         // earlier round never need a second look; after a restart, scan from the oldest open task.
         let from = if self.scanned_to == 0 { oldest } else { self.scanned_to + 1 };
-        let node = self.nodes.client().clone();
         for h in from..=head {
-            let Some(block) = node.block(h).await? else { break };
-            for tx in &block.txs {
-                let hash = tx.hash_hex();
-                if wanted.remove(&hash) {
-                    let task_height = open.iter().find(|o| o.tx_hash == hash).map(|o| o.height);
-                    self.record_inclusion(&hash, task_height, h)?;
+            let Some(hashes) = self.block_tx_hashes(h).await? else { break };
+            for o in &open {
+                if hashes.contains(&o.tx_hash) && wanted.remove(&o.tx_hash) {
+                    self.record_inclusion(&o.tx_hash, Some(o.height), h)?;
                 }
             }
             self.scanned_to = h;
@@ -233,6 +294,9 @@ impl Core {
         block: u64,
     ) -> Result<(), SubmitError> {
         self.journal(|j| j.mark_included(tx_hash, block))?;
+        if let Ok(mut sent) = self.sent_at_head.lock() {
+            sent.remove(tx_hash);
+        }
         metrics::counter!("cpcfarm_submissions_included_total", "identity" => self.name().to_owned())
             .increment(1);
         if let Some(seen) = task_height.and_then(|h| self.seen_at(h)) {
@@ -243,7 +307,7 @@ impl Core {
         Ok(())
     }
 
-    /// The node's confirmed and pending nonces of this identity.
+    /// The node's confirmed and pending nonces of this identity, and its balance.
     async fn nonces(&self) -> Result<(u64, u64, u128), SubmitError> {
         let node = self.nodes.client();
         let address = self.identity.address.to_string();
@@ -260,9 +324,20 @@ impl Core {
 
     async fn reconcile_open(&mut self) -> Result<(), SubmitError> {
         let open = self.journal(|j| j.open_submissions(self.name()))?;
-        if open.is_empty() {
+        let head = self.head;
+        let stale = |o: &super::journal::SubmissionRecord| {
+            o.state == SubmissionState::Signed
+                || self.sent_at_head.lock().map_or(true, |sent| {
+                    sent.get(&o.tx_hash).is_none_or(|at| at + STALE_AFTER_BLOCKS <= head)
+                })
+        };
+        if !open.iter().any(stale) {
             return Ok(());
         }
+        // The journal cannot account for a submission: the node's view decides, and the next nonce and
+        // the balance are read again afterwards.
+        self.next_nonce = None;
+        self.balance = None;
         let (confirmed, mut pending, _) = self.nonces().await?;
         let node = self.nodes.client().clone();
         for o in open {
@@ -293,6 +368,7 @@ impl Core {
                 match node.send_tx(&o.tx).await {
                     Ok(_) => {
                         self.journal(|j| j.mark_sent(&o.tx_hash))?;
+                        self.note_sent(&o.tx_hash);
                         pending += 1;
                         tracing::info!(identity = %self.name(), tx = %o.tx_hash, nonce = o.nonce, "re-sent a submission the node had lost");
                     }
@@ -306,6 +382,12 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    fn note_sent(&self, tx_hash: &str) {
+        if let Ok(mut sent) = self.sent_at_head.lock() {
+            sent.insert(tx_hash.to_owned(), self.head);
+        }
     }
 
     /// The task id of this identity's block task at `height`, or `None` while that block does not exist.
@@ -323,7 +405,7 @@ impl Core {
     /// queues transactions of this identity that the journal does not know (an earlier run's): signing now
     /// could put a second result for one task on chain.
     async fn recover_from_chain(&mut self, computed: &[TaskRecord]) -> Result<bool, SubmitError> {
-        let (confirmed, pending, _) = self.nonces().await?;
+        let (confirmed, pending, have) = self.nonces().await?;
         let open = self.journal(|j| j.open_submissions(self.name()))?;
         let known_until = open.iter().map(|o| o.nonce + 1).max().unwrap_or(0);
         if pending > confirmed.max(known_until) {
@@ -332,7 +414,7 @@ impl Core {
                  waiting for them to land before signing anything");
             return Ok(false);
         }
-        let head = self.nodes.status().await?.height;
+        let head = self.head;
         let from = computed.iter().map(|t| t.task.height).min().unwrap_or(head);
         let mut wanted: HashMap<String, u64> =
             computed.iter().map(|t| (t.task.task_id.to_string(), t.task.height)).collect();
@@ -360,6 +442,11 @@ impl Core {
                 }
             }
         }
+        if open.is_empty() {
+            // What the node said is what the next submission starts from.
+            self.next_nonce = Some(pending);
+            self.balance = Some(have);
+        }
         Ok(true)
     }
 
@@ -375,12 +462,21 @@ impl Core {
             self.recovering = false;
             return Box::pin(self.submit_computed()).await;
         }
-        let (_, mut nonce, have) = self.nonces().await?;
+        let (mut nonce, mut have) = match (self.next_nonce, self.balance) {
+            (Some(n), Some(b)) => (n, b),
+            _ => {
+                let (_, pending, have) = self.nonces().await?;
+                (pending, have)
+            }
+        };
         let open = self.journal(|j| j.open_submissions(self.name()))?;
         if let Some(highest) = open.iter().map(|o| o.nonce).max() {
             nonce = nonce.max(highest + 1);
         }
-        let mut reserved: u128 = open.iter().map(|o| o.tx.fee).sum();
+        // A fresh balance covers the open submissions' fees still to be charged; the local estimate has
+        // them taken off already.
+        let fresh = self.balance.is_none();
+        let mut reserved: u128 = if fresh { open.iter().map(|o| o.tx.fee).sum() } else { 0 };
         let node = self.nodes.client().clone();
         for record in computed {
             let Some(result_hash) = record.result_hash.as_deref() else { continue };
@@ -405,6 +501,11 @@ impl Core {
             let outgoing = Outgoing::submit_result(&result, self.gas_price);
             let tx = submit::sign_checked(&self.identity.key, &outgoing, nonce)?;
             let need = reserved.saturating_add(tx.fee);
+            if have < need && !fresh {
+                // The estimate may be stale (a transfer came in): the next round reads the node's balance.
+                self.balance = None;
+                return Ok(());
+            }
             if have < need {
                 metrics::counter!("cpcfarm_submissions_unfunded_total", "identity" => self.name().to_owned()).increment(1);
                 metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())
@@ -425,6 +526,7 @@ impl Core {
             match node.send_tx(&tx).await {
                 Ok(_) => {
                     self.journal(|j| j.mark_sent(&tx.hash_hex()))?;
+                    self.note_sent(&tx.hash_hex());
                     metrics::counter!("cpcfarm_submissions_sent_total", "identity" => self.name().to_owned()).increment(1);
                     if let Some(seen) = self.seen_at(record.task.height) {
                         metrics::histogram!("cpcfarm_block_to_submit_seconds")
@@ -434,9 +536,14 @@ impl Core {
                     }
                     tracing::info!(identity = %self.name(), height = record.task.height, tx = %tx.hash_hex(), nonce, "submitted");
                     nonce += 1;
-                    reserved = need;
+                    self.next_nonce = Some(nonce);
+                    self.balance = Some(have.saturating_sub(need));
+                    have = have.saturating_sub(need);
+                    reserved = 0;
                 }
                 Err(NodeError::Rejected { reason, .. }) => {
+                    self.next_nonce = None;
+                    self.balance = None;
                     metrics::counter!("cpcfarm_submissions_rejected_total", "identity" => self.name().to_owned())
                         .increment(1);
                     self.journal(|j| {
@@ -451,8 +558,13 @@ impl Core {
                     }
                     return Ok(());
                 }
-                // Unreachable: the submission stays `signed` and goes out in a later round.
-                Err(e) => return Err(e.into()),
+                // Unreachable: the submission stays `signed` and goes out in a later round; whether it
+                // reached the node is unknown, so the node's nonces decide then.
+                Err(e) => {
+                    self.next_nonce = None;
+                    self.balance = None;
+                    return Err(e.into());
+                }
             }
         }
         Ok(())

@@ -1,11 +1,28 @@
-//! The chain watcher: follows the L1 head by polling `/status` and turns each change of head into one
-//! [`NewBlock`] event. A new height, or the same height with another hash (a reorg, or a failover to a
-//! node on another fork), is a new block. When several blocks arrive between two polls only the newest
-//! is announced: the farm always works on the newest block.
+//! The chain follower: the one reader of the L1 for the whole mining loop, however many identities it
+//! serves. It polls `/status`, fetches each new block once, and turns what it saw into two events:
+//! [`NewBlock`] for the planner (the newest head only: the farm always works on the newest block; a new
+//! height, or the same height with another hash after a reorg or a failover, is a new block), and
+//! [`BlocksSeen`] for the submitters: the hashes of every transaction of every new block, hashed once here,
+//! so each identity's submitter finds its inclusions without asking the node anything.
+//!
+//! The node is a shared, slow resource: requests per block are one `/status` per poll and one `/block` per
+//! new block, independent of the number of identities. When the node answers 429 (or not at all) the
+//! follower backs off, doubling the pause between polls up to [`MAX_BACKOFF`].
 
-use crate::l1::NodePool;
+use crate::l1::{NodeError, NodePool};
 use actix::prelude::*;
-use std::time::{Duration, Instant};
+use cpc_common::Block;
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// Longest pause between polls while the node is overloaded or down.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Most blocks fetched in one catch-up (a coordinator far behind starts from the newest ones; submitters
+/// look further back themselves for their open submissions).
+pub const MAX_CATCH_UP_BLOCKS: u64 = 64;
 
 /// A new head block.
 #[derive(Debug, Clone, Message)]
@@ -15,66 +32,191 @@ pub struct NewBlock {
     pub height: u64,
     /// Its hash (`last_hash`).
     pub hash: String,
-    /// When the watcher saw it (block-to-submit latency starts here).
+    /// When the follower saw it (block-to-submit latency starts here).
     pub seen_at: Instant,
 }
 
-/// Polls the head and notifies subscribers.
+/// One block as the submitters need it.
+#[derive(Debug)]
+pub struct SeenBlock {
+    /// Its height.
+    pub height: u64,
+    /// The hashes of its transactions.
+    pub tx_hashes: HashSet<String>,
+}
+
+impl SeenBlock {
+    /// Hashes `block`'s transactions once.
+    pub fn of(block: &Block) -> Self {
+        Self {
+            height: block.header.height,
+            tx_hashes: block.txs.iter().map(cpc_common::Transaction::hash_hex).collect(),
+        }
+    }
+}
+
+/// New blocks, oldest first, each fetched once for every submitter.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct BlocksSeen {
+    /// The blocks fetched since the last event, in height order.
+    pub blocks: Arc<[SeenBlock]>,
+    /// The head when they were fetched.
+    pub head: u64,
+}
+
+/// Follows the chain and notifies subscribers.
 #[derive(Debug)]
 pub struct ChainWatcher {
     nodes: NodePool,
     interval: Duration,
-    subscribers: Vec<Recipient<NewBlock>>,
+    heads: Vec<Recipient<NewBlock>>,
+    blocks: Vec<Recipient<BlocksSeen>>,
     head: Option<(u64, String)>,
+    /// Highest block fetched and announced.
+    fetched_to: Option<u64>,
     polling: bool,
+    backoff: Duration,
+    quiet_until: Option<Instant>,
 }
 
 impl ChainWatcher {
-    /// A watcher polling `nodes` every `interval`, notifying `subscribers`.
-    pub fn new(nodes: NodePool, interval: Duration, subscribers: Vec<Recipient<NewBlock>>) -> Self {
-        Self { nodes, interval, subscribers, head: None, polling: false }
+    /// A follower polling `nodes` every `interval`, announcing heads to `heads` and blocks to `blocks`.
+    pub fn new(
+        nodes: NodePool,
+        interval: Duration,
+        heads: Vec<Recipient<NewBlock>>,
+        blocks: Vec<Recipient<BlocksSeen>>,
+    ) -> Self {
+        Self {
+            nodes,
+            interval,
+            heads,
+            blocks,
+            head: None,
+            fetched_to: None,
+            polling: false,
+            backoff: Duration::ZERO,
+            quiet_until: None,
+        }
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        if self.polling {
+        if self.polling || self.quiet_until.is_some_and(|t| Instant::now() < t) {
             return;
         }
         self.polling = true;
         let nodes = self.nodes.clone();
-        ctx.spawn(async move { nodes.status().await }.into_actor(self).map(|res, act, _| {
-            act.polling = false;
-            let status = match res {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no L1 node answered; mining waits for the chain");
-                    return;
-                }
-            };
-            metrics::gauge!("cpcfarm_l1_head_height").set(status.height as f64);
-            let is_new = match &act.head {
-                None => true,
-                Some((h, hash)) => status.height > *h || (status.height == *h && status.last_hash != *hash),
-            };
-            if !is_new {
-                return;
-            }
-            if let Some((h, hash)) = &act.head {
-                if status.height == *h {
-                    tracing::warn!(height = h, old = %hash, new = %status.last_hash, "head changed at the same height");
-                    metrics::counter!("cpcfarm_l1_reorgs_total").increment(1);
-                }
-                metrics::counter!("cpcfarm_blocks_seen_total").increment(status.height.saturating_sub(*h).max(1));
-            } else {
-                metrics::counter!("cpcfarm_blocks_seen_total").increment(1);
-            }
-            act.head = Some((status.height, status.last_hash.clone()));
-            let event = NewBlock { height: status.height, hash: status.last_hash, seen_at: Instant::now() };
-            tracing::info!(height = event.height, hash = %event.hash, "new block");
-            for s in &act.subscribers {
+        let fetched_to = self.fetched_to;
+        let known_head = self.head.clone();
+        ctx.spawn(
+            async move { follow(&nodes, known_head, fetched_to).await }.into_actor(self).map(
+                |res, act, _| {
+                    act.polling = false;
+                    match res {
+                        Ok(step) => {
+                            act.backoff = Duration::ZERO;
+                            act.quiet_until = None;
+                            act.apply(step);
+                        }
+                        Err(e) => act.back_off(&e),
+                    }
+                },
+            ),
+        );
+    }
+
+    fn back_off(&mut self, e: &NodeError) {
+        self.backoff =
+            (self.backoff * 2).clamp(self.interval.max(Duration::from_millis(250)), MAX_BACKOFF);
+        self.quiet_until = Some(Instant::now() + self.backoff);
+        let overloaded = matches!(e, NodeError::Status { status: 429, .. });
+        metrics::counter!("cpcfarm_l1_backoffs_total", "reason" => if overloaded { "overloaded" } else { "unreachable" })
+            .increment(1);
+        tracing::warn!(error = %e, pause = ?self.backoff, "no L1 node answered; mining waits for the chain");
+    }
+
+    fn apply(&mut self, step: Step) {
+        let Step { status_height, status_hash, blocks } = step;
+        metrics::gauge!("cpcfarm_l1_head_height").set(status_height as f64);
+        if let Some(last) = blocks.last() {
+            self.fetched_to = Some(last.height);
+        }
+        if !blocks.is_empty() {
+            let event = BlocksSeen { blocks: blocks.into(), head: status_height };
+            for s in &self.blocks {
                 s.do_send(event.clone());
             }
-        }));
+        }
+        let is_new = match &self.head {
+            None => true,
+            Some((h, hash)) => status_height > *h || (status_height == *h && status_hash != *hash),
+        };
+        if !is_new {
+            return;
+        }
+        if let Some((h, hash)) = &self.head {
+            if status_height == *h {
+                tracing::warn!(height = h, old = %hash, new = %status_hash, "head changed at the same height");
+                metrics::counter!("cpcfarm_l1_reorgs_total").increment(1);
+            }
+            metrics::counter!("cpcfarm_blocks_seen_total")
+                .increment(status_height.saturating_sub(*h).max(1));
+        } else {
+            metrics::counter!("cpcfarm_blocks_seen_total").increment(1);
+        }
+        self.head = Some((status_height, status_hash.clone()));
+        let event = NewBlock { height: status_height, hash: status_hash, seen_at: Instant::now() };
+        tracing::info!(height = event.height, hash = %event.hash, "new block");
+        for s in &self.heads {
+            s.do_send(event.clone());
+        }
     }
+}
+
+/// What one poll found.
+#[derive(Debug)]
+struct Step {
+    status_height: u64,
+    status_hash: String,
+    blocks: Vec<SeenBlock>,
+}
+
+/// One poll: the head, then every block after `fetched_to` up to it (at most [`MAX_CATCH_UP_BLOCKS`]).
+/// Blocks fetched before an error are kept; the rest come with the next poll.
+async fn follow(
+    nodes: &NodePool,
+    known_head: Option<(u64, String)>,
+    fetched_to: Option<u64>,
+) -> Result<Step, NodeError> {
+    let status = nodes.status().await?;
+    let mut step =
+        Step { status_height: status.height, status_hash: status.last_hash, blocks: Vec::new() };
+    let unchanged = known_head
+        .as_ref()
+        .is_some_and(|(h, hash)| *h == step.status_height && *hash == step.status_hash);
+    if unchanged && fetched_to.is_some_and(|f| f >= step.status_height) {
+        return Ok(step);
+    }
+    let first = match fetched_to {
+        // A reorg at or below what was fetched: fetch from the new head's height again.
+        Some(f) if f >= step.status_height => step.status_height,
+        Some(f) => (f + 1).max(step.status_height.saturating_sub(MAX_CATCH_UP_BLOCKS - 1)),
+        None => step.status_height,
+    };
+    let node = nodes.client().clone();
+    for h in first..=step.status_height {
+        match node.block(h).await {
+            Ok(Some(block)) => step.blocks.push(SeenBlock::of(&block)),
+            Ok(None) => break,
+            // The head is still announced; the blocks not fetched come with the next poll.
+            Err(e) => {
+                tracing::debug!(height = h, error = %e, "block fetch failed; retrying next poll");
+                break;
+            }
+        }
+    }
+    Ok(step)
 }
 
 impl Actor for ChainWatcher {

@@ -49,6 +49,10 @@ struct Args {
     /// Blocks per epoch.
     #[arg(long, default_value_t = DEFAULT_EPOCH_LENGTH, help_heading = "Chain")]
     epoch_length: u64,
+
+    /// Answer 429 (Retry-After: 1) beyond this many HTTP requests a second, as a saturated node would.
+    #[arg(long, env = "CPC_DEVNET_MAX_REQUESTS_PER_SEC", help_heading = "Node")]
+    max_requests_per_sec: Option<u32>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -106,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             epoch_length: args.epoch_length,
             ..ChainConfig::default()
         },
+        max_requests_per_sec: args.max_requests_per_sec,
     };
     run(config, shutdown_signal()).await.context("cpc-devnet stopped with an error")
 }

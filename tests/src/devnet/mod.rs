@@ -46,6 +46,8 @@ pub struct DevnetConfig {
     pub data_dir: Option<PathBuf>,
     /// Consensus parameters.
     pub chain: ChainConfig,
+    /// Answer 429 beyond this many requests a second (a saturated node); unlimited when `None`.
+    pub max_requests_per_sec: Option<u32>,
 }
 
 impl Default for DevnetConfig {
@@ -55,6 +57,7 @@ impl Default for DevnetConfig {
             block_time: DEFAULT_BLOCK_TIME,
             data_dir: None,
             chain: ChainConfig::default(),
+            max_requests_per_sec: None,
         }
     }
 }
@@ -123,6 +126,7 @@ impl Devnet {
             chain: Mutex::new(chain),
             store: Mutex::new(store),
             http: server::HttpStats::default(),
+            rate_limit: config.max_requests_per_sec.map(server::RateLimit::new),
         });
         Ok(Self { listener, shared, block_time: config.block_time.max(Duration::from_millis(1)) })
     }

@@ -48,6 +48,87 @@ pub struct HttpStats {
     pub invalid: AtomicU64,
     /// Bodies over the cap (413).
     pub too_large: AtomicU64,
+    /// Requests refused with 429 by `--max-requests-per-sec`.
+    pub throttled: AtomicU64,
+    /// Requests by route, in [`Route`] order (counted before throttling).
+    pub by_route: [AtomicU64; Route::ALL.len()],
+}
+
+/// The routes a worker calls, for per-route request counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /status`.
+    Status,
+    /// `GET /block/{h}`.
+    Block,
+    /// `GET /balance/{a}`.
+    Balance,
+    /// `GET /nonce/{a}`.
+    Nonce,
+    /// `POST /tx/send`.
+    Send,
+    /// Anything else (receipts, metrics, unknown paths).
+    Other,
+}
+
+impl Route {
+    /// Every route, in counter order.
+    pub const ALL: [Self; 6] =
+        [Self::Status, Self::Block, Self::Balance, Self::Nonce, Self::Send, Self::Other];
+
+    fn of(path: &str) -> Self {
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        match first {
+            "status" => Self::Status,
+            "block" => Self::Block,
+            "balance" => Self::Balance,
+            "nonce" => Self::Nonce,
+            "tx" if path.ends_with("/send") => Self::Send,
+            _ => Self::Other,
+        }
+    }
+
+    /// The `route` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Block => "block",
+            Self::Balance => "balance",
+            Self::Nonce => "nonce",
+            Self::Send => "send",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// `--max-requests-per-sec`: a token bucket of one second's worth of requests; beyond it a request is
+/// answered 429 with `Retry-After: 1`, as an overloaded public node behind a rate limiter would.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_sec: f64,
+    bucket: Mutex<(f64, std::time::Instant)>,
+}
+
+impl RateLimit {
+    /// At most `per_sec` requests a second (bursts up to one second's worth).
+    pub fn new(per_sec: u32) -> Self {
+        let per_sec = f64::from(per_sec.max(1));
+        Self { per_sec, bucket: Mutex::new((per_sec, std::time::Instant::now())) }
+    }
+
+    fn admit(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * self.per_sec;
+        b.0 = (b.0 + refill).min(self.per_sec);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// State shared by the handlers and the block producer. Lock order: `chain` before `store`.
@@ -59,6 +140,8 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// HTTP counters.
     pub http: HttpStats,
+    /// The request rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Shared {
@@ -95,7 +178,29 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(slots, limit_in_flight))
+        .layer(middleware::from_fn_with_state(shared.clone(), count_and_throttle))
         .with_state(shared)
+}
+
+async fn count_and_throttle(
+    State(s): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = Route::of(request.uri().path());
+    if let Some(i) = Route::ALL.iter().position(|r| *r == route) {
+        s.http.by_route[i].fetch_add(1, Ordering::Relaxed);
+    }
+    if s.rate_limit.as_ref().is_some_and(|limit| !limit.admit()) {
+        s.http.throttled.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({ "detail": "Too Many Requests" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 async fn limit_in_flight(
@@ -353,6 +458,24 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Bodies over the size cap (413).",
         h.too_large.load(Ordering::Relaxed),
     );
+    metric(
+        "cpcfarm_devnet_http_throttled_total",
+        "counter",
+        "Requests answered 429 by --max-requests-per-sec.",
+        h.throttled.load(Ordering::Relaxed),
+    );
+    let _ = write!(
+        out,
+        "# HELP cpcfarm_devnet_http_route_requests_total Requests by route, before throttling.\n# TYPE cpcfarm_devnet_http_route_requests_total counter\n"
+    );
+    for (route, count) in Route::ALL.iter().zip(&h.by_route) {
+        let _ = writeln!(
+            out,
+            "cpcfarm_devnet_http_route_requests_total{{route=\"{}\"}} {}",
+            route.label(),
+            count.load(Ordering::Relaxed)
+        );
+    }
     let _ = write!(
         out,
         "# HELP cpcfarm_build_info Build of this binary.\n# TYPE cpcfarm_build_info gauge\ncpcfarm_build_info{{crate=\"cpc-tests\",version=\"{}\"}} 1\n",
