@@ -1,18 +1,15 @@
 //! The data directory as one coordinator's private state: an exclusive lock (two coordinators on one data dir
 //! would each sign the same results with the same nonces), and a journal that is never silently recreated.
 //!
-//! The journal is what makes submissions exactly-once. A journal that disappears next to a certificate and
-//! a join token that a previous run made is a lost journal, not a first start: carrying on with an empty one
-//! would re-submit whatever the old one had already sent. The operator has to say so (`--new-journal`), and
+//! The journal is what makes submissions exactly-once. A journal that disappears from a data dir where `run`
+//! made one before (it leaves [`JOURNAL_MARKER`] next to it) is a lost journal, not a first start: carrying
+//! on with an empty one would re-submit whatever the old one had already sent. The operator has to say so (`--new-journal`), and
 //! the submitters then recover from the chain before they sign anything (see
 //! [`crate::mining::submitter`]).
 
-use crate::{
-    farm::identity::{CERT_FILE, TOKEN_FILE},
-    mining::{
-        SharedJournal,
-        journal::{Journal, JournalError},
-    },
+use crate::mining::{
+    SharedJournal,
+    journal::{Journal, JournalError},
 };
 use std::{
     fs::File,
@@ -24,6 +21,8 @@ use std::{
 pub const JOURNAL_FILE: &str = "journal.sqlite";
 /// File name of the lock in the data directory.
 pub const LOCK_FILE: &str = "coordinator.lock";
+/// Left next to the journal when `run` makes one: its presence without a journal means the journal was lost.
+pub const JOURNAL_MARKER: &str = "journal.made";
 
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +40,9 @@ pub enum DataDirError {
         "data dir {0} is in use by another coordinator (its lock is held): stop it, or give this one its own --data-dir"
     )]
     InUse(PathBuf),
-    /// The journal is missing or empty although an earlier run left its identity here.
+    /// The journal is missing or empty although an earlier run made one here.
     #[error(
-        "the journal {0} is missing or empty, but this data dir was used before (it holds coordinator.crt and join-token): \
+        "the journal {0} is missing or empty, but an earlier run made one in this data dir (journal.made is there): \
          restore the journal, or pass --new-journal to start a new one (results already on chain are then \
          recovered from the chain before anything is signed)"
     )]
@@ -104,14 +103,25 @@ pub fn open_journal(lock: &DataDirLock, allow_new: bool) -> Result<OpenedJournal
     let dir = lock.dir();
     let path = dir.join(JOURNAL_FILE);
     let present = std::fs::metadata(&path).map(|m| m.len() > 0).unwrap_or(false);
-    let used_before = dir.join(CERT_FILE).exists() || dir.join(TOKEN_FILE).exists();
-    if !present && used_before && !allow_new {
+    let marker = dir.join(JOURNAL_MARKER);
+    if !present && marker.exists() && !allow_new {
         return Err(DataDirError::JournalLost(path));
     }
     let journal_err = |source| DataDirError::Journal { path: path.clone(), source };
     let journal = Journal::open(&path).map_err(journal_err)?;
     journal.check_integrity().map_err(journal_err)?;
+    if !present || !marker.exists() {
+        write_synced(&marker, format!("{}\n", crate::mining::journal::now_ms()).as_bytes())
+            .map_err(|source| DataDirError::Io { path: marker.clone(), source })?;
+    }
     Ok(OpenedJournal { journal: Arc::new(Mutex::new(journal)), created: !present })
+}
+
+fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = File::create(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -131,12 +141,13 @@ mod tests {
     #[test]
     fn a_lost_journal_needs_new_journal_and_a_first_start_does_not() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // `serve` or `job` may have made the farm identity first: still a first start for the journal.
+        crate::farm::Identity::load_or_create(dir.path()).expect("identity");
         let lock = DataDirLock::acquire(dir.path()).expect("lock");
         let first = open_journal(&lock, false).expect("first start");
         assert!(first.created);
         drop(first);
         assert!(!open_journal(&lock, false).expect("reopen").created);
-        crate::farm::Identity::load_or_create(dir.path()).expect("identity");
         std::fs::remove_file(dir.path().join(JOURNAL_FILE)).expect("delete");
         let e = open_journal(&lock, false).expect_err("lost journal refused");
         assert!(matches!(e, DataDirError::JournalLost(_)), "{e}");

@@ -81,7 +81,7 @@ pub(crate) async fn status(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if g.json {
         print_json(&s)?;
     } else {
-        println!("node        {}", g.node);
+        println!("node        {}", g.node_url());
         println!("network     {}", s.network);
         println!("height      {}", s.height);
         println!("last_hash   {}", s.last_hash);

@@ -146,13 +146,7 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let nodes = if !args.nodes.is_empty() {
-        args.nodes.clone()
-    } else if !file.nodes.is_empty() {
-        file.nodes.clone()
-    } else {
-        vec![g.node.clone()]
-    };
+    let nodes = resolve_nodes(&args.nodes, g.node.as_deref(), &file.nodes);
     for url in &nodes {
         check_node_url(url)?;
     }
@@ -263,6 +257,20 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
         scheduling,
         journal_retention,
     })
+}
+
+/// The L1 nodes, flags and environment before the file: `--nodes`/`CPC_NODES`, then `--node`/`CPC_NODE`,
+/// then the file's `nodes`, then the default node.
+fn resolve_nodes(nodes_flag: &[String], node_flag: Option<&str>, file: &[String]) -> Vec<String> {
+    if !nodes_flag.is_empty() {
+        nodes_flag.to_vec()
+    } else if let Some(node) = node_flag {
+        vec![node.to_owned()]
+    } else if !file.is_empty() {
+        file.to_vec()
+    } else {
+        vec![super::DEFAULT_NODE_URL.to_owned()]
+    }
 }
 
 /// An L1 node URL must be `http://` or `https://` with a host.
@@ -563,4 +571,35 @@ fn spawn_journal_pruning(journal: mining::SharedJournal, keep: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn node_flags_and_environment_win_over_the_config_file() {
+        let file = v(&["http://file:1", "http://file:2"]);
+        assert_eq!(
+            resolve_nodes(&v(&["http://a:1"]), Some("http://b:1"), &file),
+            v(&["http://a:1"])
+        );
+        assert_eq!(resolve_nodes(&[], Some("http://b:1"), &file), v(&["http://b:1"]));
+        assert_eq!(resolve_nodes(&[], None, &file), file);
+        assert_eq!(resolve_nodes(&[], None, &[]), v(&[super::super::DEFAULT_NODE_URL]));
+    }
+
+    #[test]
+    fn node_urls_are_checked() {
+        assert!(check_node_url("http://127.0.0.1:8000").is_ok());
+        assert!(check_node_url("https://node.example:443/rpc").is_ok());
+        for bad in ["not a url", "ftp://x:1", "127.0.0.1:8000", "http://"] {
+            let e = check_node_url(bad).expect_err(bad);
+            assert!(e.downcast_ref::<super::super::UsageError>().is_some(), "{bad}: {e}");
+        }
+    }
 }

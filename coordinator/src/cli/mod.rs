@@ -49,9 +49,9 @@ pub(crate) struct Cli {
 /// Options every subcommand understands.
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
-    /// URL of the ComputeChain L1 node.
-    #[arg(long, global = true, env = "CPC_NODE", default_value = DEFAULT_NODE_URL, help_heading = "Global")]
-    pub(crate) node: String,
+    /// URL of the ComputeChain L1 node [default: http://localhost:8000].
+    #[arg(long, global = true, env = "CPC_NODE", help_heading = "Global")]
+    pub(crate) node: Option<String>,
     /// Keystore directory (cpc-cli's layout) [default: ~/.computechain/keys].
     #[arg(long, global = true, env = "CPC_KEYSTORE", help_heading = "Global")]
     pub(crate) keystore: Option<PathBuf>,
@@ -65,8 +65,13 @@ impl GlobalArgs {
         Keystore::new(self.keystore.clone().unwrap_or_else(Keystore::default_dir))
     }
 
+    /// The node URL: `--node` / `CPC_NODE`, else [`DEFAULT_NODE_URL`].
+    pub(crate) fn node_url(&self) -> &str {
+        self.node.as_deref().unwrap_or(DEFAULT_NODE_URL)
+    }
+
     pub(crate) fn node(&self) -> NodeClient {
-        NodeClient::new(&self.node)
+        NodeClient::new(self.node_url())
     }
 }
 

@@ -674,6 +674,11 @@ mod tests {
             scanned_to: 0,
             recovering: false,
             seen: Arc::default(),
+            blocks: Arc::default(),
+            head: 2,
+            next_nonce: None,
+            balance: None,
+            sent_at_head: Arc::default(),
         };
         core.confirm_inclusions(2).await.expect("scan up to block 2, as the round's head said");
         assert_eq!(core.scanned_to, 2);
