@@ -46,10 +46,10 @@ impl RequestBudget {
     pub fn overloaded(&self, retry_after: Option<Duration>) {
         let pause = retry_after.unwrap_or(DEFAULT_RETRY_AFTER).min(MAX_RETRY_AFTER);
         let until = Instant::now() + pause;
-        if let Ok(mut p) = self.paused_until.lock() {
-            if p.is_none_or(|t| t < until) {
-                *p = Some(until);
-            }
+        if let Ok(mut p) = self.paused_until.lock()
+            && p.is_none_or(|t| t < until)
+        {
+            *p = Some(until);
         }
         metrics::counter!("cpcfarm_l1_throttled_total").increment(1);
     }
