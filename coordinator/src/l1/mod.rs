@@ -5,6 +5,8 @@
 //! goes through [`NodeClient`], so timeouts, error wording and JSON shapes live in one place.
 
 mod client;
+#[cfg(test)]
+mod fuzz;
 mod pool;
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, NodeClient, NodeError};
