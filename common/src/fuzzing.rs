@@ -5,7 +5,9 @@
 //! on purpose:
 //!
 //! ```sh
-//! CPC_FUZZ_CASES=200000 cargo test --release -p cpc-common -p cpc-coordinator -p cpc-tests fuzz
+//! CPC_FUZZ_CASES=200000 cargo test -p cpc-common --test it fuzz
+//! CPC_FUZZ_CASES=200000 cargo test -p cpc-coordinator --lib fuzz
+//! CPC_FUZZ_CASES=200000 cargo test -p cpc-tests --lib fuzz
 //! ```
 //!
 //! proptest's own `PROPTEST_CASES` is deliberately not used: the targets set their count explicitly, so an
