@@ -41,14 +41,15 @@ pub enum CodecError {
     Truncated(usize),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+/// The wire encoding: bincode's standard configuration, refusing to claim more than `LIMIT` bytes.
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
 }
 
 /// One frame (length prefix and payload) holding `msg`.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
-    bincode::serde::encode_into_std_write(msg, &mut out, config())
+    bincode::serde::encode_into_std_write(msg, &mut out, config::<MAX_FRAME_BYTES>())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     let len = out.len() - LENGTH_PREFIX_BYTES;
     if len > MAX_FRAME_BYTES {
@@ -61,8 +62,33 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Decodes one payload (without its length prefix) as a `T`, requiring every byte to be used.
+///
+/// bincode allocates a string at the length the payload announces, before reading it, up to its configured
+/// limit: with the protocol's 64 MiB limit, a 15-byte frame announcing a 64 MiB string made it allocate
+/// 64 MiB, whatever the frame cap of the stream. So the limit follows the payload. bincode counts toward it
+/// the in-memory size of every integer it decodes (up to 8 bytes for a one-byte varint) and the length of
+/// every string, so a valid payload of `len` bytes counts at most `8 × len`; the limit is the smallest power
+/// of four from 4 KiB at or above that, and an announced string can make bincode allocate at most 32 times
+/// the payload (at least 4 KiB). Sequences are bounded apart from this: serde preallocates at most 1 MiB
+/// for one, whatever length it announces.
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
-    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(payload, config())
+    const KIB: usize = 1024;
+    match payload.len().saturating_mul(8) {
+        claim if claim <= 4 * KIB => decode_limited::<T, { 4 * KIB }>(payload),
+        claim if claim <= 16 * KIB => decode_limited::<T, { 16 * KIB }>(payload),
+        claim if claim <= 64 * KIB => decode_limited::<T, { 64 * KIB }>(payload),
+        claim if claim <= 256 * KIB => decode_limited::<T, { 256 * KIB }>(payload),
+        claim if claim <= 1024 * KIB => decode_limited::<T, { 1024 * KIB }>(payload),
+        claim if claim <= 4096 * KIB => decode_limited::<T, { 4096 * KIB }>(payload),
+        claim if claim <= 16_384 * KIB => decode_limited::<T, { 16_384 * KIB }>(payload),
+        _ => decode_limited::<T, MAX_FRAME_BYTES>(payload),
+    }
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<T, CodecError> {
+    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(payload, config::<LIMIT>())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != payload.len() {
         return Err(CodecError::Malformed(format!(

@@ -28,6 +28,8 @@ pub mod block;
 pub mod codec;
 pub mod compute_result;
 pub mod crypto;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hashing;
 pub mod keystore;
 pub mod merkle;

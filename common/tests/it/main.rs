@@ -1,6 +1,9 @@
 //! Conformance of cpc-common with every vector in `../shared/vectors` produced by the reference node code
 //! and by `synthetic_ref.py`. The synthetic-v1 products (leaves and result hashes) are checked in
-//! `cpc-kernels`, which owns the compute; everything else is checked here.
+//! `cpc-kernels`, which owns the compute; everything else is checked here. `fuzz_codec` fuzzes the farm's
+//! frame codec and wire messages.
+
+mod fuzz_codec;
 
 use cpc_common::{
     Address, Block, BlockHeader, ComputeResult, PublicKey, SecretKey, Transaction,

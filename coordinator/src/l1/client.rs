@@ -193,12 +193,21 @@ fn unreachable(url: &str, e: &reqwest::Error) -> NodeError {
 async fn decode<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T, NodeError> {
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| unreachable(&url, &e))?;
+    decode_answer(url, status, &bytes)
+}
+
+/// An answer's status and body as a `T`, or the error an operator sees; no I/O, so that it can be fuzzed.
+pub(crate) fn decode_answer<T: DeserializeOwned>(
+    url: String,
+    status: reqwest::StatusCode,
+    bytes: &[u8],
+) -> Result<T, NodeError> {
     if status == reqwest::StatusCode::NOT_FOUND {
         return Err(NodeError::NotFound { url });
     }
     if !status.is_success() {
-        let body: String = String::from_utf8_lossy(&bytes).chars().take(500).collect();
+        let body: String = String::from_utf8_lossy(bytes).chars().take(500).collect();
         return Err(NodeError::Status { url, status: status.as_u16(), body });
     }
-    serde_json::from_slice(&bytes).map_err(|e| NodeError::Decode { url, reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| NodeError::Decode { url, reason: e.to_string() })
 }

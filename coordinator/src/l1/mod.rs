@@ -6,6 +6,8 @@
 
 pub mod budget;
 mod client;
+#[cfg(test)]
+mod fuzz;
 mod pool;
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, NodeClient, NodeError};

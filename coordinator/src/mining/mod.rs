@@ -9,6 +9,8 @@
 
 pub mod compute;
 pub mod config;
+#[cfg(test)]
+mod fuzz;
 pub mod journal;
 pub mod planner;
 pub mod priority;

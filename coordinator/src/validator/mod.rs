@@ -19,6 +19,8 @@
 //! A dead validator costs a task that sleeps between connection attempts; block mining never waits on it.
 
 pub mod client;
+#[cfg(test)]
+mod fuzz;
 pub mod protocol;
 
 use crate::mining::{Identity, SharedJournal, priority::PrioritizedCompute};

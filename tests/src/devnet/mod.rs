@@ -11,6 +11,8 @@
 //! server and the block producer until the shutdown future completes.
 
 pub mod chain;
+#[cfg(test)]
+mod fuzz;
 pub mod server;
 pub mod store;
 pub mod wire;
