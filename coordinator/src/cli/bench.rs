@@ -431,8 +431,8 @@ mod tests {
         assert_eq!(sample_rows(16384), [0..2, 4095..4097, 8191..8193, 16383..16384]);
         assert_eq!(show_rows(&sample_rows(16384)), "0-1, 4095-4096, 8191-8192, 16383");
         assert_eq!(sample_rows(4160), [0..2, 2080..2081, 4095..4097, 4159..4160]);
-        assert_eq!(sample_rows(3), [0..3]);
-        assert_eq!(sample_rows(1), [0..1]);
+        assert_eq!(sample_rows(3), vec![Range { start: 0, end: 3 }]);
+        assert_eq!(sample_rows(1), vec![Range { start: 0, end: 1 }]);
     }
 
     /// A backend that gets one row wrong: the CPU's leaves, row `bad` flipped.
