@@ -266,6 +266,7 @@ mod tests {
             return;
         }
         let version = nvrtc_version().expect("NVRTC version");
+        eprintln!("NVRTC {}.{}", version.0, version.1);
         for cc in TARGETS {
             let (code, log) = compile(cc, true).unwrap_or_else(|e| panic!("{e}"));
             let sm = format!("sm_{}{}", cc.0, cc.1);
