@@ -262,7 +262,7 @@ impl CudaBackend {
         Ok(Self {
             ordinal: device,
             name: format!("cuda:{device}"),
-            model: format!("{model} (sm_{}{}, {libraries}, {})", cc.0, cc.1, compat.engine),
+            model: format!("{model} (sm_{}{}, {libraries}, engine {})", cc.0, cc.1, compat.engine),
             ctx,
             kernels,
             slots,
