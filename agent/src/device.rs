@@ -19,6 +19,12 @@
 //! watchdog timeout (`--watchdog-secs`, [`DEFAULT_WATCHDOG`]) plus a grace that lets the CUDA backend's own
 //! polled timeout (given the same value) fire first and name the phase that hung.
 //!
+//! What a backend error does to the device: out of memory ([`BackendError::retry_later`]) fails the shard
+//! only, the coordinator gives it to a device with room, and the GPU keeps serving; a sticky CUDA error
+//! ([`BackendError::needs_restart`]) quarantines the device, counts it
+//! (`cpcfarm_agent_device_restarts_needed_total`), says that the GPU needs a process restart and stops the
+//! device's worker, so that the agent's supervisor (systemd, Kubernetes) can restart the process.
+//!
 //! When the deadline passes, or the backend answers an error that leaves the device unusable
 //! ([`BackendError::quarantines_device`]: a CUDA error, its own timeout, an earlier quarantine), the actor
 //! quarantines the device: it answers the shard `ShardFailed` with the reason, records it in [`Health`] (the
@@ -335,6 +341,24 @@ struct DeviceState {
 }
 
 impl DeviceState {
+    /// Reacts to a backend error: quarantines the device when the error leaves it unusable, and says and
+    /// counts it when only a process restart brings it back.
+    fn backend_failed(&self, error: &BackendError, reason: &str) {
+        if error.needs_restart() {
+            m::device_restart_needed(&self.labels);
+            tracing::error!(
+                device = self.index,
+                name = %self.name,
+                %reason,
+                "the device's CUDA context is lost: it needs a process restart; its worker stops and the \
+                 agent keeps serving with its other devices until its supervisor restarts it"
+            );
+        }
+        if error.quarantines_device() {
+            self.quarantine(reason);
+        }
+    }
+
     /// Quarantines the device: recorded in [`Health`], worker given up on, metrics and log.
     fn quarantine(&self, reason: &str) {
         self.worker.abandon();
@@ -440,20 +464,21 @@ impl Handler<Compute> for DeviceActor {
                 .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
                     let out = backend.run_shard(&shard, keep_rows);
                     let stats = if out.is_ok() { backend.last_stats() } else { None };
-                    (out, stats)
+                    (out, stats, backend.gpu_status())
                 })
                 .await;
             let secs = started.elapsed().as_secs_f64();
+            if let Ok((_, _, Some(status))) = &out {
+                m::gpu_status(&state.labels, status);
+            }
             match out {
                 Err(reason) => failed(reason),
-                Ok((Err(e), _)) => {
+                Ok((Err(e), _, _)) => {
                     let reason = format!("{}: {e}", state.name);
-                    if e.quarantines_device() {
-                        state.quarantine(&reason);
-                    }
+                    state.backend_failed(&e, &reason);
                     failed(reason)
                 }
-                Ok((Ok(output), stats)) => {
+                Ok((Ok(output), stats, _)) => {
                     let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
                     m::shard_done(&state.labels, true, Some((secs, ops)));
                     record_work(&state.labels, ops, secs, stats.as_ref());
@@ -515,9 +540,7 @@ impl Handler<RecomputeRow> for DeviceActor {
                 Err(reason) => unavailable(reason),
                 Ok(Err(e)) => {
                     let reason = format!("{}: {what}: {e}", state.name);
-                    if e.quarantines_device() {
-                        state.quarantine(&reason);
-                    }
+                    state.backend_failed(&e, &reason);
                     unavailable(reason)
                 }
                 Ok(Ok(ShardOutput { rows: Some(values), .. })) if values.len() == n => {
@@ -593,13 +616,22 @@ pub async fn start(
         keeps_rows: backend.keeps_rows_cheaply(),
     });
     m::device_healthy(&state.labels, true);
+    if let Some(status) = backend.gpu_status() {
+        m::gpu_status(&state.labels, &status);
+    }
     let n = options.measure_n;
     let measured = state.call("the start-up measurement", move |backend| measure(backend, n)).await;
     let (ops, quarantined) = match measured {
         Ok(Ok(ops)) => (ops, None),
+        Ok(Err(e)) if e.retry_later() => {
+            // Out of memory for now (a desktop session, another process): the device serves anyway, and
+            // announces the lowest throughput until it measures better.
+            tracing::warn!(device = index, name = %state.name, error = %e, "the start-up measurement failed; the device serves anyway");
+            (1.0, None)
+        }
         Ok(Err(e)) => {
             let reason = format!("{}: the start-up measurement failed: {e}", state.name);
-            state.quarantine(&reason);
+            state.backend_failed(&e, &reason);
             (1.0, Some(reason))
         }
         Err(reason) => {
@@ -669,6 +701,10 @@ mod tests {
         Fatal,
         /// An error that is the shard's fault, not the device's.
         TooLarge,
+        /// Out of device memory for now.
+        OutOfMemory,
+        /// A sticky CUDA error: the context is lost until the process restarts.
+        Sticky,
     }
 
     /// A CPU backend that misbehaves on shards whose seed starts with `seed` (and on everything with `"")`.
@@ -702,6 +738,14 @@ mod tests {
                     Err(BackendError::InvalidShard("woke up".into()))
                 }
                 Fault::Fatal => Err(BackendError::Cuda {
+                    device: "cuda:9 test".into(),
+                    reason: "an illegal memory access was encountered".into(),
+                }),
+                Fault::OutOfMemory => Err(BackendError::OutOfMemory {
+                    device: "cuda:9 test".into(),
+                    reason: "allocating C: out of memory".into(),
+                }),
+                Fault::Sticky => Err(BackendError::ContextLost {
                     device: "cuda:9 test".into(),
                     reason: "an illegal memory access was encountered".into(),
                 }),
@@ -817,6 +861,47 @@ mod tests {
                 "{answer:?}"
             );
         });
+    }
+
+    /// Out of memory fails the shard and nothing else; a sticky error quarantines the device, says it needs a
+    /// process restart and counts it.
+    #[test]
+    fn out_of_memory_keeps_the_device_and_a_lost_context_asks_for_a_restart() {
+        let handle = crate::metrics::install_recorder();
+        actix_rt::System::new().block_on(async {
+            let health = Health::default();
+            let opts = options(Duration::from_secs(60));
+            let squeezed =
+                start(30, Faulty::backend("oom", Fault::OutOfMemory), cache(), health.clone(), &opts)
+                    .await
+                    .expect("start");
+            let lost = start(31, Faulty::backend("xid", Fault::Sticky), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+
+            let answer = squeezed.addr.send(run_shard(1, "oom", 30)).await.expect("answer");
+            let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+            assert!(reason.contains("out of memory") && reason.contains("stays in service"), "{reason}");
+            assert_eq!(health.reason(30), None, "out of memory must not quarantine");
+            let answer = squeezed.addr.send(run_shard(2, "ok", 30)).await.expect("answer");
+            assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+
+            let answer = lost.addr.send(run_shard(3, "xid", 31)).await.expect("answer");
+            let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+            assert!(reason.contains("needs a process restart"), "{reason}");
+            assert!(health.reason(31).is_some_and(|r| r.contains("needs a process restart")));
+            let answer = lost.addr.send(run_shard(4, "ok", 31)).await.expect("answer");
+            assert!(
+                matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+                "{answer:?}"
+            );
+        });
+        let text = handle.render();
+        assert!(
+            text.contains("cpcfarm_agent_device_restarts_needed_total{gpu=\"31\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("cpcfarm_agent_device_restarts_needed_total{gpu=\"30\"}"), "{text}");
     }
 
     /// A GPU-like device: C is not in host memory, so rows are not kept (asserted) and a spot check's row is

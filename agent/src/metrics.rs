@@ -8,7 +8,7 @@
 
 use cpc_kernels::{
     Backend,
-    gpu::{GpuTelemetry, dcgm_labels, hostname},
+    gpu::{GpuStatus, GpuTelemetry, dcgm_labels, hostname},
 };
 use metrics::{Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -83,6 +83,19 @@ fn describe() {
     describe_counter!(
         "cpcfarm_gpu_xid_errors_total",
         "Critical Xid errors NVML reported since the agent started."
+    );
+    describe_gauge!(
+        "cpcfarm_gpu_info",
+        "1 per GPU, labelled with the CUDA driver version, the NVRTC and cuBLASLt versions loaded and the \
+         GEMM engine (gemm_engine=\"dp4a\" with fallback=\"true\": cuBLASLt could not run, 20-30x slower)."
+    );
+    describe_counter!(
+        "cpcfarm_gpu_gemm_fallbacks_total",
+        "GEMM shapes for which cuBLASLt failed and the dp4a kernel took over (each shape counted once)."
+    );
+    describe_counter!(
+        "cpcfarm_agent_device_restarts_needed_total",
+        "Sticky CUDA errors (illegal address, ...): the device's context is lost until the process restarts."
     );
 }
 
@@ -178,6 +191,27 @@ pub(crate) fn gpu_telemetry(t: &GpuTelemetry) {
     counter!("cpcfarm_gpu_xid_errors_total", labels.get()).absolute(t.xid_errors_total);
 }
 
+/// Exports a GPU backend's versions and engine (`cpcfarm_gpu_info`) and its GEMM fallbacks.
+pub(crate) fn gpu_status(labels: &DeviceLabels, status: &GpuStatus) {
+    let libs = &status.libraries;
+    let mut info = labels.get();
+    info.push(Label::new("driver_cuda", libs.driver.to_string()));
+    info.push(Label::new("nvrtc", libs.nvrtc.to_string()));
+    info.push(Label::new(
+        "cublaslt",
+        libs.cublaslt.map_or_else(|| "none".into(), |v| v.to_string()),
+    ));
+    info.push(Label::new("gemm_engine", status.engine.as_str()));
+    info.push(Label::new("fallback", if status.fallback.is_some() { "true" } else { "false" }));
+    gauge!("cpcfarm_gpu_info", info).set(1.0);
+    counter!("cpcfarm_gpu_gemm_fallbacks_total", labels.get()).absolute(status.shape_fallbacks);
+}
+
+/// Counts a device whose context is lost until the process restarts.
+pub(crate) fn device_restart_needed(labels: &DeviceLabels) {
+    counter!("cpcfarm_agent_device_restarts_needed_total", labels.get()).increment(1);
+}
+
 pub(crate) fn row_cache_bytes(bytes: u64) {
     gauge!("cpcfarm_agent_row_cache_bytes").set(bytes as f64);
 }
@@ -231,5 +265,32 @@ mod tests {
             let line = format!("{name}{{{labels}}} {value}");
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+    }
+
+    /// Versions and engine are labels of `cpcfarm_gpu_info`; fallbacks a counter.
+    #[test]
+    fn gpu_status_exports_versions_engine_and_fallbacks() {
+        use cpc_kernels::gpu::{CudaLibraries, CudaVersion, GemmEngine};
+        let handle = install_recorder();
+        let labels = DeviceLabels(vec![Label::new("gpu", "41")]);
+        let status = GpuStatus {
+            libraries: CudaLibraries {
+                driver: CudaVersion::new(12, 2),
+                nvrtc: CudaVersion::new(12, 8),
+                cublaslt: None,
+            },
+            engine: GemmEngine::Dp4a,
+            fallback: Some("libcublasLt could not be loaded".into()),
+            shape_fallbacks: 3,
+        };
+        gpu_status(&labels, &status);
+        let text = handle.render();
+        let info = "cpcfarm_gpu_info{gpu=\"41\",driver_cuda=\"12.2\",nvrtc=\"12.8\",cublaslt=\"none\",\
+                    gemm_engine=\"dp4a\",fallback=\"true\"} 1";
+        assert!(text.lines().any(|l| l == info), "{info} missing from:\n{text}");
+        assert!(
+            text.lines().any(|l| l == "cpcfarm_gpu_gemm_fallbacks_total{gpu=\"41\"} 3"),
+            "{text}"
+        );
     }
 }

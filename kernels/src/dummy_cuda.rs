@@ -4,7 +4,7 @@
 
 use crate::{
     Backend, BackendError, DeviceInfo, Shard, ShardOutput,
-    gpu::{GemmEngine, GpuTelemetry, ShardStats},
+    gpu::{CudaLibraries, GemmEngine, GpuStatus, GpuTelemetry, ShardStats},
 };
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use std::time::Duration;
 pub const SLOTS: usize = 2;
 /// Default watchdog timeout of one shard (as in the real backend).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Rows per GEMM chunk (as in the real backend).
+pub const CHUNK_ROWS: u32 = 4096;
 
 /// Device bytes a shard of `rows` rows at matrix size `n` would need on a GPU (same formula as the real
 /// backend: every dimension padded to 64; A and Bᵗ as `i8`, C as `i32`, 32 bytes of leaf per padded row).
@@ -78,6 +80,16 @@ impl CudaBackend {
 
     /// Device seconds of one `n × n × n` GEMM alone.
     pub fn time_gemm(&self, _n: u32, _reps: u32) -> Result<f64, BackendError> {
+        match *self {}
+    }
+
+    /// The driver and libraries this backend loaded.
+    pub fn libraries(&self) -> &CudaLibraries {
+        match *self {}
+    }
+
+    /// Versions, engine and fallbacks.
+    pub fn status(&self) -> GpuStatus {
         match *self {}
     }
 

@@ -43,6 +43,32 @@ pub enum BackendError {
         /// What failed and the CUDA status.
         reason: String,
     },
+    /// The GPU had not enough free memory for the shard (another process or a desktop session holds it for
+    /// now). The shard failed, the slot gave its memory back, and the GPU stays in service.
+    #[error(
+        "{device} is out of memory: {reason}: the shard can be retried later or split into fewer rows; \
+         the GPU stays in service"
+    )]
+    OutOfMemory {
+        /// The GPU.
+        device: String,
+        /// What was being allocated and the CUDA status.
+        reason: String,
+    },
+    /// A sticky CUDA error (an illegal address, a kernel trap, an uncorrectable ECC error, ...): the context
+    /// every caller in the process shares is corrupted, so re-opening the device cannot help. The device is
+    /// quarantined; only a process restart brings it back.
+    #[error(
+        "{device} hit a CUDA error that corrupts its context for the rest of the process ({reason}): the GPU \
+         needs a process restart (the agent's supervisor, e.g. systemd, restarts it); if it repeats, check \
+         `nvidia-smi -q` and the kernel log for Xid errors"
+    )]
+    ContextLost {
+        /// The GPU.
+        device: String,
+        /// What failed and the CUDA status.
+        reason: String,
+    },
     /// A GPU call did not finish within the backend's watchdog timeout; the device is quarantined.
     #[error(
         "{device} did not finish `{phase}` within {seconds:.1} s: the GPU is quarantined; check `nvidia-smi` \
@@ -90,14 +116,62 @@ pub enum BackendError {
 impl BackendError {
     /// Whether the device that answered this can take no more work until the process reopens it: a CUDA
     /// error that may have left its context unusable, a watchdog timeout, an earlier quarantine, or a CUDA
-    /// failure at run time. The agent quarantines the device on these; other errors fail only the shard.
+    /// failure at run time. The agent quarantines the device on these; other errors fail only the shard
+    /// (out of memory among them: a passing squeeze, not the GPU's fault).
     pub fn quarantines_device(&self) -> bool {
         matches!(
             self,
             Self::Cuda { .. }
+                | Self::ContextLost { .. }
                 | Self::Timeout { .. }
                 | Self::Quarantined { .. }
                 | Self::CudaUnavailable(_)
         )
+    }
+
+    /// Whether only a new process can bring the device back ([`BackendError::ContextLost`]): the agent says
+    /// so, counts it and stops the device's worker, so that its supervisor can restart it.
+    pub fn needs_restart(&self) -> bool {
+        matches!(self, Self::ContextLost { .. })
+    }
+
+    /// Whether the same shard may succeed later on the same device ([`BackendError::OutOfMemory`]).
+    pub fn retry_later(&self) -> bool {
+        matches!(self, Self::OutOfMemory { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cuda(reason: &str) -> BackendError {
+        BackendError::Cuda { device: "cuda:0".into(), reason: reason.into() }
+    }
+
+    /// Out of memory fails the shard and leaves the GPU in service; a sticky error quarantines it and asks
+    /// for a restart; other CUDA errors quarantine it without one.
+    #[test]
+    fn out_of_memory_does_not_quarantine_and_a_lost_context_needs_a_restart() {
+        let oom =
+            BackendError::OutOfMemory { device: "cuda:0".into(), reason: "allocating C".into() };
+        assert!(!oom.quarantines_device() && !oom.needs_restart() && oom.retry_later());
+        assert!(oom.to_string().contains("stays in service"), "{oom}");
+        let lost = BackendError::ContextLost {
+            device: "cuda:0".into(),
+            reason: "an illegal memory access was encountered".into(),
+        };
+        assert!(lost.quarantines_device() && lost.needs_restart() && !lost.retry_later());
+        assert!(lost.to_string().contains("needs a process restart"), "{lost}");
+        let other = cuda("invalid handle");
+        assert!(other.quarantines_device() && !other.needs_restart());
+        let too_large = BackendError::ShardTooLarge {
+            n: 1,
+            rows: 1,
+            needed: 2,
+            available: 1,
+            device: "cuda:0".into(),
+        };
+        assert!(!too_large.quarantines_device() && !too_large.retry_later());
     }
 }

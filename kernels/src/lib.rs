@@ -203,6 +203,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn monitor(&self) -> Option<&gpu::GpuMonitor> {
         None
     }
+    /// The CUDA driver and library versions, GEMM engine and fallbacks of a GPU backend, for the agent's
+    /// advert, metrics and status; `None` by default.
+    fn gpu_status(&self) -> Option<gpu::GpuStatus> {
+        None
+    }
 }
 
 /// Bytes a shard of `rows` rows at matrix size `n` needs: its rows of A, all of B and its rows of C.

@@ -2,18 +2,22 @@
 //! matrix size, per phase and end to end: median milliseconds and tera-ops per second, the share of a peak,
 //! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. The
 //! measuring is `cpc_kernels::bench`; this module picks the sizes and prints.
+//!
+//! On CUDA every measured size is also checked: a sample of rows of the GPU's whole product (the first, both
+//! sides of each of the first chunk boundaries, the middle, the last) must hash as the CPU's
+//! ([`check_rows`]); a mismatch fails the command, so a fast wrong GPU never passes for a fast one.
 
 use super::{GlobalArgs, compute::BackendArgs, output::print_json};
 use anyhow::Context as _;
 use clap::Args;
-use cpc_common::synthetic::MAX_MATRIX_SIZE;
+use cpc_common::synthetic::{Challenge, MAX_MATRIX_SIZE};
 use cpc_kernels::{
-    BackendKind, CudaBackend, DeviceInfo,
-    bench::{BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport},
-    gpu::GpuTelemetry,
+    Backend, BackendKind, CpuBackend, CudaBackend, DeviceInfo, Shard,
+    bench::{BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport, rep_seed},
+    gpu::{CHUNK_ROWS, GpuTelemetry},
 };
 use serde_json::{Value, json};
-use std::process::ExitCode;
+use std::{ops::Range, process::ExitCode};
 
 /// Sizes measured on the CPU when `--matrix-size` is not given.
 pub(crate) const DEFAULT_CPU_SIZES: [u32; 3] = [512, 1024, 2048];
@@ -113,11 +117,22 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
         print_header(&device, &info, before.as_ref(), peak);
     }
     let mut reports = Vec::with_capacity(sizes.len());
+    let mut row_checks = Vec::new();
     for n in sizes {
         let report =
             device.measure(n, args.reps).with_context(|| format!("benchmark at n = {n}"))?;
         if !g.json {
             print_size(&report, args.reps, peak);
+        }
+        if kind == BackendKind::Cuda && matches!(report, SizeReport::Measured(_)) {
+            let checked = check_rows(device.backend(), n)?;
+            if !g.json {
+                println!(
+                    "  row check at n = {n}: rows {} hash as on the CPU\n",
+                    show_rows(&checked)
+                );
+            }
+            row_checks.push(json!({"n": n, "rows": checked.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>()}));
         }
         reports.push(report);
     }
@@ -138,6 +153,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
             "reps": args.reps,
             "peak_tops": peak,
             "sizes": reports.iter().map(|r| size_json(r, peak)).collect::<Vec<_>>(),
+            "row_checks": row_checks,
         }))?;
     } else if let Some(t) = after {
         println!(
@@ -149,6 +165,63 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows of an `n × n` product checked against the CPU: the first two, both sides of the first two GEMM chunk
+/// boundaries (the chunked path: offset pointers, the next chunk's plan, hashing from `c0 > 0`), the middle
+/// and the last; sorted, merged, within `0..n`.
+fn sample_rows(n: u32) -> Vec<Range<u32>> {
+    let mut wanted = vec![0..2, n / 2..n / 2 + 1, n.saturating_sub(1)..n];
+    for boundary in [CHUNK_ROWS, 2 * CHUNK_ROWS] {
+        wanted.push(boundary - 1..boundary + 1);
+    }
+    let mut rows: Vec<Range<u32>> = wanted
+        .into_iter()
+        .map(|r| r.start.min(n)..r.end.min(n))
+        .filter(|r| !r.is_empty())
+        .collect();
+    rows.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u32>> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+/// Runs the bench's first challenge at size `n` whole on `gpu` and checks the leaves of [`sample_rows`]
+/// against the CPU backend (one-row shards cost it one row of the product each); answers the rows checked.
+fn check_rows(gpu: &dyn Backend, n: u32) -> anyhow::Result<Vec<Range<u32>>> {
+    let challenge = Challenge::new(rep_seed(n, 1), n, 1)?;
+    let got = gpu.run_shard(&Shard::whole(challenge.clone(), 0)?, false)?;
+    let cpu = CpuBackend::new(0)?;
+    let rows = sample_rows(n);
+    for range in &rows {
+        let want = cpu.run_shard(&Shard::new(challenge.clone(), 0, range.clone())?, false)?;
+        let gpu_leaves = got.leaves.get(range.start as usize..range.end as usize);
+        if gpu_leaves != Some(want.leaves.as_slice()) {
+            anyhow::bail!(
+                "the GPU's leaves of rows {range:?} at n = {n} differ from the CPU's (seed {}): the CUDA \
+                 backend computes wrong results on this host; do not mine with it",
+                challenge.seed
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// `0-1, 4095-4096, 8192, 16383`.
+fn show_rows(rows: &[Range<u32>]) -> String {
+    let show = |r: &Range<u32>| {
+        if r.end - r.start == 1 {
+            r.start.to_string()
+        } else {
+            format!("{}-{}", r.start, r.end - 1)
+        }
+    };
+    rows.iter().map(show).collect::<Vec<_>>().join(", ")
 }
 
 /// `u64::MAX` means "the device cannot tell".
@@ -351,6 +424,52 @@ mod tests {
         assert_eq!(listed.sizes(), [64, 130, 7]);
         let peak = parse(&["--peak-tops", "989.5"]).expect("parses");
         assert_eq!(peak.peak_tops(), Some(989.5));
+    }
+
+    #[test]
+    fn row_samples_straddle_the_chunk_boundaries() {
+        assert_eq!(sample_rows(16384), [0..2, 4095..4097, 8191..8193, 16383..16384]);
+        assert_eq!(show_rows(&sample_rows(16384)), "0-1, 4095-4096, 8191-8192, 16383");
+        assert_eq!(sample_rows(4160), [0..2, 2080..2081, 4095..4097, 4159..4160]);
+        assert_eq!(sample_rows(3), vec![Range { start: 0, end: 3 }]);
+        assert_eq!(sample_rows(1), vec![Range { start: 0, end: 1 }]);
+    }
+
+    /// A backend that gets one row wrong: the CPU's leaves, row `bad` flipped.
+    #[derive(Debug)]
+    struct OneRowWrong {
+        cpu: CpuBackend,
+        bad: u32,
+    }
+
+    impl Backend for OneRowWrong {
+        fn name(&self) -> &str {
+            "one-row-wrong"
+        }
+        fn info(&self) -> DeviceInfo {
+            self.cpu.info()
+        }
+        fn run_shard(
+            &self,
+            shard: &Shard,
+            keep_rows: bool,
+        ) -> Result<cpc_kernels::ShardOutput, cpc_kernels::BackendError> {
+            let mut out = self.cpu.run_shard(shard, keep_rows)?;
+            if shard.rows.contains(&self.bad) {
+                out.leaves[(self.bad - shard.rows.start) as usize][0] ^= 1;
+            }
+            Ok(out)
+        }
+    }
+
+    /// The check passes on the CPU's own leaves and fails on a backend with one sampled row wrong.
+    #[test]
+    fn row_check_catches_a_wrong_row() {
+        let cpu = CpuBackend::new(1).expect("cpu");
+        assert_eq!(check_rows(&cpu, 70).expect("same leaves"), [0..2, 35..36, 69..70]);
+        let wrong = OneRowWrong { cpu: CpuBackend::new(1).expect("cpu"), bad: 35 };
+        let err = check_rows(&wrong, 70).expect_err("row 35 differs");
+        assert!(err.to_string().contains("rows 35..36"), "{err}");
     }
 
     #[test]

@@ -92,11 +92,16 @@ impl Drop for Plan {
     }
 }
 
-/// A cuBLASLt handle, its workspace and the plans made so far. Used by one slot (one stream pair) at a time.
+/// A GEMM shape as cuBLASLt is asked for it: `(npad, rows, ldk)`.
+pub(crate) type Shape = (u32, u32, u32);
+
+/// A cuBLASLt handle, its workspace, the plans made so far and the shapes cuBLASLt failed on (each given to
+/// the dp4a kernel from then on, without asking cuBLASLt again). Used by one slot at a time.
 pub(crate) struct LtGemm {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
-    plans: HashMap<(u32, u32, u32), Plan>,
+    plans: HashMap<Shape, Plan>,
+    failed: HashMap<Shape, String>,
 }
 
 impl std::fmt::Debug for LtGemm {
@@ -104,6 +109,7 @@ impl std::fmt::Debug for LtGemm {
         f.debug_struct("LtGemm")
             .field("workspace_bytes", &self.workspace.len())
             .field("plans", &self.plans.len())
+            .field("failed_shapes", &self.failed.len())
             .finish()
     }
 }
@@ -130,11 +136,9 @@ impl LtGemm {
     pub(crate) fn new(stream: &Arc<CudaStream>, cc_major: i32) -> Result<Self, String> {
         // SAFETY: only probes whether the shared library can be opened (no symbol is called).
         if !unsafe { sys::is_culib_present() } {
-            return Err(
-                "libcublasLt was not found (install the CUDA 13 cuBLAS libraries or add them to \
-                        LD_LIBRARY_PATH)"
-                    .into(),
-            );
+            return Err("libcublasLt was not found (install the cuBLAS libraries of the driver's CUDA major \
+                        version or add them to LD_LIBRARY_PATH)"
+                .into());
         }
         stream.context().bind_to_thread().map_err(|e| format!("cannot bind the context: {e}"))?;
         let handle = lt::create_handle().map_err(|e| format!("cublasLtCreate failed: {e}"))?;
@@ -146,7 +150,18 @@ impl LtGemm {
                 return Err(format!("cannot allocate the cuBLASLt workspace: {e}"));
             }
         };
-        Ok(Self { handle, workspace, plans: HashMap::new() })
+        Ok(Self { handle, workspace, plans: HashMap::new(), failed: HashMap::new() })
+    }
+
+    /// Why cuBLASLt failed on `shape` before, if it did: the caller runs the dp4a kernel instead.
+    pub(crate) fn failed(&self, shape: Shape) -> Option<&str> {
+        self.failed.get(&shape).map(String::as_str)
+    }
+
+    /// Remembers that cuBLASLt failed on `shape` (its plan is dropped), so that it is not asked again.
+    pub(crate) fn remember_failure(&mut self, shape: Shape, why: String) {
+        self.plans.remove(&shape);
+        self.failed.insert(shape, why);
     }
 
     /// The plan for `D (npad × rows) = op(Bᵗ) · A` (see the module docs), made on first use.

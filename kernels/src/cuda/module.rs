@@ -189,7 +189,13 @@ impl Kernels {
         let (module, hint) = match code_for(cc)? {
             Code::Cubin(cubin) => (
                 ctx.load_module(Ptx::from_binary(cubin)),
-                "the NVIDIA driver is older than CUDA 13.0; update it".to_owned(),
+                match nvrtc_version() {
+                    Ok((major, minor)) => format!(
+                        "NVRTC {major}.{minor} built it; the driver must support CUDA {major}.0 or newer \
+                         (install the NVRTC of the driver's CUDA major version, or update the driver)"
+                    ),
+                    Err(e) => e,
+                },
             ),
             Code::Ptx { ptx, arch } => (
                 ctx.load_module(Ptx::from_src(ptx)),
@@ -260,6 +266,7 @@ mod tests {
             return;
         }
         let version = nvrtc_version().expect("NVRTC version");
+        eprintln!("NVRTC {}.{}", version.0, version.1);
         for cc in TARGETS {
             let (code, log) = compile(cc, true).unwrap_or_else(|e| panic!("{e}"));
             let sm = format!("sm_{}{}", cc.0, cc.1);

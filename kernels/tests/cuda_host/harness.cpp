@@ -1,17 +1,22 @@
 // Host twin of kernels/src/cuda/kernels.cu: the CUDA C compiled as plain C++ with the intrinsics shimmed,
 // every kernel launched over its real grid, so the kernels' logic (Philox layout of A and of the transposed
-// B, zero padding, the shared-memory tiling of gemm_i8_dp4a, SHA-256 tails, row chunking) is checked
-// without a GPU. Driven by kernels/tests/it/cuda_host.rs, which compares the leaves with the CPU backend.
+// B, zero padding, the shared-memory tiling of gemm_i8_dp4a, SHA-256 tails, the chunked GEMM and hashing) is
+// checked without a GPU. Driven by kernels/tests/it/cuda_host.rs, which compares the leaves with the CPU
+// backend.
 //
 // Blocks run one after another. Kernels without __syncthreads run thread by thread on the calling thread;
 // gemm_i8_dp4a runs each block as blockDim real threads meeting at a std::barrier, with its __shared__
 // arrays as statics (one block at a time), which is what CUDA guarantees a block.
 //
-// Usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID GEMM HASH_CHUNK
+// Usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID GEMM CHUNK
 //   GEMM: naive (C = A · Btᵀ on the padded buffers: what cuBLASLt computes, see the unit test in
 //   kernels/src/cuda/gemm.rs) | dp4a (the gemm_i8_dp4a kernel).
-//   HASH_CHUNK: rows per sha256_rows launch (the backend hashes per GEMM chunk, starting at row_begin).
+//   CHUNK: rows per GEMM chunk, as Slot::run in kernels/src/cuda/slot.rs (CHUNK_ROWS there): chunk
+//   [c0, c1) of the padded rows is multiplied through pointers offset by c0 rows into A and C (the last
+//   chunk partial), then hashed with row_begin = c0; the chunks are hashed stream by stream (chunk i on
+//   stream i mod 4, as the backend spreads them), not in order, since the streams run in any order.
 // Prints one hex leaf per row ROW0..ROW1.
+#include <algorithm>
 #include <barrier>
 #include <cstdint>
 #include <cstdio>
@@ -19,6 +24,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 struct uint4 { unsigned x, y, z, w; };
@@ -89,15 +95,15 @@ template <class F> static void launch_blocks(unsigned gx, unsigned gy, unsigned 
 
 int main(int argc, char** argv) {
     if (argc != 11) {
-        std::fprintf(stderr, "usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID naive|dp4a HASH_CHUNK\n");
+        std::fprintf(stderr, "usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID naive|dp4a CHUNK\n");
         return 2;
     }
     unsigned n = std::strtoul(argv[1], 0, 10), r0 = std::strtoul(argv[2], 0, 10), r1 = std::strtoul(argv[3], 0, 10);
     unsigned k0 = std::strtoul(argv[4], 0, 10), k1 = std::strtoul(argv[5], 0, 10), st = std::strtoul(argv[6], 0, 10);
     unsigned a_id = std::strtoul(argv[7], 0, 10), b_id = std::strtoul(argv[8], 0, 10);
     std::string gemm = argv[9];
-    unsigned hash_chunk = std::strtoul(argv[10], 0, 10);
-    if (n == 0 || r1 <= r0 || r1 > n || hash_chunk == 0) { std::fprintf(stderr, "bad arguments\n"); return 2; }
+    unsigned chunk = std::strtoul(argv[10], 0, 10);
+    if (n == 0 || r1 <= r0 || r1 > n || chunk == 0 || chunk % 64 != 0) { std::fprintf(stderr, "bad arguments\n"); return 2; }
 
     // Dims::new in kernels/src/cuda/mod.rs: every dimension padded to 64.
     auto pad = [](unsigned x) { return (x + 63) / 64 * 64; };
@@ -111,28 +117,50 @@ int main(int argc, char** argv) {
     launch_1d((uint64_t)(ldk / 4) * (npad / 16), 256, [&] { gen_bt(bt.data(), n, npad, ldk, b_id, k0, k1, st); });
     launch_1d((uint64_t)rows_pad * (ldk / 16), 256, [&] { gen_a(a.data(), rows, rows_pad, r0, n, ldk, a_id, k0, k1, st); });
 
-    if (gemm == "naive") {
-        for (unsigned i = 0; i < rows_pad; i++)
-            for (unsigned j = 0; j < npad; j++) {
-                int acc = 0;
-                for (unsigned p = 0; p < ldk; p++) acc += a[(size_t)i * ldk + p] * bt[(size_t)j * ldk + p];
-                c[(size_t)i * npad + j] = acc;
+    // Slot::run's chunk loop: GEMM chunk [c0, c1) through offset pointers, the chunks' hashing afterwards.
+    const unsigned hash_streams = 4;
+    std::vector<std::pair<unsigned, unsigned>> chunks;
+    for (unsigned c0 = 0; c0 < rows_pad; c0 += chunk) chunks.push_back({c0, c0 + chunk < rows_pad ? c0 + chunk : rows_pad});
+    for (auto [c0, c1] : chunks) {
+        unsigned chunk_rows = c1 - c0;
+        const signed char* a_chunk = a.data() + (size_t)c0 * ldk;
+        int* c_chunk = c.data() + (size_t)c0 * npad;
+        if (gemm == "naive") {
+            // What cuBLASLt computes for the chunk; rows split over host threads (the product is the same).
+            unsigned workers = std::max(1u, std::min(std::thread::hardware_concurrency(), 16u));
+            std::vector<std::thread> pool;
+            for (unsigned w = 0; w < workers; w++) {
+                pool.emplace_back([&, w] {
+                    for (unsigned i = w; i < chunk_rows; i += workers)
+                        for (unsigned j = 0; j < npad; j++) {
+                            const signed char* x = a_chunk + (size_t)i * ldk;
+                            const signed char* y = bt.data() + (size_t)j * ldk;
+                            int acc = 0;
+                            for (unsigned p = 0; p < ldk; p++) acc += (int)x[p] * (int)y[p];
+                            c_chunk[(size_t)i * npad + j] = acc;
+                        }
+                });
             }
-    } else if (gemm == "dp4a") {
-        // Slot::run's launch: grid (npad / 64, rows_pad / 64), 256 threads, words of 4 bytes.
-        unsigned ldk_words = ldk / 4, ldc = npad;
-        const int* aw = reinterpret_cast<const int*>(a.data());
-        const int* bw = reinterpret_cast<const int*>(bt.data());
-        launch_blocks(npad / 64, rows_pad / 64, 256, [&] { gemm_i8_dp4a(aw, bw, c.data(), ldk_words, ldc); });
-    } else {
-        std::fprintf(stderr, "unknown GEMM %s\n", gemm.c_str());
-        return 2;
+            for (auto& t : pool) t.join();
+        } else if (gemm == "dp4a") {
+            // Slot::gemm_chunk's launch: grid (npad / 64, chunk / 64), 256 threads, words of 4 bytes.
+            unsigned ldk_words = ldk / 4, ldc = npad;
+            const int* aw = reinterpret_cast<const int*>(a_chunk);
+            const int* bw = reinterpret_cast<const int*>(bt.data());
+            launch_blocks(npad / 64, chunk_rows / 64, 256, [&] { gemm_i8_dp4a(aw, bw, c_chunk, ldk_words, ldc); });
+        } else {
+            std::fprintf(stderr, "unknown GEMM %s\n", gemm.c_str());
+            return 2;
+        }
     }
-
-    // Hashing per chunk of rows, as Slot::run launches it (32 threads per block, rows begin..end).
-    for (unsigned begin = 0; begin < rows; begin += hash_chunk) {
-        unsigned end = begin + hash_chunk < rows ? begin + hash_chunk : rows;
-        launch_1d(end - begin, 32, [&] { sha256_rows(c.data(), leaves.data(), begin, end, n, npad); });
+    // Hashing of the chunks that hold shard rows, stream by stream (32 threads per block, rows c0..min(c1, rows)).
+    for (unsigned s = 0; s < hash_streams; s++) {
+        for (size_t i = s; i < chunks.size(); i += hash_streams) {
+            auto [c0, c1] = chunks[i];
+            if (c0 >= rows) continue;
+            unsigned begin = c0, end = c1 < rows ? c1 : rows;
+            launch_1d(end - begin, 32, [&] { sha256_rows(c.data(), leaves.data(), begin, end, n, npad); });
+        }
     }
     for (unsigned i = 0; i < rows; i++) {
         for (int b = 0; b < 32; b++) std::printf("%02x", leaves[(size_t)i * 32 + b]);

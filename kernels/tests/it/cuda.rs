@@ -8,7 +8,7 @@ use crate::vectors;
 use cpc_common::{merkle::merkle_root, synthetic::Challenge};
 use cpc_kernels::{
     Backend, BackendError, CpuBackend, CudaBackend, Shard, ShardOutput,
-    gpu::{GemmEngine, GpuMonitor},
+    gpu::{CHUNK_ROWS, GemmEngine, GpuMonitor},
     result_hash,
 };
 use std::{
@@ -175,6 +175,32 @@ fn cuda_large_shard_matches_cpu() {
         .expect("shard");
     let got = gpu.run_shard(&shard, true).expect("GPU");
     assert_same(&shard, &got, &cpu().run_shard(&shard, true).expect("CPU"), "large");
+}
+
+/// The chunked path on the device: a shard over [`CHUNK_ROWS`] rows (pointer offsets into A and C, a second
+/// cuBLASLt plan for the partial last chunk, hashing from row 4096 on another hash stream) and a range
+/// starting past the first chunk, with cuBLASLt and with dp4a; leaves compared with the CPU's whole product.
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test -p cpc-kernels --features cuda -- --ignored cuda"]
+fn cuda_chunked_path_matches_cpu() {
+    let n = CHUNK_ROWS + 64;
+    let challenge = Challenge::new("cuda-chunked", n, 1).expect("ch");
+    let whole = Shard::whole(challenge.clone(), 0).expect("shard");
+    let want = cpu().run_shard(&whole, false).expect("CPU");
+    for gpu in [gpu(), CudaBackend::with_engine(0, GemmEngine::Dp4a).expect("GPU with dp4a")] {
+        let status = gpu.status();
+        eprintln!("{}: {} engine {}", gpu.name(), status.libraries, gpu.gemm_engine());
+        for rows in [0..n, CHUNK_ROWS + 1..n, 37..CHUNK_ROWS + 1] {
+            let shard = Shard::new(challenge.clone(), 0, rows.clone()).expect("shard");
+            let got = gpu.run_shard(&shard, false).expect("GPU");
+            let slice = ShardOutput {
+                leaves: want.leaves[rows.start as usize..rows.end as usize].to_vec(),
+                rows: None,
+            };
+            assert_same(&shard, &got, &slice, "chunked");
+        }
+        assert_eq!(gpu.status().shape_fallbacks, 0, "cuBLASLt fell back on a chunk shape");
+    }
 }
 
 #[test]

@@ -1,15 +1,17 @@
 //! The CUDA kernels' CPU twin check, without a GPU: `kernels/src/cuda/kernels.cu` compiled as C++ by the
 //! host compiler (`kernels/tests/cuda_host/harness.cpp` shims the intrinsics and runs every kernel over its
 //! real grid, `__syncthreads` included), its leaves compared with the CPU backend's for odd sizes, offset
-//! row ranges, later iterations and chunked hashing, with the dp4a kernel and with the plain product that
-//! cuBLASLt is asked for (that the cuBLASLt call computes it is the unit test in `kernels/src/cuda/gemm.rs`).
+//! row ranges, later iterations and the chunked path of `Slot::run` (GEMM chunks through offset pointers,
+//! a partial last chunk, hashing from row `c0 > 0`, chunks hashed out of order as on several streams), with
+//! the dp4a kernel and with the plain product that cuBLASLt is asked for (that the cuBLASLt call computes
+//! it is the unit test in `kernels/src/cuda/gemm.rs`).
 //! What it cannot show (the real cuBLASLt, streams, the driver) is left to the GPU parity tests in
 //! `cuda.rs`, run by `deploy/gpu-check.sh`.
 //!
 //! Needs a C++20 compiler (`$CXX`, else `c++`). Without one it skips loudly; under `CI=true` it fails.
 
 use cpc_common::synthetic::{Challenge, matrix_ids};
-use cpc_kernels::{Backend, CpuBackend, Shard};
+use cpc_kernels::{Backend, CpuBackend, Shard, gpu::CHUNK_ROWS};
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -27,7 +29,7 @@ fn harness() -> Option<&'static Path> {
             let exe = out_dir.join(format!("harness-{}", std::process::id()));
             let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
             let built = Command::new(&cxx)
-                .args(["-std=c++20", "-O2", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wextra"])
+                .args(["-std=c++20", "-O3", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wextra"])
                 .args(["-Wno-unused-parameter", "-Wno-unused-function", "-o"])
                 .arg(&exe)
                 .arg(&source)
@@ -73,8 +75,8 @@ impl Gemm {
     }
 }
 
-/// The leaves the CUDA kernels produce for `shard`, run on the host.
-fn kernel_leaves(exe: &Path, shard: &Shard, gemm: Gemm, hash_chunk: u32) -> Vec<String> {
+/// The leaves the CUDA kernels produce for `shard`, run on the host with GEMM chunks of `chunk` rows.
+fn kernel_leaves(exe: &Path, shard: &Shard, gemm: Gemm, chunk: u32) -> Vec<String> {
     let km = shard.challenge.key_material();
     let (a_id, b_id) = matrix_ids(shard.iteration);
     let args = [
@@ -90,7 +92,7 @@ fn kernel_leaves(exe: &Path, shard: &Shard, gemm: Gemm, hash_chunk: u32) -> Vec<
     let out = Command::new(exe)
         .args(args.iter().map(u32::to_string))
         .arg(gemm.arg())
-        .arg(hash_chunk.to_string())
+        .arg(chunk.to_string())
         .output()
         .expect("running the harness");
     assert!(out.status.success(), "harness failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -106,12 +108,13 @@ fn check(exe: &Path, seed: &str, n: u32, rows: std::ops::Range<u32>, iteration: 
     let challenge = Challenge::new(seed, n, iteration + 1).expect("challenge");
     let shard = Shard::new(challenge, iteration, rows.clone()).expect("shard");
     let want = cpu_leaves(&shard);
-    // Hash chunks of 64 rows (several launches with row_begin > 0, as the backend's GEMM chunks) and one.
-    for (gemm, hash_chunk) in [(Gemm::Dp4a, 64), (Gemm::Plain, 4096)] {
-        let got = kernel_leaves(exe, &shard, gemm, hash_chunk);
+    // Chunks of 64 rows (several chunks: offset pointers, hashing from c0 > 0, a partial last chunk at
+    // small sizes) and the backend's own chunk size.
+    for (gemm, chunk) in [(Gemm::Dp4a, 64), (Gemm::Plain, CHUNK_ROWS)] {
+        let got = kernel_leaves(exe, &shard, gemm, chunk);
         assert_eq!(
             got, want,
-            "seed={seed} n={n} rows={rows:?} iteration={iteration} gemm={gemm:?} hash_chunk={hash_chunk}"
+            "seed={seed} n={n} rows={rows:?} iteration={iteration} gemm={gemm:?} chunk={chunk}"
         );
     }
 }
@@ -148,4 +151,26 @@ fn cuda_kernels_on_the_host_match_the_cpu_backend() {
 fn cuda_kernels_on_the_host_match_on_a_slice_of_a_large_matrix() {
     let Some(exe) = harness() else { return };
     check(exe, "host-large", 1024, 448..600, 0);
+}
+
+/// The backend's chunked path at its real chunk size: a shard over [`CHUNK_ROWS`] rows (n = 4160: a full
+/// chunk and a partial one of 64 rows with its own cuBLASLt plan, hashed from row 4096), and a range
+/// starting past the first chunk (A generated from row 4097). Leaves depend only on their row, so each
+/// range is compared with the matching slice of the CPU's whole product. (Two chunks of 64 rows with an
+/// offset start are in `cuda_kernels_on_the_host_match_the_cpu_backend`, with the dp4a kernel.)
+#[test]
+fn cuda_kernels_on_the_host_match_on_the_chunked_path() {
+    let Some(exe) = harness() else { return };
+    let n = CHUNK_ROWS + 64;
+    let challenge = Challenge::new("host-chunked", n, 1).expect("challenge");
+    let whole = cpu_leaves(&Shard::whole(challenge.clone(), 0).expect("shard"));
+    for rows in [0..n, CHUNK_ROWS + 1..n] {
+        let shard = Shard::new(challenge.clone(), 0, rows.clone()).expect("shard");
+        let got = kernel_leaves(exe, &shard, Gemm::Plain, CHUNK_ROWS);
+        let want = &whole[rows.start as usize..rows.end as usize];
+        assert_eq!(got.len(), want.len(), "rows={rows:?}");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+            panic!("n={n} rows={rows:?}: the leaf of row {} differs", rows.start as usize + i);
+        }
+    }
 }
