@@ -270,10 +270,10 @@ impl Core {
             return Ok(());
         }
         let mut wanted: HashSet<String> = open.iter().map(|o| o.tx_hash.clone()).collect();
-        let oldest = open.iter().map(|o| o.height + 1).min().unwrap_or(head);
+        let oldest = open.iter().map(|o| o.height.saturating_add(1)).min().unwrap_or(head);
         // A transaction can only land in a block produced after it was sent, so blocks scanned in an
         // earlier round never need a second look; after a restart, scan from the oldest open task.
-        let from = if self.scanned_to == 0 { oldest } else { self.scanned_to + 1 };
+        let from = if self.scanned_to == 0 { oldest } else { self.scanned_to.saturating_add(1) };
         for h in from..=head {
             let Some(hashes) = self.block_tx_hashes(h).await? else { break };
             for o in &open {
@@ -328,7 +328,7 @@ impl Core {
         let stale = |o: &super::journal::SubmissionRecord| {
             o.state == SubmissionState::Signed
                 || self.sent_at_head.lock().map_or(true, |sent| {
-                    sent.get(&o.tx_hash).is_none_or(|at| at + STALE_AFTER_BLOCKS <= head)
+                    sent.get(&o.tx_hash).is_none_or(|at| at.saturating_add(STALE_AFTER_BLOCKS) <= head)
                 })
         };
         if !open.iter().any(stale) {
@@ -351,7 +351,7 @@ impl Core {
                 // scan. Only a search up to a head read after the nonces can tell it from a replacement
                 // (re-signing an included result would put it on chain twice). Blocks up to `scanned_to`
                 // were searched for every open submission already.
-                let from = (self.scanned_to + 1).max(o.height + 1);
+                let from = self.scanned_to.saturating_add(1).max(o.height.saturating_add(1));
                 match node.find_tx(&o.tx_hash, from).await? {
                     (Some(block), _) => self.record_inclusion(&o.tx_hash, Some(o.height), block)?,
                     (None, _) => {
@@ -407,7 +407,7 @@ impl Core {
     async fn recover_from_chain(&mut self, computed: &[TaskRecord]) -> Result<bool, SubmitError> {
         let (confirmed, pending, have) = self.nonces().await?;
         let open = self.journal(|j| j.open_submissions(self.name()))?;
-        let known_until = open.iter().map(|o| o.nonce + 1).max().unwrap_or(0);
+        let known_until = open.iter().map(|o| o.nonce.saturating_add(1)).max().unwrap_or(0);
         if pending > confirmed.max(known_until) {
             tracing::warn!(identity = %self.name(), confirmed, pending,
                 "the node queues transactions of this identity that the journal does not know (an earlier run's); \
@@ -471,7 +471,7 @@ impl Core {
         };
         let open = self.journal(|j| j.open_submissions(self.name()))?;
         if let Some(highest) = open.iter().map(|o| o.nonce).max() {
-            nonce = nonce.max(highest + 1);
+            nonce = nonce.max(highest.saturating_add(1));
         }
         // A fresh balance covers the open submissions' fees still to be charged; the local estimate has
         // them taken off already.
