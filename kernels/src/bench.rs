@@ -15,6 +15,7 @@
 
 use crate::{
     Backend, BackendError, BackendKind, CpuBackend, CudaBackend, DeviceInfo, Shard,
+    cpu::Kernel,
     gpu::{GemmEngine, ShardStats, gpu_shard_bytes, tops},
     shard_memory_bytes,
 };
@@ -250,9 +251,28 @@ pub enum BenchDevice {
 impl BenchDevice {
     /// Opens device `device` of kind `kind` (like [`crate::open`]).
     pub fn open(kind: BackendKind, device: usize) -> Result<Self, BackendError> {
-        match kind {
-            BackendKind::Cpu => Ok(Self::Cpu(crate::open_cpu(device)?)),
-            BackendKind::Cuda => Ok(Self::Cuda(Box::new(CudaBackend::new(device)?))),
+        Self::open_with_kernel(kind, device, None)
+    }
+
+    /// Opens device `device` of kind `kind` with the CPU's GEMM kernel forced when given (like
+    /// [`crate::open_with_kernel`]), so that `bench --kernel` compares kernels on one host.
+    pub fn open_with_kernel(
+        kind: BackendKind,
+        device: usize,
+        cpu_kernel: Option<Kernel>,
+    ) -> Result<Self, BackendError> {
+        match (kind, cpu_kernel) {
+            (BackendKind::Cpu, kernel) => Ok(Self::Cpu(crate::open_cpu_with(device, kernel)?)),
+            (BackendKind::Cuda, None) => Ok(Self::Cuda(Box::new(CudaBackend::new(device)?))),
+            (BackendKind::Cuda, Some(kernel)) => Err(BackendError::KernelForCuda(kernel.as_str())),
+        }
+    }
+
+    /// The CPU backend's GEMM kernel (`None` on a GPU).
+    pub fn cpu_kernel(&self) -> Option<Kernel> {
+        match self {
+            Self::Cpu(cpu) => Some(cpu.kernel()),
+            Self::Cuda(_) => None,
         }
     }
 
