@@ -1,6 +1,7 @@
 //! `bench`: how fast this host computes synthetic-v1, as an operator sizes a farm or checks a new GPU. Per
 //! matrix size, per phase and end to end: median milliseconds and tera-ops per second, the share of a peak,
-//! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. The
+//! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. On
+//! the CPU it names the GEMM kernel that ran, and `--kernel` forces one so kernels compare on one host. The
 //! measuring is `cpc_kernels::bench`; this module picks the sizes and prints.
 
 use super::{GlobalArgs, compute::BackendArgs, output::print_json};
@@ -92,7 +93,8 @@ fn parse_peak(text: &str) -> Result<f64, String> {
 /// at the end with `--json`.
 pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (kind, index) = (args.backend.backend, args.backend.device);
-    let device = BenchDevice::open(kind, index).map_err(|e| match kind {
+    let opened = BenchDevice::open_with_kernel(kind, index, args.backend.kernel);
+    let device = opened.map_err(|e| match kind {
         BackendKind::Cuda if CudaBackend::device_count() == 0 => {
             let why = e.to_string();
             let hint = if why.contains("--backend cpu") {
@@ -132,6 +134,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
                 "compute_units": info.compute_units,
                 "memory_bytes": known_bytes(info.memory_bytes),
                 "gemm_engine": device.gemm_engine(),
+                "cpu_kernel": device.cpu_kernel().map(|k| k.as_str()),
             },
             "nvml_before": before.as_ref().map(telemetry_json),
             "nvml_after": after.as_ref().map(telemetry_json),
@@ -173,7 +176,11 @@ fn print_header(
         BackendKind::Cpu => "threads",
         BackendKind::Cuda => "SMs",
     };
-    let engine = device.gemm_engine().map(|e| format!(", GEMM engine {e}")).unwrap_or_default();
+    let engine = match (device.gemm_engine(), device.cpu_kernel()) {
+        (Some(e), _) => format!(", GEMM engine {e}"),
+        (None, Some(k)) => format!(", GEMM kernel {k}"),
+        (None, None) => String::new(),
+    };
     println!(
         "device: {} ({}), {} {units}, {} per shard{engine}",
         device.backend().name(),
@@ -351,6 +358,11 @@ mod tests {
         assert_eq!(listed.sizes(), [64, 130, 7]);
         let peak = parse(&["--peak-tops", "989.5"]).expect("parses");
         assert_eq!(peak.peak_tops(), Some(989.5));
+        assert_eq!(cpu.backend.kernel, None);
+        for kernel in cpc_kernels::cpu::Kernel::ALL {
+            let forced = parse(&["--kernel", kernel.as_str()]).expect("parses");
+            assert_eq!(forced.backend.kernel, Some(kernel));
+        }
     }
 
     #[test]
@@ -363,6 +375,7 @@ mod tests {
             &["--peak-tops", "-1"],
             &["--peak-tops", "nan"],
             &["--backend", "tpu"],
+            &["--kernel", "avx9"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

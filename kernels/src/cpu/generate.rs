@@ -144,8 +144,12 @@ impl PackedA {
                     }
                 }
                 Packing::Quads => {
-                    for (q, p) in row.chunks(4).enumerate() {
-                        dst[q * GROUP_ROWS + i] = quad(p);
+                    let (quads, tail) = row.as_chunks::<4>();
+                    for (q, p) in quads.iter().enumerate() {
+                        dst[q * GROUP_ROWS + i] = u32::from_le_bytes(p.map(|v| v as u8));
+                    }
+                    if !tail.is_empty() {
+                        dst[quads.len() * GROUP_ROWS + i] = quad(tail);
                     }
                     sums[i] = row.iter().map(|&v| i32::from(v)).sum();
                 }
