@@ -341,6 +341,32 @@ impl BenchDevice {
     }
 }
 
+/// What the coordinator's spot check of one shard costs on this host's CPU: for each of `rows` rows, the
+/// SHA-256 of the fetched row (n values) and `elements_per_row` elements of C recomputed with
+/// [`crate::cpu::c_elements`], on the calling thread as the coordinator runs it. Median seconds over
+/// `reps` (at least 1) challenges at size `n` with fresh seeds, after one warm-up; rows and columns are
+/// spread over the matrix deterministically.
+pub fn spot_check_seconds(n: u32, rows: u32, elements_per_row: u32, reps: u32) -> f64 {
+    let mut times = Vec::with_capacity(reps.max(1) as usize);
+    let fake_row: Vec<i32> = (0..n as i32).collect();
+    for rep in 0..=reps.max(1) {
+        let Ok(challenge) = Challenge::new(rep_seed(n, rep), n, 1) else { return 0.0 };
+        let started = Instant::now();
+        for r in 0..rows {
+            let row = (r.wrapping_mul(2_654_435_761) ^ rep) % n;
+            std::hint::black_box(crate::cpu::hash_row(&fake_row));
+            let cols: Vec<u32> = (0..elements_per_row.min(n))
+                .map(|c| (c.wrapping_mul(40_503).wrapping_add(r) ^ rep) % n)
+                .collect();
+            std::hint::black_box(crate::cpu::c_elements(&challenge, 0, row, &cols));
+        }
+        if rep > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    median(&times).unwrap_or(0.0)
+}
+
 /// Medians of the repetitions. Device phases only when every repetition has stats.
 fn summarise(n: u32, reps: Vec<Rep>, gemm_alone_seconds: Option<f64>) -> Measurement {
     let stats: Option<Vec<&ShardStats>> = reps.iter().map(|r| r.stats.as_ref()).collect();
@@ -452,6 +478,11 @@ mod tests {
             assert_eq!(r.result_hash, expected, "rep {rep}");
         }
         assert_ne!(m.reps[0].result_hash, m.reps[1].result_hash);
+    }
+
+    #[test]
+    fn spot_check_cost_is_measured() {
+        assert!(spot_check_seconds(64, 2, 8, 2) > 0.0);
     }
 
     #[test]

@@ -259,15 +259,18 @@ pub(super) mod avx512_vnni {
         let a = a.as_chunks::<MR>().0;
         let b = panels.map(|p| p.as_chunks::<{ 4 * NR }>().0);
         let steps = b.iter().fold(a.len(), |s, p| s.min(p.len()));
+        // Raw starts of the panels, so the hot loop carries no per-panel bounds checks (LLVM keeps the
+        // slices' lengths on the stack and re-checks all four every step otherwise).
+        let starts = b.map(|p| p.as_ptr().cast::<u8>());
         let mut acc = [[_mm512_setzero_si512(); P]; MR];
-        for q in 0..steps {
+        for (q, a) in a[..steps].iter().enumerate() {
             let mut bv = [_mm512_setzero_si512(); P];
-            for (v, panel) in bv.iter_mut().zip(&b) {
-                // SAFETY: `panel[q]` is a `[u8; 64]` (q < steps ≤ panel.len()), exactly one 64-byte unaligned
-                // load; `_mm512_loadu_si512` has no alignment requirement.
-                *v = unsafe { _mm512_loadu_si512(panel[q].as_ptr().cast()) };
+            for (v, start) in bv.iter_mut().zip(&starts) {
+                // SAFETY: each panel holds at least `steps` chunks of 64 bytes and q < steps, so the 64 bytes at
+                // `start + 64 q` are inside it; `_mm512_loadu_si512` has no alignment requirement.
+                *v = unsafe { _mm512_loadu_si512(start.add(4 * NR * q).cast()) };
             }
-            for (acc, &quad) in acc.iter_mut().zip(&a[q]) {
+            for (acc, &quad) in acc.iter_mut().zip(a) {
                 let av = _mm512_set1_epi32(quad as i32);
                 for (acc, &bv) in acc.iter_mut().zip(&bv) {
                     *acc = _mm512_dpbusd_epi32(*acc, bv, av);
