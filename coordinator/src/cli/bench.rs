@@ -1,16 +1,18 @@
 //! `bench`: how fast this host computes synthetic-v1, as an operator sizes a farm or checks a new GPU. Per
 //! matrix size, per phase and end to end: median milliseconds and tera-ops per second, the share of a peak,
 //! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. On
-//! the CPU it names the GEMM kernel that ran, and `--kernel` forces one so kernels compare on one host. The
+//! the CPU it names the GEMM kernel that ran, and `--kernel` forces one so kernels compare on one host. Per
+//! size it also times the farm's default spot check of one shard on this CPU, against the product. The
 //! measuring is `cpc_kernels::bench`; this module picks the sizes and prints.
 
 use super::{GlobalArgs, compute::BackendArgs, output::print_json};
 use anyhow::Context as _;
 use clap::Args;
 use cpc_common::synthetic::MAX_MATRIX_SIZE;
+use cpc_coordinator::farm::SpotCheckConfig;
 use cpc_kernels::{
     BackendKind, CudaBackend, DeviceInfo,
-    bench::{BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport},
+    bench::{BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport, spot_check_seconds},
     gpu::GpuTelemetry,
 };
 use serde_json::{Value, json};
@@ -118,10 +120,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
     for n in sizes {
         let report =
             device.measure(n, args.reps).with_context(|| format!("benchmark at n = {n}"))?;
+        let spot = SpotCost::measure(n, args.reps);
         if !g.json {
-            print_size(&report, args.reps, peak);
+            print_size(&report, args.reps, peak, &spot);
         }
-        reports.push(report);
+        reports.push((report, spot));
     }
     let after = monitor.map(|m| m.sample());
     if g.json {
@@ -140,7 +143,13 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
             "nvml_after": after.as_ref().map(telemetry_json),
             "reps": args.reps,
             "peak_tops": peak,
-            "sizes": reports.iter().map(|r| size_json(r, peak)).collect::<Vec<_>>(),
+            "sizes": reports.iter().map(|(r, spot)| {
+                let mut size = size_json(r, peak);
+                if let Some(obj) = size.as_object_mut() {
+                    obj.insert("spot_check".into(), spot.json(r));
+                }
+                size
+            }).collect::<Vec<_>>(),
         }))?;
     } else if let Some(t) = after {
         println!(
@@ -152,6 +161,54 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the farm's default spot check of one shard at size n costs the coordinator's CPU
+/// ([`SpotCheckConfig::default`]), beside the job it checks.
+struct SpotCost {
+    config: SpotCheckConfig,
+    seconds: f64,
+}
+
+impl SpotCost {
+    fn measure(n: u32, reps: u32) -> Self {
+        let config = SpotCheckConfig::default();
+        let seconds = spot_check_seconds(n, config.rows_per_shard, config.elements_per_row, reps);
+        Self { config, seconds }
+    }
+
+    /// The spot check's time over the whole product's end-to-end time (a job in one shard: the most a
+    /// check can cost relative to the job, since every shard is checked the same).
+    fn fraction(&self, report: &SizeReport) -> Option<f64> {
+        match report {
+            SizeReport::Measured(m) if m.end_to_end_seconds() > 0.0 => {
+                Some(self.seconds / m.end_to_end_seconds())
+            }
+            _ => None,
+        }
+    }
+
+    fn print(&self, report: &SizeReport) {
+        let share = self
+            .fraction(report)
+            .map(|f| format!(" = {:.2} % of the product end to end", 100.0 * f))
+            .unwrap_or_default();
+        println!(
+            "  spot check of one shard ({} rows × {} elements, the farm's default) on this CPU: {:.3} ms{share}",
+            self.config.rows_per_shard,
+            self.config.elements_per_row,
+            self.seconds * 1e3
+        );
+    }
+
+    fn json(&self, report: &SizeReport) -> Value {
+        json!({
+            "rows_per_shard": self.config.rows_per_shard,
+            "elements_per_row": self.config.elements_per_row,
+            "seconds": self.seconds,
+            "fraction_of_end_to_end": self.fraction(report),
+        })
+    }
 }
 
 /// `u64::MAX` means "the device cannot tell".
@@ -207,7 +264,7 @@ fn print_header(
     println!();
 }
 
-fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>) {
+fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>, spot: &SpotCost) {
     let m = match report {
         SizeReport::Skipped(s) => {
             println!("n = {}: skipped, {s}\n", s.n);
@@ -246,6 +303,7 @@ fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>) {
             last.seed
         );
     }
+    spot.print(report);
     println!();
 }
 
