@@ -61,9 +61,9 @@ ops = 2 * n ** 3
 numpy_s = min(before, after)
 numpy_gops = ops / numpy_s / 1e9
 print(f"n = {n}, {reps} reps after a warm-up, medians; ops = 2n^3 = {ops}")
-print(f"{"what":<48} {'ms':>9} {'GOPS':>9} {'x numpy':>9}")
-print(f"{"numpy float32 a @ b (before)":<48} {before * 1e3:>9.2f} {ops / before / 1e9:>9.1f}")
-print(f"{"numpy float32 a @ b (after)":<48} {after * 1e3:>9.2f} {ops / after / 1e9:>9.1f}")
+print(f"{'what':<48} {'ms':>9} {'GOPS':>9} {'x numpy':>9}")
+print(f"{'numpy float32 a @ b (before)':<48} {before * 1e3:>9.2f} {ops / before / 1e9:>9.1f}")
+print(f"{'numpy float32 a @ b (after)':<48} {after * 1e3:>9.2f} {ops / after / 1e9:>9.1f}")
 for name in ["auto"] + sys.argv[6:]:
     path = os.path.join(work, f"{name}.json")
     if not os.path.exists(path):
