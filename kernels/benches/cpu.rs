@@ -28,21 +28,17 @@ fn quick<'c>(
 fn bench_gemm(c: &mut Criterion) {
     let km = KeyMaterial::from_seed("bench");
     let mut group = quick(c, "gemm");
-    for n in [512u32, 1024, 2048] {
-        let a = PackedA::generate(&km, 0, 0..n, n);
-        let b = PackedB::generate(&km, 1, n);
-        group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
-        group.bench_with_input(BenchmarkId::new(Kernel::detect().as_str(), n), &n, |bench, _| {
-            bench.iter(|| black_box(gemm(&a, &b, Kernel::detect())));
-        });
+    for kernel in Kernel::available() {
+        let sizes: &[u32] = if kernel == Kernel::Scalar { &[512] } else { &[512, 1024, 2048] };
+        for &n in sizes {
+            let a = PackedA::generate(&km, 0, 0..n, n, kernel);
+            let b = PackedB::generate(&km, 1, n, kernel);
+            group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+            group.bench_with_input(BenchmarkId::new(kernel.as_str(), n), &n, |bench, _| {
+                bench.iter(|| black_box(gemm(&a, &b, kernel)));
+            });
+        }
     }
-    let n = 512u32;
-    let a = PackedA::generate(&km, 0, 0..n, n);
-    let b = PackedB::generate(&km, 1, n);
-    group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
-    group.bench_with_input(BenchmarkId::new("scalar", n), &n, |bench, _| {
-        bench.iter(|| black_box(gemm(&a, &b, Kernel::Scalar)));
-    });
     group.finish();
 }
 
@@ -55,12 +51,14 @@ fn bench_philox(c: &mut Criterion) {
     group.bench_function("rows/1024", |bench| {
         bench.iter(|| black_box(generate_rows(&km, 0, 0..n, n)))
     });
-    group.bench_function("packed_a/1024", |bench| {
-        bench.iter(|| black_box(PackedA::generate(&km, 0, 0..n, n)))
-    });
-    group.bench_function("packed_b/1024", |bench| {
-        bench.iter(|| black_box(PackedB::generate(&km, 1, n)))
-    });
+    for kernel in Kernel::available() {
+        group.bench_function(format!("packed_a/{kernel}/1024"), |bench| {
+            bench.iter(|| black_box(PackedA::generate(&km, 0, 0..n, n, kernel)))
+        });
+        group.bench_function(format!("packed_b/{kernel}/1024"), |bench| {
+            bench.iter(|| black_box(PackedB::generate(&km, 1, n, kernel)))
+        });
+    }
     group.finish();
 }
 
@@ -75,14 +73,17 @@ fn bench_hash(c: &mut Criterion) {
 }
 
 fn bench_shard(c: &mut Criterion) {
-    let backend = CpuBackend::new(0).expect("thread pool");
     let challenge = Challenge::new("bench", 1024, 1).expect("challenge");
     let shard = Shard::whole(challenge, 0).expect("shard");
     let mut group = quick(c, "run_shard");
     group.throughput(Throughput::Elements(2 * 1024u64.pow(3)));
-    group.bench_function(format!("{}/1024", backend.name()), |bench| {
-        bench.iter(|| black_box(backend.run_shard(&shard, false).expect("shard runs")));
-    });
+    for kernel in Kernel::available().into_iter().filter(|&k| k != Kernel::Scalar) {
+        let backend =
+            CpuBackend::new(0).expect("thread pool").with_kernel(kernel).expect("available");
+        group.bench_function(format!("{}/1024", backend.name()), |bench| {
+            bench.iter(|| black_box(backend.run_shard(&shard, false).expect("shard runs")));
+        });
+    }
     group.finish();
 }
 

@@ -15,6 +15,7 @@
 
 use crate::{
     Backend, BackendError, BackendKind, CpuBackend, CudaBackend, DeviceInfo, Shard,
+    cpu::Kernel,
     gpu::{GemmEngine, ShardStats, gpu_shard_bytes, tops},
     shard_memory_bytes,
 };
@@ -250,9 +251,28 @@ pub enum BenchDevice {
 impl BenchDevice {
     /// Opens device `device` of kind `kind` (like [`crate::open`]).
     pub fn open(kind: BackendKind, device: usize) -> Result<Self, BackendError> {
-        match kind {
-            BackendKind::Cpu => Ok(Self::Cpu(crate::open_cpu(device)?)),
-            BackendKind::Cuda => Ok(Self::Cuda(Box::new(CudaBackend::new(device)?))),
+        Self::open_with_kernel(kind, device, None)
+    }
+
+    /// Opens device `device` of kind `kind` with the CPU's GEMM kernel forced when given (like
+    /// [`crate::open_with_kernel`]), so that `bench --kernel` compares kernels on one host.
+    pub fn open_with_kernel(
+        kind: BackendKind,
+        device: usize,
+        cpu_kernel: Option<Kernel>,
+    ) -> Result<Self, BackendError> {
+        match (kind, cpu_kernel) {
+            (BackendKind::Cpu, kernel) => Ok(Self::Cpu(crate::open_cpu_with(device, kernel)?)),
+            (BackendKind::Cuda, None) => Ok(Self::Cuda(Box::new(CudaBackend::new(device)?))),
+            (BackendKind::Cuda, Some(kernel)) => Err(BackendError::KernelForCuda(kernel.as_str())),
+        }
+    }
+
+    /// The CPU backend's GEMM kernel (`None` on a GPU).
+    pub fn cpu_kernel(&self) -> Option<Kernel> {
+        match self {
+            Self::Cpu(cpu) => Some(cpu.kernel()),
+            Self::Cuda(_) => None,
         }
     }
 
@@ -319,6 +339,32 @@ impl BenchDevice {
             stats: backend.last_stats(),
         })
     }
+}
+
+/// What the coordinator's spot check of one shard costs on this host's CPU: for each of `rows` rows, the
+/// SHA-256 of the fetched row (n values) and `elements_per_row` elements of C recomputed with
+/// [`crate::cpu::c_elements`], on the calling thread as the coordinator runs it. Median seconds over
+/// `reps` (at least 1) challenges at size `n` with fresh seeds, after one warm-up; rows and columns are
+/// spread over the matrix deterministically.
+pub fn spot_check_seconds(n: u32, rows: u32, elements_per_row: u32, reps: u32) -> f64 {
+    let mut times = Vec::with_capacity(reps.max(1) as usize);
+    let fake_row: Vec<i32> = (0..n as i32).collect();
+    for rep in 0..=reps.max(1) {
+        let Ok(challenge) = Challenge::new(rep_seed(n, rep), n, 1) else { return 0.0 };
+        let started = Instant::now();
+        for r in 0..rows {
+            let row = (r.wrapping_mul(2_654_435_761) ^ rep) % n;
+            std::hint::black_box(crate::cpu::hash_row(&fake_row));
+            let cols: Vec<u32> = (0..elements_per_row.min(n))
+                .map(|c| (c.wrapping_mul(40_503).wrapping_add(r) ^ rep) % n)
+                .collect();
+            std::hint::black_box(crate::cpu::c_elements(&challenge, 0, row, &cols));
+        }
+        if rep > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    median(&times).unwrap_or(0.0)
 }
 
 /// Medians of the repetitions. Device phases only when every repetition has stats.
@@ -432,6 +478,11 @@ mod tests {
             assert_eq!(r.result_hash, expected, "rep {rep}");
         }
         assert_ne!(m.reps[0].result_hash, m.reps[1].result_hash);
+    }
+
+    #[test]
+    fn spot_check_cost_is_measured() {
+        assert!(spot_check_seconds(64, 2, 8, 2) > 0.0);
     }
 
     #[test]

@@ -108,6 +108,25 @@ pub enum BackendError {
     /// The CPU worker threads could not be started.
     #[error("could not start the CPU worker threads (try fewer threads): {0}")]
     ThreadPool(#[from] rayon::ThreadPoolBuildError),
+    /// A CPU kernel was forced that this CPU cannot run.
+    #[error(
+        "this CPU cannot run the `{kernel}` kernel; it can run: {available}. Drop --kernel (or \
+         CPC_CPU_KERNEL) to use the fastest one"
+    )]
+    KernelUnsupported {
+        /// The kernel asked for.
+        kernel: &'static str,
+        /// The kernels this CPU can run, fastest first.
+        available: String,
+    },
+    /// A CPU kernel was forced on a GPU backend.
+    #[error(
+        "the `{0}` kernel is a CPU kernel: --kernel (and CPC_CPU_KERNEL) only apply with --backend cpu"
+    )]
+    KernelForCuda(&'static str),
+    /// A CPU kernel name that is not one of `avx512vnni`, `avxvnni`, `avx2`, `scalar`.
+    #[error("unknown CPU kernel `{0}`: expected avx512vnni, avxvnni, avx2 or scalar")]
+    UnknownKernel(String),
     /// A backend name that is neither `cpu` nor `cuda`.
     #[error("unknown backend `{0}`: expected `cpu` or `cuda`")]
     UnknownKind(String),

@@ -9,7 +9,8 @@
 //!   split over many devices and recombined by row index;
 //! - [`BackendKind`] and [`open`]: which device, chosen at run time (`"cpu"` or `"cuda"`);
 //! - [`cpu`]: the CPU backend: multi-threaded Philox generation, a cache-blocked exact `i8 × i8 → i32` GEMM
-//!   (AVX2 when the CPU has it, a portable scalar kernel otherwise) and SHA-256 per row;
+//!   (AVX-512 VNNI, AVX-VNNI or AVX2, the fastest the CPU has, a portable scalar kernel otherwise; see
+//!   [`cpu::Kernel`]) and SHA-256 per row;
 //! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
 //! - [`gpu`]: plain GPU types (per-shard stats, NVML telemetry with DCGM labels) that compile with or
 //!   without the `cuda` feature.
@@ -267,12 +268,39 @@ pub fn open(kind: BackendKind, device: usize) -> Result<Box<dyn Backend>, Backen
     }
 }
 
+/// Like [`open`], with the CPU backend's GEMM kernel forced to `cpu_kernel` when given (`--kernel`):
+/// [`BackendError::KernelUnsupported`] when this CPU cannot run it, [`BackendError::KernelForCuda`] when
+/// the device is a GPU.
+pub fn open_with_kernel(
+    kind: BackendKind,
+    device: usize,
+    cpu_kernel: Option<cpu::Kernel>,
+) -> Result<Box<dyn Backend>, BackendError> {
+    match (kind, cpu_kernel) {
+        (BackendKind::Cpu, kernel) => Ok(Box::new(open_cpu_with(device, kernel)?)),
+        (BackendKind::Cuda, None) => open(kind, device),
+        (BackendKind::Cuda, Some(kernel)) => Err(BackendError::KernelForCuda(kernel.as_str())),
+    }
+}
+
 /// The CPU as device `device`: there is one, device 0, using every core.
 pub(crate) fn open_cpu(device: usize) -> Result<CpuBackend, BackendError> {
+    open_cpu_with(device, None)
+}
+
+/// [`open_cpu`] with the kernel forced when given.
+pub(crate) fn open_cpu_with(
+    device: usize,
+    kernel: Option<cpu::Kernel>,
+) -> Result<CpuBackend, BackendError> {
     if device != 0 {
         return Err(BackendError::NoDevice { kind: BackendKind::Cpu, index: device, found: 1 });
     }
-    CpuBackend::new(0)
+    let backend = CpuBackend::new(0)?;
+    match kernel {
+        Some(kernel) => backend.with_kernel(kernel),
+        None => Ok(backend),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! `bench`: how fast this host computes synthetic-v1, as an operator sizes a farm or checks a new GPU. Per
 //! matrix size, per phase and end to end: median milliseconds and tera-ops per second, the share of a peak,
-//! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. The
+//! the pipeline's GEMM against the GEMM library alone (CUDA) and the energy per task where NVML has it. On
+//! the CPU it names the GEMM kernel that ran, and `--kernel` forces one so kernels compare on one host. Per
+//! size it also times the farm's default spot check of one shard on this CPU, against the product. The
 //! measuring is `cpc_kernels::bench`; this module picks the sizes and prints.
 //!
 //! On CUDA every measured size is also checked: a sample of rows of the GPU's whole product (the first, both
@@ -11,9 +13,12 @@ use super::{GlobalArgs, compute::BackendArgs, output::print_json};
 use anyhow::Context as _;
 use clap::Args;
 use cpc_common::synthetic::{Challenge, MAX_MATRIX_SIZE};
+use cpc_coordinator::farm::SpotCheckConfig;
 use cpc_kernels::{
     Backend, BackendKind, CpuBackend, CudaBackend, DeviceInfo, Shard,
-    bench::{BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport, rep_seed},
+    bench::{
+        BenchDevice, H100_SXM_INT8_PEAK_TOPS, Measurement, SizeReport, rep_seed, spot_check_seconds,
+    },
     gpu::{CHUNK_ROWS, GpuTelemetry},
 };
 use serde_json::{Value, json};
@@ -96,7 +101,8 @@ fn parse_peak(text: &str) -> Result<f64, String> {
 /// at the end with `--json`.
 pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (kind, index) = (args.backend.backend, args.backend.device);
-    let device = BenchDevice::open(kind, index).map_err(|e| match kind {
+    let opened = BenchDevice::open_with_kernel(kind, index, args.backend.kernel);
+    let device = opened.map_err(|e| match kind {
         BackendKind::Cuda if CudaBackend::device_count() == 0 => {
             let why = e.to_string();
             let hint = if why.contains("--backend cpu") {
@@ -121,8 +127,9 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
     for n in sizes {
         let report =
             device.measure(n, args.reps).with_context(|| format!("benchmark at n = {n}"))?;
+        let spot = SpotCost::measure(n, args.reps);
         if !g.json {
-            print_size(&report, args.reps, peak);
+            print_size(&report, args.reps, peak, &spot);
         }
         if kind == BackendKind::Cuda && matches!(report, SizeReport::Measured(_)) {
             let checked = check_rows(device.backend(), n)?;
@@ -134,7 +141,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
             }
             row_checks.push(json!({"n": n, "rows": checked.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>()}));
         }
-        reports.push(report);
+        reports.push((report, spot));
     }
     let after = monitor.map(|m| m.sample());
     if g.json {
@@ -147,12 +154,19 @@ pub(crate) fn run(g: &GlobalArgs, args: &BenchArgs) -> anyhow::Result<ExitCode> 
                 "compute_units": info.compute_units,
                 "memory_bytes": known_bytes(info.memory_bytes),
                 "gemm_engine": device.gemm_engine(),
+                "cpu_kernel": device.cpu_kernel().map(|k| k.as_str()),
             },
             "nvml_before": before.as_ref().map(telemetry_json),
             "nvml_after": after.as_ref().map(telemetry_json),
             "reps": args.reps,
             "peak_tops": peak,
-            "sizes": reports.iter().map(|r| size_json(r, peak)).collect::<Vec<_>>(),
+            "sizes": reports.iter().map(|(r, spot)| {
+                let mut size = size_json(r, peak);
+                if let Some(obj) = size.as_object_mut() {
+                    obj.insert("spot_check".into(), spot.json(r));
+                }
+                size
+            }).collect::<Vec<_>>(),
             "row_checks": row_checks,
         }))?;
     } else if let Some(t) = after {
@@ -224,6 +238,54 @@ fn show_rows(rows: &[Range<u32>]) -> String {
     rows.iter().map(show).collect::<Vec<_>>().join(", ")
 }
 
+/// What the farm's default spot check of one shard at size n costs the coordinator's CPU
+/// ([`SpotCheckConfig::default`]), beside the job it checks.
+struct SpotCost {
+    config: SpotCheckConfig,
+    seconds: f64,
+}
+
+impl SpotCost {
+    fn measure(n: u32, reps: u32) -> Self {
+        let config = SpotCheckConfig::default();
+        let seconds = spot_check_seconds(n, config.rows_per_shard, config.elements_per_row, reps);
+        Self { config, seconds }
+    }
+
+    /// The spot check's time over the whole product's end-to-end time (a job in one shard: the most a
+    /// check can cost relative to the job, since every shard is checked the same).
+    fn fraction(&self, report: &SizeReport) -> Option<f64> {
+        match report {
+            SizeReport::Measured(m) if m.end_to_end_seconds() > 0.0 => {
+                Some(self.seconds / m.end_to_end_seconds())
+            }
+            _ => None,
+        }
+    }
+
+    fn print(&self, report: &SizeReport) {
+        let share = self
+            .fraction(report)
+            .map(|f| format!(" = {:.2} % of the product end to end", 100.0 * f))
+            .unwrap_or_default();
+        println!(
+            "  spot check of one shard ({} rows × {} elements, the farm's default) on this CPU: {:.3} ms{share}",
+            self.config.rows_per_shard,
+            self.config.elements_per_row,
+            self.seconds * 1e3
+        );
+    }
+
+    fn json(&self, report: &SizeReport) -> Value {
+        json!({
+            "rows_per_shard": self.config.rows_per_shard,
+            "elements_per_row": self.config.elements_per_row,
+            "seconds": self.seconds,
+            "fraction_of_end_to_end": self.fraction(report),
+        })
+    }
+}
+
 /// `u64::MAX` means "the device cannot tell".
 fn known_bytes(bytes: u64) -> Option<u64> {
     (bytes != u64::MAX).then_some(bytes)
@@ -246,7 +308,11 @@ fn print_header(
         BackendKind::Cpu => "threads",
         BackendKind::Cuda => "SMs",
     };
-    let engine = device.gemm_engine().map(|e| format!(", GEMM engine {e}")).unwrap_or_default();
+    let engine = match (device.gemm_engine(), device.cpu_kernel()) {
+        (Some(e), _) => format!(", GEMM engine {e}"),
+        (None, Some(k)) => format!(", GEMM kernel {k}"),
+        (None, None) => String::new(),
+    };
     println!(
         "device: {} ({}), {} {units}, {} per shard{engine}",
         device.backend().name(),
@@ -273,7 +339,7 @@ fn print_header(
     println!();
 }
 
-fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>) {
+fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>, spot: &SpotCost) {
     let m = match report {
         SizeReport::Skipped(s) => {
             println!("n = {}: skipped, {s}\n", s.n);
@@ -312,6 +378,7 @@ fn print_size(report: &SizeReport, reps: u32, peak: Option<f64>) {
             last.seed
         );
     }
+    spot.print(report);
     println!();
 }
 
@@ -424,6 +491,11 @@ mod tests {
         assert_eq!(listed.sizes(), [64, 130, 7]);
         let peak = parse(&["--peak-tops", "989.5"]).expect("parses");
         assert_eq!(peak.peak_tops(), Some(989.5));
+        assert_eq!(cpu.backend.kernel, None);
+        for kernel in cpc_kernels::cpu::Kernel::ALL {
+            let forced = parse(&["--kernel", kernel.as_str()]).expect("parses");
+            assert_eq!(forced.backend.kernel, Some(kernel));
+        }
     }
 
     #[test]
@@ -482,6 +554,7 @@ mod tests {
             &["--peak-tops", "-1"],
             &["--peak-tops", "nan"],
             &["--backend", "tpu"],
+            &["--kernel", "avx9"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

@@ -5,7 +5,7 @@ use super::{EXIT_MISMATCH, GlobalArgs, output::print_json};
 use clap::Args;
 use cpc_common::synthetic::{BlockTask, DEFAULT_MATRIX_SIZE};
 use cpc_coordinator::{submit, verify};
-use cpc_kernels::{Backend, BackendKind};
+use cpc_kernels::{Backend, BackendKind, cpu::Kernel};
 use serde_json::json;
 use std::{process::ExitCode, sync::Arc, time::Instant};
 
@@ -18,11 +18,15 @@ pub(crate) struct BackendArgs {
     /// Device index (for `cuda`).
     #[arg(long, default_value_t = 0, help_heading = "Compute")]
     pub(crate) device: usize,
+    /// Force the CPU backend's GEMM kernel (avx512vnni, avxvnni, avx2, scalar) instead of the fastest this
+    /// CPU has; refused when the CPU lacks it.
+    #[arg(long, env = "CPC_CPU_KERNEL", value_name = "KERNEL", help_heading = "Compute")]
+    pub(crate) kernel: Option<Kernel>,
 }
 
 impl BackendArgs {
     fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
-        Ok(Arc::from(cpc_kernels::open(self.backend, self.device)?))
+        Ok(Arc::from(cpc_kernels::open_with_kernel(self.backend, self.device, self.kernel)?))
     }
 }
 

@@ -328,7 +328,8 @@ impl Core {
         let stale = |o: &super::journal::SubmissionRecord| {
             o.state == SubmissionState::Signed
                 || self.sent_at_head.lock().map_or(true, |sent| {
-                    sent.get(&o.tx_hash).is_none_or(|at| at.saturating_add(STALE_AFTER_BLOCKS) <= head)
+                    sent.get(&o.tx_hash)
+                        .is_none_or(|at| at.saturating_add(STALE_AFTER_BLOCKS) <= head)
                 })
         };
         if !open.iter().any(stale) {

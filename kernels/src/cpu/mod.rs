@@ -1,69 +1,170 @@
 //! The CPU backend: Philox generation ([`generate`]), the exact `i8` GEMM ([`gemm`]) and row hashing
-//! ([`hash`]), each multi-threaded on the backend's own rayon pool.
+//! ([`hash`]), each multi-threaded on the backend's own rayon pool, and [`c_elements`], single elements
+//! of C for spot checks. The GEMM micro-kernel ([`Kernel`]) is picked at run time with
+//! `is_x86_feature_detected!`, fastest first (AVX-512 VNNI, AVX-VNNI, AVX2, scalar), and can be forced.
 //!
 //! The building blocks are public so that benches and tools can time or reuse them one by one; they run
 //! on the current rayon pool (the global one unless called inside [`CpuBackend`]'s).
 
+mod elements;
 pub mod gemm;
 pub mod generate;
 pub mod hash;
+mod philox;
 
 use crate::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
 use cpc_common::synthetic::matrix_ids;
-pub use generate::{PackedA, PackedB, generate_rows};
+pub use elements::c_elements;
+pub use generate::{PackedA, PackedB, Packing, generate_rows};
 pub use hash::{hash_row, hash_rows};
-use std::num::NonZeroU32;
+use std::{num::NonZeroU32, ops::Range, str::FromStr};
 
-/// Which GEMM micro-kernel runs.
+/// Which GEMM micro-kernel runs. [`Kernel::detect`] picks the fastest this CPU has; a caller may force
+/// one ([`CpuBackend::with_kernel`], `--kernel`), and forcing one the CPU lacks is an error
+/// ([`BackendError::KernelUnsupported`]), never a silent fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Portable Rust, no SIMD intrinsics (the reference the AVX2 kernel is tested against).
+    /// Portable Rust, no SIMD intrinsics (the reference the SIMD kernels are tested against).
     Scalar,
     /// x86-64 AVX2: `i8 → i16` widening and `_mm256_madd_epi16` into `i32` accumulators.
     Avx2,
+    /// x86-64 AVX-VNNI (VEX-encoded `vpdpbusd` on 256-bit vectors), with AVX2.
+    AvxVnni,
+    /// x86-64 AVX-512 VNNI (`vpdpbusd` on 512-bit vectors), with AVX-512F and AVX-512BW.
+    Avx512Vnni,
 }
 
 impl Kernel {
+    /// Every kernel, fastest first (the order [`Kernel::detect`] tries them in).
+    pub const ALL: [Self; 4] = [Self::Avx512Vnni, Self::AvxVnni, Self::Avx2, Self::Scalar];
+
     /// The fastest kernel this CPU can run.
     pub fn detect() -> Self {
-        if Self::Avx2.is_available() { Self::Avx2 } else { Self::Scalar }
+        Self::ALL.into_iter().find(|k| k.is_available()).unwrap_or(Self::Scalar)
     }
 
-    /// Whether this CPU can run the kernel.
+    /// Every kernel this CPU can run, fastest first.
+    pub fn available() -> Vec<Self> {
+        Self::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    /// Whether this CPU can run the kernel (run-time detection, cached by the standard library).
     pub fn is_available(self) -> bool {
         match self {
             Self::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Self::AvxVnni => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avxvnni")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Self::Avx2 => false,
+            Self::Avx2 | Self::AvxVnni | Self::Avx512Vnni => false,
         }
     }
 
-    /// This kernel if available, else [`Kernel::Scalar`].
-    pub fn resolve(self) -> Self {
-        if self.is_available() { self } else { Self::Scalar }
+    /// This kernel if the CPU can run it, else [`BackendError::KernelUnsupported`] naming the ones it can.
+    pub fn require(self) -> Result<Self, BackendError> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            Err(BackendError::KernelUnsupported {
+                kernel: self.as_str(),
+                available: Self::available()
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
     }
 
-    /// Lower-case name (`"scalar"`, `"avx2"`).
+    /// Lower-case name (`"scalar"`, `"avx2"`, `"avxvnni"`, `"avx512vnni"`), as `--kernel` takes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Scalar => "scalar",
             Self::Avx2 => "avx2",
+            Self::AvxVnni => "avxvnni",
+            Self::Avx512Vnni => "avx512vnni",
         }
     }
 
-    /// Runs the micro-kernel: `block = A-pack · panel` over the k block both cover.
+    /// How the kernel wants A and B packed.
+    pub fn packing(self) -> Packing {
+        match self {
+            Self::Scalar | Self::Avx2 => Packing::Pairs,
+            Self::AvxVnni | Self::Avx512Vnni => Packing::Quads,
+        }
+    }
+
+    /// 16-column panels of B one micro-kernel call covers.
+    pub(crate) fn panels_per_call(self) -> usize {
+        match self {
+            Self::Avx512Vnni => gemm::MAX_PANELS,
+            Self::Scalar | Self::Avx2 | Self::AvxVnni => 1,
+        }
+    }
+
+    /// Runs the micro-kernel: `block = A-group · panels first..first + count` over k steps `steps`
+    /// (`count ≤ panels_per_call`). Only called by [`gemm::gemm`], which checked availability and packing.
     #[inline]
-    fn run(self, a: &[u32], panel: &[i8], block: &mut [[i32; gemm::NR]; gemm::MR]) {
+    fn run(
+        self,
+        a: &[u32],
+        b: &PackedB,
+        first: usize,
+        count: usize,
+        steps: Range<usize>,
+        block: &mut gemm::Block,
+    ) {
+        let panel = |p: usize| b.panel(first + p, steps.start, steps.end);
         match self {
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {
-                // SAFETY: the kernel only needs AVX2, which was just detected on this CPU (a cached atomic load,
-                // negligible next to the ~thousand cycles of one call); it touches memory only through slices.
-                unsafe { gemm::avx2::kernel(a, panel, block) }
-            }
-            _ => gemm::kernel_scalar(a, panel, block),
+            // SAFETY (all three arms): `gemm` asserted `is_available()` for this kernel, i.e. that this CPU
+            // has every feature the kernel's `#[target_feature]` enables; the kernels touch memory only
+            // through the slices they are given.
+            Self::Avx2 => unsafe { gemm::avx2::kernel(a, panel(0), block) },
+            #[cfg(target_arch = "x86_64")]
+            Self::AvxVnni => unsafe { gemm::avx_vnni::kernel(a, panel(0), block) },
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => unsafe {
+                use gemm::avx512_vnni::kernel;
+                match count {
+                    1 => kernel::<1>(a, [panel(0)], block),
+                    2 => kernel::<2>(a, [panel(0), panel(1)], block),
+                    3 => kernel::<3>(a, [panel(0), panel(1), panel(2)], block),
+                    _ => kernel::<4>(a, [panel(0), panel(1), panel(2), panel(3)], block),
+                }
+            },
+            _ => gemm::kernel_scalar(a, panel(0), block),
+        }
+    }
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kernel {
+    type Err = BackendError;
+
+    /// Parses a name from [`Kernel::as_str`] (case-insensitive; `avx512` and `avx-vnni` as aliases).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Self::Scalar),
+            "avx2" => Ok(Self::Avx2),
+            "avxvnni" | "avx-vnni" | "avx_vnni" => Ok(Self::AvxVnni),
+            "avx512vnni" | "avx512" | "avx512-vnni" | "avx512_vnni" => Ok(Self::Avx512Vnni),
+            _ => Err(BackendError::UnknownKernel(s.to_owned())),
         }
     }
 }
@@ -96,11 +197,12 @@ impl CpuBackend {
         })
     }
 
-    /// Forces a kernel (falls back to scalar where the CPU lacks it). For parity tests and benches.
-    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
-        self.kernel = kernel.resolve();
+    /// Forces a kernel (`--kernel`, parity tests, benches). Errs with [`BackendError::KernelUnsupported`]
+    /// when this CPU cannot run it.
+    pub fn with_kernel(mut self, kernel: Kernel) -> Result<Self, BackendError> {
+        self.kernel = kernel.require()?;
         self.name = format!("cpu-{}", self.kernel.as_str());
-        self
+        Ok(self)
     }
 
     /// **For tests and demos only**: a dishonest backend that adds 1 to one element of C (column `r % n`) in
@@ -134,8 +236,8 @@ impl CpuBackend {
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
         let (a, b) = rayon::join(
-            || PackedA::generate(&km, a_id, shard.rows.clone(), n),
-            || PackedB::generate(&km, b_id, n),
+            || PackedA::generate(&km, a_id, shard.rows.clone(), n, self.kernel),
+            || PackedB::generate(&km, b_id, n, self.kernel),
         );
         let mut c = gemm::gemm(&a, &b, self.kernel);
         if let Some(k) = self.fault_every {
@@ -241,9 +343,10 @@ mod tests {
     fn gemm_matches_naive_on_odd_shapes() {
         for (m, n) in [(1, 1), (1, 2), (7, 3), (13, 17), (6, 16), (97, 33), (5, 300), (100, 530)] {
             let (a, b) = (pseudo(m * n, m as u32), pseudo(n * n, n as u32));
-            let (pa, pb) = (PackedA::from_rows(&a, m, n), PackedB::from_rows(&b, n));
             let want = naive(&a, &b, m, n);
-            for kernel in [Kernel::Scalar, Kernel::Avx2] {
+            for kernel in Kernel::available() {
+                let p = kernel.packing();
+                let (pa, pb) = (PackedA::from_rows(&a, m, n, p), PackedB::from_rows(&b, n, p));
                 assert_eq!(gemm::gemm(&pa, &pb, kernel), want, "m={m} n={n} {kernel:?}");
             }
         }
@@ -251,13 +354,42 @@ mod tests {
 
     #[test]
     fn extreme_values_are_exact() {
-        // All -128: every product is 2^14, the largest; C = n · 2^14 everywhere.
+        // Every sign combination of the extremes: -128 · -128 = 2^14 is the largest product, and with the
+        // VNNI offset -128 · (127 + 128) is the most negative term the accumulators ever see.
         let n = 530;
-        let a = PackedA::from_rows(&vec![i8::MIN; 3 * n], 3, n);
-        let packed = PackedB::from_rows(&vec![i8::MIN; n * n], n);
-        for kernel in [Kernel::Scalar, Kernel::Avx2] {
-            assert!(gemm::gemm(&a, &packed, kernel).iter().all(|&v| v == (n as i32) << 14));
+        for (x, y) in
+            [(i8::MIN, i8::MIN), (i8::MIN, i8::MAX), (i8::MAX, i8::MIN), (i8::MAX, i8::MAX)]
+        {
+            let want = (n as i32) * i32::from(x) * i32::from(y);
+            for kernel in Kernel::available() {
+                let p = kernel.packing();
+                let a = PackedA::from_rows(&vec![x; 3 * n], 3, n, p);
+                let packed = PackedB::from_rows(&vec![y; n * n], n, p);
+                let c = gemm::gemm(&a, &packed, kernel);
+                assert!(c.iter().all(|&v| v == want), "{x}·{y} {kernel:?}");
+            }
         }
+    }
+
+    #[test]
+    fn kernel_names_round_trip_and_unsupported_kernels_are_refused() {
+        for kernel in Kernel::ALL {
+            assert_eq!(kernel.as_str().parse::<Kernel>().expect("parses"), kernel);
+            let forced = CpuBackend::new(1).expect("pool").with_kernel(kernel);
+            match forced {
+                Ok(backend) => {
+                    assert!(kernel.is_available());
+                    assert_eq!(backend.name(), format!("cpu-{kernel}"));
+                }
+                Err(e) => {
+                    assert!(!kernel.is_available());
+                    assert!(matches!(e, BackendError::KernelUnsupported { .. }), "{e}");
+                    assert!(e.to_string().contains(kernel.as_str()), "{e}");
+                }
+            }
+        }
+        assert!(matches!("avx9".parse::<Kernel>(), Err(BackendError::UnknownKernel(_))));
+        assert_eq!(Kernel::detect(), Kernel::available()[0]);
     }
 
     #[test]

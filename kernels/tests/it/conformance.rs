@@ -52,8 +52,9 @@ fn task_derivation_and_samples() {
 #[test]
 fn result_hash_and_leaves_every_kernel() {
     let Some(vectors) = vectors::load() else { return };
-    for kernel in [Kernel::Scalar, Kernel::detect()] {
-        let backend = CpuBackend::new(0).expect("thread pool").with_kernel(kernel);
+    for kernel in Kernel::available() {
+        let backend =
+            CpuBackend::new(0).expect("thread pool").with_kernel(kernel).expect("available");
         for v in &vectors {
             let ch = &v.challenge;
             if kernel == Kernel::Scalar && ch.matrix_size > 256 {
