@@ -1,5 +1,7 @@
 //! CPU backend benches: GEMM (elements/s = integer ops/s, 2n³ per product), Philox generation, row hashing
-//! (bytes/s) and a whole n = 1024 shard. Sample sizes are small so the suite finishes in a few minutes.
+//! (bytes/s), a whole n = 1024 shard, and Freivalds' check against the GEMM it checks at n = 2048 and 4096
+//! (`freivalds/gemm/N` and `freivalds/check/N` on the same A, B and C: the check's share of compute is
+//! their ratio). Sample sizes are small so the suite finishes in a few minutes.
 //!
 //! `cargo bench -p cpc-kernels` (filter with e.g. `-- gemm/1024`).
 
@@ -8,7 +10,8 @@
 use cpc_common::synthetic::{Challenge, KeyMaterial};
 use cpc_kernels::{
     Backend, CpuBackend, Shard,
-    cpu::{Kernel, PackedA, PackedB, gemm::gemm, generate_rows, hash_rows},
+    cpu::{Kernel, PackedA, PackedB, freivalds::row_sums, gemm::gemm, generate_rows, hash_rows},
+    freivalds::{CheckSeed, check_vector, compare},
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::{hint::black_box, time::Duration};
@@ -86,5 +89,27 @@ fn bench_shard(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_philox, bench_hash, bench_shard);
+/// The check (`B·r`, both row sums, the comparison) next to the GEMM whose result it checks, whole products
+/// on the global rayon pool, as `run_shard` runs them on the backend's.
+fn bench_freivalds(c: &mut Criterion) {
+    let km = KeyMaterial::from_seed("bench-freivalds");
+    let mut group = quick(c, "freivalds");
+    for n in [2048u32, 4096] {
+        let a = PackedA::generate(&km, 0, 0..n, n);
+        let b = PackedB::generate(&km, 1, n);
+        let product = gemm(&a, &b, Kernel::detect());
+        let r = check_vector(CheckSeed(0x5eed), n as usize);
+        assert_eq!(compare(&row_sums(&a, &b, &product, &r)), Ok(()), "the true product passes");
+        group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+        group.bench_with_input(BenchmarkId::new("gemm", n), &n, |bench, _| {
+            bench.iter(|| black_box(gemm(&a, &b, Kernel::detect())));
+        });
+        group.bench_with_input(BenchmarkId::new("check", n), &n, |bench, _| {
+            bench.iter(|| black_box(compare(&row_sums(&a, &b, &product, &r)).is_ok()));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench_philox, bench_hash, bench_shard, bench_freivalds);
 criterion_main!(benches);

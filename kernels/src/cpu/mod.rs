@@ -1,18 +1,27 @@
-//! The CPU backend: Philox generation ([`generate`]), the exact `i8` GEMM ([`gemm`]) and row hashing
-//! ([`hash`]), each multi-threaded on the backend's own rayon pool.
+//! The CPU backend: Philox generation ([`generate`]), the exact `i8` GEMM ([`gemm`]), Freivalds' check of
+//! the product ([`freivalds`]) and row hashing ([`hash`]), each multi-threaded on the backend's own rayon
+//! pool.
 //!
 //! The building blocks are public so that benches and tools can time or reuse them one by one; they run
 //! on the current rayon pool (the global one unless called inside [`CpuBackend`]'s).
 
+pub mod freivalds;
 pub mod gemm;
 pub mod generate;
 pub mod hash;
 
-use crate::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
+use crate::{
+    Backend, BackendError, BackendKind, CheckCost, CheckSeed, DeviceInfo, Shard, ShardOutput,
+    freivalds::{check_vector, compare},
+};
 use cpc_common::synthetic::matrix_ids;
 pub use generate::{PackedA, PackedB, generate_rows};
 pub use hash::{hash_row, hash_rows};
-use std::num::NonZeroU32;
+use std::{
+    num::NonZeroU32,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 /// Which GEMM micro-kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +77,21 @@ impl Kernel {
     }
 }
 
+/// **For tests and demos only**: one bit of one element of one shard, flipped after the GEMM and before the
+/// check and the hashing, as a memory fault without ECC would ([`CpuBackend::with_bit_flip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BitFlip {
+    /// Which `run_shard` call of the backend gets it (0: the first; the agent's start-up measurement makes
+    /// two calls before its first shard unless it is skipped).
+    pub shard: u64,
+    /// Row within that shard (an offset from its first row, taken modulo its row count).
+    pub row: u32,
+    /// Column (modulo n).
+    pub col: u32,
+    /// Bit of the `i32` (modulo 32; 31 is the sign).
+    pub bit: u32,
+}
+
 /// The CPU backend: every core (or the number of threads asked for) on one shard at a time.
 #[derive(Debug)]
 pub struct CpuBackend {
@@ -75,6 +99,8 @@ pub struct CpuBackend {
     kernel: Kernel,
     name: String,
     fault_every: Option<NonZeroU32>,
+    bit_flip: Option<BitFlip>,
+    shards_run: AtomicU64,
     memory_limit: Option<u64>,
 }
 
@@ -92,6 +118,8 @@ impl CpuBackend {
             kernel,
             name: format!("cpu-{}", kernel.as_str()),
             fault_every: None,
+            bit_flip: None,
+            shards_run: AtomicU64::new(0),
             memory_limit: None,
         })
     }
@@ -111,6 +139,13 @@ impl CpuBackend {
         self
     }
 
+    /// **For tests and demos only**: flips one bit of one element of one shard (see [`BitFlip`]), before the
+    /// Freivalds check and the hashing, so that the check can be shown to catch the smallest fault.
+    pub fn with_bit_flip(mut self, flip: BitFlip) -> Self {
+        self.bit_flip = Some(flip);
+        self
+    }
+
     /// Caps the memory the backend reports for shards (default: the host's available memory).
     pub fn with_memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
@@ -127,9 +162,14 @@ impl CpuBackend {
         self.pool.current_num_threads()
     }
 
-    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included (no checks: callers
-    /// validate the shard first).
-    fn product_rows(&self, shard: &Shard) -> Vec<i32> {
+    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included, and the check's cost when
+    /// the shard carries a seed (no bounds checks: callers validate the shard first). `ordinal` counts this
+    /// backend's `run_shard` calls, for [`BitFlip`].
+    fn product_rows(
+        &self,
+        shard: &Shard,
+        ordinal: u64,
+    ) -> Result<(Vec<i32>, Option<std::time::Duration>), BackendError> {
         let n = shard.challenge.matrix_size;
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
@@ -138,6 +178,33 @@ impl CpuBackend {
             || PackedB::generate(&km, b_id, n),
         );
         let mut c = gemm::gemm(&a, &b, self.kernel);
+        self.inject_faults(shard, ordinal, &mut c);
+        let check = match shard.check {
+            Some(seed) => Some(self.check(shard, seed, &a, &b, &c)?),
+            None => None,
+        };
+        Ok((c, check))
+    }
+
+    /// Freivalds' check of `c` ([`freivalds`]); answers its duration, or the error naming the failing rows.
+    fn check(
+        &self,
+        shard: &Shard,
+        seed: CheckSeed,
+        a: &PackedA,
+        b: &PackedB,
+        c: &[i32],
+    ) -> Result<std::time::Duration, BackendError> {
+        let started = Instant::now();
+        let r = check_vector(seed, shard.challenge.matrix_size as usize);
+        let sums = freivalds::row_sums(a, b, c, &r);
+        compare(&sums).map_err(|m| BackendError::failed_check(&self.name, shard, &m))?;
+        Ok(started.elapsed())
+    }
+
+    /// The test-only faults: one element off by one every k rows, and the one-bit flip.
+    fn inject_faults(&self, shard: &Shard, ordinal: u64, c: &mut [i32]) {
+        let n = shard.challenge.matrix_size;
         if let Some(k) = self.fault_every {
             for (r, row) in shard.rows.clone().zip(c.chunks_mut(n as usize)) {
                 if r % k.get() == 0 {
@@ -146,7 +213,12 @@ impl CpuBackend {
                 }
             }
         }
-        c
+        if let Some(flip) = self.bit_flip.filter(|f| f.shard == ordinal) {
+            let i = (flip.row % shard.row_count()) as usize * n as usize + (flip.col % n) as usize;
+            if let Some(v) = c.get_mut(i) {
+                *v ^= 1 << (flip.bit % 32);
+            }
+        }
     }
 }
 
@@ -184,10 +256,13 @@ impl Backend for CpuBackend {
             });
         }
         let n = shard.challenge.matrix_size as usize;
+        let ordinal = self.shards_run.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         self.pool.install(|| {
-            let c = self.product_rows(shard);
+            let (c, check) = self.product_rows(shard, ordinal)?;
             let leaves = hash_rows(&c, n);
-            Ok(ShardOutput { leaves, rows: keep_rows.then_some(c) })
+            let check = check.map(|check| CheckCost { check, shard: started.elapsed() });
+            Ok(ShardOutput { leaves, rows: keep_rows.then_some(c), check })
         })
     }
 }

@@ -32,6 +32,7 @@
 //! ([`gpu_shard_bytes`]), every dimension padded to [`PAD`]. A shard over the slot's budget, or over what the
 //! device has free right now, is refused with [`BackendError::ShardTooLarge`] before any work.
 
+mod freivalds;
 mod gemm;
 mod module;
 mod telemetry;
@@ -39,7 +40,7 @@ mod telemetry;
 pub use telemetry::GpuMonitor;
 
 use crate::{
-    Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput,
+    Backend, BackendError, BackendKind, CheckCost, DeviceInfo, Shard, ShardOutput,
     gpu::{GemmEngine, ShardStats},
 };
 use cpc_common::{
@@ -233,6 +234,8 @@ struct RunOutput {
     leaves: Vec<Digest32>,
     rows: Option<Vec<i32>>,
     stats: ShardStats,
+    /// The Freivalds check's row sums, when the shard carries a seed (compared by `run_shard`).
+    check: Option<freivalds::DeviceCheck>,
 }
 
 impl Slot {
@@ -488,6 +491,14 @@ impl Slot {
         }
         let t_gemm = timing_event(main)?;
         hash.wait(&t_gemm).map_err(fatal("ordering the hash stream"))?;
+        // 3b. Freivalds' check of the whole product on `main` (after the GEMM), next to the hashing tail.
+        let check = match shard.check {
+            Some(seed) => {
+                let product = freivalds::Product { a: &*a, bt: &*bt, c: &*c };
+                Some(freivalds::run(main, k, product, &d, seed, deadline)?)
+            }
+            None => None,
+        };
 
         // 4. Only the leaves cross PCIe, into pinned memory; the host waits with the watchdog's deadline.
         let leaves_view = leaves.slice(..leaf_bytes);
@@ -528,7 +539,7 @@ impl Slot {
             gemm_engine: engine,
             b_cached,
         };
-        Ok(RunOutput { leaves, rows, stats })
+        Ok(RunOutput { leaves, rows, stats, check })
     }
 }
 
@@ -805,6 +816,22 @@ impl CudaBackend {
         self.slots[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The Freivalds check's verdict: its cost, or the error (the GPU quarantined) naming the failing rows.
+    fn verdict(
+        &self,
+        shard: &Shard,
+        found: &freivalds::DeviceCheck,
+        wall_seconds: f64,
+    ) -> Result<CheckCost, BackendError> {
+        if let Err(mismatch) = crate::freivalds::compare(&found.sums) {
+            let err = BackendError::failed_check(&self.name, shard, &mismatch);
+            self.quarantine(&err.to_string());
+            return Err(err);
+        }
+        let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
+        Ok(CheckCost { check: secs(found.seconds), shard: secs(wall_seconds) })
+    }
+
     fn too_large(&self, shard: &Shard, needed: u64, available: u64) -> BackendError {
         BackendError::ShardTooLarge {
             n: shard.challenge.matrix_size,
@@ -888,10 +915,14 @@ impl Backend for CudaBackend {
         {
             out.stats.energy_joules = Some((after - before).max(0.0));
         }
+        let check = match out.check.take() {
+            Some(found) => Some(self.verdict(shard, &found, out.stats.wall_seconds)?),
+            None => None,
+        };
         if let Ok(mut last) = self.last_stats.lock() {
             last.insert(std::thread::current().id(), out.stats);
         }
-        Ok(ShardOutput { leaves: out.leaves, rows: out.rows })
+        Ok(ShardOutput { leaves: out.leaves, rows: out.rows, check })
     }
 
     fn keeps_rows_cheaply(&self) -> bool {
