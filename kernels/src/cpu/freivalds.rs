@@ -10,7 +10,8 @@
 //!   in L1, in `i32` lanes with r split into 16-bit halves (`vpmulld`), widened every 128 panels;
 //! - `A·(B·r)` multiplies the GEMM's `(A[i][2q], A[i][2q+1])` `i16` pairs by 16-bit digits of `B·r` with
 //!   `vpmaddwd`, six rows at once, and recombines the digits modulo 2⁶⁴;
-//! - `C·r` is `i32 × i32 → i64` (`vpmuldq`), summed modulo 2⁶⁴;
+//! - `C·r` is `i32 × i32 → i64` (`vpmuldq`), summed modulo 2⁶⁴, one row at a time right before the
+//!   backend hashes that row, so that C is read from memory once for both;
 //! - everything runs in parallel (over pairs of rows of B, then over the GEMM's row groups) on the
 //!   backend's pool; without AVX2, portable loops compute the same sums in wrapping `i64`.
 
@@ -95,7 +96,9 @@ fn digit_pairs(y: &[i64]) -> [Vec<u32>; 4] {
 }
 
 /// The row sums of a shard: `c` holds its `a.rows()` rows of C (row-major, n each), `r` the check vector
-/// (n entries). Runs on the current rayon pool, with the fastest code this CPU has.
+/// (n entries). Runs on the current rayon pool, with the fastest code this CPU has. (The backend computes
+/// the two sides apart: [`input_sums`] after the GEMM, [`c_times_r`] on each row just before it hashes it,
+/// while the row is in cache.)
 ///
 /// # Panics
 /// If the shapes disagree.
@@ -115,13 +118,31 @@ pub fn row_sums_with(
     r: &[i32],
     kernel: Kernel,
 ) -> Vec<RowSums> {
+    let n = b.n();
+    assert!(c.len() == a.rows() * n, "freivalds: C is not rows × n");
+    let inputs = input_sums_with(a, b, r, kernel);
+    let products = c.par_chunks(n.max(1)).map(|row| c_times_r_with(row, r, kernel));
+    let products: Vec<u64> = products.collect();
+    inputs.into_iter().zip(products).map(|(inputs, product)| RowSums { product, inputs }).collect()
+}
+
+/// The inputs' side, `A_rows · (B · r)` modulo 2⁶⁴, one sum per row of the shard. Runs on the current rayon
+/// pool.
+///
+/// # Panics
+/// If A, B and r disagree on n.
+pub fn input_sums(a: &PackedA, b: &PackedB, r: &[i32]) -> Vec<u64> {
+    input_sums_with(a, b, r, Kernel::detect())
+}
+
+fn input_sums_with(a: &PackedA, b: &PackedB, r: &[i32], kernel: Kernel) -> Vec<u64> {
     let (rows, n) = (a.rows(), b.n());
-    assert!(a.n() == n && c.len() == rows * n && r.len() == n, "freivalds: shapes disagree");
+    assert!(a.n() == n && r.len() == n, "freivalds: shapes disagree");
     let kernel = kernel.resolve();
     let y = b_times_r(b, r, kernel);
     let digits = digit_pairs(&y);
     let kpairs = b.kpairs();
-    let mut sums = vec![RowSums::default(); rows];
+    let mut sums = vec![0u64; rows];
     sums.par_chunks_mut(GROUP_ROWS).enumerate().for_each(|(g, out)| {
         let words = a.group(g, 0, kpairs);
         let inputs: [u64; GROUP_ROWS] = match kernel {
@@ -133,10 +154,8 @@ pub fn row_sums_with(
             }
             _ => group_times_y_scalar(words, &y),
         };
-        let c_rows = &c[g * GROUP_ROWS * n..(g * GROUP_ROWS + out.len()) * n];
-        for ((sums, c_row), inputs) in out.iter_mut().zip(c_rows.chunks_exact(n.max(1))).zip(inputs)
-        {
-            *sums = RowSums { product: c_times_r(c_row, r, kernel), inputs };
+        for (sum, inputs) in out.iter_mut().zip(inputs) {
+            *sum = inputs;
         }
     });
     sums
@@ -154,8 +173,12 @@ fn group_times_y_scalar(words: &[u32], y: &[i64]) -> [u64; GROUP_ROWS] {
     acc.map(|v| v as u64)
 }
 
-/// `Σ_j C[i][j] · r_j` modulo 2⁶⁴ for one row.
-fn c_times_r(c: &[i32], r: &[i32], kernel: Kernel) -> u64 {
+/// The product's side for one row, `Σ_j C[i][j] · r_j` modulo 2⁶⁴ (`c` and `r` of the same length).
+pub fn c_times_r(c: &[i32], r: &[i32]) -> u64 {
+    c_times_r_with(c, r, Kernel::detect())
+}
+
+fn c_times_r_with(c: &[i32], r: &[i32], kernel: Kernel) -> u64 {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {

@@ -11,16 +11,17 @@ pub mod generate;
 pub mod hash;
 
 use crate::{
-    Backend, BackendError, BackendKind, CheckCost, CheckSeed, DeviceInfo, Shard, ShardOutput,
-    freivalds::{check_vector, compare},
+    Backend, BackendError, BackendKind, CheckCost, DeviceInfo, Shard, ShardOutput,
+    freivalds::{RowSums, check_vector, compare},
 };
-use cpc_common::synthetic::matrix_ids;
+use cpc_common::{hashing::Digest32, synthetic::matrix_ids};
 pub use generate::{PackedA, PackedB, generate_rows};
 pub use hash::{hash_row, hash_rows};
+use rayon::prelude::*;
 use std::{
     num::NonZeroU32,
     sync::atomic::{AtomicU64, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// Which GEMM micro-kernel runs.
@@ -162,14 +163,10 @@ impl CpuBackend {
         self.pool.current_num_threads()
     }
 
-    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included, and the check's cost when
-    /// the shard carries a seed (no bounds checks: callers validate the shard first). `ordinal` counts this
-    /// backend's `run_shard` calls, for [`BitFlip`].
-    fn product_rows(
-        &self,
-        shard: &Shard,
-        ordinal: u64,
-    ) -> Result<(Vec<i32>, Option<std::time::Duration>), BackendError> {
+    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included, with the packed A and B
+    /// they came from (no bounds checks: callers validate the shard first). `ordinal` counts this backend's
+    /// `run_shard` calls, for [`BitFlip`].
+    fn product_rows(&self, shard: &Shard, ordinal: u64) -> (PackedA, PackedB, Vec<i32>) {
         let n = shard.challenge.matrix_size;
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
@@ -179,27 +176,48 @@ impl CpuBackend {
         );
         let mut c = gemm::gemm(&a, &b, self.kernel);
         self.inject_faults(shard, ordinal, &mut c);
-        let check = match shard.check {
-            Some(seed) => Some(self.check(shard, seed, &a, &b, &c)?),
-            None => None,
-        };
-        Ok((c, check))
+        (a, b, c)
     }
 
-    /// Freivalds' check of `c` ([`freivalds`]); answers its duration, or the error naming the failing rows.
-    fn check(
+    /// The leaves of `c`, after Freivalds' check ([`freivalds`]) when the shard carries a seed: the inputs'
+    /// side first, then each row's product side right before the row is hashed (one pass over C for both).
+    /// Answers the leaves and the check's time, or the error naming the failing rows (no leaf is returned).
+    fn checked_leaves(
         &self,
         shard: &Shard,
-        seed: CheckSeed,
         a: &PackedA,
         b: &PackedB,
         c: &[i32],
-    ) -> Result<std::time::Duration, BackendError> {
+    ) -> Result<(Vec<Digest32>, Option<Duration>), BackendError> {
+        let n = shard.challenge.matrix_size as usize;
+        let Some(seed) = shard.check else {
+            return Ok((hash_rows(c, n), None));
+        };
         let started = Instant::now();
-        let r = check_vector(seed, shard.challenge.matrix_size as usize);
-        let sums = freivalds::row_sums(a, b, c, &r);
+        let r = check_vector(seed, n);
+        let inputs = freivalds::input_sums(a, b, &r);
+        let inputs_time = started.elapsed();
+        let product_nanos = AtomicU64::new(0);
+        let (leaves, products): (Vec<Digest32>, Vec<u64>) = c
+            .par_chunks(n.max(1))
+            .map(|row| {
+                let t = Instant::now();
+                let product = freivalds::c_times_r(row, &r);
+                let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                product_nanos.fetch_add(nanos, Ordering::Relaxed);
+                (hash_row(row), product)
+            })
+            .unzip();
+        let sums: Vec<RowSums> = products
+            .into_iter()
+            .zip(inputs)
+            .map(|(product, inputs)| RowSums { product, inputs })
+            .collect();
         compare(&sums).map_err(|m| BackendError::failed_check(&self.name, shard, &m))?;
-        Ok(started.elapsed())
+        // The product side ran spread over the pool's threads: its share of the wall time.
+        let threads = u32::try_from(self.threads().max(1)).unwrap_or(u32::MAX);
+        let product_time = Duration::from_nanos(product_nanos.into_inner()) / threads;
+        Ok((leaves, Some(inputs_time + product_time)))
     }
 
     /// The test-only faults: one element off by one every k rows, and the one-bit flip.
@@ -255,12 +273,12 @@ impl Backend for CpuBackend {
                 device: info.name,
             });
         }
-        let n = shard.challenge.matrix_size as usize;
         let ordinal = self.shards_run.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         self.pool.install(|| {
-            let (c, check) = self.product_rows(shard, ordinal)?;
-            let leaves = hash_rows(&c, n);
+            let (a, b, c) = self.product_rows(shard, ordinal);
+            let (leaves, check) = self.checked_leaves(shard, &a, &b, &c)?;
+            drop((a, b));
             let check = check.map(|check| CheckCost { check, shard: started.elapsed() });
             Ok(ShardOutput { leaves, rows: keep_rows.then_some(c), check })
         })
