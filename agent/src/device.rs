@@ -11,6 +11,13 @@
 //! one-row shard ([`RecomputeRow`]). That recomputation takes another path through the device (another GEMM
 //! shape), so a row the first run got wrong no longer hashes to the leaf it sent.
 //!
+//! # Freivalds' check
+//!
+//! Every shard runs with the coordinator's check seed ([`RunShard::check_seed`]): the backend checks its
+//! product before hashing (`cpc_kernels::freivalds`). A product that fails is a device fault: the actor
+//! quarantines the device, as below, and answers `CheckFailed` so that the coordinator recomputes the shard
+//! elsewhere and quarantines the device on its side too.
+//!
 //! # Watchdog and quarantine
 //!
 //! Every call into a backend (the start-up measurement and each shard) runs on the device's own worker threads,
@@ -37,9 +44,11 @@ use crate::metrics::{self as m, DeviceLabels};
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use cpc_common::{
     synthetic::Challenge,
-    wire::{DeviceAdvert, MAX_QUARANTINE_REASON_BYTES, Response, RunShard},
+    wire::{CheckTiming, DeviceAdvert, MAX_QUARANTINE_REASON_BYTES, Response, RunShard},
 };
-use cpc_kernels::{Backend, BackendError, Shard, ShardOutput, gpu::ShardStats};
+use cpc_kernels::{
+    Backend, BackendError, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
+};
 use std::{
     collections::{BTreeMap, VecDeque},
     panic::{AssertUnwindSafe, catch_unwind},
@@ -438,10 +447,13 @@ impl Handler<Compute> for DeviceActor {
                 m::shard_done(&state.labels, false, None);
                 Response::ShardFailed { shard_id, reason }
             };
+            let check_seed = CheckSeed(req.check_seed);
             let shard = match Challenge::new(req.seed, req.matrix_size, req.iterations)
                 .map_err(|e| e.to_string())
                 .and_then(|c| {
-                    Shard::new(c, req.iteration, req.rows.0..req.rows.1).map_err(|e| e.to_string())
+                    Shard::new(c, req.iteration, req.rows.0..req.rows.1)
+                        .map(|s| s.with_check(check_seed))
+                        .map_err(|e| e.to_string())
                 }) {
                 Ok(s) => s,
                 Err(e) => return failed(e),
@@ -476,13 +488,23 @@ impl Handler<Compute> for DeviceActor {
                 Ok((Err(e), _, _)) => {
                     let reason = format!("{}: {e}", state.name);
                     state.backend_failed(&e, &reason);
+                    if e.is_failed_check() {
+                        m::freivalds_check(&state.labels, false, None);
+                        m::shard_done(&state.labels, false, None);
+                        tracing::error!(device = state.index, %reason, "Freivalds check failed");
+                        return Response::CheckFailed { shard_id, reason };
+                    }
                     failed(reason)
                 }
                 Ok((Ok(output), stats, _)) => {
                     let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
                     m::shard_done(&state.labels, true, Some((secs, ops)));
                     record_work(&state.labels, ops, secs, stats.as_ref());
-                    let ShardOutput { leaves, rows: values } = output;
+                    let ShardOutput { leaves, rows: values, check } = output;
+                    if let Some(cost) = check {
+                        let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
+                        m::freivalds_check(&state.labels, true, Some((c, s)));
+                    }
                     if let Ok(mut c) = state.cache.lock() {
                         match (values, recomputable) {
                             (Some(values), _) => c.insert(key, first, n, values),
@@ -490,11 +512,17 @@ impl Handler<Compute> for DeviceActor {
                             (None, None) => {}
                         }
                     }
-                    Response::ShardDone { shard_id, leaves }
+                    Response::ShardDone { shard_id, leaves, check: check.map(check_timing) }
                 }
             }
         })
     }
+}
+
+/// A check's cost as the wire carries it.
+fn check_timing(cost: CheckCost) -> CheckTiming {
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    CheckTiming { check_micros: micros(cost.check), shard_micros: micros(cost.shard) }
 }
 
 /// Achieved ops per second and joules of one shard: the backend's own stats (device time, NVML energy) where
@@ -771,6 +799,7 @@ mod tests {
                 iteration: 0,
                 rows: (0, 16),
                 device,
+                check_seed: shard_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             },
         }
     }
@@ -820,16 +849,39 @@ mod tests {
             );
             // The other device (same faulty kind, its own thread) keeps serving.
             let answer = good.addr.send(run_shard(3, "fine", 11)).await.expect("answer");
-            assert_eq!(
-                answer,
-                Response::ShardDone { shard_id: 3, leaves: reference_leaves("fine") }
-            );
+            let Response::ShardDone { shard_id: 3, leaves, check } = answer else {
+                panic!("expected ShardDone, got {answer:?}")
+            };
+            assert_eq!(leaves, reference_leaves("fine"));
+            assert!(check.is_some_and(|c| c.check_micros <= c.shard_micros), "{check:?}");
             assert_eq!(health.quarantined().keys().copied().collect::<Vec<_>>(), [10]);
         });
         let text = handle.render();
         assert!(text.contains("cpcfarm_agent_device_healthy{gpu=\"10\"} 0"), "{text}");
         assert!(text.contains("cpcfarm_agent_device_healthy{gpu=\"11\"} 1"), "{text}");
         assert!(text.contains("cpcfarm_device_achieved_ops_per_second{gpu=\"11\"}"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_check_answers_check_failed_and_quarantines_the_device() {
+        actix_rt::System::new().block_on(async {
+            let health = Health::default();
+            let flip = cpc_kernels::cpu::BitFlip { shard: 0, row: 5, col: 7, bit: 13 };
+            let backend = Arc::new(cpc_kernels::CpuBackend::new(1).expect("cpu").with_bit_flip(flip));
+            let opts = options(Duration::from_secs(60));
+            let device = start(50, backend, cache(), health.clone(), &opts).await.expect("start");
+            let answer = device.addr.send(run_shard(1, "flip", 50)).await.expect("answer");
+            let Response::CheckFailed { shard_id: 1, reason } = answer else {
+                panic!("expected CheckFailed, got {answer:?}")
+            };
+            assert!(reason.contains("Freivalds") && reason.contains("[5]"), "{reason}");
+            assert_eq!(health.reason(50).as_deref(), Some(reason.as_str()));
+            let answer = device.addr.send(run_shard(2, "flip", 50)).await.expect("answer");
+            assert!(
+                matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+                "{answer:?}"
+            );
+        });
     }
 
     #[test]

@@ -40,9 +40,13 @@ struct Args {
     /// Bytes of rows kept for spot checks, in MiB.
     #[arg(long, default_value_t = cpc_agent::DEFAULT_ROW_CACHE_BYTES >> 20, help_heading = "Devices")]
     row_cache_mib: u64,
-    /// TEST ONLY: corrupt one element every K rows (CPU backend), to demonstrate spot checks.
+    /// TEST ONLY: corrupt one element every K rows (CPU backend), to demonstrate the checks.
     #[arg(long, hide = true)]
     fault_injection: Option<u32>,
+    /// TEST ONLY: flip one bit of one element of one shard (CPU backend), `SHARD:ROW:COL:BIT` (SHARD counts
+    /// the backend's runs from 0, the start-up measurement's two included), to demonstrate Freivalds' check.
+    #[arg(long, hide = true, value_parser = parse_bit_flip)]
+    fault_flip: Option<cpc_kernels::cpu::BitFlip>,
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, help_heading = "Observability")]
     metrics: Option<SocketAddr>,
@@ -51,12 +55,33 @@ struct Args {
 fn open_devices(args: &Args, watchdog: Duration) -> anyhow::Result<Vec<DeviceSpec>> {
     let kind: BackendKind = args.backend.parse()?;
     let selection: DeviceSelection = args.devices.parse()?;
-    if let (BackendKind::Cpu, Some(k)) = (kind, args.fault_injection) {
-        tracing::warn!("fault injection on: this agent computes WRONG results every {k} rows");
-        let backend = Arc::new(cpc_kernels::CpuBackend::new(0)?.with_fault_injection(k));
-        return Ok(vec![DeviceSpec { index: 0, backend }]);
+    if kind == BackendKind::Cpu && (args.fault_injection.is_some() || args.fault_flip.is_some()) {
+        let mut backend = cpc_kernels::CpuBackend::new(0)?;
+        if let Some(k) = args.fault_injection {
+            tracing::warn!("fault injection on: this agent computes WRONG results every {k} rows");
+            backend = backend.with_fault_injection(k);
+        }
+        if let Some(flip) = args.fault_flip {
+            tracing::warn!(?flip, "fault injection on: this agent flips one bit of one shard");
+            backend = backend.with_bit_flip(flip);
+        }
+        return Ok(vec![DeviceSpec { index: 0, backend: Arc::new(backend) }]);
     }
     Ok(cpc_agent::open_devices(kind, &selection, watchdog)?)
+}
+
+/// `SHARD:ROW:COL:BIT` for `--fault-flip`.
+fn parse_bit_flip(text: &str) -> anyhow::Result<cpc_kernels::cpu::BitFlip> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let [shard, row, col, bit] = parts.as_slice() else {
+        anyhow::bail!("expected SHARD:ROW:COL:BIT, got `{text}`");
+    };
+    Ok(cpc_kernels::cpu::BitFlip {
+        shard: shard.parse()?,
+        row: row.parse()?,
+        col: col.parse()?,
+        bit: bit.parse()?,
+    })
 }
 
 fn main() -> anyhow::Result<()> {

@@ -81,6 +81,25 @@ fn describe() {
     );
     describe_counter!("cpcfarm_gpu_pcie_replays_total", "PCIe replays (link errors retried).");
     describe_counter!(
+        "cpcfarm_agent_freivalds_checks_total",
+        "Freivalds checks of shard products run on the device, by outcome (pass, fail: a device fault)."
+    );
+    describe_histogram!(
+        "cpcfarm_agent_freivalds_check_duration_seconds",
+        Unit::Seconds,
+        "Time of one Freivalds check on the device."
+    );
+    describe_histogram!(
+        "cpcfarm_agent_freivalds_checked_shard_duration_seconds",
+        Unit::Seconds,
+        "Device time of one checked shard, its check included (the check's share of compute is \
+         rate(check_duration_seconds_sum) / rate(this_sum))."
+    );
+    describe_gauge!(
+        "cpcfarm_agent_freivalds_check_ratio",
+        "The last checked shard's check time as a share of the shard's device time (0-1)."
+    );
+    describe_counter!(
         "cpcfarm_gpu_xid_errors_total",
         "Critical Xid errors NVML reported since the agent started."
     );
@@ -154,6 +173,22 @@ pub(crate) fn device_work(labels: &DeviceLabels, ops_per_second: f64, joules: Op
     gauge!("cpcfarm_device_achieved_ops_per_second", labels.get()).set(ops_per_second);
     if let Some(j) = joules {
         gauge!("cpcfarm_device_joules_per_task", labels.get()).set(j);
+    }
+}
+
+/// One Freivalds check: its outcome and, when it passed, its cost (check and whole-shard seconds).
+pub(crate) fn freivalds_check(labels: &DeviceLabels, passed: bool, cost: Option<(f64, f64)>) {
+    let outcome = if passed { "pass" } else { "fail" };
+    let mut with_outcome = labels.get();
+    with_outcome.push(Label::new("outcome", outcome));
+    counter!("cpcfarm_agent_freivalds_checks_total", with_outcome).increment(1);
+    if let Some((check, shard)) = cost {
+        histogram!("cpcfarm_agent_freivalds_check_duration_seconds", labels.get()).record(check);
+        histogram!("cpcfarm_agent_freivalds_checked_shard_duration_seconds", labels.get())
+            .record(shard);
+        if shard > 0.0 {
+            gauge!("cpcfarm_agent_freivalds_check_ratio", labels.get()).set(check / shard);
+        }
     }
 }
 

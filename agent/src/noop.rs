@@ -29,6 +29,10 @@ impl Backend for NoopBackend {
         let n = shard.challenge.matrix_size as usize;
         let leaf = sha256(vec![0u8; 4 * n]);
         let rows = shard.row_count() as usize;
-        Ok(ShardOutput { leaves: vec![leaf; rows], rows: keep_rows.then(|| vec![0; rows * n]) })
+        Ok(ShardOutput {
+            leaves: vec![leaf; rows],
+            rows: keep_rows.then(|| vec![0; rows * n]),
+            check: None,
+        })
     }
 }

@@ -204,6 +204,7 @@ mod tests {
                 iteration: 1,
                 rows: (3, 99),
                 device: 0,
+                check_seed: u64::MAX - 5,
             }),
             Request::FetchRow { shard_id: 7, row: 12 },
         ];
@@ -228,12 +229,16 @@ mod tests {
 
     #[test]
     fn leaves_round_trip() {
-        let resp = Response::ShardDone { shard_id: 1, leaves: vec![[7u8; 32]; 100] };
+        let check = Some(crate::wire::CheckTiming { check_micros: 1_234, shard_micros: 987_654 });
+        let resp = Response::ShardDone { shard_id: 1, leaves: vec![[7u8; 32]; 100], check };
         let frame = encode(&resp).expect("encodes");
-        assert!(frame.len() < 100 * 33 + 16, "leaves are packed: {}", frame.len());
+        assert!(frame.len() < 100 * 33 + 24, "leaves are packed: {}", frame.len());
+        let failed = Response::CheckFailed { shard_id: 2, reason: "rows [5]".into() };
         let mut dec = FrameDecoder::new();
         dec.push(&frame);
+        dec.push(&encode(&failed).expect("encodes"));
         assert_eq!(dec.next_message::<Response>().expect("decodes"), Some(resp));
+        assert_eq!(dec.next_message::<Response>().expect("decodes"), Some(failed));
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //!
 //! Each message travels as one frame of [`crate::codec`]. A connection has one control stream, opened by the
 //! agent (`Hello` → `Welcome`|`Refused`, then heartbeats, `DeviceQuarantined` and `Draining`), and one bidirectional stream per
-//! request the coordinator makes of an agent (`RunShard` → `ShardDone`|`ShardFailed`, `FetchRow` → `Row`|
-//! `RowUnavailable`). Types here are plain data: no I/O, no runtime.
+//! request the coordinator makes of an agent (`RunShard` → `ShardDone`|`ShardFailed`|`CheckFailed`,
+//! `FetchRow` → `Row`|`RowUnavailable`). Types here are plain data: no I/O, no runtime.
 
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol, sent in [`Hello`]; a coordinator refuses agents that speak another.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2: [`RunShard::check_seed`], [`Response::ShardDone`]'s `check`, [`Response::CheckFailed`] (the
+/// Freivalds check on every shard). A version-1 agent would misread a version-2 `RunShard`, so the two
+/// sides must agree.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN protocol id of the farm's QUIC connections.
 pub const ALPN: &[u8] = b"cpcfarm/1";
@@ -99,6 +103,19 @@ pub struct RunShard {
     pub rows: (u32, u32),
     /// The agent's device index to run it on.
     pub device: u32,
+    /// The seed of the Freivalds check (`C·r == A·(B·r)`) the device runs on the product before hashing it
+    /// (`cpc_kernels::freivalds`): drawn afresh from the coordinator's OS randomness for every dispatch, so
+    /// the device cannot know the vector while it computes.
+    pub check_seed: u64,
+}
+
+/// What a shard's Freivalds check cost on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckTiming {
+    /// Time in the check, in microseconds.
+    pub check_micros: u64,
+    /// Time of the whole shard on the device (generation, product, check, hashing), in microseconds.
+    pub shard_micros: u64,
 }
 
 /// Coordinator → agent, the one frame of a request stream.
@@ -124,6 +141,8 @@ pub enum Response {
         shard_id: u64,
         /// `sha256` of each row of C, rows `start .. end`.
         leaves: Vec<[u8; 32]>,
+        /// What the Freivalds check cost, when the device ran one (none: its backend does not check).
+        check: Option<CheckTiming>,
     },
     /// The shard could not run.
     ShardFailed {
@@ -145,6 +164,14 @@ pub enum Response {
     /// The request could not be decoded or understood; the stream closes after this frame.
     Error {
         /// What was wrong with it.
+        reason: String,
+    },
+    /// The device computed the shard, but the product failed its Freivalds check: a device fault (the agent
+    /// has quarantined the device). The coordinator recomputes the shard elsewhere and quarantines the device.
+    CheckFailed {
+        /// The shard's id.
+        shard_id: u64,
+        /// Which rows failed, on which device.
         reason: String,
     },
 }

@@ -1,5 +1,6 @@
 //! CPU backend benches: GEMM (elements/s = integer ops/s, 2n³ per product), Philox generation, row hashing
-//! (bytes/s) and a whole n = 1024 shard. Sample sizes are small so the suite finishes in a few minutes.
+//! (bytes/s), a whole n = 1024 shard, and Freivalds' check against the GEMM it checks at n = 2048 and 4096
+//! (see [`bench_freivalds`]). Sample sizes are small so the suite finishes in a few minutes.
 //!
 //! `cargo bench -p cpc-kernels` (filter with e.g. `-- gemm/1024`).
 
@@ -8,9 +9,16 @@
 use cpc_common::synthetic::{Challenge, KeyMaterial};
 use cpc_kernels::{
     Backend, CpuBackend, Shard,
-    cpu::{Kernel, PackedA, PackedB, gemm::gemm, generate_rows, hash_rows},
+    cpu::{
+        Kernel, PackedA, PackedB,
+        freivalds::{c_times_r, input_sums, row_sums},
+        gemm::gemm,
+        generate_rows, hash_row, hash_rows,
+    },
+    freivalds::{CheckSeed, check_vector, compare},
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rayon::prelude::*;
 use std::{hint::black_box, time::Duration};
 
 fn quick<'c>(
@@ -87,5 +95,58 @@ fn bench_shard(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_gemm, bench_philox, bench_hash, bench_shard);
+/// Freivalds' check against the GEMM it checks, on the same A, B and C, as `CpuBackend::run_shard` runs it:
+/// `check-inputs/N` is the inputs' side (`A·(B·r)`), `hash/N` the row hashing alone and `hash+check/N` the
+/// hashing pass with each row's `C·r` fused in, so the check costs `check-inputs + (hash+check − hash)`,
+/// to set against `gemm/N`. On the global rayon pool, and at n = 2048 on one thread too, where the ratio
+/// is the work's and not the thread pool's (short parallel phases suffer most when other processes share
+/// the cores).
+fn bench_freivalds(c: &mut Criterion) {
+    let km = KeyMaterial::from_seed("bench-freivalds");
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one-thread pool");
+    let mut group = quick(c, "freivalds");
+    for n in [2048u32, 4096] {
+        let kernel = Kernel::detect();
+        let a = PackedA::generate(&km, 0, 0..n, n, kernel);
+        let b = PackedB::generate(&km, 1, n, kernel);
+        let product = gemm(&a, &b, kernel);
+        let r = check_vector(CheckSeed(0x5eed), n as usize);
+        assert_eq!(compare(&row_sums(&a, &b, &product, &r)), Ok(()), "the true product passes");
+        let hash_and_check = || -> Vec<(cpc_common::hashing::Digest32, u64)> {
+            product.par_chunks(n as usize).map(|row| (hash_row(row), c_times_r(row, &r))).collect()
+        };
+        let threads: &[(&str, Option<&rayon::ThreadPool>)] =
+            if n == 2048 { &[("", None), ("-1-thread", Some(&one))] } else { &[("", None)] };
+        for &(suffix, pool) in threads {
+            let run = |f: &mut (dyn FnMut() + Send)| match pool {
+                Some(p) => p.install(f),
+                None => f(),
+            };
+            group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+            group.bench_with_input(BenchmarkId::new(format!("gemm{suffix}"), n), &n, |bench, _| {
+                bench.iter(|| run(&mut || drop(black_box(gemm(&a, &b, Kernel::detect())))));
+            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("check-inputs{suffix}"), n),
+                &n,
+                |bench, _| {
+                    bench.iter(|| run(&mut || drop(black_box(input_sums(&a, &b, &r)))));
+                },
+            );
+            group.bench_with_input(BenchmarkId::new(format!("hash{suffix}"), n), &n, |bench, _| {
+                bench.iter(|| run(&mut || drop(black_box(hash_rows(&product, n as usize)))));
+            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("hash+check{suffix}"), n),
+                &n,
+                |bench, _| {
+                    bench.iter(|| run(&mut || drop(black_box(hash_and_check()))));
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench_philox, bench_hash, bench_shard, bench_freivalds);
 criterion_main!(benches);

@@ -92,6 +92,31 @@ pub enum BackendError {
         /// The first failure.
         reason: String,
     },
+    /// The shard's product failed its Freivalds check (`C·r ≠ A·(B·r)`, see `crate::freivalds`): the device
+    /// computed wrong elements. A device fault: the agent quarantines the device and the coordinator
+    /// recomputes the shard elsewhere.
+    #[error(
+        "{device} computed a wrong product: Freivalds check failed on {failed_rows} of the {rows} rows \
+         {first_row}.. at n={n}, iteration {iteration} (first failing rows {failing:?}): the device is \
+         quarantined and the shard recomputed elsewhere; check its memory (`nvidia-smi -q -d ECC`, Xid errors \
+         in the kernel log) before it serves again"
+    )]
+    FreivaldsMismatch {
+        /// The device.
+        device: String,
+        /// Matrix size of the shard.
+        n: u32,
+        /// Which product.
+        iteration: u32,
+        /// The shard's first row.
+        first_row: u32,
+        /// Rows in the shard.
+        rows: u32,
+        /// How many rows failed.
+        failed_rows: u32,
+        /// The first failing rows (absolute row indices), at most `freivalds::MAX_REPORTED_ROWS`.
+        failing: Vec<u32>,
+    },
     /// No device of that kind at that index.
     #[error(
         "no {kind} device at index {index} ({found} found): for cuda check `nvidia-smi` and CUDA_VISIBLE_DEVICES, \
@@ -134,9 +159,10 @@ pub enum BackendError {
 
 impl BackendError {
     /// Whether the device that answered this can take no more work until the process reopens it: a CUDA
-    /// error that may have left its context unusable, a watchdog timeout, an earlier quarantine, or a CUDA
-    /// failure at run time. The agent quarantines the device on these; other errors fail only the shard
-    /// (out of memory among them: a passing squeeze, not the GPU's fault).
+    /// error that may have left its context unusable, a watchdog timeout, an earlier quarantine, a CUDA
+    /// failure at run time, or a product that failed its Freivalds check. The agent quarantines the device
+    /// on these; other errors fail only the shard (out of memory among them: a passing squeeze, not the
+    /// GPU's fault).
     pub fn quarantines_device(&self) -> bool {
         matches!(
             self,
@@ -145,7 +171,31 @@ impl BackendError {
                 | Self::Timeout { .. }
                 | Self::Quarantined { .. }
                 | Self::CudaUnavailable(_)
+                | Self::FreivaldsMismatch { .. }
         )
+    }
+
+    /// Whether this is a failed Freivalds check: the device computed a wrong product (the agent answers
+    /// `CheckFailed`, which the coordinator treats as a device fault).
+    pub fn is_failed_check(&self) -> bool {
+        matches!(self, Self::FreivaldsMismatch { .. })
+    }
+
+    /// The error for a shard whose check found `mismatch`.
+    pub(crate) fn failed_check(
+        device: &str,
+        shard: &crate::Shard,
+        mismatch: &crate::freivalds::Mismatch,
+    ) -> Self {
+        Self::FreivaldsMismatch {
+            device: device.to_owned(),
+            n: shard.challenge.matrix_size,
+            iteration: shard.iteration,
+            first_row: shard.rows.start,
+            rows: shard.row_count(),
+            failed_rows: mismatch.failed_rows,
+            failing: mismatch.first_rows.iter().map(|&i| shard.rows.start + i).collect(),
+        }
     }
 
     /// Whether only a new process can bring the device back ([`BackendError::ContextLost`]): the agent says

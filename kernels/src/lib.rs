@@ -12,6 +12,8 @@
 //!   (AVX-512 VNNI, AVX-VNNI or AVX2, the fastest the CPU has, a portable scalar kernel otherwise; see
 //!   [`cpu::Kernel`]) and SHA-256 per row;
 //! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
+//! - [`freivalds`]: Freivalds' check of a shard's product (`C·r == A·(B·r)`), run by the device before it
+//!   hashes when the shard carries a [`CheckSeed`] (the farm's shards always do; `docs/VERIFICATION.md`).
 //! - [`gpu`]: plain GPU types (per-shard stats, NVML telemetry with DCGM labels) that compile with or
 //!   without the `cuda` feature.
 //! - [`bench`](mod@bench): per-phase and end-to-end timings of whole products on one device, with the GEMM alone on
@@ -35,6 +37,7 @@ use std::{fmt, ops::Range, str::FromStr};
 pub mod bench;
 pub mod cpu;
 mod error;
+pub mod freivalds;
 pub mod gpu;
 
 #[cfg(feature = "cuda")]
@@ -47,6 +50,7 @@ use dummy_cuda as cuda;
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use error::BackendError;
+pub use freivalds::{CheckCost, CheckSeed};
 
 /// One unit of work: rows `r0..r1` of `C = A · B` for one iteration of a challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +61,9 @@ pub struct Shard {
     pub iteration: u32,
     /// Rows `r0..r1` of C.
     pub rows: Range<u32>,
+    /// The seed of the Freivalds check the device runs on the product before hashing it (none: no check).
+    /// [`Shard::new`] leaves it empty; [`Shard::with_check`] sets it.
+    pub check: Option<CheckSeed>,
 }
 
 impl Shard {
@@ -66,9 +73,15 @@ impl Shard {
         iteration: u32,
         rows: Range<u32>,
     ) -> Result<Self, BackendError> {
-        let shard = Self { challenge, iteration, rows };
+        let shard = Self { challenge, iteration, rows, check: None };
         shard.validate()?;
         Ok(shard)
+    }
+
+    /// The same shard, checked with Freivalds' vector of `seed` before its rows are hashed.
+    pub fn with_check(mut self, seed: CheckSeed) -> Self {
+        self.check = Some(seed);
+        self
     }
 
     /// Every row of one iteration.
@@ -121,6 +134,9 @@ pub struct ShardOutput {
     pub leaves: Vec<Digest32>,
     /// The rows of C, row-major (`rows × n`), when the caller asked to keep them (for spot checks).
     pub rows: Option<Vec<i32>>,
+    /// What the shard's Freivalds check cost, when the shard asked for one and the backend ran it (a failed
+    /// check is an error, [`BackendError::FreivaldsMismatch`], not an output).
+    pub check: Option<CheckCost>,
 }
 
 /// Which kind of device.
@@ -318,7 +334,7 @@ mod tests {
         assert!(Shard::new(challenge(8, 1), 0, 0..9).is_err());
         assert!(Shard::new(challenge(8, 2), 2, 0..8).is_err());
         #[allow(clippy::reversed_empty_ranges)] // the point: a reversed range must be refused
-        let raw = Shard { challenge: challenge(8, 1), iteration: 0, rows: 5..2 };
+        let raw = Shard { challenge: challenge(8, 1), iteration: 0, rows: 5..2, check: None };
         assert!(matches!(raw.validate(), Err(BackendError::InvalidShard(_))));
     }
 

@@ -11,8 +11,8 @@ use cpc_common::{
     codec::{self, CodecError, FrameDecoder, LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES},
     fuzzing,
     wire::{
-        AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request, Response,
-        RunShard,
+        AgentControl, CheckTiming, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request,
+        Response, RunShard,
     },
 };
 use proptest::{collection::vec, prelude::*};
@@ -244,10 +244,11 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u32>(),
             any::<u32>(),
             any::<(u32, u32)>(),
-            any::<u32>()
+            any::<u32>(),
+            any::<u64>()
         )
             .prop_map(
-                |(shard_id, seed, matrix_size, iterations, iteration, rows, device)| {
+                |(shard_id, seed, matrix_size, iterations, iteration, rows, device, check_seed)| {
                     Request::RunShard(RunShard {
                         shard_id,
                         seed,
@@ -256,6 +257,7 @@ fn request() -> impl Strategy<Value = Request> {
                         iteration,
                         rows,
                         device,
+                        check_seed,
                     })
                 }
             ),
@@ -266,8 +268,16 @@ fn request() -> impl Strategy<Value = Request> {
 
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        (any::<u64>(), vec(any::<[u8; 32]>(), 0..64))
-            .prop_map(|(shard_id, leaves)| Response::ShardDone { shard_id, leaves }),
+        (any::<u64>(), vec(any::<[u8; 32]>(), 0..64), any::<Option<(u64, u64)>>()).prop_map(
+            |(shard_id, leaves, check)| Response::ShardDone {
+                shard_id,
+                leaves,
+                check: check
+                    .map(|(check_micros, shard_micros)| CheckTiming { check_micros, shard_micros }),
+            }
+        ),
+        (any::<u64>(), text())
+            .prop_map(|(shard_id, reason)| Response::CheckFailed { shard_id, reason }),
         (any::<u64>(), text())
             .prop_map(|(shard_id, reason)| Response::ShardFailed { shard_id, reason }),
         vec(any::<i32>(), 0..600).prop_map(|values| Response::Row { values }),

@@ -121,6 +121,13 @@ fn print_report(r: &JobReport) {
         r.spot_checks_passed,
         r.spot_checks_failed
     );
+    println!(
+        "freivalds     {} passed, {} failed, {} unchecked; checking {:.3} % of device time",
+        r.freivalds_checks_passed,
+        r.freivalds_checks_failed,
+        r.shards_unchecked,
+        100.0 * r.freivalds_check_share
+    );
     if !r.quarantined.is_empty() {
         println!("quarantined   {}", r.quarantined.join(", "));
     }

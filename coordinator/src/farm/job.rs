@@ -1,9 +1,15 @@
 //! The job driver: runs one challenge over the farm's devices until every row of every iteration has a
-//! verified leaf. It plans shards with `scheduler::split_rows`, dispatches each on its own QUIC stream, spot
-//! checks every answer, and keeps going through trouble: the rows of a lost, failed or timed-out shard go back
-//! in the queue for any device, a device caught by a spot check is quarantined and everything it produced in
-//! this job is recomputed elsewhere, and once nothing is left to hand out, slow shards are re-issued to idle
-//! devices and the first verified answer wins.
+//! verified leaf. It plans shards with `scheduler::split_rows`, dispatches each on its own QUIC stream with a
+//! fresh Freivalds check seed (the device checks its product before hashing), spot checks every answer, and
+//! keeps going through trouble: the rows of a lost, failed or timed-out shard go back in the queue for any
+//! device, a device whose product fails its Freivalds check is quarantined and that shard recomputed
+//! elsewhere, a device caught by a spot check is quarantined and everything it produced in this job is
+//! recomputed elsewhere, and once nothing is left to hand out, slow shards are re-issued to idle devices and
+//! the first verified answer wins.
+//!
+//! A failed Freivalds check taints only its own shard: every other shard the device answered passed its own
+//! check (with probability ≥ 1 − 2⁻³² each against any wrong product, see `docs/VERIFICATION.md`). A failed
+//! spot check is a lie about leaves, which no check on the device covers, so it taints everything.
 
 use super::{
     DeviceId, DeviceReport, FarmConfig, JobError, JobReport,
@@ -19,8 +25,9 @@ use cpc_common::{
     hashing::Digest32,
     quic::{FrameIoError, read_frame, write_frame},
     synthetic::Challenge,
-    wire::{Request, Response, RunShard},
+    wire::{CheckTiming, Request, Response, RunShard},
 };
+use rand::RngCore as _;
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fmt,
@@ -74,8 +81,9 @@ struct Flight {
 
 #[derive(Debug)]
 enum Outcome {
-    Verified { leaves: Vec<Digest32>, checked: u32 },
+    Verified { leaves: Vec<Digest32>, checked: u32, check: Option<CheckTiming> },
     Wrong { passed: u32, reason: String },
+    CheckFailed { reason: String },
     Failed { reason: String, transport: bool },
 }
 
@@ -109,6 +117,25 @@ pub(crate) async fn drive(
     result
 }
 
+/// The Freivalds checks of one job's answered shards.
+#[derive(Debug, Default)]
+struct CheckTally {
+    passed: u64,
+    failed: u64,
+    unchecked: u64,
+    check_micros: u64,
+    shard_micros: u64,
+}
+
+impl CheckTally {
+    fn share(&self) -> f64 {
+        if self.shard_micros == 0 {
+            return 0.0;
+        }
+        self.check_micros as f64 / self.shard_micros as f64
+    }
+}
+
 struct Job {
     ctx: JobCtx,
     job_id: u64,
@@ -127,6 +154,7 @@ struct Job {
     failed: u64,
     spot_passed: u64,
     spot_failed: u64,
+    checks: CheckTally,
     quarantined: Vec<DeviceId>,
     tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
@@ -153,6 +181,7 @@ impl Job {
             failed: 0,
             spot_passed: 0,
             spot_failed: 0,
+            checks: CheckTally::default(),
             quarantined: Vec::new(),
             tx,
             rx,
@@ -357,6 +386,7 @@ impl Job {
             iteration: unit.iteration,
             rows: (unit.rows.start, unit.rows.end),
             device: d.id.index,
+            check_seed: rand::rngs::OsRng.next_u64(),
         };
         let ops = d.advert.measured_ops_per_sec;
         let expected = if ops.is_finite() && ops > 0.0 {
@@ -402,9 +432,18 @@ impl Job {
         self.busy.remove(&f.device);
         let round_trip = f.started.elapsed();
         match ev.outcome {
-            Outcome::Verified { leaves, checked } => {
+            Outcome::Verified { leaves, checked, check } => {
                 self.spot_passed += u64::from(checked);
                 self.ctx.metrics.spot_checks(checked, false);
+                match check {
+                    Some(t) => {
+                        self.checks.passed += 1;
+                        self.checks.check_micros += t.check_micros;
+                        self.checks.shard_micros += t.shard_micros;
+                    }
+                    None => self.checks.unchecked += 1,
+                }
+                self.ctx.metrics.freivalds_check(check.as_ref(), true);
                 if self.units[f.unit].done {
                     return Ok(());
                 }
@@ -473,6 +512,17 @@ impl Job {
                     stat.shards = 0;
                 }
             }
+            Outcome::CheckFailed { reason } => {
+                self.failed += 1;
+                self.checks.failed += 1;
+                self.ctx.metrics.failed();
+                self.ctx.metrics.freivalds_check(None, false);
+                tracing::error!(job = self.job_id, device = %f.device, %reason, "Freivalds check failed: device quarantined, shard recomputed elsewhere");
+                self.ctx.registry.do_send(Quarantine { device: f.device, reason });
+                self.excluded.insert(f.device);
+                self.quarantined.push(f.device);
+                self.requeue(f.unit);
+            }
             Outcome::Failed { reason, transport } => {
                 self.failed += 1;
                 self.ctx.metrics.failed();
@@ -540,6 +590,10 @@ impl Job {
             shards_failed: self.failed,
             spot_checks_passed: self.spot_passed,
             spot_checks_failed: self.spot_failed,
+            freivalds_checks_passed: self.checks.passed,
+            freivalds_checks_failed: self.checks.failed,
+            shards_unchecked: self.checks.unchecked,
+            freivalds_check_share: self.checks.share(),
             quarantined: self.quarantined.iter().map(ToString::to_string).collect(),
             shard_round_trip_p50_seconds: pct(50),
             shard_round_trip_p99_seconds: pct(99),
@@ -552,21 +606,25 @@ impl Job {
 enum ShardError {
     Transport(String),
     Device(String),
+    CheckFailed(String),
     Wrong(String),
 }
 
 async fn request_shard(
     conn: &quinn::Connection,
     req: &RunShard,
-) -> Result<Vec<Digest32>, ShardError> {
+) -> Result<(Vec<Digest32>, Option<CheckTiming>), ShardError> {
     let t = |e: &dyn fmt::Display| ShardError::Transport(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| t(&e))?;
     write_frame(&mut send, &Request::RunShard(req.clone())).await.map_err(|e| t(&e))?;
     send.finish().map_err(|e| t(&e))?;
     let mut dec = FrameDecoder::new();
     match read_frame::<Response>(&mut recv, &mut dec).await {
-        Ok(Some(Response::ShardDone { shard_id, leaves })) if shard_id == req.shard_id => {
-            Ok(leaves)
+        Ok(Some(Response::ShardDone { shard_id, leaves, check })) if shard_id == req.shard_id => {
+            Ok((leaves, check))
+        }
+        Ok(Some(Response::CheckFailed { shard_id, reason })) if shard_id == req.shard_id => {
+            Err(ShardError::CheckFailed(reason))
         }
         Ok(Some(Response::ShardFailed { reason, .. } | Response::Error { reason })) => {
             Err(ShardError::Device(reason))
@@ -595,11 +653,12 @@ async fn shard_task(
         }
         Ok(Err(ShardError::Transport(reason))) => Outcome::Failed { reason, transport: true },
         Ok(Err(ShardError::Device(reason))) => Outcome::Failed { reason, transport: false },
+        Ok(Err(ShardError::CheckFailed(reason))) => Outcome::CheckFailed { reason },
         Ok(Err(ShardError::Wrong(reason))) => Outcome::Wrong { passed: 0, reason },
-        Ok(Ok(leaves)) if leaves.len() != rows => {
+        Ok(Ok((leaves, _))) if leaves.len() != rows => {
             Outcome::Wrong { passed: 0, reason: format!("{} leaves for {rows} rows", leaves.len()) }
         }
-        Ok(Ok(leaves)) => {
+        Ok(Ok((leaves, check))) => {
             let shard = ShardUnderCheck {
                 shard_id: req.shard_id,
                 challenge: &challenge,
@@ -608,7 +667,7 @@ async fn shard_task(
                 leaves: &leaves,
             };
             match check_shard(&conn, shard, &spot).await {
-                Verdict::Passed { rows } => Outcome::Verified { leaves, checked: rows },
+                Verdict::Passed { rows } => Outcome::Verified { leaves, checked: rows, check },
                 Verdict::Failed { passed, reason } => Outcome::Wrong { passed, reason },
                 Verdict::Inconclusive(reason) => Outcome::Failed { reason, transport: true },
             }

@@ -50,6 +50,19 @@ fn describe() {
         "cpcfarm_spot_checks_failed_total",
         "Shards whose spot check found a wrong row."
     );
+    describe_counter!(
+        "cpcfarm_freivalds_checks_total",
+        "Shards whose device ran the Freivalds check on its product, by outcome (pass; fail: a device \
+         fault, the device quarantined and the shard recomputed elsewhere)."
+    );
+    describe_counter!(
+        "cpcfarm_shards_unchecked_total",
+        "Shards answered without a Freivalds check (a backend that does not run one)."
+    );
+    describe_histogram!(
+        "cpcfarm_freivalds_check_ratio",
+        "A checked shard's check time as a share of its device time (0-1)."
+    );
     describe_counter!("cpcfarm_handshakes_refused_total", "Connections refused at the handshake.");
     describe_counter!("cpcfarm_jobs_total", "Jobs finished, by outcome.");
     describe_histogram!(
@@ -133,6 +146,26 @@ impl FarmMetrics {
         counter!("cpcfarm_spot_checks_passed_total").increment(u64::from(passed));
         if failed {
             counter!("cpcfarm_spot_checks_failed_total").increment(1);
+        }
+    }
+
+    pub(crate) fn freivalds_check(
+        &self,
+        timing: Option<&cpc_common::wire::CheckTiming>,
+        passed: bool,
+    ) {
+        match (passed, timing) {
+            (false, _) => {
+                counter!("cpcfarm_freivalds_checks_total", "outcome" => "fail").increment(1)
+            }
+            (true, None) => counter!("cpcfarm_shards_unchecked_total").increment(1),
+            (true, Some(t)) => {
+                counter!("cpcfarm_freivalds_checks_total", "outcome" => "pass").increment(1);
+                if t.shard_micros > 0 {
+                    histogram!("cpcfarm_freivalds_check_ratio")
+                        .record(t.check_micros as f64 / t.shard_micros as f64);
+                }
+            }
         }
     }
 

@@ -219,6 +219,15 @@ pub struct JobReport {
     pub spot_checks_passed: u64,
     /// Rows spot-checked and found wrong.
     pub spot_checks_failed: u64,
+    /// Shards whose device ran the Freivalds check on its product and passed (accepted or not).
+    pub freivalds_checks_passed: u64,
+    /// Shards whose product failed its Freivalds check on the device: device faults, each device
+    /// quarantined and the shard recomputed elsewhere.
+    pub freivalds_checks_failed: u64,
+    /// Shards answered without a Freivalds check (a backend that does not run one).
+    pub shards_unchecked: u64,
+    /// Time in the Freivalds checks as a share of the checked shards' device time (0-1).
+    pub freivalds_check_share: f64,
     /// Devices quarantined during this job.
     pub quarantined: Vec<String>,
     /// Median shard round trip (dispatch to verified).

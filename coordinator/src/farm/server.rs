@@ -86,7 +86,17 @@ pub(crate) fn bind(config: &FarmConfig) -> Result<quinn::Endpoint, FarmError> {
     server.transport_config(Arc::new(transport(config.idle_timeout, config.heartbeat_interval)));
     let reset_key =
         ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &config.identity.stateless_reset_secret());
-    let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection ids carry a keyed hash that the endpoint checks before it answers a packet of an unknown
+    // connection; a restarted coordinator must recognise its predecessor's ids, or it drops the agents'
+    // packets silently instead of resetting them. The key comes from the same secret as the reset key.
+    let secret = config.identity.stateless_reset_secret();
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cpc_common::sha256(&[&secret[..], b"connection ids"].concat())[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let bind_err = |source| FarmError::Bind { addr: config.listen, source };
     let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
     let runtime = Arc::new(quinn::TokioRuntime);

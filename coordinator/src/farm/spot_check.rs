@@ -186,5 +186,6 @@ fn response_name(r: &Response) -> &'static str {
         Response::Row { .. } => "Row",
         Response::RowUnavailable { .. } => "RowUnavailable",
         Response::Error { .. } => "Error",
+        Response::CheckFailed { .. } => "CheckFailed",
     }
 }

@@ -80,6 +80,9 @@ async fn farm_three_agents_match_single_process() {
     assert!(report.devices.iter().all(|d| d.rows > 0), "{report:#?}");
     assert!(report.spot_checks_passed >= 3, "{report:#?}");
     assert_eq!(report.spot_checks_failed, 0);
+    // Every shard was Freivalds-checked on its device, and none raised a false alarm.
+    assert!(report.freivalds_checks_passed >= 3, "{report:#?}");
+    assert_eq!((report.freivalds_checks_failed, report.shards_unchecked), (0, 0), "{report:#?}");
 
     // Several iterations and a size that does not divide evenly.
     let challenge = Challenge::new("farm-it-iter", 129, 3).expect("challenge");
@@ -171,7 +174,9 @@ async fn farm_quarantines_a_faulty_device_and_still_gets_it_right() {
     let report = farm.run_job(challenge.clone()).await.expect("job");
     assert_eq!(report.result_hash, expected(&challenge));
     assert_eq!(report.quarantined.len(), 1, "{report:#?}");
-    assert!(report.spot_checks_failed >= 1);
+    // The liar's own Freivalds check fails its product before it hashes: it never answers leaves.
+    assert!(report.freivalds_checks_failed >= 1, "{report:#?}");
+    assert_eq!(report.spot_checks_failed, 0, "{report:#?}");
     assert!(report.devices.iter().all(|d| d.agent != "liar" || d.rows == 0), "{report:#?}");
     let devices = farm.devices().await.expect("devices");
     let liar = devices.iter().find(|d| d.agent == "liar").expect("liar still connected");
@@ -181,6 +186,39 @@ async fn farm_quarantines_a_faulty_device_and_still_gets_it_right() {
     let report = farm.run_job(challenge.clone()).await.expect("job");
     assert_eq!(report.result_hash, expected(&challenge));
     assert!(report.devices.iter().all(|d| d.agent != "liar"), "{report:#?}");
+    drop(agents);
+    shutdown(farm).await;
+}
+
+/// One flipped bit in one element of one shard, the fault ECC-less memory makes: the device's Freivalds check
+/// fails that shard, the device is quarantined with the reason, the shard is recomputed on the honest
+/// device, and the result is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_recomputes_a_shard_that_failed_its_freivalds_check_and_quarantines_the_device() {
+    let farm = farm::start(farm_config()).expect("farm");
+    // Runs 0 and 1 are the agent's start-up measurement; run 2 is its first shard.
+    let flip = cpc_kernels::cpu::BitFlip { shard: 2, row: 3, col: 100, bit: 17 };
+    let flaky: Arc<dyn Backend> = Arc::new(CpuBackend::new(1).expect("cpu").with_bit_flip(flip));
+    let agents = [
+        AgentThread::spawn(agent_config(&farm, "honest"), one_device(cpu())),
+        AgentThread::spawn(agent_config(&farm, "bit-flip"), one_device(flaky)),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let challenge = Challenge::new("farm-it-freivalds", 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge), "{report:#?}");
+    assert_eq!(report.freivalds_checks_failed, 1, "{report:#?}");
+    assert!(report.freivalds_checks_passed >= 1, "{report:#?}");
+    assert_eq!(report.shards_unchecked, 0, "{report:#?}");
+    assert!(
+        report.freivalds_check_share > 0.0 && report.freivalds_check_share < 1.0,
+        "{report:#?}"
+    );
+    assert!(report.devices.iter().all(|d| d.agent != "bit-flip" || d.rows == 0), "{report:#?}");
+    let devices = farm.devices().await.expect("devices");
+    let flipped = devices.iter().find(|d| d.agent == "bit-flip").expect("still connected");
+    let reason = flipped.quarantine_reason.as_deref().unwrap_or_default();
+    assert!(flipped.quarantined && reason.contains("Freivalds"), "{devices:#?}");
     drop(agents);
     shutdown(farm).await;
 }
@@ -392,6 +430,8 @@ async fn farm_drained_agent_leaves_cleanly_and_metrics_are_served() {
         "cpcfarm_shards_dispatched_total",
         "cpcfarm_shards_completed_total",
         "cpcfarm_spot_checks_passed_total",
+        "cpcfarm_freivalds_checks_total{outcome=\"pass\"}",
+        "cpcfarm_freivalds_check_ratio",
         "cpcfarm_shard_duration_seconds_bucket",
         "cpcfarm_job_duration_seconds",
         "cpcfarm_agents_connected",

@@ -1,23 +1,35 @@
-//! The CPU backend: Philox generation ([`generate`]), the exact `i8` GEMM ([`gemm`]) and row hashing
-//! ([`hash`]), each multi-threaded on the backend's own rayon pool, and [`c_elements`], single elements
-//! of C for spot checks. The GEMM micro-kernel ([`Kernel`]) is picked at run time with
-//! `is_x86_feature_detected!`, fastest first (AVX-512 VNNI, AVX-VNNI, AVX2, scalar), and can be forced.
+//! The CPU backend: Philox generation ([`generate`]), the exact `i8` GEMM ([`gemm`]), Freivalds' check of
+//! the product ([`freivalds`]) and row hashing ([`hash`]), each multi-threaded on the backend's own rayon
+//! pool, and [`c_elements`], single elements of C for spot checks. The GEMM micro-kernel ([`Kernel`]) is
+//! picked at run time with `is_x86_feature_detected!`, fastest first (AVX-512 VNNI, AVX-VNNI, AVX2,
+//! scalar), and can be forced.
 //!
 //! The building blocks are public so that benches and tools can time or reuse them one by one; they run
 //! on the current rayon pool (the global one unless called inside [`CpuBackend`]'s).
 
 mod elements;
+pub mod freivalds;
 pub mod gemm;
 pub mod generate;
 pub mod hash;
 mod philox;
 
-use crate::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
-use cpc_common::synthetic::matrix_ids;
+use crate::{
+    Backend, BackendError, BackendKind, CheckCost, DeviceInfo, Shard, ShardOutput,
+    freivalds::{RowSums, check_vector, compare},
+};
+use cpc_common::{hashing::Digest32, synthetic::matrix_ids};
 pub use elements::c_elements;
 pub use generate::{PackedA, PackedB, Packing, generate_rows};
 pub use hash::{hash_row, hash_rows};
-use std::{num::NonZeroU32, ops::Range, str::FromStr};
+use rayon::prelude::*;
+use std::{
+    num::NonZeroU32,
+    ops::Range,
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
 
 /// Which GEMM micro-kernel runs. [`Kernel::detect`] picks the fastest this CPU has; a caller may force
 /// one ([`CpuBackend::with_kernel`], `--kernel`), and forcing one the CPU lacks is an error
@@ -169,6 +181,21 @@ impl FromStr for Kernel {
     }
 }
 
+/// **For tests and demos only**: one bit of one element of one shard, flipped after the GEMM and before the
+/// check and the hashing, as a memory fault without ECC would ([`CpuBackend::with_bit_flip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BitFlip {
+    /// Which `run_shard` call of the backend gets it (0: the first; the agent's start-up measurement makes
+    /// two calls before its first shard unless it is skipped).
+    pub shard: u64,
+    /// Row within that shard (an offset from its first row, taken modulo its row count).
+    pub row: u32,
+    /// Column (modulo n).
+    pub col: u32,
+    /// Bit of the `i32` (modulo 32; 31 is the sign).
+    pub bit: u32,
+}
+
 /// The CPU backend: every core (or the number of threads asked for) on one shard at a time.
 #[derive(Debug)]
 pub struct CpuBackend {
@@ -176,6 +203,8 @@ pub struct CpuBackend {
     kernel: Kernel,
     name: String,
     fault_every: Option<NonZeroU32>,
+    bit_flip: Option<BitFlip>,
+    shards_run: AtomicU64,
     memory_limit: Option<u64>,
 }
 
@@ -193,6 +222,8 @@ impl CpuBackend {
             kernel,
             name: format!("cpu-{}", kernel.as_str()),
             fault_every: None,
+            bit_flip: None,
+            shards_run: AtomicU64::new(0),
             memory_limit: None,
         })
     }
@@ -213,6 +244,13 @@ impl CpuBackend {
         self
     }
 
+    /// **For tests and demos only**: flips one bit of one element of one shard (see [`BitFlip`]), before the
+    /// Freivalds check and the hashing, so that the check can be shown to catch the smallest fault.
+    pub fn with_bit_flip(mut self, flip: BitFlip) -> Self {
+        self.bit_flip = Some(flip);
+        self
+    }
+
     /// Caps the memory the backend reports for shards (default: the host's available memory).
     pub fn with_memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = Some(bytes);
@@ -229,9 +267,10 @@ impl CpuBackend {
         self.pool.current_num_threads()
     }
 
-    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included (no checks: callers
-    /// validate the shard first).
-    fn product_rows(&self, shard: &Shard) -> Vec<i32> {
+    /// Rows `r0..r1` of C for one iteration, row-major, fault injection included, with the packed A and B
+    /// they came from (no bounds checks: callers validate the shard first). `ordinal` counts this backend's
+    /// `run_shard` calls, for [`BitFlip`].
+    fn product_rows(&self, shard: &Shard, ordinal: u64) -> (PackedA, PackedB, Vec<i32>) {
         let n = shard.challenge.matrix_size;
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
@@ -240,6 +279,54 @@ impl CpuBackend {
             || PackedB::generate(&km, b_id, n, self.kernel),
         );
         let mut c = gemm::gemm(&a, &b, self.kernel);
+        self.inject_faults(shard, ordinal, &mut c);
+        (a, b, c)
+    }
+
+    /// The leaves of `c`, after Freivalds' check ([`freivalds`]) when the shard carries a seed: the inputs'
+    /// side first, then each row's product side right before the row is hashed (one pass over C for both).
+    /// Answers the leaves and the check's time, or the error naming the failing rows (no leaf is returned).
+    fn checked_leaves(
+        &self,
+        shard: &Shard,
+        a: &PackedA,
+        b: &PackedB,
+        c: &[i32],
+    ) -> Result<(Vec<Digest32>, Option<Duration>), BackendError> {
+        let n = shard.challenge.matrix_size as usize;
+        let Some(seed) = shard.check else {
+            return Ok((hash_rows(c, n), None));
+        };
+        let started = Instant::now();
+        let r = check_vector(seed, n);
+        let inputs = freivalds::input_sums(a, b, &r);
+        let inputs_time = started.elapsed();
+        let product_nanos = AtomicU64::new(0);
+        let (leaves, products): (Vec<Digest32>, Vec<u64>) = c
+            .par_chunks(n.max(1))
+            .map(|row| {
+                let t = Instant::now();
+                let product = freivalds::c_times_r(row, &r);
+                let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                product_nanos.fetch_add(nanos, Ordering::Relaxed);
+                (hash_row(row), product)
+            })
+            .unzip();
+        let sums: Vec<RowSums> = products
+            .into_iter()
+            .zip(inputs)
+            .map(|(product, inputs)| RowSums { product, inputs })
+            .collect();
+        compare(&sums).map_err(|m| BackendError::failed_check(&self.name, shard, &m))?;
+        // The product side ran spread over the pool's threads: its share of the wall time.
+        let threads = u32::try_from(self.threads().max(1)).unwrap_or(u32::MAX);
+        let product_time = Duration::from_nanos(product_nanos.into_inner()) / threads;
+        Ok((leaves, Some(inputs_time + product_time)))
+    }
+
+    /// The test-only faults: one element off by one every k rows, and the one-bit flip.
+    fn inject_faults(&self, shard: &Shard, ordinal: u64, c: &mut [i32]) {
+        let n = shard.challenge.matrix_size;
         if let Some(k) = self.fault_every {
             for (r, row) in shard.rows.clone().zip(c.chunks_mut(n as usize)) {
                 if r % k.get() == 0 {
@@ -248,7 +335,12 @@ impl CpuBackend {
                 }
             }
         }
-        c
+        if let Some(flip) = self.bit_flip.filter(|f| f.shard == ordinal) {
+            let i = (flip.row % shard.row_count()) as usize * n as usize + (flip.col % n) as usize;
+            if let Some(v) = c.get_mut(i) {
+                *v ^= 1 << (flip.bit % 32);
+            }
+        }
     }
 }
 
@@ -285,11 +377,14 @@ impl Backend for CpuBackend {
                 device: info.name,
             });
         }
-        let n = shard.challenge.matrix_size as usize;
+        let ordinal = self.shards_run.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         self.pool.install(|| {
-            let c = self.product_rows(shard);
-            let leaves = hash_rows(&c, n);
-            Ok(ShardOutput { leaves, rows: keep_rows.then_some(c) })
+            let (a, b, c) = self.product_rows(shard, ordinal);
+            let (leaves, check) = self.checked_leaves(shard, &a, &b, &c)?;
+            drop((a, b));
+            let check = check.map(|check| CheckCost { check, shard: started.elapsed() });
+            Ok(ShardOutput { leaves, rows: keep_rows.then_some(c), check })
         })
     }
 }

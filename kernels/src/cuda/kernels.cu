@@ -254,3 +254,73 @@ extern "C" __global__ void sha256_rows(const int* __restrict__ c, unsigned char*
     #pragma unroll
     for (int q = 0; q < 8; ++q) out[q] = bswap32(st[q]);  // digest bytes are the state words big-endian
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Freivalds' check (kernels/src/freivalds.rs; CPU twin kernels/src/cpu/freivalds.rs): C·r == A·(B·r) modulo
+// 2^64, with matrix-vector kernels on the CUDA cores, a path apart from the GEMM (cuBLASLt on the tensor cores,
+// or gemm_i8_dp4a). r is the host's check_vector: n entries, i32. Products are taken as unsigned 64-bit
+// (two's complement), so every sum wraps modulo 2^64 exactly as the CPU's wrapping arithmetic does.
+// ---------------------------------------------------------------------------------------------------------
+
+// Columns of B per partial sum of B·r.
+#define FREIVALDS_CHUNK 256u
+// Threads per block of freivalds_rows (a power of two: the tree reduction halves it).
+#define FREIVALDS_THREADS 128u
+
+// Partial sums of y = B·r: partial[chunk * ldk + k] = sum over j in [chunk * FREIVALDS_CHUNK, +FREIVALDS_CHUNK)
+// ∩ [0, n) of B[k][j] · r[j] = bt[j * ldk + k] · r[j]; exact (|y| < 2^54 for n <= 65536). Consecutive threads
+// read consecutive bytes of a row of Bt. Grid: ldk * chunks threads, chunks = ceil(n / FREIVALDS_CHUNK).
+extern "C" __global__ void freivalds_bt_r(const i8* __restrict__ bt, const int* __restrict__ r,
+                                          long long* __restrict__ partial, u32 n, u32 ldk, u32 chunks) {
+    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (u64)ldk * chunks) return;
+    u32 k = (u32)(t % ldk);
+    u32 j0 = (u32)(t / ldk) * FREIVALDS_CHUNK;
+    u32 j1 = j0 + FREIVALDS_CHUNK < n ? j0 + FREIVALDS_CHUNK : n;
+    long long acc = 0;
+    for (u32 j = j0; j < j1; ++j) acc += (long long)bt[(u64)j * ldk + k] * (long long)__ldg(r + j);
+    partial[t] = acc;
+}
+
+// y[k] = sum over chunks of partial[chunk * ldk + k] (zero for the padding k >= n). Grid: ldk threads.
+extern "C" __global__ void freivalds_reduce_y(const long long* __restrict__ partial, long long* __restrict__ y,
+                                              u32 ldk, u32 chunks) {
+    u64 k = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= ldk) return;
+    long long acc = 0;
+    for (u32 chunk = 0; chunk < chunks; ++chunk) acc += partial[(u64)chunk * ldk + k];
+    y[k] = acc;
+}
+
+// Both sides for row i of the shard: sums[2i] = sum_j C[i][j] · r[j] (the product the device computed) and
+// sums[2i + 1] = sum_k A[i][k] · y[k] (the inputs alone), modulo 2^64. One block of FREIVALDS_THREADS threads
+// per row, reading C's and A's row coalesced; a shared-memory tree adds the threads' parts.
+// Grid: rows blocks (the shard's rows, not the padding).
+extern "C" __global__ void __launch_bounds__(FREIVALDS_THREADS) freivalds_rows(
+        const int* __restrict__ c, const i8* __restrict__ a, const int* __restrict__ r,
+        const long long* __restrict__ y, u64* __restrict__ sums, u32 n, u32 ldc, u32 ldk) {
+    __shared__ u64 part_c[FREIVALDS_THREADS];
+    __shared__ u64 part_a[FREIVALDS_THREADS];
+    u32 i = blockIdx.x, t = threadIdx.x;
+    const int* c_row = c + (u64)i * ldc;
+    const i8* a_row = a + (u64)i * ldk;
+    u64 sc = 0, sa = 0;
+    for (u32 j = t; j < n; j += FREIVALDS_THREADS) {
+        sc += (u64)(long long)__ldg(c_row + j) * (u64)(long long)__ldg(r + j);
+        sa += (u64)(long long)a_row[j] * (u64)__ldg(y + j);
+    }
+    part_c[t] = sc;
+    part_a[t] = sa;
+    __syncthreads();
+    for (u32 s = FREIVALDS_THREADS / 2u; s > 0u; s >>= 1) {
+        if (t < s) {
+            part_c[t] += part_c[t + s];
+            part_a[t] += part_a[t + s];
+        }
+        __syncthreads();
+    }
+    if (t == 0u) {
+        sums[2u * (u64)i] = part_c[0];
+        sums[2u * (u64)i + 1u] = part_a[0];
+    }
+}

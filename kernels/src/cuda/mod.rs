@@ -54,6 +54,7 @@
 
 mod driver;
 mod fault;
+mod freivalds;
 mod gemm;
 mod memory;
 mod module;
@@ -63,7 +64,7 @@ mod telemetry;
 pub use telemetry::GpuMonitor;
 
 use crate::{
-    Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput,
+    Backend, BackendError, BackendKind, CheckCost, DeviceInfo, Shard, ShardOutput,
     gpu::{Compatibility, CudaLibraries, GemmEngine, GpuStatus, ShardStats, check_compatibility},
 };
 use cudarc::driver::{CudaContext, sys};
@@ -401,6 +402,22 @@ impl CudaBackend {
             .collect()
     }
 
+    /// The Freivalds check's verdict: its cost, or the error (the GPU quarantined) naming the failing rows.
+    fn verdict(
+        &self,
+        shard: &Shard,
+        found: &freivalds::DeviceCheck,
+        wall_seconds: f64,
+    ) -> Result<CheckCost, BackendError> {
+        if let Err(mismatch) = crate::freivalds::compare(&found.sums) {
+            let err = BackendError::failed_check(&self.name, shard, &mismatch);
+            self.quarantine(&err.to_string());
+            return Err(err);
+        }
+        let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
+        Ok(CheckCost { check: secs(found.seconds), shard: secs(wall_seconds) })
+    }
+
     fn quarantine(&self, reason: &str) {
         let mut q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
         q.get_or_insert_with(|| reason.to_owned());
@@ -547,10 +564,14 @@ impl Backend for CudaBackend {
         {
             out.stats.energy_joules = Some((after - before).max(0.0));
         }
+        let check = match out.check.take() {
+            Some(found) => Some(self.verdict(shard, &found, out.stats.wall_seconds)?),
+            None => None,
+        };
         if let Ok(mut last) = self.last_stats.lock() {
             last.insert(std::thread::current().id(), out.stats);
         }
-        Ok(ShardOutput { leaves: out.leaves, rows: out.rows })
+        Ok(ShardOutput { leaves: out.leaves, rows: out.rows, check })
     }
 
     fn keeps_rows_cheaply(&self) -> bool {

@@ -178,6 +178,12 @@ pub(crate) struct Kernels {
     pub(crate) gemm_dp4a: CudaFunction,
     /// `sha256_rows`: one leaf per row of C.
     pub(crate) sha256_rows: CudaFunction,
+    /// `freivalds_bt_r`: partial sums of `B·r` for Freivalds' check.
+    pub(crate) freivalds_bt_r: CudaFunction,
+    /// `freivalds_reduce_y`: `B·r` from its partial sums.
+    pub(crate) freivalds_reduce_y: CudaFunction,
+    /// `freivalds_rows`: both sides of the check, one block per row.
+    pub(crate) freivalds_rows: CudaFunction,
 }
 
 impl Kernels {
@@ -218,6 +224,9 @@ impl Kernels {
             gen_bt: function("gen_bt")?,
             gemm_dp4a: function("gemm_i8_dp4a")?,
             sha256_rows: function("sha256_rows")?,
+            freivalds_bt_r: function("freivalds_bt_r")?,
+            freivalds_reduce_y: function("freivalds_reduce_y")?,
+            freivalds_rows: function("freivalds_rows")?,
         })
     }
 }
@@ -227,7 +236,15 @@ mod tests {
     use super::*;
 
     /// The entry points of [`SOURCE`].
-    const KERNEL_NAMES: [&str; 4] = ["gen_a", "gen_bt", "gemm_i8_dp4a", "sha256_rows"];
+    const KERNEL_NAMES: [&str; 7] = [
+        "gen_a",
+        "gen_bt",
+        "gemm_i8_dp4a",
+        "sha256_rows",
+        "freivalds_bt_r",
+        "freivalds_reduce_y",
+        "freivalds_rows",
+    ];
 
     /// The GPUs the farm targets: A100, RTX 3090, RTX 4090 / L40S, H100 / H200, B200, RTX 5090.
     const TARGETS: [(i32, i32); 6] = [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)];

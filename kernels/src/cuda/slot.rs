@@ -141,7 +141,7 @@ impl Fail {
 }
 
 /// Turns a driver error of `what` into its [`Fail`] class.
-fn cuda(what: &str) -> impl FnOnce(DriverError) -> Fail + '_ {
+pub(super) fn cuda(what: &str) -> impl FnOnce(DriverError) -> Fail + '_ {
     move |e| Fail::of(classify_driver(e.0), format!("{what}: {e}"))
 }
 
@@ -150,7 +150,11 @@ fn internal(why: &str) -> Fail {
 }
 
 /// Polls `event` until it completes or `deadline` passes (never blocks inside the driver).
-fn wait_event(event: &CudaEvent, deadline: Instant, phase: &'static str) -> Result<(), Fail> {
+pub(super) fn wait_event(
+    event: &CudaEvent,
+    deadline: Instant,
+    phase: &'static str,
+) -> Result<(), Fail> {
     let mut polls = 0u32;
     loop {
         match event.try_is_complete() {
@@ -171,7 +175,7 @@ fn wait_event(event: &CudaEvent, deadline: Instant, phase: &'static str) -> Resu
 }
 
 /// Grid for `threads` threads in blocks of `block` (an error when it exceeds CUDA's grid limit).
-fn grid(threads: u64, block: u32) -> Result<LaunchConfig, Fail> {
+pub(super) fn grid(threads: u64, block: u32) -> Result<LaunchConfig, Fail> {
     let blocks = threads.div_ceil(u64::from(block));
     let blocks = u32::try_from(blocks)
         .ok()
@@ -185,14 +189,14 @@ fn grid(threads: u64, block: u32) -> Result<LaunchConfig, Fail> {
 }
 
 /// An event with timing, to measure phases.
-fn timing_event(stream: &CudaStream) -> Result<CudaEvent, Fail> {
+pub(super) fn timing_event(stream: &CudaStream) -> Result<CudaEvent, Fail> {
     stream
         .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
         .map_err(cuda("recording an event"))
 }
 
 /// Seconds between two completed timing events.
-fn secs(from: &CudaEvent, to: &CudaEvent) -> Result<f64, Fail> {
+pub(super) fn secs(from: &CudaEvent, to: &CudaEvent) -> Result<f64, Fail> {
     elapsed_seconds(from, to).map_err(cuda("reading event times"))
 }
 
@@ -201,6 +205,8 @@ pub(crate) struct RunOutput {
     pub(crate) leaves: Vec<Digest32>,
     pub(crate) rows: Option<Vec<i32>>,
     pub(crate) stats: ShardStats,
+    /// The Freivalds check's row sums, when the shard carries a seed (compared by `run_shard`).
+    pub(crate) check: Option<super::freivalds::DeviceCheck>,
 }
 
 /// How the backend's GEMM fallbacks are reported: shapes cuBLASLt failed on, counted across the slots.
@@ -492,6 +498,14 @@ impl Slot {
             }
         }
         let t_gemm = timing_event(main)?;
+        // 3b. Freivalds' check of the whole product on `main` (after the GEMM), next to the hashing tail.
+        let check = match shard.check {
+            Some(seed) => {
+                let product = super::freivalds::Product { a: &*a, bt: &*bt, c: &*c };
+                Some(super::freivalds::run(main, k, product, &d, seed, deadline)?)
+            }
+            None => None,
+        };
 
         // 4. Only the leaves cross PCIe, into pinned memory, once every hash stream is done; the host waits
         // with the watchdog's deadline.
@@ -534,7 +548,7 @@ impl Slot {
             gemm_engine: if self.lt.is_some() { engine } else { GemmEngine::Dp4a },
             b_cached,
         };
-        Ok(RunOutput { leaves, rows, stats })
+        Ok(RunOutput { leaves, rows, stats, check })
     }
 
     /// Device seconds of one `n × n × n` GEMM alone, unchunked, on generated data (after one warm-up),

@@ -8,14 +8,18 @@
 // gemm_i8_dp4a runs each block as blockDim real threads meeting at a std::barrier, with its __shared__
 // arrays as statics (one block at a time), which is what CUDA guarantees a block.
 //
-// Usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID GEMM CHUNK
+// Usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID GEMM CHUNK [freivalds FLIP_ROW FLIP_COL FLIP_BIT]
 //   GEMM: naive (C = A · Btᵀ on the padded buffers: what cuBLASLt computes, see the unit test in
 //   kernels/src/cuda/gemm.rs) | dp4a (the gemm_i8_dp4a kernel).
 //   CHUNK: rows per GEMM chunk, as Slot::run in kernels/src/cuda/slot.rs (CHUNK_ROWS there): chunk
 //   [c0, c1) of the padded rows is multiplied through pointers offset by c0 rows into A and C (the last
 //   chunk partial), then hashed with row_begin = c0; the chunks are hashed stream by stream (chunk i on
 //   stream i mod 4, as the backend spreads them), not in order, since the streams run in any order.
-// Prints one hex leaf per row ROW0..ROW1.
+//   freivalds: reads the check vector r (N decimal i32) from stdin, flips bit FLIP_BIT (none if >= 32) of
+//   C[FLIP_ROW][FLIP_COL] (shard-relative) after the GEMM, and runs the freivalds_* kernels as
+//   kernels/src/cuda/freivalds.rs launches them.
+// Prints one hex leaf per row ROW0..ROW1; with freivalds, then one line per row: "PRODUCT INPUTS" (the row's
+// two sums modulo 2^64, decimal).
 #include <algorithm>
 #include <barrier>
 #include <cstdint>
@@ -94,10 +98,12 @@ template <class F> static void launch_blocks(unsigned gx, unsigned gy, unsigned 
 }
 
 int main(int argc, char** argv) {
-    if (argc != 11) {
-        std::fprintf(stderr, "usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID naive|dp4a CHUNK\n");
+    if (argc != 11 && !(argc == 15 && std::string(argv[11]) == "freivalds")) {
+        std::fprintf(stderr, "usage: harness N ROW0 ROW1 K0 K1 STREAM A_ID B_ID naive|dp4a CHUNK "
+                             "[freivalds FLIP_ROW FLIP_COL FLIP_BIT]\n");
         return 2;
     }
+    bool freivalds = argc == 15;
     unsigned n = std::strtoul(argv[1], 0, 10), r0 = std::strtoul(argv[2], 0, 10), r1 = std::strtoul(argv[3], 0, 10);
     unsigned k0 = std::strtoul(argv[4], 0, 10), k1 = std::strtoul(argv[5], 0, 10), st = std::strtoul(argv[6], 0, 10);
     unsigned a_id = std::strtoul(argv[7], 0, 10), b_id = std::strtoul(argv[8], 0, 10);
@@ -153,6 +159,15 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
+
+    if (freivalds) {
+        unsigned flip_row = std::strtoul(argv[12], 0, 10), flip_col = std::strtoul(argv[13], 0, 10);
+        unsigned flip_bit = std::strtoul(argv[14], 0, 10);
+        if (flip_bit < 32 && flip_row < rows && flip_col < n)
+            c[(size_t)flip_row * npad + flip_col] ^= (int)(1u << flip_bit);
+    }
+
+
     // Hashing of the chunks that hold shard rows, stream by stream (32 threads per block, rows c0..min(c1, rows)).
     for (unsigned s = 0; s < hash_streams; s++) {
         for (size_t i = s; i < chunks.size(); i += hash_streams) {
@@ -166,5 +181,24 @@ int main(int argc, char** argv) {
         for (int b = 0; b < 32; b++) std::printf("%02x", leaves[(size_t)i * 32 + b]);
         std::printf("\n");
     }
+    if (!freivalds) return 0;
+
+    // Freivalds' check, with kernels/src/cuda/freivalds.rs's grids: r padded with zeros to npad, B·r in
+    // chunks then reduced, then one cooperative block per row.
+    std::vector<int> r(npad, 0);
+    for (unsigned j = 0; j < n; j++) {
+        long long v;
+        if (std::scanf("%lld", &v) != 1) { std::fprintf(stderr, "r: expected %u values\n", n); return 2; }
+        r[j] = (int)v;
+    }
+    unsigned chunks = (n + FREIVALDS_CHUNK - 1) / FREIVALDS_CHUNK;
+    std::vector<long long> partial((size_t)chunks * ldk, 0x5a5a5a5a), y(ldk, 0x5a5a5a5a);
+    std::vector<unsigned long long> sums((size_t)rows * 2, 0x5a5a5a5a);
+    launch_1d((uint64_t)ldk * chunks, 256, [&] { freivalds_bt_r(bt.data(), r.data(), partial.data(), n, ldk, chunks); });
+    launch_1d(ldk, 256, [&] { freivalds_reduce_y(partial.data(), y.data(), ldk, chunks); });
+    launch_blocks(rows, 1, FREIVALDS_THREADS, [&] {
+        freivalds_rows(c.data(), a.data(), r.data(), y.data(), sums.data(), n, npad, ldk);
+    });
+    for (unsigned i = 0; i < rows; i++) std::printf("%llu %llu\n", sums[2 * (size_t)i], sums[2 * (size_t)i + 1]);
     return 0;
 }

@@ -196,6 +196,7 @@ fn cuda_chunked_path_matches_cpu() {
             let slice = ShardOutput {
                 leaves: want.leaves[rows.start as usize..rows.end as usize].to_vec(),
                 rows: None,
+                check: None,
             };
             assert_same(&shard, &got, &slice, "chunked");
         }
@@ -238,4 +239,25 @@ fn cuda_telemetry_has_dcgm_labels() {
     let labels = t.labels();
     assert_eq!(labels.map(|(k, _)| k), ["gpu", "UUID", "modelName", "Hostname"]);
     eprintln!("{t:?}");
+}
+
+/// Freivalds' check on the GPU: checked shards of odd sizes (the kernels' 256-column chunk, 128-thread row
+/// block and 64 padding, and more than one GEMM chunk) pass on an honest GPU, report their cost, and give the
+/// CPU's leaves. (The flipped-element case runs the same kernels on the host: `cuda_host.rs`.)
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn cuda_freivalds_check_passes_honest_shards() {
+    let gpu = gpu();
+    for (n, rows) in
+        [(1u32, 0..1u32), (129, 5..129), (1000, 0..1000), (4100, 4000..4100), (8192, 0..4160)]
+    {
+        let challenge = Challenge::new(format!("cuda-freivalds-{n}"), n, 1).expect("challenge");
+        let shard = Shard::new(challenge, 0, rows).expect("shard");
+        let checked = shard.clone().with_check(cpc_kernels::CheckSeed(u64::from(n) ^ 0xfeed));
+        let got = gpu.run_shard(&checked, false).unwrap_or_else(|e| panic!("n={n}: {e}"));
+        let cost = got.check.unwrap_or_else(|| panic!("n={n}: no check cost"));
+        eprintln!("n={n} rows={:?}: check {:?} of shard {:?}", shard.rows, cost.check, cost.shard);
+        let want = cpu().run_shard(&shard, false).expect("cpu");
+        assert_same(&shard, &got, &want, "freivalds-checked shard");
+    }
 }

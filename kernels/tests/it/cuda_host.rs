@@ -6,15 +6,22 @@
 //! the dp4a kernel and with the plain product that cuBLASLt is asked for (that the cuBLASLt call computes
 //! it is the unit test in `kernels/src/cuda/gemm.rs`).
 //! What it cannot show (the real cuBLASLt, streams, the driver) is left to the GPU parity tests in
-//! `cuda.rs`, run by `deploy/gpu-check.sh`.
+//! `cuda.rs`, run by `deploy/gpu-check.sh`. The Freivalds kernels (`freivalds_*`) run the same way: their
+//! per-row sums must equal the CPU check's, bit for bit, with and without one flipped element of C.
 //!
 //! Needs a C++20 compiler (`$CXX`, else `c++`). Without one it skips loudly; under `CI=true` it fails.
 
 use cpc_common::synthetic::{Challenge, matrix_ids};
-use cpc_kernels::{Backend, CpuBackend, Shard, gpu::CHUNK_ROWS};
+use cpc_kernels::{
+    Backend, CheckSeed, CpuBackend, Shard,
+    cpu::{Kernel, PackedA, PackedB, freivalds::row_sums, generate_rows},
+    freivalds::{RowSums, check_vector, compare, row_sums_plain},
+    gpu::CHUNK_ROWS,
+};
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     sync::OnceLock,
 };
 
@@ -172,5 +179,117 @@ fn cuda_kernels_on_the_host_match_on_the_chunked_path() {
         if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
             panic!("n={n} rows={rows:?}: the leaf of row {} differs", rows.start as usize + i);
         }
+    }
+}
+
+/// One bit of one element of C, flipped after the GEMM (shard-relative row and column).
+#[derive(Debug, Clone, Copy)]
+struct Flip {
+    row: u32,
+    col: u32,
+    bit: u32,
+}
+
+/// The Freivalds kernels' row sums for `shard` with check vector `r` (and `flip` applied to C), run on the
+/// host with the dp4a GEMM; also answers the leaves the harness hashed.
+fn kernel_sums(
+    exe: &Path,
+    shard: &Shard,
+    r: &[i32],
+    flip: Option<Flip>,
+) -> (Vec<String>, Vec<RowSums>) {
+    let km = shard.challenge.key_material();
+    let (a_id, b_id) = matrix_ids(shard.iteration);
+    let flip = flip.unwrap_or(Flip { row: 0, col: 0, bit: 32 });
+    let args = [
+        shard.challenge.matrix_size,
+        shard.rows.start,
+        shard.rows.end,
+        km.key[0],
+        km.key[1],
+        km.stream,
+        a_id,
+        b_id,
+    ];
+    let mut child = Command::new(exe)
+        .args(args.iter().map(u32::to_string))
+        .args(["dp4a", "64", "freivalds"])
+        .args([flip.row, flip.col, flip.bit].iter().map(u32::to_string))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running the harness");
+    let input: String = r.iter().map(|v| format!("{v}\n")).collect();
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing r");
+    let out = child.wait_with_output().expect("harness output");
+    assert!(out.status.success(), "harness failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("text");
+    let rows = shard.row_count() as usize;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2 * rows, "{text}");
+    let leaves = lines[..rows].iter().map(|l| (*l).to_owned()).collect();
+    let sums = lines[rows..]
+        .iter()
+        .map(|l| {
+            let (p, i) = l.split_once(' ').expect("two sums");
+            RowSums { product: p.parse().expect("u64"), inputs: i.parse().expect("u64") }
+        })
+        .collect();
+    (leaves, sums)
+}
+
+/// The CPU's row sums for the same shard, vector and flip: the plain definition and the fast path, which
+/// must agree with each other before they are compared with the kernels.
+fn cpu_sums(shard: &Shard, r: &[i32], flip: Option<Flip>) -> Vec<RowSums> {
+    let n = shard.challenge.matrix_size;
+    let km = shard.challenge.key_material();
+    let (a_id, b_id) = matrix_ids(shard.iteration);
+    let cpu = CpuBackend::new(0).expect("cpu backend");
+    let mut c = cpu.run_shard(shard, true).expect("cpu shard").rows.expect("rows kept");
+    if let Some(f) = flip {
+        c[(f.row * n + f.col) as usize] ^= 1 << f.bit;
+    }
+    let plain = row_sums_plain(
+        &generate_rows(&km, a_id, shard.rows.clone(), n),
+        &generate_rows(&km, b_id, 0..n, n),
+        &c,
+        r,
+        n as usize,
+    );
+    let kernel = Kernel::detect();
+    let packed_a = PackedA::generate(&km, a_id, shard.rows.clone(), n, kernel);
+    let fast = row_sums(&packed_a, &PackedB::generate(&km, b_id, n, kernel), &c, r);
+    assert_eq!(fast, plain, "the CPU's fast path and plain definition disagree");
+    plain
+}
+
+/// The Freivalds kernels (`freivalds_bt_r`, `freivalds_reduce_y`, `freivalds_rows`) over their real grids
+/// give the CPU's sums bit for bit: the honest product passes, and a flipped bit fails exactly its row.
+/// Sizes cross the 256-column chunk of `B·r`, the 128-thread row block and the 64 padding.
+#[test]
+fn freivalds_kernels_on_the_host_match_the_cpu_check() {
+    let Some(exe) = harness() else { return };
+    for (seed, n, rows, iteration, flip) in [
+        ("fv-1", 1u32, 0..1u32, 0u32, Flip { row: 0, col: 0, bit: 31 }),
+        ("fv-17", 17, 3..17, 1, Flip { row: 13, col: 16, bit: 0 }),
+        ("fv-129", 129, 0..70, 0, Flip { row: 64, col: 128, bit: 17 }),
+        ("fv-300", 300, 250..300, 2, Flip { row: 7, col: 257, bit: 30 }),
+        ("fv-520", 520, 100..140, 0, Flip { row: 39, col: 3, bit: 9 }),
+    ] {
+        let challenge = Challenge::new(seed, n, iteration + 1).expect("challenge");
+        let shard = Shard::new(challenge, iteration, rows.clone()).expect("shard");
+        let r = check_vector(CheckSeed(u64::from(n) * 0x1234_5678_9abc), n as usize);
+        let context = format!("seed={seed} n={n} rows={rows:?} iteration={iteration}");
+
+        let (leaves, sums) = kernel_sums(exe, &shard, &r, None);
+        assert_eq!(leaves, cpu_leaves(&shard), "{context}");
+        assert_eq!(sums, cpu_sums(&shard, &r, None), "{context}");
+        assert_eq!(compare(&sums), Ok(()), "{context}: the honest product passes");
+
+        let (_, sums) = kernel_sums(exe, &shard, &r, Some(flip));
+        assert_eq!(sums, cpu_sums(&shard, &r, Some(flip)), "{context} {flip:?}");
+        let mismatch = compare(&sums).expect_err("the flipped element is caught");
+        assert_eq!((mismatch.first_rows, mismatch.failed_rows), (vec![flip.row], 1), "{context}");
     }
 }
