@@ -90,7 +90,12 @@ impl Farm {
 
     /// The coordinator's identity (made in the data dir now if it is not there yet), and a free port for it:
     /// agents can then be given the token and fingerprint without parsing the coordinator's output.
+    ///
+    /// The journal is made first, as a coordinator's first start does: a data dir holding an identity but no
+    /// journal is a lost journal to `run`, which then refuses to start without `--new-journal`.
     pub(crate) fn farm_endpoint(&self) -> FarmEndpoint {
+        std::fs::create_dir_all(self.data_dir()).expect("data dir");
+        drop(Journal::open(&self.data_dir().join("journal.sqlite")).expect("journal"));
         let identity = Identity::load_or_create(&self.data_dir()).expect("coordinator identity");
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
@@ -120,7 +125,12 @@ impl Farm {
     }
 
     /// A real `cpc-agent` (CPU backend) joined to `endpoint`, logging to `agent-{index}.log`.
-    pub(crate) fn agent(&self, endpoint: &FarmEndpoint, index: usize, extra: &[&str]) -> KillOnDrop {
+    pub(crate) fn agent(
+        &self,
+        endpoint: &FarmEndpoint,
+        index: usize,
+        extra: &[&str],
+    ) -> KillOnDrop {
         let agent_bin = locate_workspace_binary("cpc-agent", "CPC_AGENT_BIN").expect(
             "cpc-agent binary not found: run `cargo build --workspace --bins` or set CPC_AGENT_BIN",
         );
@@ -357,6 +367,25 @@ pub(crate) fn check_chain(farm: &Farm) -> usize {
         assert_eq!(result.task_id, task.task_id.to_string());
     }
     subs.len()
+}
+
+/// Our results on chain that are not the reference computation of their block task: (address, height).
+pub(crate) fn wrong_results(farm: &Farm) -> Vec<(String, u64)> {
+    let backend = cpc_kernels::open(cpc_kernels::BackendKind::Cpu, 0).expect("cpu");
+    let blocks = farm.chain();
+    let mut wrong = Vec::new();
+    for ((address, height), landed) in farm.submissions() {
+        let block_hash = blocks[height as usize].header.hash();
+        let task = BlockTask::derive(&block_hash, &address, MATRIX_SIZE, height).expect("task");
+        let reference = hex::encode(
+            cpc_kernels::result_hash(backend.as_ref(), &task.challenge).expect("compute"),
+        );
+        if landed.iter().any(|(_, r)| r.result_hash != reference) {
+            wrong.push((address, height));
+        }
+    }
+    wrong.sort();
+    wrong
 }
 
 /// No result the journal holds is left behind: every task computed up to `settled_to` (the last block the
