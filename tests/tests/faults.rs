@@ -400,33 +400,71 @@ fn a_paused_node_only_delays() {
     );
 }
 
-/// A TCP listener that accepts every connection and never answers; closed when dropped.
-struct HungNode {
+/// A node that hangs on demand: a TCP proxy to the devnet until [`HangingNode::hang`], then a listener
+/// that accepts every connection and never answers (connections already open stop forwarding too).
+struct HangingNode {
     addr: SocketAddr,
+    hung: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
-impl HungNode {
-    fn start() -> Self {
+impl HangingNode {
+    fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
+        let hung = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let (hung_flag, stop_flag) = (Arc::clone(&hung), Arc::clone(&stop));
         std::thread::spawn(move || {
             let mut held = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => held.push(stream),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            while !stop_flag.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                if hung_flag.load(Ordering::Relaxed) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else { continue };
+                    let (hung, stop) = (Arc::clone(&hung_flag), Arc::clone(&stop_flag));
+                    std::thread::spawn(move || forward(from, to, &hung, &stop));
                 }
             }
         });
-        Self { addr, stop }
+        Self { addr, hung, stop }
+    }
+
+    fn hang(&self) {
+        self.hung.store(true, Ordering::Relaxed);
     }
 }
 
-impl Drop for HungNode {
+/// Copies `from` to `to` until either closes; once `hung` is set, holds both open and forwards nothing.
+fn forward(mut from: TcpStream, mut to: TcpStream, hung: &AtomicBool, stop: &AtomicBool) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match std::io::Read::read(&mut from, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while hung.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stop.load(Ordering::Relaxed) || to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for HangingNode {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
@@ -447,8 +485,27 @@ fn mine_behind(case: &str, farm: &Farm, first: &str) {
 #[ignore = "needs the L1 deadline / metrics caps branch"]
 fn a_hung_node_is_failed_over() {
     let farm = Farm::new(BLOCK_MS, false, &["w1", "w2"]);
-    let hung = HungNode::start();
-    mine_behind("node_hung", &farm, &format!("http://{}", hung.addr));
+    let node = HangingNode::start(farm.devnet.addr());
+    let nodes = format!("http://{},{}", node.addr, farm.devnet.url());
+    let _miner = KillOnDrop(farm.miner(&["--nodes", &nodes], "run.log"));
+    wait_blocks(&farm, "run.log", 3);
+    // The first node stops answering mid-run, with connections open: mining must go on through the second.
+    let hung_height = farm.head();
+    let seen = mined_heights(&farm.log("run.log"), false).len();
+    node.hang();
+    let hung_at = Instant::now();
+    let next_block =
+        wait_for_log(&farm, "run.log", "new block", seen + 1, HANG).map(|_| hung_at.elapsed());
+    wait_blocks(&farm, "run.log", scaled(8, 40) as usize);
+    judge(
+        "node_hung",
+        &farm,
+        &[Run::running("run.log")],
+        &[
+            ("hung_at_height", hung_height.to_string()),
+            ("next_block_seen_after_hang", ms(next_block)),
+        ],
+    );
 }
 
 #[test]
