@@ -7,7 +7,9 @@
 //!   reports as "new block") for which an identity has no included result. The block that was the head
 //!   when a coordinator was killed or interrupted counts as produced while it was down, as do the blocks
 //!   between two runs: those may be lost, by design, and are not counted;
-//! - every result on chain equals the reference computation ([`support::check_chain`]).
+//! - every result on chain equals the reference computation ([`support::check_chain`]);
+//! - a deleted journal takes the results it held but had not sent yet with it: only the run on the new
+//!   journal is judged for losses (duplicates are always counted over the whole chain).
 //!
 //! Three faults lose blocks the farm cannot hide on this code base: a SIGKILLed agent (a job waits on it
 //! until it is dropped, and the planner then plans only the newest head), a coordinator restart (blocks
@@ -572,6 +574,7 @@ fn a_deleted_journal_is_refused_and_a_new_one_duplicates_nothing() {
         assert!(submitted.is_some(), "{log}: nothing submitted:\n{}", farm.log(&log));
         miner.0.kill().expect("SIGKILL");
         let _ = miner.0.wait();
+        // Not judged for losses: results journaled but not yet sent go with the deleted journal.
         runs.push(Run::stopped(log));
         for name in ["journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"] {
             let _ = std::fs::remove_file(farm.data_dir().join(name));
@@ -586,11 +589,12 @@ fn a_deleted_journal_is_refused_and_a_new_one_duplicates_nothing() {
     let log = "run-final.log".to_owned();
     let _miner = KillOnDrop(farm.miner(extra, &log));
     wait_blocks(&farm, &log, scaled(5, 20) as usize);
+    let killed_runs = runs.len();
     runs.push(Run::running(&log));
     judge(
         "journal_deleted",
         &farm,
-        &runs,
+        &runs[killed_runs..],
         &[("deletions", rounds.to_string()), ("exit_without_new_journal", format!("{refusals:?}"))],
     );
 }

@@ -347,8 +347,9 @@ pub(crate) fn finish(child: Child) -> Value {
 /// Every submission is unique per (identity, block), and its result equals the reference computation.
 pub(crate) fn check_chain(farm: &Farm) -> usize {
     let backend = cpc_kernels::open(cpc_kernels::BackendKind::Cpu, 0).expect("cpu");
-    let blocks = farm.chain();
+    // Submissions first: the chain may grow meanwhile, and every task height must be in `blocks`.
     let subs = farm.submissions();
+    let blocks = farm.chain();
     for ((address, height), landed) in &subs {
         assert_eq!(
             landed.len(),
@@ -372,9 +373,10 @@ pub(crate) fn check_chain(farm: &Farm) -> usize {
 /// Our results on chain that are not the reference computation of their block task: (address, height).
 pub(crate) fn wrong_results(farm: &Farm) -> Vec<(String, u64)> {
     let backend = cpc_kernels::open(cpc_kernels::BackendKind::Cpu, 0).expect("cpu");
+    let subs = farm.submissions();
     let blocks = farm.chain();
     let mut wrong = Vec::new();
-    for ((address, height), landed) in farm.submissions() {
+    for ((address, height), landed) in subs {
         let block_hash = blocks[height as usize].header.hash();
         let task = BlockTask::derive(&block_hash, &address, MATRIX_SIZE, height).expect("task");
         let reference = hex::encode(
