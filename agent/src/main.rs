@@ -44,8 +44,31 @@ struct Args {
     #[arg(long, hide = true)]
     fault_injection: Option<u32>,
     /// Serve /metrics, /healthz and /readyz on this address.
-    #[arg(long, help_heading = "Observability")]
+    #[arg(long, env = "CPC_AGENT_METRICS", help_heading = "Observability")]
     metrics: Option<SocketAddr>,
+    /// Log lines on stderr as `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "CPC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 fn open_devices(args: &Args, watchdog: Duration) -> anyhow::Result<Vec<DeviceSpec>> {
@@ -61,12 +84,7 @@ fn open_devices(args: &Args, watchdog: Duration) -> anyhow::Result<Vec<DeviceSpe
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     let watchdog = Duration::from_secs(args.watchdog_secs);
     let devices = open_devices(&args, watchdog)?;
     let mut config =
@@ -82,10 +100,15 @@ fn main() -> anyhow::Result<()> {
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: draining (a second signal exits at once)");
+            cpc_common::service::notify_stopping();
             let _ = tx.send(true);
             wait_for_signal().await;
             std::process::exit(130);
         });
+        // The devices are open: ready for systemd (joining the coordinator is the agent's own business,
+        // retried for ever and reported by /readyz and cpcfarm_agent_connected).
+        cpc_common::service::notify_ready();
+        cpc_common::service::spawn_watchdog();
         cpc_agent::run(config, devices, rx).await
     })?;
     Ok(())

@@ -2,7 +2,6 @@
 //! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report.
 
 use super::GlobalArgs;
-use anyhow::Context as _;
 use clap::Args;
 use cpc_common::synthetic::Challenge;
 use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, Identity, JobReport};
@@ -82,7 +81,10 @@ pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Ex
     let handle = start(&args.farm)?;
     let public = args.farm.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());
     println!("{}", handle.agent_command(&public));
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    cpc_common::service::notify_ready();
+    cpc_common::service::spawn_watchdog();
+    super::shutdown_signal().await;
+    cpc_common::service::notify_stopping();
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || handle.shutdown()).await?;
     Ok(ExitCode::SUCCESS)

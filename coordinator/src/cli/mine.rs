@@ -200,6 +200,7 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
             poll_interval: Duration::from_millis(
                 args.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_MS).max(10),
             ),
+            readiness: Arc::default(),
         },
         identities,
         data_dir,
@@ -213,6 +214,8 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
 }
 
 pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
     let r = resolve(g, &args)?;
     let load = |name: &String| -> anyhow::Result<Identity> {
         let k = r.keystore.load(name)?;
@@ -238,6 +241,13 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     // The farm also serves the metrics endpoint; in local mode it simply has no agents.
     let mut config = FarmConfig::new(r.listen, farm::Identity::load_or_create(&r.data_dir)?);
     config.metrics_listen = r.metrics;
+    // `/readyz`: can mine now (an L1 answers, no identity short of funds, a device in farm mode).
+    r.settings.readiness.require_l1();
+    if r.compute == "farm" {
+        r.settings.readiness.require_device();
+    }
+    config.readiness = Arc::clone(&r.settings.readiness);
+    farm::metrics::init_identity_series(r.identities.iter().map(String::as_str));
     let farm = farm::start(config)?;
     if let Some(m) = farm.metrics_addr() {
         eprintln!("metrics on http://{m}/metrics");
@@ -248,7 +258,16 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         eprintln!("farm listening on {} (fingerprint {})", farm.local_addr(), farm.fingerprint());
         eprintln!("join agents with:\n  {}", farm.agent_command(&farm.local_addr().to_string()));
         if args.min_agents > 0 {
-            farm.wait_for_agents(args.min_agents, Duration::from_secs(300)).await?;
+            tokio::select! {
+                waited = farm.wait_for_agents(args.min_agents, Duration::from_secs(300)) => {
+                    waited?;
+                }
+                () = &mut shutdown => {
+                    eprintln!("stopping before mining started");
+                    farm.shutdown();
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
         }
         Arc::new(farm.clone())
     };
@@ -285,8 +304,11 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     }
     let validators = validator::start(validator_settings, Arc::clone(&journal), prioritized)?;
 
+    cpc_common::service::notify_ready();
+    cpc_common::service::spawn_watchdog();
     if args.stop_after_blocks == 0 {
-        tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+        shutdown.await;
+        cpc_common::service::notify_stopping();
         eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
         validators.stop().await;
         miner.stop();
@@ -299,7 +321,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     let mut settle_deadline: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         let rows = journal

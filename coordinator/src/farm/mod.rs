@@ -98,6 +98,9 @@ pub struct FarmConfig {
     pub spot_check: SpotCheckConfig,
     /// Handshakes in progress at once (more are refused).
     pub max_pending_handshakes: usize,
+    /// What `/readyz` requires besides a started farm (nothing by default; `run` adds an L1, funded
+    /// identities and, in farm mode, a usable device).
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 impl FarmConfig {
@@ -117,6 +120,7 @@ impl FarmConfig {
             straggler: StragglerPolicy::default(),
             spot_check: SpotCheckConfig::default(),
             max_pending_handshakes: 256,
+            readiness: Arc::default(),
         }
     }
 }
@@ -443,11 +447,9 @@ type Parts = (
 
 async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint), FarmError> {
     let config = Arc::new(config);
-    let farm_metrics = metrics::FarmMetrics::new();
+    let farm_metrics = metrics::FarmMetrics::with_readiness(Arc::clone(&config.readiness));
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => Some(
-            metrics::serve(addr, metrics::install_recorder(), farm_metrics.ready.clone()).await?,
-        ),
+        Some(addr) => Some(metrics::serve(addr, metrics::install_recorder(), &farm_metrics).await?),
         None => None,
     };
     let endpoint = server::bind(&config)?;

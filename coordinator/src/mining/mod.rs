@@ -49,6 +49,8 @@ pub struct MinerSettings {
     pub gas_price: u64,
     /// How often to poll the head.
     pub poll_interval: Duration,
+    /// Where the node pool and the submitters report "can mine now" (`/readyz`).
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Handles of a running mining loop's actors.
@@ -133,7 +135,7 @@ pub fn start(
     journal: SharedJournal,
     compute: Arc<dyn compute::ComputeService>,
 ) -> Miner {
-    let nodes = NodePool::new(&settings.nodes);
+    let nodes = NodePool::with_readiness(&settings.nodes, Arc::clone(&settings.readiness));
     let submitters: Vec<Addr<submitter::Submitter>> = identities
         .iter()
         .map(|id| {

@@ -7,6 +7,10 @@ use crate::l1::NodePool;
 use actix::prelude::*;
 use std::time::{Duration, Instant};
 
+/// While no node answers, how often the watcher says so again (each node's own change of state is
+/// logged once by the pool).
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A new head block.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -27,12 +31,14 @@ pub struct ChainWatcher {
     subscribers: Vec<Recipient<NewBlock>>,
     head: Option<(u64, String)>,
     polling: bool,
+    /// When the watcher last logged that no node answers (`None` while one does).
+    outage_logged_at: Option<Instant>,
 }
 
 impl ChainWatcher {
     /// A watcher polling `nodes` every `interval`, notifying `subscribers`.
     pub fn new(nodes: NodePool, interval: Duration, subscribers: Vec<Recipient<NewBlock>>) -> Self {
-        Self { nodes, interval, subscribers, head: None, polling: false }
+        Self { nodes, interval, subscribers, head: None, polling: false, outage_logged_at: None }
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
@@ -44,9 +50,18 @@ impl ChainWatcher {
         ctx.spawn(async move { nodes.status().await }.into_actor(self).map(|res, act, _| {
             act.polling = false;
             let status = match res {
-                Ok(s) => s,
+                Ok(s) => {
+                    if act.outage_logged_at.take().is_some() {
+                        tracing::info!("an L1 node answers again; mining resumes");
+                    }
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "no L1 node answered; mining waits for the chain");
+                    let due = act.outage_logged_at.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL);
+                    if due {
+                        tracing::warn!(error = %e, "no L1 node answered; mining waits for the chain");
+                        act.outage_logged_at = Some(Instant::now());
+                    }
                     return;
                 }
             };
