@@ -14,8 +14,18 @@ struct Args {
     #[arg(long, env = "CPC_COORDINATOR", help_heading = "Coordinator")]
     coordinator: String,
     /// The coordinator's join token.
-    #[arg(long, env = "CPC_JOIN_TOKEN", hide_env_values = true, help_heading = "Coordinator")]
-    token: String,
+    #[arg(
+        long,
+        env = "CPC_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file",
+        help_heading = "Coordinator"
+    )]
+    token: Option<String>,
+    /// A file holding the join token (a copy of the coordinator's `join-token`, or a mounted Secret).
+    #[arg(long, env = "CPC_JOIN_TOKEN_FILE", help_heading = "Coordinator")]
+    token_file: Option<std::path::PathBuf>,
     /// SHA-256 fingerprint of the coordinator's certificate (hex); no other coordinator is trusted.
     #[arg(long, env = "CPC_COORDINATOR_FINGERPRINT", help_heading = "Coordinator")]
     coordinator_fingerprint: String,
@@ -87,8 +97,19 @@ fn main() -> anyhow::Result<()> {
     init_logging(args.log_format);
     let watchdog = Duration::from_secs(args.watchdog_secs);
     let devices = open_devices(&args, watchdog)?;
-    let mut config =
-        AgentConfig::new(&args.coordinator, &args.token, &args.coordinator_fingerprint);
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot read the join token from {}: {e}", path.display())
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            anyhow::bail!("no join token: pass --token-file FILE or set CPC_JOIN_TOKEN")
+        }
+    };
+    let mut config = AgentConfig::new(&args.coordinator, &token, &args.coordinator_fingerprint);
     if let Some(name) = &args.name {
         config.name.clone_from(name);
     }

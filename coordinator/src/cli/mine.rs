@@ -64,6 +64,13 @@ pub(crate) struct RunArgs {
     /// QUIC address agents dial [default: 0.0.0.0:7700].
     #[arg(long, env = "CPC_LISTEN", help_heading = "Mining")]
     listen: Option<SocketAddr>,
+    /// Address agents should dial, for the printed command line [default: the listen address].
+    #[arg(long, env = "CPC_PUBLIC_ADDR", help_heading = "Mining")]
+    public_addr: Option<String>,
+    /// Read the farm's certificate, key and join token from this directory (e.g. a mounted Kubernetes
+    /// Secret) instead of making them in the data dir.
+    #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Mining")]
+    identity_dir: Option<PathBuf>,
     /// Metrics address (/metrics, /healthz, /readyz).
     #[arg(long, env = "CPC_METRICS", help_heading = "Mining")]
     metrics: Option<SocketAddr>,
@@ -239,7 +246,9 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     let journal = mining::open_journal(&r.data_dir)?;
 
     // The farm also serves the metrics endpoint; in local mode it simply has no agents.
-    let mut config = FarmConfig::new(r.listen, farm::Identity::load_or_create(&r.data_dir)?);
+    let (farm_identity, token_file) =
+        super::load_farm_identity(&r.data_dir, args.identity_dir.as_deref())?;
+    let mut config = FarmConfig::new(r.listen, farm_identity);
     config.metrics_listen = r.metrics;
     // `/readyz`: can mine now (an L1 answers, no identity short of funds, a device in farm mode).
     r.settings.readiness.require_l1();
@@ -255,8 +264,8 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     let inner: Arc<dyn ComputeService> = if r.compute == "local" {
         Arc::new(LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?)))
     } else {
-        eprintln!("farm listening on {} (fingerprint {})", farm.local_addr(), farm.fingerprint());
-        eprintln!("join agents with:\n  {}", farm.agent_command(&farm.local_addr().to_string()));
+        let public = args.public_addr.clone().unwrap_or_else(|| farm.local_addr().to_string());
+        super::print_join_instructions(&farm, &public, &token_file);
         if args.min_agents > 0 {
             tokio::select! {
                 waited = farm.wait_for_agents(args.min_agents, Duration::from_secs(300)) => {

@@ -114,6 +114,39 @@ pub(crate) enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The coordinator's certificate, key and join token: read from `identity_dir` when given (a
+/// Kubernetes Secret, a backup: nothing is created there), else from the data dir, made on first start.
+/// Answers the identity and the path of its join-token file.
+pub(crate) fn load_farm_identity(
+    data_dir: &std::path::Path,
+    identity_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(cpc_coordinator::farm::Identity, PathBuf)> {
+    use cpc_coordinator::farm::{Identity, identity::TOKEN_FILE};
+    Ok(match identity_dir {
+        Some(dir) => (Identity::load(dir)?, dir.join(TOKEN_FILE)),
+        None => (Identity::load_or_create(data_dir)?, data_dir.join(TOKEN_FILE)),
+    })
+}
+
+/// Prints how agents join `farm`, dialling `public_addr`: the fingerprint and where the join token is
+/// read, never the token itself (stderr ends up in journald and container logs).
+pub(crate) fn print_join_instructions(
+    farm: &cpc_coordinator::farm::FarmHandle,
+    public_addr: &str,
+    token_file: &std::path::Path,
+) {
+    eprintln!(
+        "farm listening on {} (certificate fingerprint {})",
+        farm.local_addr(),
+        farm.fingerprint()
+    );
+    eprintln!(
+        "join agents with:\n  {}\n  (FILE: a copy of {} (mode 0600), or CPC_JOIN_TOKEN set from it; add --backend cuda on GPU hosts)",
+        farm.agent_command(public_addr, "FILE"),
+        token_file.display()
+    );
+}
+
 /// The data directory when none is given: `~/.cpc-farm` (journal, certificate, join token).
 pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match given {

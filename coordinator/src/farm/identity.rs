@@ -1,6 +1,7 @@
 //! The coordinator's identity on disk: a self-signed certificate (agents pin its SHA-256 fingerprint instead of
 //! trusting a CA) and the join token agents must present. Both are made on first start in the data directory
-//! and reused afterwards, so the agent command line printed once stays valid across restarts.
+//! and reused afterwards, so the agent command line printed once stays valid across restarts; or they come
+//! from a directory the operator provides ([`Identity::load`], `--identity-dir`: a Kubernetes Secret).
 
 use super::FarmError;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -85,13 +86,21 @@ impl Identity {
             write_private(&token_path, format!("{}\n", random_token()).as_bytes())
                 .map_err(|e| io("cannot write", &token_path, e))?;
         }
+        Self::load(dir)
+    }
+
+    /// Loads the identity from `dir` and creates nothing: for a directory an operator provides (a
+    /// Kubernetes Secret, a backup), so a lost data volume never changes the fingerprint agents pin.
+    pub fn load(dir: &Path) -> Result<Self, FarmError> {
+        let (cert_path, key_path, token_path) =
+            (dir.join(CERT_FILE), dir.join(KEY_FILE), dir.join(TOKEN_FILE));
         let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| {
             FarmError::Identity(format!("cannot read {}: {e}", cert_path.display()))
         })?;
         let key = PrivateKeyDer::from_pem_file(&key_path)
             .map_err(|e| FarmError::Identity(format!("cannot read {}: {e}", key_path.display())))?;
         let token = std::fs::read_to_string(&token_path)
-            .map_err(|e| io("cannot read", &token_path, e))?
+            .map_err(|e| FarmError::Identity(format!("cannot read {}: {e}", token_path.display())))?
             .trim()
             .to_owned();
         if token.is_empty() {

@@ -312,11 +312,12 @@ impl FarmHandle {
         &self.inner.token
     }
 
-    /// The command line that joins an agent to this farm, dialling `public_addr`.
-    pub fn agent_command(&self, public_addr: &str) -> String {
+    /// The command line that joins an agent to this farm, dialling `public_addr`, reading the join
+    /// token from `token_file` on the agent's host (the token itself is never printed or logged).
+    pub fn agent_command(&self, public_addr: &str, token_file: &str) -> String {
         format!(
-            "cpc-agent --coordinator {public_addr} --token {} --coordinator-fingerprint {} --backend cuda --devices all",
-            self.inner.token, self.inner.fingerprint
+            "cpc-agent --coordinator {public_addr} --coordinator-fingerprint {} --token-file {token_file} --devices all",
+            self.inner.fingerprint
         )
     }
 
