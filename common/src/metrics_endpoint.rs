@@ -29,9 +29,19 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The `process_*` metrics, refreshed on every scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// The source revision the binary was built from (`CPC_BUILD_REVISION` at build time, e.g. the git
+/// commit the Dockerfile is given), for `cpcfarm_build_info`.
+pub const BUILD_REVISION: &str = match option_env!("CPC_BUILD_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
 
 /// Installs the process's recorder (once), registers `describe`'s metric descriptions and sets
-/// `cpcfarm_build_info{version, role}`; answers the handle that renders `/metrics`.
+/// `cpcfarm_build_info{version, revision, role}`; answers the handle that renders `/metrics` (with the
+/// `process_*` metrics refreshed at each scrape).
 pub fn install_recorder(role: &'static str, describe: fn()) -> PrometheusHandle {
     let handle = HANDLE
         .get_or_init(|| {
@@ -47,14 +57,20 @@ pub fn install_recorder(role: &'static str, describe: fn()) -> PrometheusHandle 
             }
             metrics::describe_gauge!(
                 "cpcfarm_build_info",
-                "Always 1; labels carry the version and role."
+                "Always 1; labels carry the version, source revision and role."
             );
+            PROCESS.get_or_init(metrics_process::Collector::default).describe();
             handle
         })
         .clone();
     describe();
-    metrics::gauge!("cpcfarm_build_info", "version" => env!("CARGO_PKG_VERSION"), "role" => role)
-        .set(1.0);
+    metrics::gauge!(
+        "cpcfarm_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "revision" => BUILD_REVISION,
+        "role" => role
+    )
+    .set(1.0);
     handle
 }
 
@@ -165,7 +181,15 @@ pub async fn serve_with_limits(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(move || {
+                if let Some(process) = PROCESS.get() {
+                    process.collect();
+                }
+                std::future::ready(handle.render())
+            }),
+        )
         .route("/healthz", get(|| std::future::ready("ok")))
         .route(
             "/readyz",

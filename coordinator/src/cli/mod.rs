@@ -20,6 +20,13 @@ pub(crate) const DEFAULT_NODE_URL: &str = "http://localhost:8000";
 
 /// Exit code for "checked, and it is wrong" (as opposed to 1: "could not check").
 pub(crate) const EXIT_MISMATCH: u8 = 3;
+/// Exit code for a usage error: what clap rejects, and what the program finds wrong in the arguments.
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// An argument the program itself rejected (clap could not know): `main` exits with [`EXIT_USAGE`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
 
 /// cpc-farm coordinator and operator tool for ComputeChain Proof-of-Compute.
 #[derive(Debug, Parser)]
