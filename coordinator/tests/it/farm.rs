@@ -399,7 +399,17 @@ async fn farm_drained_agent_leaves_cleanly_and_metrics_are_served() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
-    // Every family is described (promtool check metrics: "no help text").
+    // Every family is described (promtool check metrics: "no help text"). The agents of this test run in
+    // this process and share its recorder: their descriptions are the agent binary's.
+    cpc_agent::metrics::install_recorder();
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
     for family in metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let name = family.split_whitespace().next().unwrap_or_default();
         assert!(metrics.contains(&format!("# HELP {name} ")), "{name} has no HELP:\n{metrics}");
