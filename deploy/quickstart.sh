@@ -46,12 +46,11 @@ echo "== coordinator: QUIC $QUIC, metrics http://$METRICS/metrics"
 COORD=$!
 PIDS+=("$COORD")
 for _ in $(seq 200); do grep -q -- "--coordinator-fingerprint" "$WORK/coordinator.log" 2>/dev/null && break; sleep 0.1; done
-TOKEN="$(grep -o -- '--token [^ ]*' "$WORK/coordinator.log" | head -1 | cut -d' ' -f2)"
 FINGERPRINT="$(grep -o -- '--coordinator-fingerprint [^ ]*' "$WORK/coordinator.log" | head -1 | cut -d' ' -f2)"
 
-echo "== 2 agents (CPU backend) join with the printed token and the pinned fingerprint"
+echo "== 2 agents (CPU backend) join with the join-token file and the pinned fingerprint"
 for i in 1 2; do
-    "$BIN/cpc-agent" --coordinator "$QUIC" --token "$TOKEN" --coordinator-fingerprint "$FINGERPRINT" \
+    "$BIN/cpc-agent" --coordinator "$QUIC" --token-file "$WORK/farm/join-token" --coordinator-fingerprint "$FINGERPRINT" \
         --backend cpu --devices all >"$WORK/agent-$i.log" 2>&1 &
     PIDS+=($!)
 done

@@ -857,9 +857,15 @@ mod tests {
             assert_eq!(health.quarantined().keys().copied().collect::<Vec<_>>(), [10]);
         });
         let text = handle.render();
-        assert!(text.contains("cpcfarm_agent_device_healthy{gpu=\"10\"} 0"), "{text}");
-        assert!(text.contains("cpcfarm_agent_device_healthy{gpu=\"11\"} 1"), "{text}");
-        assert!(text.contains("cpcfarm_device_achieved_ops_per_second{gpu=\"11\"}"), "{text}");
+        // A device without an NVML monitor is labelled by kind and index and host, never `gpu`.
+        let host = cpc_kernels::gpu::hostname();
+        let labels = |index: u32| format!("{{device=\"cpu{index}\",Hostname=\"{host}\"}}");
+        assert!(text.contains(&format!("cpcfarm_agent_device_healthy{} 0", labels(10))), "{text}");
+        assert!(text.contains(&format!("cpcfarm_agent_device_healthy{} 1", labels(11))), "{text}");
+        assert!(
+            text.contains(&format!("cpcfarm_device_achieved_ops_per_second{}", labels(11))),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,8 +14,18 @@ struct Args {
     #[arg(long, env = "CPC_COORDINATOR", help_heading = "Coordinator")]
     coordinator: String,
     /// The coordinator's join token.
-    #[arg(long, env = "CPC_JOIN_TOKEN", hide_env_values = true, help_heading = "Coordinator")]
-    token: String,
+    #[arg(
+        long,
+        env = "CPC_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file",
+        help_heading = "Coordinator"
+    )]
+    token: Option<String>,
+    /// A file holding the join token (a copy of the coordinator's `join-token`, or a mounted Secret).
+    #[arg(long, env = "CPC_JOIN_TOKEN_FILE", help_heading = "Coordinator")]
+    token_file: Option<std::path::PathBuf>,
     /// SHA-256 fingerprint of the coordinator's certificate (hex); no other coordinator is trusted.
     #[arg(long, env = "CPC_COORDINATOR_FINGERPRINT", help_heading = "Coordinator")]
     coordinator_fingerprint: String,
@@ -48,8 +58,31 @@ struct Args {
     #[arg(long, hide = true, value_parser = parse_bit_flip)]
     fault_flip: Option<cpc_kernels::cpu::BitFlip>,
     /// Serve /metrics, /healthz and /readyz on this address.
-    #[arg(long, help_heading = "Observability")]
+    #[arg(long, env = "CPC_AGENT_METRICS", help_heading = "Observability")]
     metrics: Option<SocketAddr>,
+    /// Log lines on stderr as `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(long, env = "CPC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 fn open_devices(args: &Args, watchdog: Duration) -> anyhow::Result<Vec<DeviceSpec>> {
@@ -86,16 +119,22 @@ fn parse_bit_flip(text: &str) -> anyhow::Result<cpc_kernels::cpu::BitFlip> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     let watchdog = Duration::from_secs(args.watchdog_secs);
     let devices = open_devices(&args, watchdog)?;
-    let mut config =
-        AgentConfig::new(&args.coordinator, &args.token, &args.coordinator_fingerprint);
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                anyhow::anyhow!("cannot read the join token from {}: {e}", path.display())
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => {
+            anyhow::bail!("no join token: pass --token-file FILE or set CPC_JOIN_TOKEN")
+        }
+    };
+    let mut config = AgentConfig::new(&args.coordinator, &token, &args.coordinator_fingerprint);
     if let Some(name) = &args.name {
         config.name.clone_from(name);
     }
@@ -107,10 +146,15 @@ fn main() -> anyhow::Result<()> {
         actix_rt::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: draining (a second signal exits at once)");
+            cpc_common::service::notify_stopping();
             let _ = tx.send(true);
             wait_for_signal().await;
             std::process::exit(130);
         });
+        // The devices are open: ready for systemd (joining the coordinator is the agent's own business,
+        // retried for ever and reported by /readyz and cpcfarm_agent_connected).
+        cpc_common::service::notify_ready();
+        cpc_common::service::spawn_watchdog();
         cpc_agent::run(config, devices, rx).await
     })?;
     Ok(())

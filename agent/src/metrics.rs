@@ -2,8 +2,9 @@
 //! device and no per-shard labels) and the `/metrics`, `/healthz`, `/readyz` endpoint of `--metrics`.
 //!
 //! Per-device series carry [`DeviceLabels`]: for a GPU that NVML sees, DCGM's label set (`gpu` = NVML index,
-//! `UUID`, `modelName`, `Hostname`), so dashboards can join them with NVIDIA's DCGM exporter; otherwise `gpu`
-//! alone (the agent's device index). The `cpcfarm_gpu_*` series come from the NVML sampler
+//! `UUID`, `modelName`, `Hostname`), so dashboards can join them with NVIDIA's DCGM exporter and the labels
+//! stay the same across restarts and reconnects; any other device (the CPU) gets `device` = its kind and
+//! index (`cpu0`) and `Hostname`, never a `gpu` label that could clash with DCGM's in a join. The `cpcfarm_gpu_*` series come from the NVML sampler
 //! ([`crate::telemetry`]) and exist only where the CUDA backend runs.
 
 use cpc_kernels::{
@@ -20,7 +21,15 @@ use std::{
 /// Installs the process's Prometheus recorder (shared with a coordinator in the same process) with the
 /// agent's metric descriptions, and answers its handle.
 pub fn install_recorder() -> PrometheusHandle {
-    cpc_common::metrics_endpoint::install_recorder("agent", describe)
+    cpc_common::metrics_endpoint::install_recorder("agent", || {
+        describe();
+        // Counters exist at 0 from start-up, so an alert on `increase()` fires on the first event.
+        counter!("cpcfarm_agent_reconnects_total").increment(0);
+        for outcome in ["ok", "failed"] {
+            counter!("cpcfarm_agent_shards_total", "outcome" => outcome).increment(0);
+        }
+        gauge!("cpcfarm_agent_connected").increment(0.0);
+    })
 }
 
 fn describe() {
@@ -128,7 +137,10 @@ impl DeviceLabels {
     pub fn of(index: u32, backend: &dyn Backend) -> Self {
         match backend.monitor() {
             Some(m) => Self::dcgm(dcgm_labels(m.index(), m.uuid(), m.model_name(), &hostname())),
-            None => Self(vec![Label::new("gpu", index.to_string())]),
+            None => Self(vec![
+                Label::new("device", format!("{}{index}", backend.info().kind)),
+                Label::new("Hostname", hostname()),
+            ]),
         }
     }
 

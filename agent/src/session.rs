@@ -154,7 +154,12 @@ async fn session(
     let connecting = endpoint
         .connect_with(client, addr, SERVER_NAME)
         .map_err(|e| AgentError::Setup(format!("cannot dial {addr}: {e}")))?;
-    let conn = match connecting.await {
+    // A drain signal while still dialling ends at once: there is nothing in hand to finish.
+    let connected = tokio::select! {
+        r = connecting => r,
+        _ = shutdown.changed() => return Ok(End::Drained),
+    };
+    let conn = match connected {
         Ok(c) => c,
         Err(e) => {
             if let Some(presented) = verifier.last_mismatch() {

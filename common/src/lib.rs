@@ -20,6 +20,7 @@
 //!   enable it; the protocol itself needs no I/O).
 //! - `metrics-endpoint`: the `metrics_endpoint` module, the Prometheus recorder and the `/metrics`,
 //!   `/healthz`, `/readyz` HTTP endpoint shared by the agent and the coordinator.
+//! - `service`: the `service` module, systemd readiness and watchdog notifications for the binaries.
 //!
 //! Everything here is checked against `../shared/vectors` by the conformance tests in `tests/it`.
 
@@ -39,6 +40,8 @@ pub mod pyjson;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod rpc;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod synthetic;
 #[doc(hidden)]
 pub mod test_vectors;

@@ -9,6 +9,7 @@
 //! - [`verify`]: checking blocks (`compute_root`, signatures) and recomputing a worker's result;
 //! - [`farm`]: the GPU farm: QUIC agents, sharded jobs, spot checks, metrics;
 //! - [`mining`]: the mining loop (watcher, planner, submitters, journal) and the compute priority layer;
+//! - [`readiness`]: what `/readyz` means ("can mine now": an L1 answers, identities funded, a device);
 //! - [`validator`]: jobs pushed by PoC validators over WebSocket, answered with signed results.
 //!
 //! # Feature flags
@@ -18,6 +19,7 @@ pub mod data_dir;
 pub mod farm;
 pub mod l1;
 pub mod mining;
+pub mod readiness;
 pub mod submit;
 pub mod validator;
 pub mod verify;

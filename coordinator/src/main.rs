@@ -8,21 +8,52 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli::init_logging(args.global.log_format, "warn");
     match cli::run(args).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", without_repeats(&e));
             if e.downcast_ref::<cli::UsageError>().is_some() {
                 ExitCode::from(cli::EXIT_USAGE)
             } else {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message before it
+/// already holds (many errors print their source in their own message).
+fn without_repeats(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_repeats;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "No such file or directory (os error 2)",
+        );
+        let e = anyhow::Error::new(io)
+            .context("cannot read farm.toml: No such file or directory (os error 2)");
+        assert_eq!(
+            without_repeats(&e),
+            "cannot read farm.toml: No such file or directory (os error 2)"
+        );
+        let e = anyhow::anyhow!("disk full").context("cannot write the journal");
+        assert_eq!(without_repeats(&e), "cannot write the journal: disk full");
     }
 }

@@ -94,13 +94,15 @@ fn an_unfunded_identity_is_reported_and_does_not_hold_back_the_other() {
         let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))
             .and_then(|r| r.text())
             .unwrap_or_default();
+        // The series exists at 0 from start-up (so alerts see the first event); wait for that event.
         if let Some(line) = text
             .lines()
             .find(|l| l.starts_with("cpcfarm_submissions_unfunded_total{identity=\"w2\"}"))
+            .filter(|l| !l.ends_with(" 0"))
         {
             break line.to_owned();
         }
-        assert!(Instant::now() < deadline, "no unfunded metric for w2");
+        assert!(Instant::now() < deadline, "no unfunded submission counted for w2");
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!unfunded.ends_with(" 0"), "{unfunded}");

@@ -91,12 +91,22 @@ pub(crate) async fn status(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An address as typed, or the address of a key name.
-fn resolve_address(g: &GlobalArgs, who: &str) -> anyhow::Result<String> {
+/// An address as typed, or the address of a key name; neither is a usage error (exit 2).
+pub(crate) fn resolve_address(g: &GlobalArgs, who: &str) -> anyhow::Result<String> {
     if who.starts_with("cpc1") {
-        return Ok(who.parse::<Address>()?.to_string());
+        return who
+            .parse::<Address>()
+            .map(|a| a.to_string())
+            .map_err(|e| super::UsageError(format!("invalid address `{who}`: {e}")).into());
     }
-    Ok(g.keystore().load(who)?.address.to_string())
+    let keystore = g.keystore();
+    match keystore.load(who) {
+        Ok(key) => Ok(key.address.to_string()),
+        Err(e) => Err(super::UsageError(format!(
+            "`{who}` is neither a cpc1... address nor a usable key name ({e})"
+        ))
+        .into()),
+    }
 }
 
 pub(crate) async fn balance(g: &GlobalArgs, who: &str) -> anyhow::Result<ExitCode> {

@@ -35,7 +35,7 @@ pub(crate) struct TaskArgs {
     /// Hash of the block that seeds the task.
     #[arg(long)]
     block_hash: String,
-    /// The worker identity's address.
+    /// The worker identity: a `cpc1...` address or a key name from the keystore.
     #[arg(long)]
     worker: String,
     /// Matrix size n.
@@ -51,7 +51,9 @@ pub(crate) struct TaskArgs {
     backend: BackendArgs,
 }
 
-pub(crate) async fn task(g: &GlobalArgs, args: TaskArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn task(g: &GlobalArgs, mut args: TaskArgs) -> anyhow::Result<ExitCode> {
+    check_block_hash(&args.block_hash)?;
+    args.worker = super::chain::resolve_address(g, &args.worker)?;
     let task = BlockTask::derive(&args.block_hash, &args.worker, args.matrix_size, args.height)?;
     let backend = args.backend.open()?;
     let challenge = task.challenge.clone();
@@ -111,7 +113,7 @@ pub(crate) struct VerifyArgs {
     /// Height of the block whose hash seeded the task (the ComputeResult nonce).
     #[arg(long)]
     height: u64,
-    /// The worker's address.
+    /// The worker: a `cpc1...` address or a key name from the keystore.
     #[arg(long)]
     worker: String,
     /// Matrix size the worker was expected to use.
@@ -124,7 +126,8 @@ pub(crate) struct VerifyArgs {
     backend: BackendArgs,
 }
 
-pub(crate) async fn verify(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn verify(g: &GlobalArgs, mut args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    args.worker = super::chain::resolve_address(g, &args.worker)?;
     let backend = args.backend.open()?;
     let v = verify::verify_worker(
         &g.node(),
@@ -153,4 +156,16 @@ pub(crate) async fn verify(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<E
         println!("verdict          {}", if valid { "VALID" } else { "INVALID" });
     }
     Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(EXIT_MISMATCH) })
+}
+
+/// A block hash as the L1 prints it: 64 lower-case hex digits (the task's seed hashes the text, so another
+/// spelling of the same bytes would derive another task).
+fn check_block_hash(hash: &str) -> anyhow::Result<()> {
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Ok(());
+    }
+    Err(super::UsageError(format!(
+        "invalid --block-hash `{hash}`: expected 64 lower-case hex digits (the block's `hash` from `query block`)"
+    ))
+    .into())
 }

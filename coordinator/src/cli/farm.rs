@@ -2,10 +2,9 @@
 //! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report.
 
 use super::GlobalArgs;
-use anyhow::Context as _;
 use clap::Args;
 use cpc_common::synthetic::Challenge;
-use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, Identity, JobReport};
+use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, JobReport};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 /// Default time `job` waits for agents.
@@ -24,8 +23,12 @@ pub(crate) struct FarmArgs {
     #[arg(long, help_heading = "Farm")]
     pub(crate) metrics: Option<SocketAddr>,
     /// Address agents should dial, for the printed command line [default: the listen address].
-    #[arg(long, help_heading = "Farm")]
+    #[arg(long, env = "CPC_PUBLIC_ADDR", help_heading = "Farm")]
     pub(crate) public_addr: Option<String>,
+    /// Read the certificate, key and join token from this directory (e.g. a mounted Kubernetes Secret)
+    /// instead of making them in the data dir.
+    #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Farm")]
+    pub(crate) identity_dir: Option<PathBuf>,
     /// Seconds a shard may take before its rows go to another device.
     #[arg(long, default_value_t = farm::DEFAULT_SHARD_TIMEOUT.as_secs(), help_heading = "Farm")]
     pub(crate) shard_timeout: u64,
@@ -58,31 +61,31 @@ pub(crate) struct JobArgs {
     pub(crate) farm: FarmArgs,
 }
 
-fn start(args: &FarmArgs) -> anyhow::Result<FarmHandle> {
+fn start(args: &FarmArgs) -> anyhow::Result<(FarmHandle, String)> {
     let dir = super::data_dir_or_default(args.data_dir.clone())?;
-    let identity = Identity::load_or_create(&dir)?;
+    let (identity, token_file) = super::load_farm_identity(&dir, args.identity_dir.as_deref())?;
     let mut config = FarmConfig::new(args.listen, identity);
     config.metrics_listen = args.metrics;
     config.shard_timeout = Duration::from_secs(args.shard_timeout.max(1));
     let handle = farm::start(config)?;
     let public = args.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());
-    eprintln!(
-        "farm listening on {} (certificate fingerprint {})",
-        handle.local_addr(),
-        handle.fingerprint()
-    );
     if let Some(m) = handle.metrics_addr() {
         eprintln!("metrics on http://{m}/metrics");
     }
-    eprintln!("join agents with:\n  {}", handle.agent_command(&public));
-    Ok(handle)
+    super::print_join_instructions(&handle, &public, &token_file);
+    let command = handle.agent_command(&public, &token_file.display().to_string());
+    Ok((handle, command))
 }
 
 pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let handle = start(&args.farm)?;
-    let public = args.farm.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());
-    println!("{}", handle.agent_command(&public));
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    let shutdown = super::shutdown_signal();
+    let (handle, command) = start(&args.farm)?;
+    // For scripts on this host: the command line with this host's token file.
+    println!("{command}");
+    cpc_common::service::notify_ready();
+    cpc_common::service::spawn_watchdog();
+    shutdown.await;
+    cpc_common::service::notify_stopping();
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || handle.shutdown()).await?;
     Ok(ExitCode::SUCCESS)
@@ -90,7 +93,7 @@ pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Ex
 
 pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCode> {
     let challenge = Challenge::new(args.seed.clone(), args.matrix_size, args.iterations)?;
-    let handle = start(&args.farm)?;
+    let (handle, _) = start(&args.farm)?;
     let agents =
         handle.wait_for_agents(args.min_agents.max(1), Duration::from_secs(args.wait)).await?;
     eprintln!("{agents} agent(s) connected: running the job");

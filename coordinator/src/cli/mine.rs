@@ -5,7 +5,6 @@
 //! those PoC validators over WebSocket, on the same compute service behind the priority layer.
 
 use super::{GlobalArgs, output::print_json, usage};
-use anyhow::Context as _;
 use clap::Args;
 use cpc_common::{
     keystore::Keystore,
@@ -71,6 +70,13 @@ pub(crate) struct RunArgs {
     /// QUIC address agents dial [default: 0.0.0.0:7700].
     #[arg(long, env = "CPC_LISTEN", help_heading = "Mining")]
     listen: Option<SocketAddr>,
+    /// Address agents should dial, for the printed command line [default: the listen address].
+    #[arg(long, env = "CPC_PUBLIC_ADDR", help_heading = "Mining")]
+    public_addr: Option<String>,
+    /// Read the farm's certificate, key and join token from this directory (e.g. a mounted Kubernetes
+    /// Secret) instead of making them in the data dir.
+    #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Mining")]
+    identity_dir: Option<PathBuf>,
     /// Metrics address (/metrics, /healthz, /readyz).
     #[arg(long, env = "CPC_METRICS", help_heading = "Mining")]
     metrics: Option<SocketAddr>,
@@ -246,6 +252,7 @@ fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
                 args.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_MS).max(10),
             ),
             recover_from_chain: false,
+            readiness: Arc::default(),
         },
         identities,
         data_dir,
@@ -286,6 +293,8 @@ fn check_node_url(url: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
     let mut r = resolve(g, &args)?;
     let load = |name: &String| -> anyhow::Result<Identity> {
         let k = r.keystore.load(name)?;
@@ -332,8 +341,17 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     }
 
     // The farm also serves the metrics endpoint; in local mode it simply has no agents.
-    let mut config = FarmConfig::new(r.listen, farm::Identity::load_or_create(&r.data_dir)?);
+    let (farm_identity, token_file) =
+        super::load_farm_identity(&r.data_dir, args.identity_dir.as_deref())?;
+    let mut config = FarmConfig::new(r.listen, farm_identity);
     config.metrics_listen = r.metrics;
+    // `/readyz`: can mine now (an L1 answers, no identity short of funds, a device in farm mode).
+    r.settings.readiness.require_l1();
+    if r.compute == "farm" {
+        r.settings.readiness.require_device();
+    }
+    config.readiness = Arc::clone(&r.settings.readiness);
+    farm::metrics::init_identity_series(r.identities.iter().map(String::as_str));
     let farm = farm::start(config)?;
     if let Some(m) = farm.metrics_addr() {
         eprintln!("metrics on http://{m}/metrics");
@@ -341,10 +359,19 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     let inner: Arc<dyn ComputeService> = if r.compute == "local" {
         Arc::new(LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?)))
     } else {
-        eprintln!("farm listening on {} (fingerprint {})", farm.local_addr(), farm.fingerprint());
-        eprintln!("join agents with:\n  {}", farm.agent_command(&farm.local_addr().to_string()));
+        let public = args.public_addr.clone().unwrap_or_else(|| farm.local_addr().to_string());
+        super::print_join_instructions(&farm, &public, &token_file);
         if args.min_agents > 0 {
-            farm.wait_for_agents(args.min_agents, Duration::from_secs(300)).await?;
+            tokio::select! {
+                waited = farm.wait_for_agents(args.min_agents, Duration::from_secs(300)) => {
+                    waited?;
+                }
+                () = &mut shutdown => {
+                    eprintln!("stopping before mining started");
+                    farm.shutdown();
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
         }
         Arc::new(farm.clone())
     };
@@ -353,7 +380,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     let compute = prioritized.class(Priority::Block);
     // A bounded run's window starts at the head: wait for a node rather than take height 0.
     let start_height = if args.stop_after_blocks > 0 {
-        match wait_for_head(&r.settings.nodes).await? {
+        match wait_for_head(&r.settings.nodes, shutdown.as_mut()).await? {
             Some(h) => h,
             None => return Ok(ExitCode::SUCCESS),
         }
@@ -385,8 +412,11 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     }
     let validators = validator::start(validator_settings, Arc::clone(&journal), prioritized)?;
 
+    cpc_common::service::notify_ready();
+    cpc_common::service::spawn_watchdog();
     if args.stop_after_blocks == 0 {
-        tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+        shutdown.await;
+        cpc_common::service::notify_stopping();
         eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
         validators.stop().await;
         miner.stop();
@@ -401,7 +431,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     let mut settle_deadline: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut shutdown => break,
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
         if let Ok(status) = pool.status().await {
@@ -534,7 +564,10 @@ fn miss_reason(t: &ReportRow) -> Option<String> {
 }
 
 /// The node's head, waiting (and saying so) while no node answers; `None` when interrupted.
-async fn wait_for_head(nodes: &[String]) -> anyhow::Result<Option<u64>> {
+async fn wait_for_head(
+    nodes: &[String],
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Option<u64>> {
     let pool = cpc_coordinator::l1::NodePool::new(nodes);
     let mut told = false;
     loop {
@@ -547,7 +580,7 @@ async fn wait_for_head(nodes: &[String]) -> anyhow::Result<Option<u64>> {
             Err(_) => {}
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(None),
+            () = &mut shutdown => return Ok(None),
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }

@@ -58,6 +58,31 @@ pub(crate) struct GlobalArgs {
     /// Print data as JSON.
     #[arg(long, global = true, help_heading = "Global")]
     pub(crate) json: bool,
+    /// Log lines on stderr as `text` (colours only on a terminal) or `json` (one object per line, for
+    /// journald or a log shipper).
+    #[arg(long, global = true, env = "CPC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Global")]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up tracing on stderr in `format`, filtered by `RUST_LOG` (else `default_filter`).
+pub(crate) fn init_logging(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 impl GlobalArgs {
@@ -109,6 +134,39 @@ pub(crate) enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The coordinator's certificate, key and join token: read from `identity_dir` when given (a
+/// Kubernetes Secret, a backup: nothing is created there), else from the data dir, made on first start.
+/// Answers the identity and the path of its join-token file.
+pub(crate) fn load_farm_identity(
+    data_dir: &std::path::Path,
+    identity_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(cpc_coordinator::farm::Identity, PathBuf)> {
+    use cpc_coordinator::farm::{Identity, identity::TOKEN_FILE};
+    Ok(match identity_dir {
+        Some(dir) => (Identity::load(dir)?, dir.join(TOKEN_FILE)),
+        None => (Identity::load_or_create(data_dir)?, data_dir.join(TOKEN_FILE)),
+    })
+}
+
+/// Prints how agents join `farm`, dialling `public_addr`: the fingerprint and where the join token is
+/// read, never the token itself (stderr ends up in journald and container logs).
+pub(crate) fn print_join_instructions(
+    farm: &cpc_coordinator::farm::FarmHandle,
+    public_addr: &str,
+    token_file: &std::path::Path,
+) {
+    eprintln!(
+        "farm listening on {} (certificate fingerprint {})",
+        farm.local_addr(),
+        farm.fingerprint()
+    );
+    eprintln!(
+        "join agents with:\n  {}\n  (FILE: a copy of {} (mode 0600), or CPC_JOIN_TOKEN set from it; add --backend cuda on GPU hosts)",
+        farm.agent_command(public_addr, "FILE"),
+        token_file.display()
+    );
+}
+
 /// The data directory when none is given: `~/.cpc-farm` (journal, certificate, join token).
 pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match given {
@@ -116,6 +174,38 @@ pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<Path
         None => std::env::var_os("HOME")
             .map(|h| PathBuf::from(h).join(".cpc-farm"))
             .ok_or_else(|| anyhow::anyhow!("no --data-dir and no HOME: pass --data-dir")),
+    }
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM (what systemd and Kubernetes send): every
+/// long-running command stops gracefully on either. The handlers are installed when this is called (not
+/// when first polled), so call it early: from then on neither signal kills the process outright.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let streams = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    };
+    async move {
+        #[cfg(unix)]
+        match streams {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = interrupt.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(
+                    "cannot listen for SIGTERM/SIGINT ({e}): only Ctrl-C stops gracefully"
+                );
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

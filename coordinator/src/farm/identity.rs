@@ -1,6 +1,7 @@
 //! The coordinator's identity on disk: a self-signed certificate (agents pin its SHA-256 fingerprint instead of
 //! trusting a CA) and the join token agents must present. Both are made on first start in the data directory
-//! and reused afterwards, so the agent command line printed once stays valid across restarts.
+//! and reused afterwards, so the agent command line printed once stays valid across restarts; or they come
+//! from a directory the operator provides ([`Identity::load`], `--identity-dir`: a Kubernetes Secret).
 
 use super::FarmError;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -97,13 +98,28 @@ impl Identity {
         }
         refuse_if_shared(&key_path)?;
         refuse_if_shared(&token_path)?;
+        Self::load(dir)
+    }
+
+    /// Loads the identity from `dir` and creates nothing: for a directory an operator provides (a
+    /// Kubernetes Secret, a backup), so a lost data volume never changes the fingerprint agents pin. Secret
+    /// files that others can read get a warning here, not a refusal: a mounted Secret's mode is the
+    /// orchestrator's (`defaultMode`), and the data dir's own files are checked by [`Self::load_or_create`].
+    pub fn load(dir: &Path) -> Result<Self, FarmError> {
+        let (cert_path, key_path, token_path) =
+            (dir.join(CERT_FILE), dir.join(KEY_FILE), dir.join(TOKEN_FILE));
+        for secret in [&key_path, &token_path] {
+            if let Err(e) = refuse_if_shared(secret) {
+                tracing::warn!("{e}");
+            }
+        }
         let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| {
             FarmError::Identity(format!("cannot read {}: {e}", cert_path.display()))
         })?;
         let key = PrivateKeyDer::from_pem_file(&key_path)
             .map_err(|e| FarmError::Identity(format!("cannot read {}: {e}", key_path.display())))?;
         let token = std::fs::read_to_string(&token_path)
-            .map_err(|e| io("cannot read", &token_path, e))?
+            .map_err(|e| FarmError::Identity(format!("cannot read {}: {e}", token_path.display())))?
             .trim()
             .to_owned();
         if token.len() < MIN_TOKEN_CHARS {

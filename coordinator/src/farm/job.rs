@@ -470,11 +470,7 @@ impl Job {
                 stat.shards += 1;
                 stat.busy += round_trip;
                 self.round_trips.push(round_trip);
-                self.ctx.metrics.completed(
-                    f.device,
-                    round_trip,
-                    shard_ops(self.challenge.matrix_size, rows),
-                );
+                self.ctx.metrics.completed(round_trip);
                 let twins: Vec<u64> = self
                     .flights
                     .iter()

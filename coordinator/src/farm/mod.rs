@@ -105,6 +105,9 @@ pub struct FarmConfig {
     pub spot_check: SpotCheckConfig,
     /// Handshakes in progress at once (more are refused).
     pub max_pending_handshakes: usize,
+    /// What `/readyz` requires besides a started farm (nothing by default; `run` adds an L1, funded
+    /// identities and, in farm mode, a usable device).
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 impl FarmConfig {
@@ -124,6 +127,7 @@ impl FarmConfig {
             straggler: StragglerPolicy::default(),
             spot_check: SpotCheckConfig::default(),
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            readiness: Arc::default(),
         }
     }
 }
@@ -324,11 +328,12 @@ impl FarmHandle {
         &self.inner.token
     }
 
-    /// The command line that joins an agent to this farm, dialling `public_addr`.
-    pub fn agent_command(&self, public_addr: &str) -> String {
+    /// The command line that joins an agent to this farm, dialling `public_addr`, reading the join
+    /// token from `token_file` on the agent's host (the token itself is never printed or logged).
+    pub fn agent_command(&self, public_addr: &str, token_file: &str) -> String {
         format!(
-            "cpc-agent --coordinator {public_addr} --token {} --coordinator-fingerprint {} --backend cuda --devices all",
-            self.inner.token, self.inner.fingerprint
+            "cpc-agent --coordinator {public_addr} --coordinator-fingerprint {} --token-file {token_file} --devices all",
+            self.inner.fingerprint
         )
     }
 
@@ -459,11 +464,9 @@ type Parts = (
 
 async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint), FarmError> {
     let config = Arc::new(config);
-    let farm_metrics = metrics::FarmMetrics::new();
+    let farm_metrics = metrics::FarmMetrics::with_readiness(Arc::clone(&config.readiness));
     let metrics_addr = match config.metrics_listen {
-        Some(addr) => Some(
-            metrics::serve(addr, metrics::install_recorder(), farm_metrics.ready.clone()).await?,
-        ),
+        Some(addr) => Some(metrics::serve(addr, metrics::install_recorder(), &farm_metrics).await?),
         None => None,
     };
     let endpoint = server::bind(&config)?;

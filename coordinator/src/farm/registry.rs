@@ -58,8 +58,27 @@ impl Registry {
     }
 
     fn publish(&self) {
-        let devices: usize = self.agents.values().map(|a| a.devices.len()).sum();
-        self.metrics.connected(self.agents.len(), devices, self.quarantined.len());
+        let mut devices = 0;
+        let mut usable = 0;
+        let mut usable_ops = 0.0;
+        for (&agent, entry) in &self.agents {
+            for d in &entry.devices {
+                devices += 1;
+                if !entry.draining
+                    && !self.quarantined.contains_key(&DeviceId { agent, index: d.index })
+                {
+                    usable += 1;
+                    usable_ops += d.measured_ops_per_sec;
+                }
+            }
+        }
+        self.metrics.connected(
+            self.agents.len(),
+            devices,
+            self.quarantined.len(),
+            usable,
+            usable_ops,
+        );
     }
 }
 
@@ -105,10 +124,6 @@ impl Handler<Register> for Registry {
     fn handle(&mut self, msg: Register, _: &mut Self::Context) -> u64 {
         let id = self.next_agent;
         self.next_agent += 1;
-        for d in &msg.devices {
-            self.metrics
-                .device_measured(DeviceId { agent: id, index: d.index }, d.measured_ops_per_sec);
-        }
         self.agents.insert(
             id,
             AgentEntry {

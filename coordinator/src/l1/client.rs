@@ -15,7 +15,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Errors talking to a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The node could not be reached at all (refused, DNS, timeout).
+    /// The node could not be reached at all (refused, DNS, TLS, timeout).
     #[error(
         "L1 node at {url} is unreachable ({reason}); check --node / CPC_NODE and that the node is running"
     )]
@@ -68,14 +68,28 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    /// A client for the node at `base_url` (e.g. `http://localhost:8000`).
+    /// A client for the node at `base_url` (e.g. `http://localhost:8000` or `https://node.example`),
+    /// with the default timeouts of one-off operator commands.
     pub fn new(base_url: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
-            .timeout(DEFAULT_REQUEST_TIMEOUT)
-            .build()
-            // Building a client without TLS or proxies configured only fails if the OS is broken.
-            .unwrap_or_default();
+        Self::with_timeouts(base_url, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// A client whose connections (TCP and TLS) time out after `connect` and whose requests each have
+    /// a deadline of `request`. `https://` URLs are checked against the system's trusted roots
+    /// (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them) and the bundled Mozilla roots.
+    pub fn with_timeouts(base_url: &str, connect: Duration, request: Duration) -> Self {
+        let builder = || {
+            reqwest::Client::builder().use_rustls_tls().connect_timeout(connect).timeout(request)
+        };
+        let http = builder().build().or_else(|e| {
+            // Only an unreadable system root store gets here: keep https working on the Mozilla roots.
+            tracing::warn!(
+                "system TLS roots unusable ({e}); trusting the bundled Mozilla roots only"
+            );
+            builder().tls_built_in_native_certs(false).build()
+        });
+        // Building with the bundled roots alone cannot fail short of a broken TLS library.
+        let http = http.unwrap_or_default();
         Self { base: base_url.trim_end_matches('/').to_owned(), http, budget: Default::default() }
     }
 
@@ -181,10 +195,14 @@ impl NodeClient {
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> NodeError {
+    // reqwest's errors repeat their source in their own message: keep each cause once.
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        reason = format!("{reason}: {s}");
+        let cause = s.to_string();
+        if !reason.contains(&cause) {
+            reason = format!("{reason}: {cause}");
+        }
         source = s.source();
     }
     NodeError::Unreachable { url: url.to_owned(), reason }

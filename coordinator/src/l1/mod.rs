@@ -1,8 +1,9 @@
 //! The coordinator's view of a ComputeChain L1 node: a typed HTTP client for the RPC in
 //! `COMPUTECHAIN_L1.md`, with errors that name the node and say what failed.
 //!
-//! Everything that talks to the chain (operator commands, and later the chain watcher and submitters)
-//! goes through [`NodeClient`], so timeouts, error wording and JSON shapes live in one place.
+//! Everything that talks to the chain (operator commands, the chain watcher and the submitters) goes
+//! through [`NodeClient`], so timeouts, TLS, error wording and JSON shapes live in one place; the miner
+//! holds its nodes in a [`NodePool`] (short deadlines, health probes, failover and fail-back).
 
 pub mod budget;
 mod client;
@@ -11,4 +12,4 @@ mod fuzz;
 mod pool;
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, NodeClient, NodeError};
-pub use pool::NodePool;
+pub use pool::{NodePool, POOL_CONNECT_TIMEOUT, POOL_REQUEST_TIMEOUT, PROBE_INTERVAL};

@@ -54,6 +54,8 @@ pub struct MinerSettings {
     /// The journal was made in this run: submitters look for their results on chain before signing
     /// (see [`submitter`]).
     pub recover_from_chain: bool,
+    /// Where the node pool and the submitters report "can mine now" (`/readyz`).
+    pub readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// Handles of a running mining loop's actors.
@@ -138,7 +140,7 @@ pub fn start(
     journal: SharedJournal,
     compute: Arc<dyn compute::ComputeService>,
 ) -> Miner {
-    let nodes = NodePool::new(&settings.nodes);
+    let nodes = NodePool::with_readiness(&settings.nodes, Arc::clone(&settings.readiness));
     let submitters: Vec<Addr<submitter::Submitter>> = identities
         .iter()
         .map(|id| {

@@ -511,6 +511,9 @@ impl Core {
                 metrics::counter!("cpcfarm_submissions_unfunded_total", "identity" => self.name().to_owned()).increment(1);
                 metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())
                     .set(0.0);
+                if let Some(r) = self.nodes.readiness() {
+                    r.set_funded(self.name(), false)
+                }
                 let e = SubmitError::InsufficientBalance {
                     address: self.identity.address.to_string(),
                     have,
@@ -523,6 +526,9 @@ impl Core {
             }
             metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())
                 .set(1.0);
+            if let Some(r) = self.nodes.readiness() {
+                r.set_funded(self.name(), true)
+            }
             self.journal(|j| j.record_signed(self.name(), &task_id, record.task.height, &tx))?;
             match node.send_tx(&tx).await {
                 Ok(_) => {

@@ -24,6 +24,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// look further back themselves for their open submissions).
 pub const MAX_CATCH_UP_BLOCKS: u64 = 64;
 
+/// While no node answers, how often the watcher says so again (each node's own change of state is
+/// logged once by the pool).
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A new head block.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -78,6 +82,8 @@ pub struct ChainWatcher {
     polling: bool,
     backoff: Duration,
     quiet_until: Option<Instant>,
+    /// When the follower last logged that no node answers (`None` while one does).
+    outage_logged_at: Option<Instant>,
 }
 
 impl ChainWatcher {
@@ -98,6 +104,7 @@ impl ChainWatcher {
             polling: false,
             backoff: Duration::ZERO,
             quiet_until: None,
+            outage_logged_at: None,
         }
     }
 
@@ -117,6 +124,9 @@ impl ChainWatcher {
                         Ok(step) => {
                             act.backoff = Duration::ZERO;
                             act.quiet_until = None;
+                            if act.outage_logged_at.take().is_some() {
+                                tracing::info!("an L1 node answers again; mining resumes");
+                            }
                             act.apply(step);
                         }
                         Err(e) => act.back_off(&e),
@@ -133,7 +143,11 @@ impl ChainWatcher {
         let overloaded = matches!(e, NodeError::Status { status: 429, .. });
         metrics::counter!("cpcfarm_l1_backoffs_total", "reason" => if overloaded { "overloaded" } else { "unreachable" })
             .increment(1);
-        tracing::warn!(error = %e, pause = ?self.backoff, "no L1 node answered; mining waits for the chain");
+        let due = self.outage_logged_at.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL);
+        if due {
+            tracing::warn!(error = %e, pause = ?self.backoff, "no L1 node answered; mining waits for the chain");
+            self.outage_logged_at = Some(Instant::now());
+        }
     }
 
     fn apply(&mut self, step: Step) {

@@ -435,8 +435,24 @@ async fn farm_drained_agent_leaves_cleanly_and_metrics_are_served() {
         "cpcfarm_shard_duration_seconds_bucket",
         "cpcfarm_job_duration_seconds",
         "cpcfarm_agents_connected",
+        "process_resident_memory_bytes",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    // Every family is described (promtool check metrics: "no help text"). The agents of this test run in
+    // this process and share its recorder: their descriptions are the agent binary's.
+    cpc_agent::metrics::install_recorder();
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    for family in metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split_whitespace().next().unwrap_or_default();
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name} has no HELP:\n{metrics}");
     }
     for path in ["healthz", "readyz"] {
         let status = client.get(format!("{base}/{path}")).send().await.expect("GET").status();

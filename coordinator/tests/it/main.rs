@@ -227,7 +227,30 @@ fn submit_result_validates_locally_before_touching_the_node() {
 
 #[test]
 fn task_rejects_bad_sizes_with_a_clear_message() {
-    let out = run(&["task", "--block-hash", "00", "--worker", "cpc1x", "--matrix-size", "70000"]);
+    let block_hash = "021908af7753e4f24fed208eaebe64eef3000a5c1b077100efbe7ef2f88ec433";
+    let worker = "cpc1vrmhrv849atm3v87dqgckjp70eeku6fzz3uk08";
+    let out =
+        run(&["task", "--block-hash", block_hash, "--worker", worker, "--matrix-size", "70000"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("out of range"), "{}", stderr(&out));
+}
+
+#[test]
+fn task_rejects_a_bad_block_hash_or_worker_as_a_usage_error() {
+    let block_hash = "021908af7753e4f24fed208eaebe64eef3000a5c1b077100efbe7ef2f88ec433";
+    let worker = "cpc1vrmhrv849atm3v87dqgckjp70eeku6fzz3uk08";
+    let keystore = tempfile::tempdir().expect("tempdir");
+    let keystore = keystore.path().to_str().expect("utf-8 path");
+    let upper = block_hash.to_uppercase();
+    for (hash, who, expect) in [
+        ("zz", worker, "invalid --block-hash"),
+        (upper.as_str(), worker, "invalid --block-hash"),
+        (block_hash, "cpc1notanaddress", "invalid address"),
+        (block_hash, "no-such-key", "neither a cpc1... address nor a usable key name"),
+    ] {
+        let out = run(&["--keystore", keystore, "task", "--block-hash", hash, "--worker", who]);
+        assert_eq!(out.status.code(), Some(2), "{hash} {who}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(expect), "{hash} {who}: {err}");
+    }
 }
