@@ -92,7 +92,7 @@ pub(crate) fn bind(config: &FarmConfig) -> Result<quinn::Endpoint, FarmError> {
     // packets silently instead of resetting them. The key comes from the same secret as the reset key.
     let secret = config.identity.stateless_reset_secret();
     let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cpc_common::sha256(&[&secret[..], b"connection ids"].concat())[..8]);
+    cid_key.copy_from_slice(&cpc_common::sha256([&secret[..], b"connection ids"].concat())[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
