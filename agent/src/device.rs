@@ -956,10 +956,16 @@ mod tests {
         });
         let text = handle.render();
         assert!(
-            text.contains("cpcfarm_agent_device_restarts_needed_total{gpu=\"31\"} 1"),
+            text.contains("cpcfarm_agent_device_restarts_needed_total{device=\"cpu31\",")
+                && text.lines().any(|l| l
+                    .starts_with("cpcfarm_agent_device_restarts_needed_total{device=\"cpu31\",")
+                    && l.ends_with(" 1")),
             "{text}"
         );
-        assert!(!text.contains("cpcfarm_agent_device_restarts_needed_total{gpu=\"30\"}"), "{text}");
+        assert!(
+            !text.contains("cpcfarm_agent_device_restarts_needed_total{device=\"cpu30\","),
+            "{text}"
+        );
     }
 
     /// A GPU-like device: C is not in host memory, so rows are not kept (asserted) and a spot check's row is

@@ -253,8 +253,10 @@ impl Drop for LogWatch {
     }
 }
 
+/// The registry's quarantine lines (`device quarantined device=…`); other lines that mention a quarantine
+/// (the job's Freivalds line, for one) are not counted.
 fn quarantines(farm: &Farm, logs: &[String]) -> usize {
-    logs.iter().map(|l| farm.log(l).matches("device quarantined").count()).sum()
+    logs.iter().map(|l| farm.log(l).matches("device quarantined device=").count()).sum()
 }
 
 #[test]
@@ -485,7 +487,7 @@ fn mine_behind(case: &str, farm: &Farm, first: &str) {
 }
 
 #[test]
-#[ignore = "needs the L1 deadline / metrics caps branch"]
+#[ignore = "fails over in about 1 s, but results sent to the hung node are lost (4 in a quick run): open in issue 11"]
 fn a_hung_node_is_failed_over() {
     let farm = Farm::new(BLOCK_MS, false, &["w1", "w2"]);
     let node = HangingNode::start(farm.devnet.addr());

@@ -391,6 +391,22 @@ impl Journal {
         Ok(ValidatorTaskOutcome::Queued)
     }
 
+    /// Fails a validator's task (its id collides with a block task on chain). Only a row still of validator
+    /// origin is touched: the planner may have taken the id over for its block task meanwhile.
+    pub fn fail_validator_task(
+        &self,
+        identity: &str,
+        task_id: &str,
+        reason: &str,
+    ) -> Result<(), JournalError> {
+        self.db.execute(
+            "UPDATE tasks SET state = 'failed', error = ?3
+             WHERE identity = ?1 AND task_id = ?2 AND origin = 'validator' AND state = 'computed'",
+            params![identity, task_id, reason],
+        )?;
+        Ok(())
+    }
+
     /// Whether `task_id` is a block task of `identity` in this journal.
     pub fn is_block_task(&self, identity: &str, task_id: &str) -> Result<bool, JournalError> {
         Ok(self.task(identity, task_id)?.is_some_and(|t| t.origin == TaskOrigin::Block))

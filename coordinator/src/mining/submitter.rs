@@ -22,8 +22,9 @@
 //! a lost one) the submitter first recovers from the chain: it waits until the node queues no transaction
 //! of the identity that the journal does not know, then journals as included every SUBMIT_RESULT of the
 //! identity it finds in the blocks since its oldest computed task, so nothing an earlier run sent is sent
-//! again. And a validator's result (`submit_to_l1`) is signed only once the block of its nonce exists and
-//! its task id is not that block's task of the identity (a validator can derive a block task's id).
+//! again. And a validator's result (`submit_to_l1`) is never signed under the task id of one of the
+//! identity's block tasks (a validator can derive those from public data): neither the block at its nonce
+//! nor any recent block the follower delivered may have that task id.
 
 use super::{
     Identity, SharedJournal,
@@ -391,15 +392,39 @@ impl Core {
         }
     }
 
-    /// The task id of this identity's block task at `height`, or `None` while that block does not exist.
-    async fn block_task_at(&self, height: u64) -> Result<Option<String>, SubmitError> {
-        let Some(block) = self.nodes.client().block(height).await? else { return Ok(None) };
-        let seed = synthetic::task_seed(&block.header.hash(), self.identity.address.as_str());
-        let id = synthetic::task_id(&seed).map_err(|e| SubmitError::Malformed {
-            field: "block task id",
-            reason: e.to_string(),
-        })?;
-        Ok(Some(id.to_string()))
+    /// This identity's block task id for the block of hash `block_hash`.
+    fn block_task_id(&self, block_hash: &str) -> Result<String, SubmitError> {
+        let seed = synthetic::task_seed(block_hash, self.identity.address.as_str());
+        synthetic::task_id(&seed)
+            .map(|id| id.to_string())
+            .map_err(|e| SubmitError::Malformed { field: "block task id", reason: e.to_string() })
+    }
+
+    /// The height of a block whose task for this identity has `record`'s id, among the block at its nonce
+    /// (when it exists: a validator can derive a block task's id only once the block is out, so a nonce
+    /// ahead of the chain names no block task yet) and the recent blocks the follower delivered.
+    async fn block_task_collision(&self, record: &TaskRecord) -> Result<Option<u64>, SubmitError> {
+        let task_id = record.task.task_id.to_string();
+        let recent: Vec<(u64, String)> = self
+            .blocks
+            .lock()
+            .map(|b| {
+                b.values()
+                    .flat_map(|batch| batch.iter().map(|s| (s.height, s.hash.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (height, hash) in recent {
+            if self.block_task_id(&hash)? == task_id {
+                return Ok(Some(height));
+            }
+        }
+        if let Some(block) = self.nodes.client().block(record.task.height).await?
+            && self.block_task_id(&block.header.hash())? == task_id
+        {
+            return Ok(Some(record.task.height));
+        }
+        Ok(None)
     }
 
     /// Recovery on a journal made in this run (see the module docs). Returns `false` while the node still
@@ -483,19 +508,13 @@ impl Core {
             let Some(result_hash) = record.result_hash.as_deref() else { continue };
             let task_id = record.task.task_id.to_string();
             if record.origin == TaskOrigin::Validator {
-                match self.block_task_at(record.task.height).await? {
-                    // Its block is not there yet: the id cannot be checked, so it waits.
-                    None => continue,
-                    Some(block_task_id) if block_task_id == task_id => {
-                        let reason = format!(
-                            "a validator's result with the task_id of this identity's block task at height {}: never submitted",
-                            record.task.height
-                        );
-                        tracing::warn!(identity = %self.name(), %task_id, "{reason}");
-                        self.journal(|j| j.fail_task(self.name(), &task_id, &reason))?;
-                        continue;
-                    }
-                    Some(_) => {}
+                if let Some(height) = self.block_task_collision(&record).await? {
+                    let reason = format!(
+                        "a validator's result with the task_id of this identity's block task at height {height}: never submitted"
+                    );
+                    tracing::warn!(identity = %self.name(), %task_id, "{reason}");
+                    self.journal(|j| j.fail_validator_task(self.name(), &task_id, &reason))?;
+                    continue;
                 }
             }
             let result = submit::block_task_result(&self.identity.key, &record.task, result_hash)?;

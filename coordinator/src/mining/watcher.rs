@@ -45,6 +45,8 @@ pub struct NewBlock {
 pub struct SeenBlock {
     /// Its height.
     pub height: u64,
+    /// Its hash (what block tasks are derived from).
+    pub hash: String,
     /// The hashes of its transactions.
     pub tx_hashes: HashSet<String>,
 }
@@ -54,6 +56,7 @@ impl SeenBlock {
     pub fn of(block: &Block) -> Self {
         Self {
             height: block.header.height,
+            hash: block.header.hash(),
             tx_hashes: block.txs.iter().map(cpc_common::Transaction::hash_hex).collect(),
         }
     }

@@ -191,11 +191,11 @@ int main(int argc, char** argv) {
         if (std::scanf("%lld", &v) != 1) { std::fprintf(stderr, "r: expected %u values\n", n); return 2; }
         r[j] = (int)v;
     }
-    unsigned chunks = (n + FREIVALDS_CHUNK - 1) / FREIVALDS_CHUNK;
-    std::vector<long long> partial((size_t)chunks * ldk, 0x5a5a5a5a), y(ldk, 0x5a5a5a5a);
+    unsigned fv_chunks = (n + FREIVALDS_CHUNK - 1) / FREIVALDS_CHUNK;
+    std::vector<long long> partial((size_t)fv_chunks * ldk, 0x5a5a5a5a), y(ldk, 0x5a5a5a5a);
     std::vector<unsigned long long> sums((size_t)rows * 2, 0x5a5a5a5a);
-    launch_1d((uint64_t)ldk * chunks, 256, [&] { freivalds_bt_r(bt.data(), r.data(), partial.data(), n, ldk, chunks); });
-    launch_1d(ldk, 256, [&] { freivalds_reduce_y(partial.data(), y.data(), ldk, chunks); });
+    launch_1d((uint64_t)ldk * fv_chunks, 256, [&] { freivalds_bt_r(bt.data(), r.data(), partial.data(), n, ldk, fv_chunks); });
+    launch_1d(ldk, 256, [&] { freivalds_reduce_y(partial.data(), y.data(), ldk, fv_chunks); });
     launch_blocks(rows, 1, FREIVALDS_THREADS, [&] {
         freivalds_rows(c.data(), a.data(), r.data(), y.data(), sums.data(), n, npad, ldk);
     });
