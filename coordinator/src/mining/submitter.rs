@@ -507,15 +507,15 @@ impl Core {
         for record in computed {
             let Some(result_hash) = record.result_hash.as_deref() else { continue };
             let task_id = record.task.task_id.to_string();
-            if record.origin == TaskOrigin::Validator {
-                if let Some(height) = self.block_task_collision(&record).await? {
-                    let reason = format!(
-                        "a validator's result with the task_id of this identity's block task at height {height}: never submitted"
-                    );
-                    tracing::warn!(identity = %self.name(), %task_id, "{reason}");
-                    self.journal(|j| j.fail_validator_task(self.name(), &task_id, &reason))?;
-                    continue;
-                }
+            if record.origin == TaskOrigin::Validator
+                && let Some(height) = self.block_task_collision(&record).await?
+            {
+                let reason = format!(
+                    "a validator's result with the task_id of this identity's block task at height {height}: never submitted"
+                );
+                tracing::warn!(identity = %self.name(), %task_id, "{reason}");
+                self.journal(|j| j.fail_validator_task(self.name(), &task_id, &reason))?;
+                continue;
             }
             let result = submit::block_task_result(&self.identity.key, &record.task, result_hash)?;
             let outgoing = Outgoing::submit_result(&result, self.gas_price);
