@@ -40,6 +40,7 @@ const COUNTERS: &[&str] = &[
     "cpcfarm_tasks_derived_total",
     "cpcfarm_tasks_failed_total",
     "cpcfarm_tasks_superseded_total",
+    "cpcfarm_shards_unchecked_total",
 ];
 
 /// Counters labelled by `identity`, created at 0 for every configured identity.
@@ -61,6 +62,9 @@ pub fn install_recorder() -> PrometheusHandle {
         }
         for outcome in ["ok", "error"] {
             counter!("cpcfarm_jobs_total", "outcome" => outcome).increment(0);
+        }
+        for outcome in ["pass", "fail"] {
+            counter!("cpcfarm_freivalds_checks_total", "outcome" => outcome).increment(0);
         }
         for name in ["cpcfarm_agents_connected", "cpcfarm_devices_connected"] {
             gauge!(name).increment(0.0);
