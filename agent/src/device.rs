@@ -44,7 +44,10 @@ use crate::metrics::{self as m, DeviceLabels};
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use cpc_common::{
     synthetic::Challenge,
-    wire::{CheckTiming, DeviceAdvert, MAX_QUARANTINE_REASON_BYTES, Response, RunShard},
+    wire::{
+        CheckTiming, DeviceAdvert, MAX_QUARANTINE_REASON_BYTES, Response, RowCapacity, RunShard,
+        advertised_sizes,
+    },
 };
 use cpc_kernels::{
     Backend, BackendError, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
@@ -674,6 +677,10 @@ pub async fn start(
         name: format!("{} [{}]", info.name, backend.name()),
         memory_bytes: info.memory_bytes,
         measured_ops_per_sec: ops,
+        concurrent_shards: u32::try_from(backend.concurrent_shards()).unwrap_or(u32::MAX),
+        row_capacity: advertised_sizes()
+            .map(|matrix_size| RowCapacity { matrix_size, max_rows: backend.max_rows(matrix_size) })
+            .collect(),
     };
     Ok(Started { addr: DeviceActor { state }.start(), advert, quarantined })
 }

@@ -175,7 +175,7 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{DeviceAdvert, Hello, Request, Response, RunShard};
+    use crate::wire::{DeviceAdvert, Hello, Request, Response, RowCapacity, RunShard};
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn hello() -> Hello {
@@ -189,6 +189,8 @@ mod tests {
                 kind: "cuda".into(),
                 memory_bytes: 80 << 30,
                 measured_ops_per_sec: 1.5e14,
+                concurrent_shards: 2,
+                row_capacity: vec![RowCapacity { matrix_size: 1024, max_rows: 1024 }],
             }],
         }
     }

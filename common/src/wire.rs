@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Version 2: [`RunShard::check_seed`], [`Response::ShardDone`]'s `check`, [`Response::CheckFailed`] (the
 /// Freivalds check on every shard). A version-1 agent would misread a version-2 `RunShard`, so the two
 /// sides must agree.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// Version 3: [`DeviceAdvert::concurrent_shards`] and [`DeviceAdvert::row_capacity`] (the device, not the
+/// coordinator, says how many rows it holds at each size and how many shards it runs at once).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN protocol id of the farm's QUIC connections.
 pub const ALPN: &[u8] = b"cpcfarm/1";
@@ -30,6 +33,45 @@ pub struct DeviceAdvert {
     pub memory_bytes: u64,
     /// Integer operations per second (2·rows·n² per shard) the agent measured at start.
     pub measured_ops_per_sec: f64,
+    /// Shards the device runs at once (its worker slots: 1 on a CPU, 2 on a GPU).
+    pub concurrent_shards: u32,
+    /// The most rows of one shard the device holds at each listed matrix size, sizes ascending (the
+    /// backend's own memory plan: a GPU's buffers are not laid out like a CPU's). See
+    /// [`DeviceAdvert::max_rows_at`] for sizes between the listed ones.
+    pub row_capacity: Vec<RowCapacity>,
+}
+
+/// How many rows of one shard a device holds at one matrix size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowCapacity {
+    /// n.
+    pub matrix_size: u32,
+    /// Most rows of C (and of A) at this n that fit, with all of B.
+    pub max_rows: u32,
+}
+
+/// The sizes an agent lists in [`DeviceAdvert::row_capacity`]: every power of two from 16 to the spec's
+/// largest n (13 entries).
+pub fn advertised_sizes() -> impl Iterator<Item = u32> {
+    (4..=16).map(|k| 1u32 << k)
+}
+
+impl DeviceAdvert {
+    /// The most rows at `n` the device holds: the listed value at `n`, else that of the next larger listed
+    /// size (memory per shard only grows with n, so this never over-fills a device), capped at n; 0 when
+    /// no listed size is as large as `n`.
+    pub fn max_rows_at(&self, n: u32) -> u32 {
+        self.row_capacity
+            .iter()
+            .filter(|c| c.matrix_size >= n)
+            .min_by_key(|c| c.matrix_size)
+            .map_or(0, |c| c.max_rows.min(n))
+    }
+
+    /// Shards the device runs at once, at least 1.
+    pub fn slots(&self) -> u32 {
+        self.concurrent_shards.max(1)
+    }
 }
 
 /// Agent → coordinator, first frame of the control stream.
@@ -174,4 +216,38 @@ pub enum Response {
         /// Which rows failed, on which device.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advert(caps: &[(u32, u32)]) -> DeviceAdvert {
+        DeviceAdvert {
+            index: 0,
+            name: "d".into(),
+            kind: "cpu".into(),
+            memory_bytes: 0,
+            measured_ops_per_sec: 1.0,
+            concurrent_shards: 0,
+            row_capacity: caps
+                .iter()
+                .map(|&(matrix_size, max_rows)| RowCapacity { matrix_size, max_rows })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn capacity_between_listed_sizes_is_that_of_the_next_larger() {
+        let d = advert(&[(1024, 1024), (2048, 700), (4096, 100)]);
+        assert_eq!(d.max_rows_at(1024), 1024);
+        assert_eq!(d.max_rows_at(1000), 1000, "capped at n");
+        assert_eq!(d.max_rows_at(1500), 700);
+        assert_eq!(d.max_rows_at(4096), 100);
+        assert_eq!(d.max_rows_at(4097), 0, "nothing listed that large");
+        assert_eq!(advert(&[]).max_rows_at(16), 0);
+        assert_eq!(d.slots(), 1);
+        assert_eq!(advertised_sizes().collect::<Vec<_>>().len(), 13);
+        assert_eq!(advertised_sizes().last(), Some(crate::synthetic::MAX_MATRIX_SIZE));
+    }
 }

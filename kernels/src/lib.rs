@@ -210,6 +210,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn concurrent_shards(&self) -> usize {
         1
     }
+    /// The most rows of one shard at matrix size `n` the device holds (what its agent advertises, so the
+    /// coordinator never applies one device's memory layout to another): by default what fits
+    /// [`DeviceInfo::memory_bytes`] as the CPU lays a shard out ([`max_rows_for_memory`]).
+    fn max_rows(&self, n: u32) -> u32 {
+        max_rows_for_memory(n, self.info().memory_bytes)
+    }
     /// What the last shard the calling thread completed cost, for backends that measure it (the CUDA
     /// backend: device time, achieved tera-ops per second, joules); `None` by default.
     fn last_stats(&self) -> Option<gpu::ShardStats> {

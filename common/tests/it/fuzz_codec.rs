@@ -12,7 +12,7 @@ use cpc_common::{
     fuzzing,
     wire::{
         AgentControl, CheckTiming, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request,
-        Response, RunShard,
+        Response, RowCapacity, RunShard,
     },
 };
 use proptest::{collection::vec, prelude::*};
@@ -196,15 +196,27 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn device_advert() -> impl Strategy<Value = DeviceAdvert> {
-    (any::<u32>(), text(), text(), any::<u64>(), any::<f64>()).prop_map(
-        |(index, name, kind, memory_bytes, measured_ops_per_sec)| DeviceAdvert {
-            index,
-            name,
-            kind,
-            memory_bytes,
-            measured_ops_per_sec,
-        },
+    (
+        (any::<u32>(), text(), text(), any::<u64>(), any::<f64>()),
+        any::<u32>(),
+        vec((any::<u32>(), any::<u32>()), 0..14),
     )
+        .prop_map(
+            |((index, name, kind, memory_bytes, measured_ops_per_sec), concurrent_shards, caps)| {
+                DeviceAdvert {
+                    index,
+                    name,
+                    kind,
+                    memory_bytes,
+                    measured_ops_per_sec,
+                    concurrent_shards,
+                    row_capacity: caps
+                        .into_iter()
+                        .map(|(matrix_size, max_rows)| RowCapacity { matrix_size, max_rows })
+                        .collect(),
+                }
+            },
+        )
 }
 
 fn hello() -> impl Strategy<Value = Hello> {

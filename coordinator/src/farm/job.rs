@@ -276,7 +276,7 @@ impl Job {
             .map(|d| DeviceCapacity {
                 id: d.id,
                 ops_per_sec: d.advert.measured_ops_per_sec,
-                max_rows: cpc_kernels::max_rows_for_memory(n, d.advert.memory_bytes),
+                max_rows: d.advert.max_rows_at(n),
             })
             .collect();
         for iteration in 0..self.challenge.iterations {
@@ -309,7 +309,7 @@ impl Job {
             if self.busy.contains(&d.id) {
                 continue;
             }
-            let max_rows = cpc_kernels::max_rows_for_memory(self.n(), d.advert.memory_bytes);
+            let max_rows = d.advert.max_rows_at(self.n());
             if max_rows == 0 {
                 continue;
             }
@@ -347,8 +347,7 @@ impl Job {
             if self.busy.contains(&d.id) {
                 continue;
             }
-            let max_rows =
-                u64::from(cpc_kernels::max_rows_for_memory(self.n(), d.advert.memory_bytes));
+            let max_rows = u64::from(d.advert.max_rows_at(self.n()));
             let mut per_unit: HashMap<usize, usize> = HashMap::new();
             for f in self.flights.values() {
                 *per_unit.entry(f.unit).or_default() += 1;
