@@ -160,6 +160,11 @@ pub struct CheckTiming {
     pub shard_micros: u64,
 }
 
+/// Application error code with which the coordinator stops a `RunShard` request stream whose shard it no
+/// longer needs (its job was superseded, cancelled or finished by a twin, or its deadline passed): an agent
+/// drops such a shard if it has not started it, and sends no answer.
+pub const SHARD_CANCELLED: u32 = 1;
+
 /// Coordinator → agent, the one frame of a request stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {

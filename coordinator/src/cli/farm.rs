@@ -113,7 +113,7 @@ pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCod
 }
 
 fn print_report(r: &JobReport) {
-    println!("result_hash   {}", r.result_hash);
+    println!("result_hash   {}", hex::encode(r.result_hash));
     println!("makespan      {:.3} s", r.makespan_seconds);
     println!("throughput    {:.3e} ops/s", r.achieved_ops_per_sec);
     println!(

@@ -1,5 +1,5 @@
-//! The farm: a pool of devices on many hosts, reached over QUIC, that runs one synthetic-v1 job at a time
-//! on all of them and answers the same `result_hash` as a single machine would.
+//! The farm: a pool of devices on many hosts, reached over QUIC, that runs many synthetic-v1 jobs at once
+//! on all of them, each answering the same `result_hash` as a single machine would.
 //!
 //! [`start`] binds the QUIC endpoint and starts the actors on a dedicated thread with its own actix system,
 //! so that any caller (the CLI, the mining loop, a test on any tokio runtime) drives the farm through the
@@ -7,9 +7,13 @@
 //!
 //! - [`server`]: the endpoint, the handshake (protocol version, constant-time join-token check) and one
 //!   control task per agent connection;
-//! - [`registry`]: the agent registry actor (devices, capabilities, heartbeats, quarantine);
-//! - [`scheduler`]: the pure row-splitting rule and the scheduler actor that runs jobs (`job` drives one:
-//!   dispatch, reassignment of lost or timed-out shards, straggler re-issue);
+//! - [`registry`]: the agent registry actor (devices, capabilities, heartbeats, quarantine), which tells
+//!   the scheduler at once when a device comes or goes;
+//! - [`schedule`]: the pure scheduling state (the one queue of jobs, placement, reassignment, stragglers,
+//!   check verdicts, deadlines), tested without a network;
+//! - [`plan`]: the pure rule that cuts a large job into row ranges;
+//! - [`scheduler`]: the actor that owns the schedule and carries out its decisions; `shard` is the I/O
+//!   task of one dispatch (QUIC request, answer, spot check);
 //! - [`aggregator`]: places leaves by row and builds the Merkle root;
 //! - [`spot_check`]: fetches random rows of every shard and recomputes elements on the CPU;
 //! - [`identity`]: certificate, key and join token in the data directory;
@@ -17,26 +21,32 @@
 
 pub mod aggregator;
 pub mod identity;
-mod job;
 pub mod metrics;
+pub mod plan;
 pub mod registry;
+pub mod schedule;
 pub mod scheduler;
 pub mod server;
+mod shard;
 pub mod spot_check;
 
 use actix::{Actor as _, Addr};
-use cpc_common::synthetic::Challenge;
+use cpc_common::{hashing::Digest32, synthetic::Challenge};
 use serde::Serialize;
 use std::{
     fmt,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::sync::oneshot;
 
 pub use identity::Identity;
-pub use scheduler::{SplitPolicy, StragglerPolicy};
+pub use plan::{SplitPolicy, StragglerPolicy};
+pub use schedule::{JobSpec, Priority, SchedulingPolicy};
 pub use spot_check::SpotCheckConfig;
 
 /// Default QUIC listen address of `cpc-coordinator serve`.
@@ -103,6 +113,8 @@ pub struct FarmConfig {
     pub straggler: StragglerPolicy,
     /// How every shard is checked.
     pub spot_check: SpotCheckConfig,
+    /// Which waiting job goes first.
+    pub scheduling: SchedulingPolicy,
     /// Handshakes in progress at once (more are refused).
     pub max_pending_handshakes: usize,
     /// What `/readyz` requires besides a started farm (nothing by default; `run` adds an L1, funded
@@ -126,6 +138,7 @@ impl FarmConfig {
             split: SplitPolicy::default(),
             straggler: StragglerPolicy::default(),
             spot_check: SpotCheckConfig::default(),
+            scheduling: SchedulingPolicy::default(),
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             readiness: Arc::default(),
         }
@@ -172,6 +185,9 @@ pub enum JobError {
     /// The farm has shut down.
     #[error("the farm has shut down")]
     Shutdown,
+    /// The job's deadline passed before its result was ready (its shards were aborted).
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// A bug: leaves missing at the end of a job.
     #[error("internal error: {0}")]
     Internal(String),
@@ -207,8 +223,9 @@ pub struct JobReport {
     pub matrix_size: u32,
     /// Iterations.
     pub iterations: u32,
-    /// The Merkle root over row leaves (or over per-iteration roots), lower-case hex.
-    pub result_hash: String,
+    /// The Merkle root over row leaves (or over per-iteration roots); lower-case hex when printed.
+    #[serde(serialize_with = "serialize_hex")]
+    pub result_hash: Digest32,
     /// Wall time from start to result.
     pub makespan_seconds: f64,
     /// `2·n³·iterations` over the makespan.
@@ -245,6 +262,10 @@ pub struct JobReport {
     pub shard_round_trips: Vec<Duration>,
 }
 
+fn serialize_hex<S: serde::Serializer>(digest: &Digest32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(digest))
+}
+
 /// A device as the registry sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceStatus {
@@ -277,6 +298,7 @@ struct Inner {
     token: String,
     scheduler: Addr<scheduler::Scheduler>,
     registry: Addr<registry::Registry>,
+    next_job: AtomicU64,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -337,13 +359,25 @@ impl FarmHandle {
         )
     }
 
-    /// Runs one challenge on the farm's devices (one job at a time; later calls queue).
+    /// Runs one challenge on the farm's devices, as a block-class job with no deadline.
     pub async fn run_job(&self, challenge: Challenge) -> Result<JobReport, JobError> {
+        self.run(JobSpec::new(challenge)).await
+    }
+
+    /// Runs one job. Calls run concurrently: the farm keeps every usable device busy with whatever is
+    /// waiting, in the order [`SchedulingPolicy`] sets. Dropping the future cancels the job and aborts its
+    /// shards in flight.
+    pub async fn run(&self, spec: JobSpec) -> Result<JobReport, JobError> {
+        let job = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let mut guard = CancelOnDrop { scheduler: Some(self.inner.scheduler.clone()), job };
         self.inner
             .scheduler
-            .send(scheduler::RunJob(challenge))
-            .await
-            .map_err(|_| JobError::Shutdown)?
+            .try_send(scheduler::Submit { job, spec, reply })
+            .map_err(|_| JobError::Shutdown)?;
+        let result = answer.await.map_err(|_| JobError::Shutdown);
+        guard.scheduler = None;
+        result?
     }
 
     /// The devices connected now.
@@ -409,6 +443,20 @@ impl FarmHandle {
     }
 }
 
+/// Tells the scheduler a job's caller went away, unless the job was answered.
+struct CancelOnDrop {
+    scheduler: Option<Addr<scheduler::Scheduler>>,
+    job: schedule::JobId,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(scheduler) = self.scheduler.take() {
+            scheduler.do_send(scheduler::Cancel { job: self.job });
+        }
+    }
+}
+
 /// Starts a farm on its own thread and actix system.
 pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -416,13 +464,24 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
     let thread = std::thread::Builder::new()
         .name("cpc-farm".into())
         .spawn(move || {
-            let system = actix_rt::System::new();
+            // The actors run on this thread; QUIC and the shard I/O tasks (`tokio::spawn`) on a few worker
+            // threads, so that encryption and spot checks of thousands of shards a second do not queue
+            // behind the scheduler.
+            let system = actix_rt::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(farm_io_threads())
+                    .thread_name("cpc-farm-io")
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("cannot build the farm's runtime: {e}"))
+            });
             system.block_on(async move {
                 let started = start_in_system(config).await;
-                let endpoint = match started {
+                let (endpoint, stopping) = match started {
                     Ok((parts, endpoint)) => {
+                        let scheduler = parts.4.clone();
                         let _ = ready_tx.send(Ok(parts));
-                        endpoint
+                        (endpoint, Some(scheduler))
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -430,6 +489,9 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
                     }
                 };
                 let _ = stop_rx.await;
+                if let Some(scheduler) = &stopping {
+                    scheduler.do_send(scheduler::Stop);
+                }
                 endpoint.close(0u32.into(), b"coordinator shutting down");
                 let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             });
@@ -447,6 +509,7 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
             token,
             scheduler,
             registry,
+            next_job: AtomicU64::new(1),
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
         }),
@@ -473,14 +536,12 @@ async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint),
     let local_addr =
         endpoint.local_addr().map_err(|source| FarmError::Bind { addr: config.listen, source })?;
     let registry = registry::Registry::new(config.heartbeat_timeout, farm_metrics.clone()).start();
-    let aggregator = aggregator::Aggregator::default().start();
-    let scheduler = scheduler::Scheduler::new(
-        config.clone(),
-        registry.clone(),
-        aggregator,
-        farm_metrics.clone(),
-    )
-    .start();
+    let scheduler =
+        scheduler::Scheduler::new(config.clone(), registry.clone(), farm_metrics.clone()).start();
+    registry.do_send(registry::Subscribe {
+        up: scheduler.clone().recipient(),
+        down: scheduler.clone().recipient(),
+    });
     actix_rt::spawn(server::accept_loop(endpoint.clone(), config.clone(), registry.clone()));
     farm_metrics.set_ready(true);
     let parts = (
@@ -492,4 +553,9 @@ async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint),
         registry,
     );
     Ok((parts, endpoint))
+}
+
+/// Worker threads of the farm's I/O runtime: half the cores, 2 to 8.
+fn farm_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).clamp(2, 8))
 }

@@ -1,9 +1,15 @@
 //! The agent registry actor: which agents are connected, which devices they run, how fast each measured,
-//! whether it is healthy (heartbeats), draining, or quarantined. The scheduler asks it for a snapshot of
-//! usable devices each time it dispatches; connection tasks tell it about arrivals, heartbeats and losses.
+//! whether it is healthy (heartbeats), draining, or quarantined. Connection tasks tell it about arrivals,
+//! heartbeats and losses; it tells the scheduler at once when a device can take shards or stops
+//! ([`DeviceUp`], [`DeviceDown`]), so the scheduler never polls it.
 
-use super::{DeviceId, DeviceStatus, metrics::FarmMetrics};
-use actix::{Actor, AsyncContext as _, Context, Handler, Message};
+use super::{
+    DeviceId, DeviceStatus,
+    metrics::FarmMetrics,
+    schedule::{DeviceEntry, Removal},
+    scheduler::{DeviceDown, DeviceUp},
+};
+use actix::{Actor, AsyncContext as _, Context, Handler, Message, Recipient};
 use cpc_common::wire::DeviceAdvert;
 use std::{
     collections::BTreeMap,
@@ -12,19 +18,6 @@ use std::{
 
 /// Application close code for an agent that stopped sending heartbeats.
 const CLOSE_HEARTBEAT: u32 = 3;
-
-/// A device as the scheduler needs it: where to send shards and how fast it is.
-#[derive(Debug, Clone)]
-pub struct DeviceView {
-    /// Its id.
-    pub id: DeviceId,
-    /// The agent's name.
-    pub agent_name: String,
-    /// What the agent announced.
-    pub advert: DeviceAdvert,
-    /// The agent's connection.
-    pub conn: quinn::Connection,
-}
 
 #[derive(Debug)]
 struct AgentEntry {
@@ -43,6 +36,14 @@ pub struct Registry {
     next_agent: u64,
     heartbeat_timeout: Duration,
     metrics: FarmMetrics,
+    scheduler: Option<Subscriber>,
+}
+
+/// Where device events go.
+#[derive(Debug)]
+struct Subscriber {
+    up: Recipient<DeviceUp>,
+    down: Recipient<DeviceDown>,
 }
 
 impl Registry {
@@ -54,6 +55,31 @@ impl Registry {
             next_agent: 1,
             heartbeat_timeout,
             metrics,
+            scheduler: None,
+        }
+    }
+
+    /// Tells the scheduler that the agent's usable devices can take shards.
+    fn announce_up(&self, agent: u64) {
+        let (Some(s), Some(a)) = (&self.scheduler, self.agents.get(&agent)) else { return };
+        if a.draining {
+            return;
+        }
+        for d in &a.devices {
+            let id = DeviceId { agent, index: d.index };
+            if !self.quarantined.contains_key(&id) {
+                let entry = DeviceEntry { id, agent_name: a.name.clone(), advert: d.clone() };
+                s.up.do_send(DeviceUp { entry, conn: a.conn.clone() });
+            }
+        }
+    }
+
+    /// Tells the scheduler that the agent's devices stop taking shards.
+    fn announce_down(&self, agent: u64, devices: &[DeviceAdvert], why: Removal) {
+        if let Some(s) = &self.scheduler {
+            for d in devices {
+                s.down.do_send(DeviceDown { device: DeviceId { agent, index: d.index }, why });
+            }
         }
     }
 
@@ -99,6 +125,7 @@ impl Actor for Registry {
                 if let Some(a) = this.agents.remove(&id) {
                     tracing::warn!(agent = id, name = %a.name, "no heartbeat: dropping the agent");
                     a.conn.close(CLOSE_HEARTBEAT.into(), b"heartbeat timeout");
+                    this.announce_down(id, &a.devices, Removal::Gone);
                 }
             }
             this.publish();
@@ -135,6 +162,7 @@ impl Handler<Register> for Registry {
             },
         );
         self.publish();
+        self.announce_up(id);
         id
     }
 }
@@ -171,10 +199,19 @@ impl Handler<AgentState> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: AgentState, _: &mut Self::Context) {
-        if let Some(a) = self.agents.get_mut(&msg.agent) {
-            tracing::info!(agent = msg.agent, name = %a.name, "agent is draining");
-            a.draining = msg.draining;
+        let Some(a) = self.agents.get_mut(&msg.agent) else { return };
+        if a.draining == msg.draining {
+            return;
         }
+        a.draining = msg.draining;
+        if msg.draining {
+            tracing::info!(agent = msg.agent, name = %a.name, "agent is draining");
+            let devices = a.devices.clone();
+            self.announce_down(msg.agent, &devices, Removal::Draining);
+        } else {
+            self.announce_up(msg.agent);
+        }
+        self.publish();
     }
 }
 
@@ -194,6 +231,7 @@ impl Handler<AgentGone> for Registry {
     fn handle(&mut self, msg: AgentGone, _: &mut Self::Context) {
         if let Some(a) = self.agents.remove(&msg.agent) {
             tracing::info!(agent = msg.agent, name = %a.name, reason = %msg.reason, "agent left");
+            self.announce_down(msg.agent, &a.devices, Removal::Gone);
         }
         self.publish();
     }
@@ -218,38 +256,33 @@ impl Handler<Quarantine> for Registry {
             e.insert(msg.reason.clone());
             tracing::error!(device = %msg.device, reason = %msg.reason, "device quarantined");
             self.metrics.quarantined_device();
+            if let Some(s) = &self.scheduler {
+                s.down.do_send(DeviceDown { device: msg.device, why: Removal::Quarantined });
+            }
         }
         self.publish();
     }
 }
 
-/// Usable devices now: connected, not draining, not quarantined.
+/// Sends device events to `up` and `down` from now on, starting with every usable device connected now.
 #[derive(Debug, Message)]
-#[rtype(result = "Vec<DeviceView>")]
-pub struct Snapshot;
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// Where a device that can take shards is announced.
+    pub up: Recipient<DeviceUp>,
+    /// Where a device that stops is announced.
+    pub down: Recipient<DeviceDown>,
+}
 
-impl Handler<Snapshot> for Registry {
-    type Result = Vec<DeviceView>;
+impl Handler<Subscribe> for Registry {
+    type Result = ();
 
-    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Vec<DeviceView> {
-        let mut out = Vec::new();
-        for (&agent, a) in &self.agents {
-            if a.draining || a.conn.close_reason().is_some() {
-                continue;
-            }
-            for d in &a.devices {
-                let id = DeviceId { agent, index: d.index };
-                if !self.quarantined.contains_key(&id) {
-                    out.push(DeviceView {
-                        id,
-                        agent_name: a.name.clone(),
-                        advert: d.clone(),
-                        conn: a.conn.clone(),
-                    });
-                }
-            }
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        self.scheduler = Some(Subscriber { up: msg.up, down: msg.down });
+        let agents: Vec<u64> = self.agents.keys().copied().collect();
+        for agent in agents {
+            self.announce_up(agent);
         }
-        out
     }
 }
 

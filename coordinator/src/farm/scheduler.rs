@@ -1,247 +1,205 @@
-//! How a job is cut into shards, and the actor that runs jobs one at a time.
+//! The scheduler actor: owns the farm's [`Schedule`] (every job and every device) and carries out what it
+//! decides.
 //!
-//! [`split_rows`] is the pure rule (tested here without a network): rows in proportion to each device's
-//! measured throughput, never more rows than fit a device's memory, small jobs whole to the fastest device.
-//! The [`Scheduler`] actor serialises jobs and hands each to the job driver (`job.rs`), which dispatches the
-//! planned shards, reassigns the rows of lost, failed or timed-out shards, and re-issues stragglers.
+//! Everything reaches it as a typed message the moment it happens: jobs submitted and cancelled through
+//! the [`FarmHandle`](super::FarmHandle), device arrivals, departures, drains and quarantines from the
+//! registry, shard outcomes from the I/O tasks it spawned (`shard.rs`). It sleeps until the schedule's
+//! next timer instead of polling. The only work it does besides bookkeeping is spawning I/O tasks; a
+//! finished job's Merkle root is built on a blocking thread.
 
 use super::{
-    DeviceId, FarmConfig, JobError, JobReport, aggregator::Aggregator, job, metrics::FarmMetrics,
-    registry::Registry,
-};
-use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
-use cpc_common::synthetic::Challenge;
-use std::{
-    ops::Range,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+    DeviceId, FarmConfig, JobError, JobReport,
+    metrics::FarmMetrics,
+    registry::{Quarantine, Registry},
+    schedule::{
+        Action, DeviceEntry, Dispatch, FinishedJob, JobId, JobSpec, Removal, Schedule,
+        SchedulePolicy, ShardId, ShardOutcome,
     },
-    time::Duration,
+    shard,
 };
-use tokio::sync::Semaphore;
+use actix::{Actor, ActorContext as _, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
+use std::{collections::HashMap, sync::Arc, time::Instant};
+use tokio::sync::oneshot;
 
-/// How jobs are split.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SplitPolicy {
-    /// A job the fastest device would finish within this time runs whole on that device (sharding costs more
-    /// than it saves).
-    pub small_job: Duration,
-    /// No shard is planned below this many rows (fewer devices are used instead), except the last rows.
-    pub min_shard_rows: u32,
-}
+/// What a job's caller is answered.
+pub type JobResult = Result<JobReport, JobError>;
 
-impl Default for SplitPolicy {
-    fn default() -> Self {
-        Self { small_job: Duration::from_millis(100), min_shard_rows: 16 }
-    }
-}
-
-/// When the tail of a job is re-issued.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StragglerPolicy {
-    /// A shard is a straggler once it has run this many times its expected time (from the device's measured
-    /// throughput) plus `grace`.
-    pub factor: f64,
-    /// Added to the expected time.
-    pub grace: Duration,
-}
-
-impl Default for StragglerPolicy {
-    fn default() -> Self {
-        Self { factor: 2.0, grace: Duration::from_secs(1) }
-    }
-}
-
-/// What [`split_rows`] needs of a device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceCapacity {
-    /// The device.
-    pub id: DeviceId,
-    /// Measured throughput (2·rows·n² operations per second of a shard).
-    pub ops_per_sec: f64,
-    /// Most rows at this n that fit its memory (see `cpc_kernels::max_rows_for_memory`).
-    pub max_rows: u32,
-}
-
-/// One planned shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assignment {
-    /// Which device.
-    pub device: DeviceId,
-    /// Which rows.
-    pub rows: Range<u32>,
-}
-
-/// Why no plan could be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SplitError {
-    /// No device, or none with room for a single row.
-    #[error("no device can hold a single row at n={0}")]
-    NoCapacity(u32),
-}
-
-/// Operations of `rows` rows at size `n`: `2·rows·n²`.
-pub fn shard_ops(n: u32, rows: u32) -> f64 {
-    2.0 * f64::from(rows) * f64::from(n) * f64::from(n)
-}
-
-fn weight(d: &DeviceCapacity) -> f64 {
-    if d.ops_per_sec.is_finite() && d.ops_per_sec > 0.0 { d.ops_per_sec } else { 1.0 }
-}
-
-/// Splits rows `0..n` of one iteration over `devices`: contiguous ranges covering every row exactly once,
-/// in proportion to throughput, each within its device's memory (a device gets several shards when the
-/// others cannot hold the rest), the whole job on the fastest device when it is small.
-pub fn split_rows(
-    n: u32,
-    devices: &[DeviceCapacity],
-    policy: &SplitPolicy,
-) -> Result<Vec<Assignment>, SplitError> {
-    let mut usable: Vec<&DeviceCapacity> = devices.iter().filter(|d| d.max_rows > 0).collect();
-    if usable.is_empty() || n == 0 {
-        return Err(SplitError::NoCapacity(n));
-    }
-    // Fastest first, ties by id, so plans are deterministic.
-    usable.sort_by(|a, b| weight(b).total_cmp(&weight(a)).then(a.id.cmp(&b.id)));
-    let fastest = usable[0];
-    let whole_secs = shard_ops(n, n) / weight(fastest);
-    if whole_secs <= policy.small_job.as_secs_f64() || n <= policy.min_shard_rows.max(1) {
-        let mut out = Vec::new();
-        let mut r0 = 0;
-        while r0 < n {
-            let r1 = r0.saturating_add(fastest.max_rows).min(n);
-            out.push(Assignment { device: fastest.id, rows: r0..r1 });
-            r0 = r1;
-        }
-        return Ok(out);
-    }
-    // Use as many devices as keep every proportional share at or above the minimum.
-    let min_rows = f64::from(policy.min_shard_rows.max(1));
-    let mut k = usable.len();
-    while k > 1 {
-        let total: f64 = usable[..k].iter().map(|d| weight(d)).sum();
-        if f64::from(n) * weight(usable[k - 1]) / total >= min_rows {
-            break;
-        }
-        k -= 1;
-    }
-    let active = &usable[..k];
-    let mut shares: Vec<Vec<u32>> = vec![Vec::new(); k];
-    let mut remaining = n;
-    while remaining > 0 {
-        let round = water_fill(remaining, active);
-        let given: u32 = round.iter().sum();
-        if given == 0 {
-            return Err(SplitError::NoCapacity(n));
-        }
-        for (i, rows) in round.into_iter().enumerate() {
-            if rows > 0 {
-                shares[i].push(rows);
-            }
-        }
-        remaining -= given;
-    }
-    // Lay the shares out as contiguous ranges, round by round, fastest device first within a round.
-    let rounds = shares.iter().map(Vec::len).max().unwrap_or(0);
-    let mut out = Vec::new();
-    let mut r0 = 0;
-    for round in 0..rounds {
-        for (i, d) in active.iter().enumerate() {
-            if let Some(&rows) = shares[i].get(round) {
-                out.push(Assignment { device: d.id, rows: r0..r0 + rows });
-                r0 += rows;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// One round: `rows` in proportion to weight, each capped at its device's `max_rows`, the capped devices'
-/// excess spread over the others; integer shares by largest remainder. Answers fewer than `rows` only when
-/// every device is at its cap.
-fn water_fill(rows: u32, devices: &[&DeviceCapacity]) -> Vec<u32> {
-    let k = devices.len();
-    let mut share = vec![0.0f64; k];
-    let mut capped = vec![false; k];
-    let mut left = f64::from(rows);
-    loop {
-        let total: f64 = (0..k).filter(|&i| !capped[i]).map(|i| weight(devices[i])).sum();
-        if total <= 0.0 {
-            break;
-        }
-        let mut newly = false;
-        let open: Vec<usize> = (0..k).filter(|&i| !capped[i]).collect();
-        for i in open {
-            share[i] = left * weight(devices[i]) / total;
-            if share[i] >= f64::from(devices[i].max_rows) {
-                share[i] = f64::from(devices[i].max_rows);
-                capped[i] = true;
-                newly = true;
-            }
-        }
-        if !newly {
-            break;
-        }
-        left = f64::from(rows) - (0..k).filter(|&i| capped[i]).map(|i| share[i]).sum::<f64>();
-        if left <= 0.0 {
-            break;
-        }
-    }
-    let mut out: Vec<u32> =
-        share.iter().zip(devices).map(|(s, d)| (s.floor() as u32).min(d.max_rows)).collect();
-    let mut given: u32 = out.iter().sum();
-    let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&a, &b| {
-        (share[b] - share[b].floor()).total_cmp(&(share[a] - share[a].floor())).then(a.cmp(&b))
-    });
-    while given < rows {
-        let mut progressed = false;
-        for &i in &order {
-            if given < rows && out[i] < devices[i].max_rows {
-                out[i] += 1;
-                given += 1;
-                progressed = true;
-            }
-        }
-        if !progressed {
-            break;
-        }
-    }
-    out
-}
-
-/// Runs one challenge on the farm.
+/// Runs a job; the answer goes to `reply`.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<JobReport, JobError>")]
-pub struct RunJob(pub Challenge);
+#[rtype(result = "()")]
+pub struct Submit {
+    /// The farm's id of the job (from [`FarmHandle`](super::FarmHandle)).
+    pub job: JobId,
+    /// The job.
+    pub spec: JobSpec,
+    /// Where its result goes.
+    pub reply: oneshot::Sender<JobResult>,
+}
 
-/// The scheduler actor: one job at a time, each driven by `job::drive`.
-#[derive(Debug)]
+/// The caller of a job went away: it is dropped and its shards aborted.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Cancel {
+    /// The job.
+    pub job: JobId,
+}
+
+/// A device can take shards (joined, or stopped draining).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceUp {
+    /// The device.
+    pub entry: DeviceEntry,
+    /// Its agent's connection.
+    pub conn: quinn::Connection,
+}
+
+/// A device stops taking shards.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceDown {
+    /// The device.
+    pub device: DeviceId,
+    /// Why.
+    pub why: Removal,
+}
+
+/// A shard's I/O task finished.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ShardAnswered {
+    shard: ShardId,
+    outcome: ShardOutcome,
+}
+
+/// Stops the actor (the farm is shutting down): every waiting job is answered [`JobError::Shutdown`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// The scheduler actor.
 pub struct Scheduler {
-    ctx: job::JobCtx,
-    one_at_a_time: Arc<Semaphore>,
-    next_job: Arc<AtomicU64>,
+    schedule: Schedule,
+    config: Arc<FarmConfig>,
+    registry: Addr<Registry>,
+    conns: HashMap<DeviceId, quinn::Connection>,
+    /// Per shard in flight: the sender that aborts its I/O task.
+    aborts: HashMap<ShardId, oneshot::Sender<()>>,
+    waiters: HashMap<JobId, oneshot::Sender<JobResult>>,
+    wake: Option<(Instant, SpawnHandle)>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("jobs", &self.schedule.jobs())
+            .field("in_flight", &self.schedule.in_flight())
+            .field("devices", &self.conns.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Scheduler {
-    /// A scheduler dispatching to the registry's devices and collecting through the aggregator.
-    pub fn new(
-        config: Arc<FarmConfig>,
-        registry: Addr<Registry>,
-        aggregator: Addr<Aggregator>,
-        metrics: FarmMetrics,
-    ) -> Self {
+    /// A scheduler for `config`'s farm, quarantining through `registry`.
+    pub fn new(config: Arc<FarmConfig>, registry: Addr<Registry>, metrics: FarmMetrics) -> Self {
+        let policy = SchedulePolicy {
+            split: config.split.clone(),
+            straggler: config.straggler.clone(),
+            shard_timeout: config.shard_timeout,
+            no_device_wait: config.no_device_wait,
+            ordering: config.scheduling,
+        };
         Self {
-            ctx: job::JobCtx {
-                config,
-                registry,
-                aggregator,
-                metrics,
-                next_shard: Arc::new(AtomicU64::new(first_shard_id())),
-            },
-            one_at_a_time: Arc::new(Semaphore::new(1)),
-            next_job: Arc::new(AtomicU64::new(1)),
+            schedule: Schedule::new(policy, metrics, first_shard_id()),
+            config,
+            registry,
+            conns: HashMap::new(),
+            aborts: HashMap::new(),
+            waiters: HashMap::new(),
+            wake: None,
+        }
+    }
+
+    /// Carries out the schedule's decisions, then sleeps until its next timer.
+    fn apply(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        for action in actions {
+            match action {
+                Action::Dispatch(dispatch) => self.send_shard(dispatch, ctx),
+                Action::Abort(shard) => {
+                    if let Some(abort) = self.aborts.remove(&shard) {
+                        let _ = abort.send(());
+                    }
+                }
+                Action::Quarantine { device, reason } => {
+                    self.registry.do_send(Quarantine { device, reason });
+                }
+                Action::Finished { job, result } => self.finished(job, result),
+            }
+        }
+        self.rearm(ctx);
+    }
+
+    fn send_shard(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
+        let shard = dispatch.shard_id;
+        let addr = ctx.address();
+        let Some(conn) = self.conns.get(&dispatch.device).cloned() else {
+            // The device left between the decision and now: the answer is a lost shard.
+            ctx.notify(ShardAnswered {
+                shard,
+                outcome: ShardOutcome::Failed {
+                    reason: "the device's agent is gone".into(),
+                    transport: true,
+                },
+            });
+            return;
+        };
+        let (abort, cancel) = oneshot::channel();
+        self.aborts.insert(shard, abort);
+        let sink: shard::OutcomeSink =
+            Box::new(move |shard, outcome| addr.do_send(ShardAnswered { shard, outcome }));
+        tokio::spawn(shard::run(conn, dispatch, self.config.spot_check.clone(), cancel, sink));
+    }
+
+    fn finished(&mut self, job: JobId, result: Result<Box<FinishedJob>, JobError>) {
+        let Some(reply) = self.waiters.remove(&job) else { return };
+        match result {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(done) => {
+                // One SHA-256 per leaf: off the actor's thread.
+                tokio::task::spawn_blocking(move || {
+                    let FinishedJob { leaves, mut report } = *done;
+                    let answer = match leaves.root() {
+                        Ok(root) => {
+                            report.result_hash = root;
+                            Ok(report)
+                        }
+                        Err(e) => Err(JobError::Internal(e.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+    }
+
+    /// Sleeps until the schedule's next timer (only when it changed).
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.schedule.next_wake();
+        if self.wake.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, handle)) = self.wake.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let delay = at.saturating_duration_since(Instant::now());
+            let handle = ctx.run_later(delay, move |this, ctx| {
+                this.wake = None;
+                let actions = this.schedule.wake(Instant::now());
+                this.apply(actions, ctx);
+            });
+            self.wake = Some((at, handle));
         }
     }
 }
@@ -256,125 +214,74 @@ fn first_shard_id() -> u64 {
 
 impl Actor for Scheduler {
     type Context = Context<Self>;
-}
 
-impl Handler<RunJob> for Scheduler {
-    type Result = ResponseFuture<Result<JobReport, JobError>>;
-
-    fn handle(&mut self, msg: RunJob, _: &mut Self::Context) -> Self::Result {
-        let (ctx, gate) = (self.ctx.clone(), self.one_at_a_time.clone());
-        let job_id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        Box::pin(async move {
-            let _turn = gate.acquire_owned().await.map_err(|_| JobError::Shutdown)?;
-            job::drive(ctx, job_id, msg.0).await
-        })
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(JobError::Shutdown));
+        }
+        for (_, abort) in self.aborts.drain() {
+            let _ = abort.send(());
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl Handler<Submit> for Scheduler {
+    type Result = ();
 
-    fn dev(index: u32, ops: f64, max_rows: u32) -> DeviceCapacity {
-        DeviceCapacity { id: DeviceId { agent: 1, index }, ops_per_sec: ops, max_rows }
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
+        self.waiters.insert(msg.job, msg.reply);
+        let actions = self.schedule.submit(Instant::now(), msg.job, msg.spec);
+        self.apply(actions, ctx);
     }
+}
 
-    fn policy() -> SplitPolicy {
-        SplitPolicy { small_job: Duration::ZERO, min_shard_rows: 1 }
-    }
+impl Handler<Cancel> for Scheduler {
+    type Result = ();
 
-    fn check_cover(n: u32, plan: &[Assignment]) {
-        let mut next = 0;
-        for a in plan {
-            assert_eq!(a.rows.start, next, "contiguous: {plan:?}");
-            assert!(a.rows.end > a.rows.start, "non-empty: {plan:?}");
-            next = a.rows.end;
-        }
-        assert_eq!(next, n, "covers 0..{n}: {plan:?}");
-    }
-
-    fn rows_of(plan: &[Assignment], index: u32) -> u32 {
-        plan.iter().filter(|a| a.device.index == index).map(|a| a.rows.len() as u32).sum()
-    }
-
-    #[test]
-    fn proportional_to_throughput() {
-        let devices = [dev(0, 1e9, u32::MAX), dev(1, 3e9, u32::MAX)];
-        let plan = split_rows(400, &devices, &policy()).expect("plan");
-        check_cover(400, &plan);
-        assert_eq!((rows_of(&plan, 0), rows_of(&plan, 1)), (100, 300));
-        let three = [dev(0, 1.0, u32::MAX), dev(1, 1.0, u32::MAX), dev(2, 1.0, u32::MAX)];
-        let plan = split_rows(512, &three, &policy()).expect("plan");
-        check_cover(512, &plan);
-        let counts: Vec<u32> = (0..3).map(|i| rows_of(&plan, i)).collect();
-        assert_eq!(counts.iter().sum::<u32>(), 512);
-        assert!(counts.iter().all(|&c| c == 170 || c == 171), "{counts:?}");
-    }
-
-    #[test]
-    fn memory_cap_is_respected() {
-        let devices = [dev(0, 1e9, 50), dev(1, 1e9, u32::MAX)];
-        let plan = split_rows(400, &devices, &policy()).expect("plan");
-        check_cover(400, &plan);
-        assert_eq!((rows_of(&plan, 0), rows_of(&plan, 1)), (50, 350));
-        for a in &plan {
-            assert!(a.rows.len() as u32 <= devices[a.device.index as usize].max_rows);
+    fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) {
+        if self.waiters.remove(&msg.job).is_some() {
+            let actions = self.schedule.cancel(Instant::now(), msg.job);
+            self.apply(actions, ctx);
         }
     }
+}
 
-    #[test]
-    fn devices_too_small_get_several_shards() {
-        let devices = [dev(0, 1e9, 30), dev(1, 1e9, 20)];
-        let plan = split_rows(100, &devices, &policy()).expect("plan");
-        check_cover(100, &plan);
-        for a in &plan {
-            assert!(a.rows.len() as u32 <= devices[a.device.index as usize].max_rows, "{plan:?}");
+impl Handler<DeviceUp> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceUp, ctx: &mut Self::Context) {
+        self.conns.insert(msg.entry.id, msg.conn);
+        let actions = self.schedule.add_device(Instant::now(), msg.entry);
+        self.apply(actions, ctx);
+    }
+}
+
+impl Handler<DeviceDown> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceDown, ctx: &mut Self::Context) {
+        if msg.why != Removal::Draining {
+            self.conns.remove(&msg.device);
         }
-        assert!(split_rows(100, &[dev(0, 1e9, 0)], &policy()).is_err());
-        assert!(split_rows(100, &[], &policy()).is_err());
+        let actions = self.schedule.remove_device(Instant::now(), msg.device, msg.why);
+        self.apply(actions, ctx);
     }
+}
 
-    #[test]
-    fn small_job_goes_whole_to_the_fastest() {
-        let devices = [dev(0, 1e9, u32::MAX), dev(1, 5e12, u32::MAX), dev(2, 1e9, u32::MAX)];
-        let policy = SplitPolicy { small_job: Duration::from_millis(100), min_shard_rows: 16 };
-        let plan = split_rows(256, &devices, &policy).expect("plan");
-        assert_eq!(
-            plan,
-            vec![Assignment { device: DeviceId { agent: 1, index: 1 }, rows: 0..256 }]
-        );
-        // Too few rows to be worth sharding.
-        let plan =
-            split_rows(8, &[dev(0, 1.0, u32::MAX), dev(1, 1.0, u32::MAX)], &policy).expect("plan");
-        assert_eq!(plan.len(), 1);
+impl Handler<ShardAnswered> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShardAnswered, ctx: &mut Self::Context) {
+        self.aborts.remove(&msg.shard);
+        let actions = self.schedule.answer(Instant::now(), msg.shard, msg.outcome);
+        self.apply(actions, ctx);
     }
+}
 
-    #[test]
-    fn minimum_shard_drops_the_slowest() {
-        let devices = [dev(0, 1e9, u32::MAX), dev(1, 1e9, u32::MAX), dev(2, 1e6, u32::MAX)];
-        let policy = SplitPolicy { small_job: Duration::ZERO, min_shard_rows: 16 };
-        let plan = split_rows(1000, &devices, &policy).expect("plan");
-        check_cover(1000, &plan);
-        assert_eq!(rows_of(&plan, 2), 0, "{plan:?}");
-    }
+impl Handler<Stop> for Scheduler {
+    type Result = ();
 
-    #[test]
-    fn any_mix_covers_every_row() {
-        let mut seed = 12345u64;
-        let mut next = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
-        for _ in 0..500 {
-            let n = 1 + next() % 3000;
-            let k = 1 + next() % 12;
-            let devices: Vec<_> =
-                (0..k).map(|i| dev(i, f64::from(1 + next() % 1000), 1 + next() % 4000)).collect();
-            let plan = split_rows(n, &devices, &policy()).expect("plan");
-            check_cover(n, &plan);
-            for a in &plan {
-                assert!(a.rows.len() as u32 <= devices[a.device.index as usize].max_rows);
-            }
-        }
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }

@@ -74,12 +74,7 @@ impl ComputeService for crate::farm::FarmHandle {
         Box::pin(async move {
             let report =
                 farm.run_job(challenge).await.map_err(|e| ComputeError::Farm(e.to_string()))?;
-            cpc_common::hashing::digest_from_hex(&report.result_hash).ok_or_else(|| {
-                ComputeError::Farm(format!(
-                    "farm answered a malformed result hash `{}`",
-                    report.result_hash
-                ))
-            })
+            Ok(report.result_hash)
         })
     }
 }

@@ -54,10 +54,8 @@ fn one_device(backend: Arc<dyn Backend>) -> Vec<DeviceSpec> {
     vec![DeviceSpec { index: 0, backend }]
 }
 
-fn expected(challenge: &Challenge) -> String {
-    hex::encode(
-        cpc_kernels::result_hash(&CpuBackend::new(0).expect("cpu"), challenge).expect("reference"),
-    )
+fn expected(challenge: &Challenge) -> cpc_common::hashing::Digest32 {
+    cpc_kernels::result_hash(&CpuBackend::new(0).expect("cpu"), challenge).expect("reference")
 }
 
 async fn shutdown(farm: FarmHandle) {

@@ -1,0 +1,134 @@
+//! One shard's trip to its device: the I/O driver the scheduler actor spawns for every dispatch.
+//!
+//! It opens a QUIC stream to the device's agent, sends the `RunShard` (with a fresh Freivalds check seed
+//! from the OS, so the device cannot know the check vector while it computes), reads the answer, spot
+//! checks it (`spot_check.rs`), and reports a [`ShardOutcome`] to the actor. Aborted by the actor (a
+//! superseded or cancelled job, a twin that lost, a lost device), it tells the agent with
+//! [`SHARD_CANCELLED`] so a shard still waiting there never runs.
+
+use super::{
+    schedule::{Dispatch, ShardId, ShardOutcome},
+    spot_check::{ShardUnderCheck, SpotCheckConfig, Verdict, check_shard},
+};
+use cpc_common::{
+    codec::FrameDecoder,
+    hashing::Digest32,
+    quic::{FrameIoError, read_frame, write_frame},
+    wire::{CheckTiming, Request, Response, RunShard, SHARD_CANCELLED},
+};
+use rand::RngCore as _;
+use std::fmt;
+use tokio::sync::oneshot;
+
+/// Where a shard's outcome goes (the scheduler actor).
+pub(crate) type OutcomeSink = Box<dyn FnOnce(ShardId, ShardOutcome) + Send>;
+
+enum ShardError {
+    Transport(String),
+    Device(String),
+    CheckFailed(String),
+    Wrong(String),
+}
+
+/// Runs `dispatch` on `conn`'s device (its agent's index `device_index`) and hands the outcome to `sink`;
+/// when `cancel` fires first, stops the request stream with [`SHARD_CANCELLED`] and reports nothing.
+pub(crate) async fn run(
+    conn: quinn::Connection,
+    dispatch: Dispatch,
+    spot: SpotCheckConfig,
+    cancel: oneshot::Receiver<()>,
+    sink: OutcomeSink,
+) {
+    let req = RunShard {
+        shard_id: dispatch.shard_id,
+        seed: dispatch.challenge.seed.clone(),
+        matrix_size: dispatch.challenge.matrix_size,
+        iterations: dispatch.challenge.iterations,
+        iteration: dispatch.iteration,
+        rows: (dispatch.rows.start, dispatch.rows.end),
+        device: dispatch.device.index,
+        check_seed: rand::rngs::OsRng.next_u64(),
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(streams) => streams,
+        Err(e) => {
+            let outcome = ShardOutcome::Failed { reason: e.to_string(), transport: true };
+            sink(dispatch.shard_id, outcome);
+            return;
+        }
+    };
+    let answer = async {
+        let t = |e: &dyn fmt::Display| ShardError::Transport(e.to_string());
+        write_frame(&mut send, &Request::RunShard(req.clone())).await.map_err(|e| t(&e))?;
+        send.finish().map_err(|e| t(&e))?;
+        read_answer(&mut recv, req.shard_id).await
+    };
+    let answered = tokio::select! {
+        answered = answer => answered,
+        _ = cancel => {
+            let _ = recv.stop(SHARD_CANCELLED.into());
+            let _ = send.reset(SHARD_CANCELLED.into());
+            return;
+        }
+    };
+    let outcome = judge(&conn, &req, &dispatch, answered, &spot).await;
+    sink(dispatch.shard_id, outcome);
+}
+
+async fn read_answer(
+    recv: &mut quinn::RecvStream,
+    shard_id: u64,
+) -> Result<(Vec<Digest32>, Option<CheckTiming>), ShardError> {
+    let mut dec = FrameDecoder::new();
+    match read_frame::<Response>(recv, &mut dec).await {
+        Ok(Some(Response::ShardDone { shard_id: id, leaves, check })) if id == shard_id => {
+            Ok((leaves, check))
+        }
+        Ok(Some(Response::CheckFailed { shard_id: id, reason })) if id == shard_id => {
+            Err(ShardError::CheckFailed(reason))
+        }
+        Ok(Some(Response::ShardFailed { reason, .. } | Response::Error { reason })) => {
+            Err(ShardError::Device(reason))
+        }
+        Ok(Some(_)) => {
+            Err(ShardError::Wrong("answered something other than its shard's leaves".into()))
+        }
+        Ok(None) => Err(ShardError::Transport("stream closed without an answer".into())),
+        Err(FrameIoError::Codec(e)) => Err(ShardError::Wrong(format!("undecodable answer: {e}"))),
+        Err(e) => Err(ShardError::Transport(e.to_string())),
+    }
+}
+
+async fn judge(
+    conn: &quinn::Connection,
+    req: &RunShard,
+    dispatch: &Dispatch,
+    answered: Result<(Vec<Digest32>, Option<CheckTiming>), ShardError>,
+    spot: &SpotCheckConfig,
+) -> ShardOutcome {
+    let rows = dispatch.rows.len();
+    match answered {
+        Err(ShardError::Transport(reason)) => ShardOutcome::Failed { reason, transport: true },
+        Err(ShardError::Device(reason)) => ShardOutcome::Failed { reason, transport: false },
+        Err(ShardError::CheckFailed(reason)) => ShardOutcome::CheckFailed { reason },
+        Err(ShardError::Wrong(reason)) => ShardOutcome::Wrong { passed: 0, reason },
+        Ok((leaves, _)) if leaves.len() != rows => ShardOutcome::Wrong {
+            passed: 0,
+            reason: format!("{} leaves for {rows} rows", leaves.len()),
+        },
+        Ok((leaves, check)) => {
+            let shard = ShardUnderCheck {
+                shard_id: req.shard_id,
+                challenge: &dispatch.challenge,
+                iteration: req.iteration,
+                first_row: req.rows.0,
+                leaves: &leaves,
+            };
+            match check_shard(conn, shard, spot).await {
+                Verdict::Passed { rows } => ShardOutcome::Verified { leaves, checked: rows, check },
+                Verdict::Failed { passed, reason } => ShardOutcome::Wrong { passed, reason },
+                Verdict::Inconclusive(reason) => ShardOutcome::Failed { reason, transport: true },
+            }
+        }
+    }
+}
