@@ -1145,3 +1145,6 @@ fn report(job_id: JobId, j: &Job, makespan: Duration) -> JobReport {
         shard_round_trips: t.round_trips.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;
