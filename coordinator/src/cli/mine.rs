@@ -18,7 +18,7 @@ use cpc_coordinator::{
         compute::{ComputeService, LocalCompute},
         config::{ConfigFile, ValidatorEntry},
         journal::ReportRow,
-        priority::{PrioritizedCompute, Priority, SchedulingPolicy},
+        priority::{PrioritizedCompute, SchedulingPolicy},
     },
     validator::{self, ValidatorSettings, protocol::DEFAULT_MAX_MATRIX_SIZE},
 };
@@ -351,13 +351,17 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         r.settings.readiness.require_device();
     }
     config.readiness = Arc::clone(&r.settings.readiness);
+    config.scheduling = r.scheduling;
     farm::metrics::init_identity_series(r.identities.iter().map(String::as_str));
     let farm = farm::start(config)?;
     if let Some(m) = farm.metrics_addr() {
         eprintln!("metrics on http://{m}/metrics");
     }
-    let inner: Arc<dyn ComputeService> = if r.compute == "local" {
-        Arc::new(LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?)))
+    // One queue for block tasks and validator jobs: the farm's own (many jobs at once), or, for a backend in
+    // this process, the priority layer (one challenge at a time).
+    let compute: Arc<dyn ComputeService> = if r.compute == "local" {
+        let local = LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?));
+        Arc::new(PrioritizedCompute::new(Arc::new(local), r.scheduling))
     } else {
         let public = args.public_addr.clone().unwrap_or_else(|| farm.local_addr().to_string());
         super::print_join_instructions(&farm, &public, &token_file);
@@ -375,9 +379,6 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         }
         Arc::new(farm.clone())
     };
-    // Block tasks and validator jobs share the compute service, one challenge at a time.
-    let prioritized = PrioritizedCompute::new(inner, r.scheduling);
-    let compute = prioritized.class(Priority::Block);
     // A bounded run's window starts at the head: wait for a node rather than take height 0.
     let start_height = if args.stop_after_blocks > 0 {
         match wait_for_head(&r.settings.nodes, shutdown.as_mut()).await? {
@@ -399,7 +400,8 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         r.settings.matrix_size,
         r.data_dir.display()
     );
-    let miner = mining::spawn(r.settings.clone(), identities, Arc::clone(&journal), compute)?;
+    let miner =
+        mining::spawn(r.settings.clone(), identities, Arc::clone(&journal), Arc::clone(&compute))?;
     for v in &validator_settings {
         eprintln!(
             "taking jobs from validator {} for {} (max matrix_size {}, {} scheduling{})",
@@ -410,7 +412,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             if v.submit_to_l1 { ", results also submitted to the L1" } else { "" }
         );
     }
-    let validators = validator::start(validator_settings, Arc::clone(&journal), prioritized)?;
+    let validators = validator::start(validator_settings, Arc::clone(&journal), compute)?;
 
     cpc_common::service::notify_ready();
     cpc_common::service::spawn_watchdog();

@@ -1,6 +1,9 @@
-//! Where a task's matrix work runs, as seen by the mining loop: the farm (QUIC agents) or a backend in
-//! this process. The planner only needs "compute this challenge, give me its root".
+//! Where a task's matrix work runs, as seen by the mining loop and the validator clients: the farm (QUIC
+//! agents, which queues and runs many jobs at once) or a backend in this process (one challenge at a time,
+//! behind `priority.rs`). Callers only need "run this job, give me its root"; the job says its class,
+//! deadline and owner, and dropping the future cancels it.
 
+use crate::farm::{JobError, JobSpec};
 use cpc_common::{hashing::Digest32, synthetic::Challenge};
 use cpc_kernels::{Backend, BackendError};
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
@@ -29,8 +32,12 @@ pub type ComputeFuture = Pin<Box<dyn Future<Output = Result<Digest32, ComputeErr
 pub trait ComputeService: Send + Sync + fmt::Debug {
     /// Short description for logs.
     fn describe(&self) -> String;
-    /// Computes `challenge`'s result hash.
-    fn compute(&self, challenge: Challenge) -> ComputeFuture;
+    /// Runs `spec`'s challenge in its class, by its deadline; dropping the future cancels it.
+    fn run(&self, spec: JobSpec) -> ComputeFuture;
+    /// Computes `challenge`'s result hash as a block-class job with no deadline.
+    fn compute(&self, challenge: Challenge) -> ComputeFuture {
+        self.run(JobSpec::new(challenge))
+    }
 }
 
 /// One backend in this process (a single-box miner, or the fallback when no agent is connected).
@@ -51,8 +58,9 @@ impl ComputeService for LocalCompute {
         format!("local {}", self.backend.name())
     }
 
-    fn compute(&self, challenge: Challenge) -> ComputeFuture {
+    fn run(&self, spec: JobSpec) -> ComputeFuture {
         let backend = Arc::clone(&self.backend);
+        let challenge = spec.challenge;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 cpc_kernels::result_hash(backend.as_ref(), &challenge)
@@ -69,12 +77,14 @@ impl ComputeService for crate::farm::FarmHandle {
         format!("farm on {}", self.local_addr())
     }
 
-    fn compute(&self, challenge: Challenge) -> ComputeFuture {
+    fn run(&self, spec: JobSpec) -> ComputeFuture {
         let farm = self.clone();
         Box::pin(async move {
-            let report =
-                farm.run_job(challenge).await.map_err(|e| ComputeError::Farm(e.to_string()))?;
-            Ok(report.result_hash)
+            match farm.run(spec).await {
+                Ok(report) => Ok(report.result_hash),
+                Err(JobError::DeadlineExceeded) => Err(ComputeError::DeadlineExceeded),
+                Err(e) => Err(ComputeError::Farm(e.to_string())),
+            }
         })
     }
 }

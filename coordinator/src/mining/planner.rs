@@ -1,7 +1,8 @@
-//! The planner: for every new block, derives the synthetic-v1 task of each worker identity, journals it,
-//! and feeds the compute service one task at a time. If the farm is still busy when a newer block comes,
-//! the tasks still waiting for the older block are superseded: the newest block wins and nothing queues
-//! without bound (at most one task per identity waits).
+//! The planner: for every new block, derives the synthetic-v1 task of each worker identity, journals them
+//! in one transaction, and hands them all to the compute service at once (the farm runs them side by side
+//! on its devices). A task still computing when a newer block comes is superseded: journaled so, and its
+//! computation cancelled, shards in flight included. The newest block wins and nothing queues without
+//! bound (at most one task per identity is running).
 
 use super::{
     Identity, SharedJournal,
@@ -10,9 +11,10 @@ use super::{
     submitter::{Submitter, TaskComputed},
     watcher::NewBlock,
 };
+use crate::farm::{JobSpec, Priority};
 use actix::prelude::*;
 use cpc_common::synthetic::BlockTask;
-use std::{collections::VecDeque, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 /// Derives and schedules tasks.
 #[derive(Debug)]
@@ -22,15 +24,14 @@ pub struct Planner {
     compute: Arc<dyn ComputeService>,
     matrix_size: u32,
     submitters: Vec<Addr<Submitter>>,
-    queue: VecDeque<Queued>,
-    busy: bool,
+    /// Per identity (index), its task still computing.
+    running: HashMap<usize, Running>,
 }
 
 #[derive(Debug)]
-struct Queued {
-    identity: usize,
-    task: BlockTask,
-    seen_at: Instant,
+struct Running {
+    task_id: String,
+    handle: SpawnHandle,
 }
 
 impl Planner {
@@ -42,30 +43,23 @@ impl Planner {
         matrix_size: u32,
         submitters: Vec<Addr<Submitter>>,
     ) -> Self {
-        Self {
-            identities,
-            journal,
-            compute,
-            matrix_size,
-            submitters,
-            queue: VecDeque::new(),
-            busy: false,
-        }
+        Self { identities, journal, compute, matrix_size, submitters, running: HashMap::new() }
     }
 
-    fn start_next(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
-            return;
-        }
-        let Some(job) = self.queue.pop_front() else { return };
-        self.busy = true;
-        let compute = Arc::clone(&self.compute);
-        let challenge = job.task.challenge.clone();
+    /// Starts computing identity `i`'s `task` (seen at `seen_at`).
+    fn start(&mut self, i: usize, task: BlockTask, seen_at: Instant, ctx: &mut Context<Self>) {
+        let spec = JobSpec {
+            challenge: task.challenge.clone(),
+            priority: Priority::Block,
+            deadline: None,
+            owner: self.identities[i].name.clone(),
+        };
+        let task_id = task.task_id.to_string();
         let started = Instant::now();
-        ctx.spawn(compute.compute(challenge).into_actor(self).map(move |res, act, ctx| {
-            act.busy = false;
-            let identity = &act.identities[job.identity];
-            let task_id = job.task.task_id.to_string();
+        let computing = self.compute.run(spec).into_actor(self).map(move |res, act, _| {
+            act.running.remove(&i);
+            let identity = &act.identities[i];
+            let task_id = task.task_id.to_string();
             match res {
                 Ok(root) => {
                     metrics::histogram!("cpcfarm_task_compute_seconds").record(started.elapsed().as_secs_f64());
@@ -75,10 +69,10 @@ impl Planner {
                     });
                     match stored {
                         Ok(()) => {
-                            tracing::info!(identity = %identity.name, height = job.task.height, %task_id, %result_hash, "task computed");
-                            act.submitters[job.identity].do_send(TaskComputed {
-                                height: job.task.height,
-                                seen_at: job.seen_at,
+                            tracing::info!(identity = %identity.name, height = task.height, %task_id, %result_hash, "task computed");
+                            act.submitters[i].do_send(TaskComputed {
+                                height: task.height,
+                                seen_at,
                                 computed_at: Instant::now(),
                             });
                         }
@@ -90,8 +84,9 @@ impl Planner {
                     tracing::error!(identity = %identity.name, %task_id, error = %e, "task computation failed");
                 }
             }
-            act.start_next(ctx);
-        }));
+        });
+        let handle = ctx.spawn(computing);
+        self.running.insert(i, Running { task_id, handle });
     }
 }
 
@@ -107,17 +102,10 @@ impl Handler<NewBlock> for Planner {
             tracing::error!("journal lock poisoned; cannot plan");
             return;
         };
+        let mut superseded = Vec::new();
         // One journal transaction for the whole block: every identity's task is written with one sync.
         let planned = journal.batch(|journal| {
             let mut planned = Vec::new();
-            // Tasks still waiting for an older block are superseded.
-            for old in self.queue.drain(..) {
-                let name = &self.identities[old.identity].name;
-                if let Err(e) = journal.supersede(name, &old.task.task_id.to_string()) {
-                    tracing::error!(error = %e, "journal");
-                }
-                metrics::counter!("cpcfarm_tasks_superseded_total").increment(1);
-            }
             for (i, identity) in self.identities.iter().enumerate() {
                 let task = match BlockTask::derive(
                     &block.hash,
@@ -131,13 +119,24 @@ impl Handler<NewBlock> for Planner {
                         continue;
                     }
                 };
+                let task_id = task.task_id.to_string();
+                if let Some(running) = self.running.get(&i) {
+                    if running.task_id == task_id {
+                        continue; // the same block again: its task is already computing
+                    }
+                    // Still computing for an older block: superseded.
+                    if let Err(e) = journal.supersede(&identity.name, &running.task_id) {
+                        tracing::error!(error = %e, "journal");
+                    }
+                    superseded.push(i);
+                }
                 let state = journal.record_task(&identity.name, &task).and_then(|_| {
-                    journal.task(&identity.name, &task.task_id.to_string()).map(|t| t.map(|t| t.state))
+                    journal.task(&identity.name, &task_id).map(|t| t.map(|t| t.state))
                 });
                 match state {
                     Ok(Some(TaskState::Planned | TaskState::Superseded)) => {
                         metrics::counter!("cpcfarm_tasks_derived_total").increment(1);
-                        planned.push(Queued { identity: i, task, seen_at: block.seen_at });
+                        planned.push((i, task));
                     }
                     Ok(_) => {
                         tracing::debug!(identity = %identity.name, height = block.height, "task already computed")
@@ -149,11 +148,20 @@ impl Handler<NewBlock> for Planner {
             }
             Ok(planned)
         });
+        drop(journal);
         match planned {
-            Ok(planned) => self.queue.extend(planned),
+            Ok(planned) => {
+                for i in superseded {
+                    if let Some(running) = self.running.remove(&i) {
+                        ctx.cancel_future(running.handle);
+                        metrics::counter!("cpcfarm_tasks_superseded_total").increment(1);
+                    }
+                }
+                for (i, task) in planned {
+                    self.start(i, task, block.seen_at, ctx);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "cannot journal this block's tasks"),
         }
-        drop(journal);
-        self.start_next(ctx);
     }
 }

@@ -1,65 +1,25 @@
-//! A priority layer in front of a [`ComputeService`]: block tasks and PoC validator jobs share one farm.
+//! A priority layer in front of a [`ComputeService`] that runs one challenge at a time: a backend in this
+//! process (`run --compute local`), shared by block tasks and PoC validator jobs. (The farm has its own
+//! queue with the same rules, `farm::schedule`, and runs many jobs at once: it is used without this layer.)
 //!
-//! The farm runs one challenge at a time on all its devices, so sharing it is a question of order. Each
-//! caller gets a view of one [`Priority`] class; the layer hands the underlying service one challenge at
-//! a time and, when it frees, picks the next waiting one by the [`SchedulingPolicy`]: by default block
-//! tasks first (a block task waits at most for the one validator job already running), validator jobs
-//! fill the rest. A waiting job with a deadline that passes before its turn fails with
-//! [`ComputeError::DeadlineExceeded`] without running. The planner's own "newest block wins" rule is
-//! untouched: it still sends one block task at a time.
+//! The layer hands the underlying service one challenge at a time and, when it frees, picks the next
+//! waiting one by the [`SchedulingPolicy`]: by default block tasks first (a block task waits at most for
+//! the one validator job already running), validator jobs fill the rest. A waiting job with a deadline that
+//! passes before its turn fails with [`ComputeError::DeadlineExceeded`] without running.
 //!
 //! Cancellation-safe: a caller that drops its future while waiting leaves the queue, and one that drops
 //! it while running frees the slot.
 
 use super::compute::{ComputeError, ComputeFuture, ComputeService};
+use crate::farm::JobSpec;
+pub use crate::farm::{Priority, SchedulingPolicy};
 use cpc_common::synthetic::Challenge;
 use std::{
     collections::VecDeque,
-    fmt,
-    str::FromStr,
     sync::{Arc, Mutex, PoisonError},
     time::Instant,
 };
 use tokio::sync::oneshot;
-
-/// Which class a challenge belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    /// The per-block tasks of the worker identities.
-    Block,
-    /// Jobs pushed by PoC validators.
-    Validator,
-}
-
-/// How the next challenge is picked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum SchedulingPolicy {
-    /// Block tasks before validator jobs; each class in arrival order.
-    #[default]
-    BlockFirst,
-    /// Arrival order, whatever the class.
-    Fifo,
-}
-
-impl FromStr for SchedulingPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "block_first" => Ok(Self::BlockFirst),
-            "fifo" => Ok(Self::Fifo),
-            other => Err(format!("invalid scheduling `{other}`: expected `block_first` or `fifo`")),
-        }
-    }
-}
-
-impl fmt::Display for SchedulingPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::BlockFirst => "block_first",
-            Self::Fifo => "fifo",
-        })
-    }
-}
 
 /// What a waiter is told when its turn comes.
 #[derive(Debug)]
@@ -102,12 +62,6 @@ impl PrioritizedCompute {
     /// The policy in force.
     pub fn policy(&self) -> SchedulingPolicy {
         self.policy
-    }
-
-    /// A [`ComputeService`] whose challenges all go in `priority`'s class (the planner gets the block
-    /// class).
-    pub fn class(self: &Arc<Self>, priority: Priority) -> Arc<dyn ComputeService> {
-        Arc::new(ClassView { shared: Arc::clone(self), priority })
     }
 
     /// Computes `challenge` in `priority`'s class; fails with [`ComputeError::DeadlineExceeded`] if
@@ -217,20 +171,14 @@ impl Drop for WaitGuard {
     }
 }
 
-/// One class's view of the scheduler.
-#[derive(Debug)]
-struct ClassView {
-    shared: Arc<PrioritizedCompute>,
-    priority: Priority,
-}
-
-impl ComputeService for ClassView {
+/// The layer as a [`ComputeService`]: each job queues in its own class, by its own deadline.
+impl ComputeService for Arc<PrioritizedCompute> {
     fn describe(&self) -> String {
-        format!("{} ({} scheduling)", self.shared.inner.describe(), self.shared.policy)
+        format!("{} ({} scheduling)", self.inner.describe(), self.policy)
     }
 
-    fn compute(&self, challenge: Challenge) -> ComputeFuture {
-        self.shared.compute_with(challenge, self.priority, None)
+    fn run(&self, spec: JobSpec) -> ComputeFuture {
+        self.compute_with(spec.challenge, spec.priority, spec.deadline)
     }
 }
 
@@ -251,8 +199,9 @@ mod tests {
         fn describe(&self) -> String {
             "recorder".into()
         }
-        fn compute(&self, challenge: Challenge) -> ComputeFuture {
+        fn run(&self, spec: JobSpec) -> ComputeFuture {
             let me = Self::clone(self);
+            let challenge = spec.challenge;
             Box::pin(async move {
                 use std::sync::atomic::Ordering::SeqCst;
                 assert_eq!(me.running.fetch_add(1, SeqCst), 0, "one challenge at a time");

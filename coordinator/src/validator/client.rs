@@ -1,8 +1,8 @@
 //! One connection to a PoC validator, for one worker identity: a tokio task that connects, answers jobs,
 //! keeps the connection alive with pings, and reconnects with exponential backoff and jitter.
 //!
-//! Each job is journaled `received` before any work, computed on the validator class of the
-//! [`PrioritizedCompute`] in a task of its own (the connection keeps reading meanwhile), journaled
+//! Each job is journaled `received` before any work, computed as a validator-class job with the
+//! validator's deadline on the shared [`ComputeService`] in a task of its own (the connection keeps reading meanwhile), journaled
 //! `computed` (or `failed`), and answered on whatever connection is up when it finishes; it is marked
 //! `answered` once the frame was written. On every (re)connection the client first answers what the
 //! journal holds unanswered for this validator and identity: computed and failed jobs from the journal,
@@ -17,10 +17,13 @@ use super::{
     MAX_MESSAGE_BYTES, ValidatorError, ValidatorSettings,
     protocol::{self, Answer, Job},
 };
-use crate::mining::{
-    SharedJournal,
-    journal::{self, ValidatorJobRecord, ValidatorJobState, ValidatorTaskOutcome},
-    priority::{PrioritizedCompute, Priority},
+use crate::{
+    farm::{JobSpec, Priority},
+    mining::{
+        SharedJournal,
+        compute::ComputeService,
+        journal::{self, ValidatorJobRecord, ValidatorJobState, ValidatorTaskOutcome},
+    },
 };
 use cpc_common::{ComputeResult, PyInt, synthetic::BlockTask};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -83,7 +86,7 @@ pub struct Client {
     settings: ValidatorSettings,
     label: String,
     journal: SharedJournal,
-    compute: Arc<PrioritizedCompute>,
+    compute: Arc<dyn ComputeService>,
     /// Jobs being computed by this process.
     in_flight: HashSet<String>,
     /// Job ids whose computation ended (result or error journaled).
@@ -105,7 +108,7 @@ impl Client {
     pub fn new(
         settings: ValidatorSettings,
         journal: SharedJournal,
-        compute: Arc<PrioritizedCompute>,
+        compute: Arc<dyn ComputeService>,
     ) -> Result<Self, ValidatorError> {
         let label = super::url_label(&settings.url)?;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -408,8 +411,13 @@ impl Client {
         let settings = self.settings.clone();
         let label = self.label.clone();
         tokio::spawn(async move {
-            let outcome =
-                compute.compute_with(rec.challenge.clone(), Priority::Validator, deadline).await;
+            let spec = JobSpec {
+                challenge: rec.challenge.clone(),
+                priority: Priority::Validator,
+                deadline,
+                owner: format!("validator {label} for {}", rec.identity),
+            };
+            let outcome = compute.run(spec).await;
             let stored = journal.lock().map_err(|e| e.to_string()).and_then(|j| match &outcome {
                 Ok(root) => {
                     let result_hash = hex::encode(root);

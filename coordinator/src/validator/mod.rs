@@ -3,8 +3,8 @@
 //! The worker guide's next stage after block mining: a PoC validator pushes jobs to the workers it knows
 //! and collects signed results. This module keeps one connection per configured (validator URL, worker
 //! identity), runs each job on the same [`ComputeService`](crate::mining::compute::ComputeService) as the
-//! block tasks, through the [`PrioritizedCompute`] layer (block tasks first by default, so a slow or busy
-//! validator never delays a `SUBMIT_RESULT`), and answers each job with the identity's signature.
+//! block tasks, as validator-class jobs (block tasks first by default, so a slow or busy validator never
+//! delays a `SUBMIT_RESULT`), and answers each job with the identity's signature.
 //!
 //! - [`protocol`]: the three messages, their parse errors and the signature's nonce rule;
 //! - [`client`]: the actor of one connection: connect (`ws://`, or `wss://` over rustls with the webpki
@@ -23,7 +23,7 @@ pub mod client;
 mod fuzz;
 pub mod protocol;
 
-use crate::mining::{Identity, SharedJournal, priority::PrioritizedCompute};
+use crate::mining::{Identity, SharedJournal, compute::ComputeService};
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -139,7 +139,7 @@ pub struct ValidatorClients {
 pub fn start(
     validators: Vec<ValidatorSettings>,
     journal: SharedJournal,
-    compute: Arc<PrioritizedCompute>,
+    compute: Arc<dyn ComputeService>,
 ) -> Result<ValidatorClients, ValidatorError> {
     describe_metrics();
     let (shutdown, rx) = watch::channel(false);

@@ -320,7 +320,9 @@ fn a_device_caught_lying_is_quarantined_and_its_work_recomputed_in_every_job() {
     assert_eq!(j2[0].device, id(1));
     let wrong = ShardOutcome::Wrong { passed: 0, reason: "row 3 does not hash to its leaf".into() };
     let actions = s.answer(t0, j2[0].shard_id, wrong);
-    assert!(actions.iter().any(|a| matches!(a, Action::Quarantine { device, .. } if *device == id(1))));
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Quarantine { device, .. } if *device == id(1)))
+    );
     // Device 2 finishes job 1's other part, then recomputes what device 1 gave job 1, and job 2.
     assert!(dispatches(&actions).is_empty(), "device 2 is still busy");
     let actions = s.answer(t0, on_2.shard_id, honest(&on_2));
@@ -338,7 +340,10 @@ fn a_device_caught_lying_is_quarantined_and_its_work_recomputed_in_every_job() {
     done.sort_by_key(|(job, _)| *job);
     assert_eq!(
         done,
-        vec![(1, Ok(expected_root(&large("x").challenge))), (2, Ok(expected_root(&small("y").challenge)))]
+        vec![
+            (1, Ok(expected_root(&large("x").challenge))),
+            (2, Ok(expected_root(&small("y").challenge)))
+        ]
     );
 }
 
@@ -436,7 +441,9 @@ fn any_interleaving_ends_every_job_with_its_root() {
         let jobs = 3 + next(8);
         for job in 1..=jobs {
             let n = [16, 64, 200, 1024][next(4) as usize];
-            let spec = JobSpec::new(Challenge::new(format!("r{round}j{job}"), n, 1 + next(2) as u32).expect("c"));
+            let spec = JobSpec::new(
+                Challenge::new(format!("r{round}j{job}"), n, 1 + next(2) as u32).expect("c"),
+            );
             specs.insert(job, spec.challenge.clone());
             for (job, r) in take(s.submit(now, job, spec), &mut in_flight) {
                 results.insert(job, r);
