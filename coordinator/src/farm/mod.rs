@@ -371,10 +371,9 @@ impl FarmHandle {
         let job = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let mut guard = CancelOnDrop { scheduler: Some(self.inner.scheduler.clone()), job };
-        self.inner
-            .scheduler
-            .try_send(scheduler::Submit { job, spec, reply })
-            .map_err(|_| JobError::Shutdown)?;
+        // `do_send`: a block hands the farm hundreds of jobs at once, past any mailbox bound; a stopped
+        // scheduler drops `reply`, which answers `Shutdown` below.
+        self.inner.scheduler.do_send(scheduler::Submit { job, spec, reply });
         let result = answer.await.map_err(|_| JobError::Shutdown);
         guard.scheduler = None;
         result?

@@ -26,6 +26,17 @@ pub struct Planner {
     submitters: Vec<Addr<Submitter>>,
     /// Per identity (index), its task still computing.
     running: HashMap<usize, Running>,
+    /// Results computed since the last journal write: written together, one sync for a burst (a block's
+    /// tasks for hundreds of identities finish within milliseconds of each other on a farm).
+    computed: Vec<Computed>,
+}
+
+#[derive(Debug)]
+struct Computed {
+    identity: usize,
+    task: BlockTask,
+    result_hash: String,
+    seen_at: Instant,
 }
 
 #[derive(Debug)]
@@ -43,7 +54,51 @@ impl Planner {
         matrix_size: u32,
         submitters: Vec<Addr<Submitter>>,
     ) -> Self {
-        Self { identities, journal, compute, matrix_size, submitters, running: HashMap::new() }
+        Self {
+            identities,
+            journal,
+            compute,
+            matrix_size,
+            submitters,
+            running: HashMap::new(),
+            computed: Vec::new(),
+        }
+    }
+
+    /// Journals every result computed since the last call in one transaction, then hands each to its
+    /// identity's submitter.
+    fn journal_results(&mut self) {
+        let computed = std::mem::take(&mut self.computed);
+        if computed.is_empty() {
+            return;
+        }
+        let stored = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
+            j.batch(|j| {
+                for c in &computed {
+                    let name = &self.identities[c.identity].name;
+                    j.record_result(name, &c.task.task_id.to_string(), &c.result_hash)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
+        });
+        for c in computed {
+            let identity = &self.identities[c.identity];
+            let task_id = c.task.task_id.to_string();
+            match &stored {
+                Ok(()) => {
+                    tracing::info!(identity = %identity.name, height = c.task.height, %task_id, result_hash = %c.result_hash, "task computed");
+                    self.submitters[c.identity].do_send(TaskComputed {
+                        height: c.task.height,
+                        seen_at: c.seen_at,
+                        computed_at: Instant::now(),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(identity = %identity.name, %task_id, error = %e, "could not journal a result")
+                }
+            }
+        }
     }
 
     /// Starts computing identity `i`'s `task` (seen at `seen_at`).
@@ -56,28 +111,17 @@ impl Planner {
         };
         let task_id = task.task_id.to_string();
         let started = Instant::now();
-        let computing = self.compute.run(spec).into_actor(self).map(move |res, act, _| {
+        let computing = self.compute.run(spec).into_actor(self).map(move |res, act, ctx| {
             act.running.remove(&i);
             let identity = &act.identities[i];
             let task_id = task.task_id.to_string();
             match res {
                 Ok(root) => {
                     metrics::histogram!("cpcfarm_task_compute_seconds").record(started.elapsed().as_secs_f64());
-                    let result_hash = hex::encode(root);
-                    let stored = act.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-                        j.record_result(&identity.name, &task_id, &result_hash).map_err(|e| e.to_string())
-                    });
-                    match stored {
-                        Ok(()) => {
-                            tracing::info!(identity = %identity.name, height = task.height, %task_id, %result_hash, "task computed");
-                            act.submitters[i].do_send(TaskComputed {
-                                height: task.height,
-                                seen_at,
-                                computed_at: Instant::now(),
-                            });
-                        }
-                        Err(e) => tracing::error!(identity = %identity.name, %task_id, error = %e, "could not journal a result"),
+                    if act.computed.is_empty() {
+                        ctx.run_later(std::time::Duration::ZERO, |act, _| act.journal_results());
                     }
+                    act.computed.push(Computed { identity: i, task, result_hash: hex::encode(root), seen_at });
                 }
                 Err(e) => {
                     metrics::counter!("cpcfarm_tasks_failed_total").increment(1);

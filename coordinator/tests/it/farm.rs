@@ -617,3 +617,34 @@ async fn farm_makespan_1_vs_2_agents() {
         shutdown(farm).await;
     }
 }
+
+/// Many jobs at once (a block's tasks for many identities): all answered, each with its own right root,
+/// spread over both agents, and a dropped caller's job cancelled without disturbing the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_runs_many_jobs_at_once_over_every_device() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let agents: Vec<AgentThread> = (0..2)
+        .map(|i| AgentThread::spawn(agent_config(&farm, &format!("m{i}")), one_device(cpu())))
+        .collect();
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let challenges: Vec<Challenge> = (0..60)
+        .map(|i| Challenge::new(format!("many-{i}"), 64, 1 + i % 2).expect("challenge"))
+        .collect();
+    let abandoned = farm.run_job(Challenge::new("abandoned", 1024, 1).expect("challenge"));
+    drop(abandoned);
+    let reports = futures_util::future::join_all(challenges.iter().map(|c| {
+        let farm = farm.clone();
+        let c = c.clone();
+        async move { farm.run_job(c).await }
+    }))
+    .await;
+    let mut devices = std::collections::BTreeSet::new();
+    for (c, report) in challenges.iter().zip(reports) {
+        let report = report.expect("job");
+        assert_eq!(report.result_hash, expected(c), "{}", c.seed);
+        devices.extend(report.devices.iter().map(|d| d.agent.clone()));
+    }
+    assert_eq!(devices.len(), 2, "both agents computed: {devices:?}");
+    drop(agents);
+    shutdown(farm).await;
+}

@@ -5,6 +5,8 @@
 //! Each test binary uses a part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub(crate) mod load;
+
 use cpc_common::{Block, ComputeResult, TxType, synthetic::BlockTask};
 use cpc_coordinator::{farm::Identity, mining::journal::Journal};
 use cpc_tests::{
