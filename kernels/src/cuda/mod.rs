@@ -48,9 +48,11 @@
 //! # Memory
 //!
 //! A shard needs `rows_pad × ldk` (A) + `npad × ldk` (Bᵗ) bytes + `rows_pad × npad × 4` (C) + 32 per row
-//! ([`gpu_shard_bytes`]), every dimension padded to [`PAD`]. A shard over the slot's budget, or over what the
-//! device has free right now, is refused with [`BackendError::ShardTooLarge`] before any work; between
-//! shards a slot never holds more than its budget ([`memory::plan_buffers`]).
+//! ([`gpu_shard_bytes`]), every dimension padded to [`PAD`], and its Freivalds check a little scratch
+//! (`freivalds::scratch_bytes`). A shard over the slot's budget, or over what the device has free right now,
+//! is refused with [`BackendError::ShardTooLarge`] before any work; between shards a slot never holds more
+//! than its budget ([`memory::plan_buffers`]). [`Backend::max_rows`] advertises that same limit per n
+//! ([`memory::max_rows`]).
 
 mod driver;
 mod fault;
@@ -435,24 +437,27 @@ impl CudaBackend {
             BackendError::Cuda { device: self.name.clone(), reason: format!("memory info: {e}") }
         })?;
         // A little of the reserve stays free for the driver and cuBLASLt even when the device is full.
-        let usable = free.saturating_sub(RESERVED_BYTES / 4);
-        plan_buffers(slot.held(), d.buffer_bytes(), self.memory_bytes, usable).map_err(|no_room| {
-            match no_room {
-                NoRoom::OverBudget { needed } => BackendError::ShardTooLarge {
-                    n,
-                    rows,
-                    needed,
-                    available: self.memory_bytes,
-                    device: format!("{} {}", self.name, self.model),
-                },
-                NoRoom::DeviceFull { needed, available } => BackendError::OutOfMemory {
-                    device: self.name.clone(),
-                    reason: format!(
-                        "{needed} bytes needed, {available} free on the device with this slot's own \
-                         (another process or a desktop session holds the rest)"
-                    ),
-                },
-            }
+        // The check's scratch comes out of both the budget and what is free (see `memory::max_rows`).
+        let scratch = freivalds::scratch_bytes(d);
+        let usable = free.saturating_sub(RESERVED_BYTES / 4).saturating_sub(scratch);
+        let budget = self.memory_bytes.saturating_sub(scratch);
+        plan_buffers(slot.held(), d.buffer_bytes(), budget, usable).map_err(|no_room| match no_room
+        {
+            NoRoom::OverBudget { needed } => BackendError::ShardTooLarge {
+                n,
+                rows,
+                needed: needed + scratch,
+                available: self.memory_bytes,
+                device: format!("{} {}", self.name, self.model),
+            },
+            NoRoom::DeviceFull { needed, available } => BackendError::OutOfMemory {
+                device: self.name.clone(),
+                reason: format!(
+                    "{} bytes needed, {available} free on the device with this slot's own \
+                     (another process or a desktop session holds the rest)",
+                    needed + scratch
+                ),
+            },
         })
     }
 
@@ -580,6 +585,12 @@ impl Backend for CudaBackend {
 
     fn concurrent_shards(&self) -> usize {
         SLOTS
+    }
+
+    /// What one slot's memory plan accepts ([`memory::max_rows`]): padded `i8` A and Bᵗ, `i32` C, the
+    /// leaves and the Freivalds check's scratch within the slot's budget, not the CPU's layout.
+    fn max_rows(&self, n: u32) -> u32 {
+        memory::max_rows(n, self.memory_bytes)
     }
 
     fn last_stats(&self) -> Option<ShardStats> {
