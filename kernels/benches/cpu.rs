@@ -11,7 +11,7 @@ use cpc_kernels::{
     Backend, CpuBackend, Shard,
     cpu::{
         Kernel, PackedA, PackedB,
-        freivalds::{c_times_r, input_sums, row_sums},
+        freivalds::{CheckLoops, c_times_r, input_sums, input_sums_with, row_sums},
         gemm::gemm,
         generate_rows, hash_row, hash_rows,
     },
@@ -96,9 +96,10 @@ fn bench_shard(c: &mut Criterion) {
 }
 
 /// Freivalds' check against the GEMM it checks, on the same A, B and C, as `CpuBackend::run_shard` runs it:
-/// `check-inputs/N` is the inputs' side (`A·(B·r)`), `hash/N` the row hashing alone and `hash+check/N` the
-/// hashing pass with each row's `C·r` fused in, so the check costs `check-inputs + (hash+check − hash)`,
-/// to set against `gemm/N`. On the global rayon pool, and at n = 2048 on one thread too, where the ratio
+/// `check-inputs/N` is the inputs' side (`A·(B·r)`, the fastest loops this CPU has), `hash/N` the row
+/// hashing alone and `hash+check/N` the hashing pass with each row's `C·r` fused in, so the check costs
+/// `check-inputs + (hash+check − hash)`, to set against `gemm/N`. `check-inputs-portable/N` is the
+/// inputs' side on the portable loops (what a VNNI CPU ran before the AVX-512 loops). On the global rayon pool, and at n = 2048 on one thread too, where the ratio
 /// is the work's and not the thread pool's (short parallel phases suffer most when other processes share
 /// the cores).
 fn bench_freivalds(c: &mut Criterion) {
@@ -133,6 +134,17 @@ fn bench_freivalds(c: &mut Criterion) {
                     bench.iter(|| run(&mut || drop(black_box(input_sums(&a, &b, &r)))));
                 },
             );
+            if suffix.is_empty() && CheckLoops::detect() != CheckLoops::Portable {
+                // The same side on the portable loops, for the SIMD loops' gain on this CPU.
+                group.bench_with_input(
+                    BenchmarkId::new("check-inputs-portable", n),
+                    &n,
+                    |bench, _| {
+                        let portable = || input_sums_with(&a, &b, &r, CheckLoops::Portable);
+                        bench.iter(|| drop(black_box(portable())));
+                    },
+                );
+            }
             group.bench_with_input(BenchmarkId::new(format!("hash{suffix}"), n), &n, |bench, _| {
                 bench.iter(|| run(&mut || drop(black_box(hash_rows(&product, n as usize)))));
             });

@@ -8,7 +8,7 @@
 //!   every dispatch (so the device cannot know it while it computes);
 //! - [`RowSums`] and [`compare`]: the per-row sums both sides of the check give, and the verdict;
 //! - [`row_sums_plain`]: the plainest implementation, from row-major A, B and C, that the fast CPU path
-//!   (`cpu/freivalds.rs`) and the CUDA kernels (`freivalds_*` in `cuda/kernels.cu`) are tested against.
+//!   (`cpu/freivalds/`) and the CUDA kernels (`freivalds_*` in `cuda/kernels.cu`) are tested against.
 //!
 //! # Arithmetic and detection probability
 //!
@@ -23,7 +23,9 @@
 //! with probability ≥ 1 − 2⁻³² > 1 − 2⁻³⁰.
 //!
 //! The cost is `n²` multiply-adds for `B·r` and `2·rows·n` for the two row sums, against the GEMM's
-//! `rows·n²`.
+//! `rows·n²`. What every backend must agree on is the sums, not how they are computed: any exact method
+//! will do (the CPU's AVX-512 loops cut r and `B·r` into bytes for `vpdpbusd`, the GPU multiplies in
+//! wrapping `u64`), and the tests hold each to [`row_sums_plain`] bit for bit.
 
 use std::time::Duration;
 

@@ -261,11 +261,10 @@ pub fn max_rows_for_memory(n: u32, memory_bytes: u64) -> u32 {
 
 /// The `result_hash` of a whole challenge on one backend: every iteration's leaves, their Merkle root, and
 /// with more than one iteration the Merkle root over the roots. Each iteration runs as one shard, or as
-/// several when the device's memory cannot hold all n rows at once.
+/// several when the device cannot hold all n rows at once ([`Backend::max_rows`]).
 pub fn result_hash(backend: &dyn Backend, challenge: &Challenge) -> Result<Digest32, BackendError> {
     let n = challenge.matrix_size;
-    let info = backend.info();
-    let step = max_rows_for_memory(n, info.memory_bytes).max(1);
+    let step = backend.max_rows(n).max(1);
     let mut roots = Vec::with_capacity(challenge.iterations as usize);
     for iteration in 0..challenge.iterations {
         let mut leaves = Vec::with_capacity(n as usize);

@@ -36,6 +36,35 @@ pub(super) struct Product<'a> {
     pub(super) c: &'a CudaSlice<i32>,
 }
 
+/// Element counts of the check's device scratch, allocated for each run next to the slot's kept buffers:
+/// the check vector r (`i32`), the partial sums of `B·r` and `B·r` itself (`i64`), and two sums per row
+/// (`u64`).
+struct ScratchLens {
+    r: usize,
+    partial: usize,
+    y: usize,
+    sums: usize,
+}
+
+impl ScratchLens {
+    fn of(d: &Dims) -> Self {
+        let chunks = d.n.div_ceil(CHUNK_COLUMNS) as usize;
+        Self {
+            r: d.n as usize,
+            partial: chunks * d.ldk as usize,
+            y: d.ldk as usize,
+            sums: 2 * d.rows as usize,
+        }
+    }
+}
+
+/// Device bytes the check of a shard of `d` allocates on top of the slot's buffers (the memory plan counts
+/// them against the slot's budget).
+pub(super) fn scratch_bytes(d: &Dims) -> u64 {
+    let lens = ScratchLens::of(d);
+    4 * lens.r as u64 + 8 * (lens.partial + lens.y + lens.sums) as u64
+}
+
 /// Runs the check on `stream`, which must already be ordered after the whole GEMM, and waits for it
 /// against `deadline`.
 pub(super) fn run(
@@ -47,13 +76,13 @@ pub(super) fn run(
     deadline: Instant,
 ) -> Result<DeviceCheck, Fail> {
     let start = timing_event(stream)?;
-    let r = check_vector(seed, d.n as usize);
+    let lens = ScratchLens::of(d);
+    let r = check_vector(seed, lens.r);
     let r_dev = stream.clone_htod(&r).map_err(cuda("the check vector"))?;
     let chunks = d.n.div_ceil(CHUNK_COLUMNS);
-    let partial_len = chunks as usize * d.ldk as usize;
-    let mut partial = stream.alloc_zeros::<i64>(partial_len).map_err(cuda("B·r partials"))?;
-    let mut y = stream.alloc_zeros::<i64>(d.ldk as usize).map_err(cuda("B·r"))?;
-    let mut sums = stream.alloc_zeros::<u64>(2 * d.rows as usize).map_err(cuda("check sums"))?;
+    let mut partial = stream.alloc_zeros::<i64>(lens.partial).map_err(cuda("B·r partials"))?;
+    let mut y = stream.alloc_zeros::<i64>(lens.y).map_err(cuda("B·r"))?;
+    let mut sums = stream.alloc_zeros::<u64>(lens.sums).map_err(cuda("check sums"))?;
     let (n, ldk, ldc, rows) = (d.n, d.ldk, d.npad, d.rows);
 
     let cfg = grid(u64::from(ldk) * u64::from(chunks), VECTOR_BLOCK)?;

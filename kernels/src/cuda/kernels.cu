@@ -256,7 +256,7 @@ extern "C" __global__ void sha256_rows(const int* __restrict__ c, unsigned char*
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Freivalds' check (kernels/src/freivalds.rs; CPU twin kernels/src/cpu/freivalds.rs): C·r == A·(B·r) modulo
+// Freivalds' check (kernels/src/freivalds.rs; CPU twin kernels/src/cpu/freivalds/): C·r == A·(B·r) modulo
 // 2^64, with matrix-vector kernels on the CUDA cores, a path apart from the GEMM (cuBLASLt on the tensor cores,
 // or gemm_i8_dp4a). r is the host's check_vector: n entries, i32. Products are taken as unsigned 64-bit
 // (two's complement), so every sum wraps modulo 2^64 exactly as the CPU's wrapping arithmetic does.

@@ -7,6 +7,8 @@
 //! 24 GB card out of memory mid-allocation. [`plan_buffers`] keeps a buffer only while the slot as a whole
 //! stays within its budget, and frees the most oversized ones first when it would not.
 
+use super::{freivalds, slot::Dims};
+
 /// The buffers of a slot, in [`BufferPlan::keep`] order.
 pub(crate) const BUFFERS: [&str; 4] = ["A", "Bᵗ", "C", "the leaves"];
 
@@ -91,6 +93,36 @@ pub(crate) fn plan_buffers(
         needed: total_needed,
         available: device_free.saturating_add(held.iter().sum::<u64>()),
     })
+}
+
+/// Device bytes a checked shard of `rows` rows at matrix size `n` takes from its slot's budget: the four
+/// buffers of [`Dims::buffer_bytes`] and the Freivalds check's scratch ([`freivalds::scratch_bytes`]).
+pub(crate) fn checked_shard_bytes(n: u32, rows: u32) -> u64 {
+    let d = Dims::new(n, rows);
+    d.bytes() + freivalds::scratch_bytes(&d)
+}
+
+/// The most rows of one shard at matrix size `n` that a slot with `budget` bytes accepts: the largest
+/// `rows ≤ n` whose [`checked_shard_bytes`] fit, which is exactly what [`plan_buffers`] lets through (the
+/// backend hands it the budget less the check's scratch). 0 when not even one row fits. Shards over
+/// [`super::CHUNK_ROWS`] rows need nothing more: their GEMM chunks are pointer offsets into the same A and
+/// C.
+pub(crate) fn max_rows(n: u32, budget: u64) -> u32 {
+    let fits = |rows: u32| checked_shard_bytes(n, rows) <= budget;
+    if n == 0 || !fits(1) {
+        return 0;
+    }
+    // The bytes only grow with the rows: bisect for the last row count that fits, keeping fits(low).
+    let (mut low, mut high) = (1, n);
+    while low < high {
+        let mid = low + (high - low).div_ceil(2);
+        if fits(mid) {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    low
 }
 
 #[cfg(test)]
@@ -178,5 +210,45 @@ mod tests {
         assert_eq!(full, Err(NoRoom::DeviceFull { needed: 4 * GIB + 1, available: 4 * GIB }));
         let over = plan_buffers([0; 4], need, 4 * GIB, PLENTY);
         assert_eq!(over, Err(NoRoom::OverBudget { needed: 4 * GIB + 1 }));
+    }
+
+    /// The advertised rows are the plan's own limit: they fit, one more does not (or they are all of n),
+    /// and the plan accepts them within the budget the backend gives it.
+    #[test]
+    fn max_rows_is_the_plans_limit() {
+        for n in [1u32, 16, 100, 1024, 4096, 4160, 16384, 65_536] {
+            for budget in [0, 1 << 20, 64 << 20, GIB, 11 * GIB, 70 * GIB, u64::MAX] {
+                let rows = max_rows(n, budget);
+                assert!(rows <= n, "n={n} budget={budget}");
+                if rows > 0 {
+                    assert!(checked_shard_bytes(n, rows) <= budget, "n={n} budget={budget}");
+                    let d = Dims::new(n, rows);
+                    let scratch = freivalds::scratch_bytes(&d);
+                    let plan = plan_buffers([0; 4], d.buffer_bytes(), budget - scratch, PLENTY);
+                    assert!(plan.is_ok(), "n={n} rows={rows} budget={budget}: {plan:?}");
+                }
+                if rows < n {
+                    assert!(checked_shard_bytes(n, rows + 1) > budget, "n={n} budget={budget}");
+                }
+            }
+        }
+    }
+
+    /// A GPU's layout is not the CPU's: i8 A and Bᵗ where the CPU keeps A as i16 pairs, so a 24 GB card's
+    /// slot (about 11 GiB) holds more rows at n = 65536 than the CPU formula says, and past the chunk size.
+    #[test]
+    fn a_gpu_slot_holds_more_rows_than_the_cpu_formula() {
+        let budget = 11 * GIB;
+        let (gpu, cpu) = (max_rows(65_536, budget), crate::max_rows_for_memory(65_536, budget));
+        assert!(gpu > cpu && gpu > super::super::CHUNK_ROWS, "gpu {gpu} cpu {cpu}");
+        // At n = 65536: 4 GiB of Bᵗ, and 5·65536 + 32 bytes per padded row plus 16 of check sums.
+        let per_row = 5 * 65_536 + 32 + 16;
+        let fixed = 65_536 * 65_536 + 4 * 65_536 + 8 * (256 + 1) * 65_536;
+        let expect = ((budget - fixed) / per_row) as u32 / 64 * 64;
+        assert!(gpu.abs_diff(expect) < 64, "gpu {gpu} expect {expect}");
+        // A whole n = 16384 product fits; at n = 65536 a 141 GB card's slot holds all of n too.
+        assert_eq!(max_rows(16_384, budget), 16_384);
+        assert_eq!(max_rows(65_536, 70 * GIB), 65_536);
+        assert_eq!(max_rows(65_536, 4 * GIB), 0, "Bᵗ alone is 4 GiB");
     }
 }

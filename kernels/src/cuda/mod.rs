@@ -5,10 +5,14 @@
 //! `i8 × i8 → i32` GEMM ([`gemm`]: cuBLASLt `CUBLAS_COMPUTE_32I`, or the NVRTC dp4a kernel), and SHA-256
 //! per row of C; only the 32-byte leaves come back (rows of C only when asked for, for spot checks).
 //!
-//! The module is split by concern: [`slot`] runs one shard (streams, buffers, the chunked pipeline),
-//! [`memory`] decides which buffers a slot keeps, [`fault`] what a failed call means for the device,
+//! The module is split by concern. The backend itself: this file holds its type, constants and
+//! accessors and the [`Backend`] impl; [`open`] opens a GPU (driver and NVRTC checks, context, slots,
+//! engine, budget); [`run`] runs shards on its slots (slot choice, memory plan, retries, the Freivalds
+//! verdict, per-thread stats); [`health`] says what a failure does to it (quarantine, the operator's
+//! error). Below it: [`slot`] runs one shard (streams, buffers, the chunked pipeline), [`memory`] decides
+//! which buffers a slot keeps, [`fault`] classifies a failed call, [`freivalds`] the check's kernels,
 //! [`driver`] which driver and libraries were loaded, [`gemm`] the cuBLASLt call, [`module`] the NVRTC
-//! kernels, [`telemetry`] NVML. This file holds the backend: opening a GPU, slots, quarantine.
+//! kernels, [`telemetry`] NVML.
 //!
 //! # Streams and overlap
 //!
@@ -48,38 +52,41 @@
 //! # Memory
 //!
 //! A shard needs `rows_pad × ldk` (A) + `npad × ldk` (Bᵗ) bytes + `rows_pad × npad × 4` (C) + 32 per row
-//! ([`gpu_shard_bytes`]), every dimension padded to [`PAD`]. A shard over the slot's budget, or over what the
-//! device has free right now, is refused with [`BackendError::ShardTooLarge`] before any work; between
-//! shards a slot never holds more than its budget ([`memory::plan_buffers`]).
+//! ([`gpu_shard_bytes`]), every dimension padded to [`PAD`], and its Freivalds check a little scratch
+//! (`freivalds::scratch_bytes`). A shard over the slot's budget, or over what the device has free right now,
+//! is refused with [`BackendError::ShardTooLarge`] before any work; between shards a slot never holds more
+//! than its budget ([`memory::plan_buffers`]). [`Backend::max_rows`] advertises that same limit per n
+//! ([`memory::max_rows`]).
 
 mod driver;
 mod fault;
 mod freivalds;
 mod gemm;
+mod health;
 mod memory;
 mod module;
+mod open;
+mod run;
 mod slot;
 mod telemetry;
 
 pub use telemetry::GpuMonitor;
 
 use crate::{
-    Backend, BackendError, BackendKind, CheckCost, DeviceInfo, Shard, ShardOutput,
-    gpu::{Compatibility, CudaLibraries, GemmEngine, GpuStatus, ShardStats, check_compatibility},
+    Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput,
+    gpu::{CudaLibraries, GemmEngine, GpuStatus, ShardStats},
 };
-use cudarc::driver::{CudaContext, sys};
-use memory::{NoRoom, plan_buffers};
+use cudarc::driver::CudaContext;
 use module::Kernels;
-use slot::{Dims, Fail, FallbackLog, Slot};
+use slot::{Dims, FallbackLog, Slot};
 use std::{
     collections::HashMap,
-    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     thread::ThreadId,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// Every dimension (rows, columns, k) is padded to a multiple of this, with zeros.
@@ -135,166 +142,7 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
-/// Why the CUDA libraries cannot be used on this machine, if they cannot.
-fn libraries_missing() -> Option<String> {
-    // SAFETY: these only try to open the shared libraries (no symbol is called).
-    let (driver, nvrtc) = unsafe {
-        (cudarc::driver::sys::is_culib_present(), cudarc::nvrtc::sys::is_culib_present())
-    };
-    if !driver {
-        return Some(
-            "no NVIDIA driver found (libcuda.so could not be loaded): this machine has no usable GPU; \
-             use --backend cpu"
-                .into(),
-        );
-    }
-    if !nvrtc {
-        return Some(
-            "libnvrtc could not be loaded: install the NVRTC of the driver's CUDA major version (e.g. pip \
-             install nvidia-cuda-nvrtc-cu12 for an R535/R550/R570 driver, nvidia-cuda-nvrtc for R580+) or \
-             add it to LD_LIBRARY_PATH; use --backend cpu meanwhile"
-                .into(),
-        );
-    }
-    None
-}
-
-/// The engine label of a backend: `cublaslt`, `dp4a (asked for)` or `dp4a (fallback: why)`.
-fn engine_note(asked: GemmEngine, compat: &Compatibility) -> String {
-    match (&compat.fallback, asked) {
-        (Some(why), _) => format!("dp4a (fallback: {why})"),
-        (None, GemmEngine::Dp4a) => "dp4a (asked for)".into(),
-        (None, GemmEngine::CublasLt) => "cublaslt".into(),
-    }
-}
-
-/// Runs `f`, turning a panic inside cudarc (a missing symbol in an old driver, say) into an error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(BackendError::CudaUnavailable(format!("{what}: {why}")))
-    })
-}
-
-/// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as NVML and nvidia-smi print it.
-fn uuid_string(uuid: &sys::CUuuid) -> String {
-    let b: Vec<u8> = uuid.bytes.iter().map(|&c| c as u8).collect();
-    let hex =
-        |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("GPU-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16))
-}
-
 impl CudaBackend {
-    /// Opens GPU `device` (CUDA ordinal): creates its context and streams, compiles the kernels with NVRTC
-    /// (once per compute capability per process) and sets up cuBLASLt. Without a GPU, driver or NVRTC it
-    /// answers [`BackendError::CudaUnavailable`] or [`BackendError::NoDevice`] with what to do.
-    pub fn new(device: usize) -> Result<Self, BackendError> {
-        Self::with_engine(device, GemmEngine::CublasLt)
-    }
-
-    /// Like [`CudaBackend::new`], with a chosen GEMM engine ([`GemmEngine::Dp4a`] skips cuBLASLt).
-    pub fn with_engine(device: usize, engine: GemmEngine) -> Result<Self, BackendError> {
-        if let Some(why) = libraries_missing() {
-            return Err(BackendError::CudaUnavailable(why));
-        }
-        guarded("opening the CUDA device", || Self::open(device, engine))
-    }
-
-    fn open(device: usize, engine: GemmEngine) -> Result<Self, BackendError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            BackendError::CudaUnavailable(format!("GPU {device}: {what}: {e}"))
-        };
-        let found = Self::device_count();
-        if device >= found {
-            return Err(BackendError::NoDevice { kind: BackendKind::Cuda, index: device, found });
-        }
-        let libraries =
-            driver::libraries().map_err(|e| unavailable("reading CUDA versions", &e))?;
-        let ctx =
-            CudaContext::new(device).map_err(|e| unavailable("cannot create a context", &e))?;
-        // SAFETY: this backend orders its streams itself (events between `main` and the hash streams, buffers
-        // only freed when every stream is idle), which is what disabling cudarc's per-buffer event tracking
-        // requires.
-        unsafe { ctx.disable_event_tracking() };
-        let model = ctx.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-        let cc = ctx.compute_capability().map_err(|e| unavailable("compute capability", &e))?;
-        let compat = check_compatibility(&libraries, cc, engine)
-            .map_err(|e| unavailable(&format!("{model} with {libraries}"), &e))?;
-        let sms = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| unavailable("SM count", &e))?;
-        let kernels = Kernels::load(&ctx).map_err(|e| unavailable("loading the kernels", &e))?;
-        let mut slots = Vec::with_capacity(SLOTS);
-        let mut compat = compat;
-        for _ in 0..SLOTS {
-            let (slot, unavailable_lt) = Slot::new(&ctx, compat.engine, cc.0)
-                .map_err(|e| unavailable("creating a slot", &e))?;
-            if let Some(why) = unavailable_lt {
-                compat = Compatibility { engine: GemmEngine::Dp4a, fallback: Some(why) };
-            }
-            slots.push(Mutex::new(slot));
-        }
-        if compat.engine == GemmEngine::Dp4a && engine == GemmEngine::CublasLt {
-            // A slot that did get cuBLASLt would run another engine than the label says: drop them all to
-            // dp4a, so that the label, the metric and the stats agree.
-            let retry = (0..SLOTS)
-                .map(|_| Slot::new(&ctx, GemmEngine::Dp4a, cc.0).map(|(slot, _)| Mutex::new(slot)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| unavailable("creating a slot", &e))?;
-            slots = retry;
-        }
-        let gemm_note = engine_note(engine, &compat);
-        if let Some(why) = &compat.fallback {
-            tracing::warn!(
-                gpu = device,
-                %model,
-                %libraries,
-                reason = %why,
-                "cuBLASLt cannot run on this GPU: the dp4a GEMM runs instead, 20-30x slower"
-            );
-        }
-        let (free, _total) = ctx.mem_get_info().map_err(|e| unavailable("memory info", &e))?;
-        let memory_bytes = (free as u64).saturating_sub(RESERVED_BYTES) / SLOTS as u64;
-        let monitor = ctx.uuid().ok().and_then(|u| GpuMonitor::open_by_uuid(&uuid_string(&u)).ok());
-        Ok(Self {
-            ordinal: device,
-            name: format!("cuda:{device}"),
-            model: format!("{model} (sm_{}{}, {libraries}, engine {})", cc.0, cc.1, compat.engine),
-            ctx,
-            kernels,
-            slots,
-            next_slot: AtomicUsize::new(0),
-            memory_bytes,
-            compute_units: u32::try_from(sms).unwrap_or(0),
-            timeout: DEFAULT_TIMEOUT,
-            libraries,
-            engine: compat.engine,
-            fallback: compat.fallback,
-            gemm_note,
-            fallbacks: FallbackLog::default(),
-            quarantine: Mutex::new(None),
-            monitor,
-            last_stats: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Number of visible CUDA devices (0 without a driver; honours `CUDA_VISIBLE_DEVICES`).
-    pub fn device_count() -> usize {
-        if libraries_missing().is_some() {
-            return 0;
-        }
-        guarded("counting CUDA devices", || {
-            CudaContext::device_count()
-                .map(|n| usize::try_from(n).unwrap_or(0))
-                .map_err(|e| BackendError::CudaUnavailable(e.to_string()))
-        })
-        .unwrap_or(0)
-    }
-
     /// Sets the watchdog timeout of one shard (every wait polls against it; see the module docs).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -321,36 +169,6 @@ impl CudaBackend {
         self.monitor.as_ref()
     }
 
-    /// Why this GPU is quarantined, if it is.
-    pub fn quarantined(&self) -> Option<String> {
-        self.quarantine.lock().map_or_else(|p| p.into_inner().clone(), |q| q.clone())
-    }
-
-    /// Stats of the last shard the calling thread completed (so that threads running shards at once each
-    /// read their own).
-    pub fn last_stats(&self) -> Option<ShardStats> {
-        let id = std::thread::current().id();
-        self.last_stats.lock().ok().and_then(|s| s.get(&id).cloned())
-    }
-
-    /// Device seconds of one `n × n × n` GEMM alone (unchunked, this backend's engine, generated data, after a
-    /// warm-up), averaged over `reps`: for benches comparing the pipeline's GEMM phase with the library alone.
-    pub fn time_gemm(&self, n: u32, reps: u32) -> Result<f64, BackendError> {
-        if let Some(reason) = self.quarantined() {
-            return Err(BackendError::Quarantined { device: self.name.clone(), reason });
-        }
-        let d = Dims::new(n, n);
-        let deadline = Instant::now() + self.timeout;
-        let mut slot = self.slot();
-        let result = guarded("timing the GEMM", || {
-            let plan = self.plan(&slot, &d, n, n)?;
-            slot.time_gemm(&self.ctx, &self.kernels, n, &plan, reps, deadline, &self.fallbacks)
-                .map_err(|fail| self.failed(&mut slot, fail))
-        });
-        slot.release();
-        result
-    }
-
     /// The driver and libraries this backend loaded.
     pub fn libraries(&self) -> &CudaLibraries {
         &self.libraries
@@ -364,135 +182,6 @@ impl CudaBackend {
             fallback: self.fallback.clone(),
             shape_fallbacks: self.fallbacks.shapes.load(Ordering::Relaxed),
         }
-    }
-
-    /// Runs several shards, two at a time (one per slot), so that consecutive shards overlap; results in order.
-    pub fn run_shards(
-        &self,
-        shards: &[Shard],
-        keep_rows: bool,
-    ) -> Vec<Result<ShardOutput, BackendError>> {
-        let next = AtomicUsize::new(0);
-        let results: Vec<Mutex<Option<Result<ShardOutput, BackendError>>>> =
-            shards.iter().map(|_| Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..SLOTS.min(shards.len()) {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(shard) = shards.get(i) else { break };
-                        let out = self.run_shard(shard, keep_rows);
-                        if let Ok(mut slot) = results[i].lock() {
-                            *slot = Some(out);
-                        }
-                    }
-                });
-            }
-        });
-        results
-            .into_iter()
-            .map(|r| {
-                r.into_inner().ok().flatten().unwrap_or_else(|| {
-                    Err(BackendError::Cuda {
-                        device: self.name.clone(),
-                        reason: "a worker thread panicked".into(),
-                    })
-                })
-            })
-            .collect()
-    }
-
-    /// The Freivalds check's verdict: its cost, or the error (the GPU quarantined) naming the failing rows.
-    fn verdict(
-        &self,
-        shard: &Shard,
-        found: &freivalds::DeviceCheck,
-        wall_seconds: f64,
-    ) -> Result<CheckCost, BackendError> {
-        if let Err(mismatch) = crate::freivalds::compare(&found.sums) {
-            let err = BackendError::failed_check(&self.name, shard, &mismatch);
-            self.quarantine(&err.to_string());
-            return Err(err);
-        }
-        let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or_default();
-        Ok(CheckCost { check: secs(found.seconds), shard: secs(wall_seconds) })
-    }
-
-    fn quarantine(&self, reason: &str) {
-        let mut q = self.quarantine.lock().unwrap_or_else(|p| p.into_inner());
-        q.get_or_insert_with(|| reason.to_owned());
-    }
-
-    /// Which buffers `slot` keeps for a shard of `d` ([`memory::plan_buffers`]), or why it cannot run now.
-    fn plan(
-        &self,
-        slot: &Slot,
-        d: &Dims,
-        n: u32,
-        rows: u32,
-    ) -> Result<memory::BufferPlan, BackendError> {
-        let free = self.ctx.mem_get_info().map(|(free, _)| free as u64).map_err(|e| {
-            BackendError::Cuda { device: self.name.clone(), reason: format!("memory info: {e}") }
-        })?;
-        // A little of the reserve stays free for the driver and cuBLASLt even when the device is full.
-        let usable = free.saturating_sub(RESERVED_BYTES / 4);
-        plan_buffers(slot.held(), d.buffer_bytes(), self.memory_bytes, usable).map_err(|no_room| {
-            match no_room {
-                NoRoom::OverBudget { needed } => BackendError::ShardTooLarge {
-                    n,
-                    rows,
-                    needed,
-                    available: self.memory_bytes,
-                    device: format!("{} {}", self.name, self.model),
-                },
-                NoRoom::DeviceFull { needed, available } => BackendError::OutOfMemory {
-                    device: self.name.clone(),
-                    reason: format!(
-                        "{needed} bytes needed, {available} free on the device with this slot's own \
-                         (another process or a desktop session holds the rest)"
-                    ),
-                },
-            }
-        })
-    }
-
-    /// The error a failed run answers, after the slot and the backend have done what its class asks
-    /// (memory given back, or the device quarantined and the buffers leaked).
-    fn failed(&self, slot: &mut Slot, fail: Fail) -> BackendError {
-        let device = self.name.clone();
-        match fail {
-            Fail::OutOfMemory(reason) => {
-                slot.release();
-                BackendError::OutOfMemory { device, reason }
-            }
-            Fail::Sticky(reason) => {
-                self.quarantine(&format!("{reason} (the GPU needs a process restart)"));
-                slot.abandon();
-                BackendError::ContextLost { device, reason }
-            }
-            Fail::Transient(reason) | Fail::Fatal(reason) => {
-                self.quarantine(&reason);
-                slot.abandon();
-                BackendError::Cuda { device, reason }
-            }
-            Fail::Timeout(phase) => {
-                let seconds = self.timeout.as_secs_f64();
-                self.quarantine(&format!("`{phase}` timed out after {seconds:.1} s"));
-                slot.abandon();
-                BackendError::Timeout { device, phase, seconds }
-            }
-        }
-    }
-
-    /// A free slot if there is one, else waits for the next one in turn.
-    fn slot(&self) -> MutexGuard<'_, Slot> {
-        for slot in &self.slots {
-            if let Ok(guard) = slot.try_lock() {
-                return guard;
-            }
-        }
-        let i = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.slots[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -511,67 +200,7 @@ impl Backend for CudaBackend {
     }
 
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        shard.validate()?;
-        if let Some(reason) = self.quarantined() {
-            return Err(BackendError::Quarantined { device: self.name.clone(), reason });
-        }
-        let (n, rows) = (shard.challenge.matrix_size, shard.row_count());
-        let d = Dims::new(n, rows);
-        let deadline = Instant::now() + self.timeout;
-        let energy_before = self.monitor.as_ref().and_then(GpuMonitor::energy_joules);
-        let mut slot = self.slot();
-        let result = guarded("running a shard", || {
-            let mut attempt = 0;
-            loop {
-                // Before any work: what this slot holds is reused or freed, the rest must be free now.
-                let plan = self.plan(&slot, &d, n, rows)?;
-                let run = slot.run(
-                    &self.ctx,
-                    &self.kernels,
-                    shard,
-                    &plan,
-                    keep_rows,
-                    deadline,
-                    &self.fallbacks,
-                );
-                match run {
-                    Ok(out) => return Ok(out),
-                    Err(Fail::Transient(why)) if attempt < fault::TRANSIENT_RETRIES => {
-                        attempt += 1;
-                        tracing::warn!(
-                            gpu = self.ordinal,
-                            attempt,
-                            reason = %why,
-                            "transient CUDA error: running the shard again"
-                        );
-                        // Work launched before the failure may still read the buffers: wait it out.
-                        if let Err(fail) = slot.drain(deadline) {
-                            return Err(self.failed(&mut slot, fail));
-                        }
-                    }
-                    Err(fail) => return Err(self.failed(&mut slot, fail)),
-                }
-            }
-        });
-        drop(slot);
-        let mut out = result.inspect_err(|e| {
-            if matches!(e, BackendError::CudaUnavailable(_)) {
-                self.quarantine(&e.to_string());
-            }
-        })?;
-        if let (Some(before), Some(after)) =
-            (energy_before, self.monitor.as_ref().and_then(GpuMonitor::energy_joules))
-        {
-            out.stats.energy_joules = Some((after - before).max(0.0));
-        }
-        let check = match out.check.take() {
-            Some(found) => Some(self.verdict(shard, &found, out.stats.wall_seconds)?),
-            None => None,
-        };
-        if let Ok(mut last) = self.last_stats.lock() {
-            last.insert(std::thread::current().id(), out.stats);
-        }
-        Ok(ShardOutput { leaves: out.leaves, rows: out.rows, check })
+        self.run_on_slot(shard, keep_rows)
     }
 
     fn keeps_rows_cheaply(&self) -> bool {
@@ -580,6 +209,12 @@ impl Backend for CudaBackend {
 
     fn concurrent_shards(&self) -> usize {
         SLOTS
+    }
+
+    /// What one slot's memory plan accepts ([`memory::max_rows`]): padded `i8` A and Bᵗ, `i32` C, the
+    /// leaves and the Freivalds check's scratch within the slot's budget, not the CPU's layout.
+    fn max_rows(&self, n: u32) -> u32 {
+        memory::max_rows(n, self.memory_bytes)
     }
 
     fn last_stats(&self) -> Option<ShardStats> {
@@ -592,28 +227,5 @@ impl Backend for CudaBackend {
 
     fn gpu_status(&self) -> Option<GpuStatus> {
         Some(self.status())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uuid_formats_like_nvidia_smi() {
-        let mut u: sys::CUuuid = sys::CUuuid { bytes: [0; 16] };
-        for (i, b) in u.bytes.iter_mut().enumerate() {
-            *b = (i * 17) as _;
-        }
-        assert_eq!(uuid_string(&u), "GPU-00112233-4455-6677-8899-aabbccddeeff");
-    }
-
-    #[test]
-    fn without_a_gpu_new_says_why() {
-        if CudaBackend::device_count() == 0 {
-            let err = CudaBackend::new(0).expect_err("no GPU here");
-            let msg = err.to_string();
-            assert!(msg.contains("cpu") || msg.contains("no cuda device"), "{msg}");
-        }
     }
 }
