@@ -282,8 +282,9 @@ fn agent_sigkill_is_dropped_and_mining_continues() {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // A job that waits on the dead agent holds the planner, which then plans only the newest head: the
-    // blocks until the drop (and the one after it) are counted and printed, and mining must go on after.
+    // Until its heartbeats are missed (1.5 s), the dead agent owes answers: the schedule passes over it and
+    // copies what it still gets to the live agent. The blocks until the drop (and the one after it) are
+    // counted and printed (0-1 lost here, the block it died in), and mining must go on after.
     let steady_from = farm.head() + 2;
     wait_blocks(&farm, "run.log", scaled(6, 30) as usize);
     judge_steady(

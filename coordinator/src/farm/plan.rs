@@ -35,7 +35,10 @@ pub struct StragglerPolicy {
 
 impl Default for StragglerPolicy {
     fn default() -> Self {
-        Self { factor: 2.0, grace: Duration::from_secs(1) }
+        // A quarter second past twice its expected time: a silently dead agent costs a block task about that
+        // much (its heartbeats take 1.5 s to be missed), while a shard merely slowed by a busy host rarely
+        // runs that late.
+        Self { factor: 2.0, grace: Duration::from_millis(250) }
     }
 }
 

@@ -265,6 +265,12 @@ struct Device {
     key: DeviceKey,
     usable: bool,
     busy: u32,
+    /// Since when the device owes an answer: the start of its oldest shard that ended without one (aborted
+    /// or timed out); cleared by any answer. A silently dead agent is noticed by its heartbeats only after
+    /// 1.5 s, and a block task sent to it is lost each block until then: placement passes over a device
+    /// silent for longer than the straggler grace while another is free, and what it does get is copied to
+    /// the next device to free up.
+    silent_since: Option<Instant>,
 }
 
 impl Device {
@@ -510,9 +516,11 @@ impl Schedule {
             self.usable.remove(&old.key);
             self.idle.remove(&old.key);
             let busy = old.busy;
-            self.devices.insert(id, Device { entry, key, usable: true, busy });
+            let silent_since = old.silent_since;
+            self.devices.insert(id, Device { entry, key, usable: true, busy, silent_since });
         } else {
-            self.devices.insert(id, Device { entry, key, usable: true, busy: 0 });
+            self.devices
+                .insert(id, Device { entry, key, usable: true, busy: 0, silent_since: None });
         }
         self.usable.insert(key);
         self.refresh_idle(id);
@@ -548,7 +556,7 @@ impl Schedule {
                 self.flights.iter().filter(|(_, f)| f.device == id).map(|(&s, _)| s).collect();
             for shard in lost {
                 out.push(Action::Abort(shard));
-                if let Some(f) = self.end_flight(shard) {
+                if let Some(f) = self.end_flight(shard, false) {
                     self.requeue(f.job, f.unit);
                 }
             }
@@ -562,7 +570,8 @@ impl Schedule {
     /// A shard's I/O task finished.
     pub fn answer(&mut self, now: Instant, shard: ShardId, outcome: ShardOutcome) -> Vec<Action> {
         let mut out = Vec::new();
-        self.on_answer(now, shard, outcome, &mut out);
+        let answered = !matches!(outcome, ShardOutcome::Failed { transport: true, .. });
+        self.on_answer(now, shard, outcome, answered, &mut out);
         self.fill(now, &mut out);
         out
     }
@@ -584,6 +593,7 @@ impl Schedule {
                             now,
                             shard,
                             ShardOutcome::Failed { reason, transport: false },
+                            false,
                             &mut out,
                         );
                     }
@@ -652,7 +662,7 @@ impl Schedule {
                 blocked.insert(job);
                 continue;
             }
-            match self.pick(job) {
+            match self.pick(now, job) {
                 Some((pos, device)) => self.dispatch_pending(now, job, pos, device, out),
                 None => {
                     blocked.insert(job);
@@ -722,13 +732,17 @@ impl Schedule {
 
     /// The next unit of `job` and the device for it: a unit planned for a device that is free, else the
     /// first waiting unit on the fastest free device the job can use.
-    fn pick(&self, job: JobId) -> Option<(usize, DeviceId)> {
+    fn pick(&self, now: Instant, job: JobId) -> Option<(usize, DeviceId)> {
         let j = self.jobs.get(&job)?;
+        let grace = self.policy.straggler.grace;
+        let silent =
+            |d: &Device| d.silent_since.is_some_and(|t| now.saturating_duration_since(t) > grace);
         for (pos, &u) in j.pending.iter().enumerate() {
             if let Some(p) = j.units[u].preferred
                 && let Some(d) = self.devices.get(&p)
                 && d.has_free_slot()
                 && j.can_use(d)
+                && !silent(d)
             {
                 return Some((pos, p));
             }
@@ -736,8 +750,11 @@ impl Schedule {
         if j.pending.is_empty() {
             return None;
         }
-        let device =
-            self.idle.iter().filter_map(|k| self.devices.get(&k.id)).find(|d| j.can_use(d))?;
+        // The fastest free device, passing over one that owes answers while another can take the work.
+        let mut free =
+            self.idle.iter().filter_map(|k| self.devices.get(&k.id)).filter(|d| j.can_use(d));
+        let first = free.next()?;
+        let device = if silent(first) { free.find(|d| !silent(d)).unwrap_or(first) } else { first };
         Some((0, device.entry.id))
     }
 
@@ -789,6 +806,8 @@ impl Schedule {
         self.next_shard += 1;
         d.busy += 1;
         let ops = d.ops_per_sec();
+        let grace = self.policy.straggler.grace;
+        let silent = d.silent_since.is_some_and(|t| now.saturating_duration_since(t) > grace);
         let n = j.n();
         let unit = &mut j.units[u];
         unit.in_flight += 1;
@@ -818,6 +837,11 @@ impl Schedule {
             shard_id,
             Flight { job, unit: u, device, started: now, timers: [timeout_at, late_at] },
         );
+        if silent {
+            // Hedged: the first other device to free up takes a copy (the straggler path), so a silently
+            // dead agent costs no block task once it owes answers.
+            self.late.insert(shard_id);
+        }
         self.metrics.dispatched();
         out.push(Action::Dispatch(Dispatch {
             shard_id,
@@ -871,8 +895,17 @@ impl Schedule {
     }
 
     /// Ends a flight: frees its device slot. Answers it, or none when it had ended already.
-    fn end_flight(&mut self, shard: ShardId) -> Option<Flight> {
+    /// `answered`: the device answered it (or the transport failed); otherwise it was aborted or timed out
+    /// and the device now owes an answer.
+    fn end_flight(&mut self, shard: ShardId, answered: bool) -> Option<Flight> {
         let f = self.flights.remove(&shard)?;
+        if let Some(d) = self.devices.get_mut(&f.device) {
+            if answered {
+                d.silent_since = None;
+            } else if d.silent_since.is_none() {
+                d.silent_since = Some(f.started);
+            }
+        }
         self.late.remove(&shard);
         if let Some(at) = f.timers[0] {
             self.timers.remove(&(at, Timer::ShardTimeout(shard)));
@@ -907,14 +940,16 @@ impl Schedule {
         self.metrics.reassigned();
     }
 
+    /// `answered`: the device sent something (not a timeout, not a broken connection).
     fn on_answer(
         &mut self,
         now: Instant,
         shard: ShardId,
         outcome: ShardOutcome,
+        answered: bool,
         out: &mut Vec<Action>,
     ) {
-        let Some(f) = self.end_flight(shard) else { return };
+        let Some(f) = self.end_flight(shard, answered) else { return };
         let round_trip = now.saturating_duration_since(f.started);
         let (job, device) = (f.job, f.device);
         match outcome {
@@ -960,7 +995,7 @@ impl Schedule {
                     .collect();
                 for twin in twins {
                     out.push(Action::Abort(twin));
-                    self.end_flight(twin);
+                    self.end_flight(twin, false);
                 }
                 if self.jobs.get(&job).is_some_and(|j| j.done == j.units.len()) {
                     self.finish(now, job, out);
@@ -1048,7 +1083,7 @@ impl Schedule {
         let shards: Vec<ShardId> = self.jobs.get(&job)?.flights.iter().copied().collect();
         for shard in shards {
             out.push(Action::Abort(shard));
-            self.end_flight(shard);
+            self.end_flight(shard, false);
         }
         let j = self.jobs.remove(&job)?;
         self.ready.remove(&j.key);

@@ -246,6 +246,39 @@ fn a_lost_device_hands_its_shards_out_at_once() {
 }
 
 #[test]
+fn a_device_that_owes_answers_is_passed_over_while_another_is_free() {
+    let t0 = Instant::now();
+    let mut s = schedule(SchedulingPolicy::BlockFirst);
+    s.add_device(t0, dev(1, 2e9, 1, 1 << 20));
+    s.add_device(t0, dev(2, 1e9, 1, 1 << 20));
+    // Block 1's task goes to the fastest device, which never answers (its agent died silently); the next
+    // block, after the straggler grace (1 s here), supersedes the task.
+    let sent = dispatches(&s.submit(t0, 1, small("b1")));
+    assert_eq!(sent[0].device, id(1));
+    s.cancel(t0 + 2 * SEC, 1);
+    // Block 2's task goes to the slower device, which answers; the silent one is used again only when
+    // nothing else is free.
+    let next = dispatches(&s.submit(t0 + 2 * SEC, 2, small("b2")));
+    assert_eq!(next[0].device, id(2));
+    let busy = dispatches(&s.submit(t0 + 2 * SEC, 3, small("b3")));
+    assert_eq!(busy[0].device, id(1), "no other device free");
+    // What it does get is copied to the next device to free up.
+    let copy = dispatches(&s.answer(t0 + 2 * SEC, next[0].shard_id, honest(&next[0])));
+    assert_eq!((copy[0].job, copy[0].device), (3, id(2)));
+    let actions = s.answer(t0 + 2 * SEC, copy[0].shard_id, honest(&copy[0]));
+    assert_eq!(aborts(&actions), vec![busy[0].shard_id]);
+    assert_eq!(finished(actions).len(), 1);
+    // An answer (to a shard still wanted) clears it.
+    let again = dispatches(&s.submit(t0 + 2 * SEC, 5, small("b5")));
+    assert_eq!(again[0].device, id(2), "the fastest free device is still silent");
+    let probe = dispatches(&s.submit(t0 + 2 * SEC, 6, small("b6")));
+    assert_eq!(probe[0].device, id(1));
+    s.answer(t0 + 3 * SEC, probe[0].shard_id, honest(&probe[0]));
+    s.answer(t0 + 3 * SEC, again[0].shard_id, honest(&again[0]));
+    assert_eq!(dispatches(&s.submit(t0 + 3 * SEC, 7, small("b7")))[0].device, id(1));
+}
+
+#[test]
 fn a_draining_device_finishes_what_it_holds_and_takes_nothing_new() {
     let t0 = Instant::now();
     let mut s = schedule(SchedulingPolicy::BlockFirst);
