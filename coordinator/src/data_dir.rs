@@ -7,14 +7,10 @@
 //! the submitters then recover from the chain before they sign anything (see
 //! [`crate::mining::submitter`]).
 
-use crate::mining::{
-    SharedJournal,
-    journal::{Journal, JournalError},
-};
+use crate::mining::journal::{Journal, JournalError};
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
 };
 
 /// File name of the journal in the data directory.
@@ -92,7 +88,7 @@ impl DataDirLock {
 #[derive(Debug)]
 pub struct OpenedJournal {
     /// The journal.
-    pub journal: SharedJournal,
+    pub journal: Journal,
     /// True when it was made in this run: the submitters first recover from the chain.
     pub created: bool,
 }
@@ -114,7 +110,7 @@ pub fn open_journal(lock: &DataDirLock, allow_new: bool) -> Result<OpenedJournal
         write_synced(&marker, format!("{}\n", crate::mining::journal::now_ms()).as_bytes())
             .map_err(|source| DataDirError::Io { path: marker.clone(), source })?;
     }
-    Ok(OpenedJournal { journal: Arc::new(Mutex::new(journal)), created: !present })
+    Ok(OpenedJournal { journal, created: !present })
 }
 
 fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {

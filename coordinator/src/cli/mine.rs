@@ -337,7 +337,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(keep) = r.journal_retention {
-        spawn_journal_pruning(Arc::clone(&journal), keep);
+        spawn_journal_pruning(journal.clone(), keep);
     }
 
     // The farm also serves the metrics endpoint; in local mode it simply has no agents.
@@ -399,7 +399,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         r.settings.matrix_size,
         r.data_dir.display()
     );
-    let miner = mining::spawn(r.settings.clone(), identities, Arc::clone(&journal), compute)?;
+    let miner = mining::spawn(r.settings.clone(), identities, journal.clone(), compute)?;
     for v in &validator_settings {
         eprintln!(
             "taking jobs from validator {} for {} (max matrix_size {}, {} scheduling{})",
@@ -410,7 +410,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             if v.submit_to_l1 { ", results also submitted to the L1" } else { "" }
         );
     }
-    let validators = validator::start(validator_settings, Arc::clone(&journal), prioritized)?;
+    let validators = validator::start(validator_settings, journal.clone(), prioritized)?;
 
     cpc_common::service::notify_ready();
     cpc_common::service::spawn_watchdog();
@@ -437,10 +437,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
         if let Ok(status) = pool.status().await {
             head = head.max(status.height);
         }
-        let rows = journal
-            .lock()
-            .map_err(|e| anyhow::anyhow!("journal lock: {e}"))?
-            .report(start_height)?;
+        let rows = journal.report(start_height)?;
         // The last block's task exists, or the chain moved past it (then it was planned or missed).
         let reached = head > last || rows.iter().any(|row| row.height >= last);
         if reached && settle_deadline.is_none() {
@@ -457,8 +454,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
     validators.stop().await;
     miner.stop();
     farm.shutdown();
-    let tasks =
-        journal.lock().map_err(|e| anyhow::anyhow!("journal lock: {e}"))?.report(start_height)?;
+    let tasks = journal.report(start_height)?;
     let names = &r.identities;
     let rows = window_report(&tasks, names, start_height..=last.min(head));
     let included = rows.iter().filter(|r| r.state == "included").count();
@@ -587,17 +583,13 @@ async fn wait_for_head(
 }
 
 /// Prunes settled journal rows older than `keep`, once at start and every hour.
-fn spawn_journal_pruning(journal: mining::SharedJournal, keep: Duration) {
+fn spawn_journal_pruning(journal: mining::journal::Journal, keep: Duration) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(3600));
         loop {
             every.tick().await;
             let before = mining::journal::now_ms() - keep.as_millis() as i64;
-            match journal
-                .lock()
-                .map_err(|e| e.to_string())
-                .and_then(|j| j.prune(before).map_err(|e| e.to_string()))
-            {
+            match journal.prune(before) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned settled rows from the journal"),
                 Err(e) => tracing::warn!(error = %e, "journal pruning failed"),

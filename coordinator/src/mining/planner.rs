@@ -4,9 +4,9 @@
 //! without bound (at most one task per identity waits).
 
 use super::{
-    Identity, SharedJournal,
+    Identity,
     compute::ComputeService,
-    journal::TaskState,
+    journal::{Journal, TaskState},
     submitter::{Submitter, TaskComputed},
     watcher::NewBlock,
 };
@@ -18,7 +18,7 @@ use std::{collections::VecDeque, sync::Arc, time::Instant};
 #[derive(Debug)]
 pub struct Planner {
     identities: Vec<Identity>,
-    journal: SharedJournal,
+    journal: Journal,
     compute: Arc<dyn ComputeService>,
     matrix_size: u32,
     submitters: Vec<Addr<Submitter>>,
@@ -37,7 +37,7 @@ impl Planner {
     /// A planner for `identities`; `submitters[i]` submits for `identities[i]`.
     pub fn new(
         identities: Vec<Identity>,
-        journal: SharedJournal,
+        journal: Journal,
         compute: Arc<dyn ComputeService>,
         matrix_size: u32,
         submitters: Vec<Addr<Submitter>>,
@@ -70,9 +70,7 @@ impl Planner {
                 Ok(root) => {
                     metrics::histogram!("cpcfarm_task_compute_seconds").record(started.elapsed().as_secs_f64());
                     let result_hash = hex::encode(root);
-                    let stored = act.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-                        j.record_result(&identity.name, &task_id, &result_hash).map_err(|e| e.to_string())
-                    });
+                    let stored = act.journal.record_result(&identity.name, &task_id, &result_hash);
                     match stored {
                         Ok(()) => {
                             tracing::info!(identity = %identity.name, height = job.task.height, %task_id, %result_hash, "task computed");
@@ -103,12 +101,8 @@ impl Handler<NewBlock> for Planner {
     type Result = ();
 
     fn handle(&mut self, block: NewBlock, ctx: &mut Self::Context) {
-        let Ok(journal) = self.journal.lock() else {
-            tracing::error!("journal lock poisoned; cannot plan");
-            return;
-        };
         // One journal transaction for the whole block: every identity's task is written with one sync.
-        let planned = journal.batch(|journal| {
+        let planned = self.journal.batch(|journal| {
             let mut planned = Vec::new();
             // Tasks still waiting for an older block are superseded.
             for old in self.queue.drain(..) {
@@ -153,7 +147,6 @@ impl Handler<NewBlock> for Planner {
             Ok(planned) => self.queue.extend(planned),
             Err(e) => tracing::error!(error = %e, "cannot journal this block's tasks"),
         }
-        drop(journal);
         self.start_next(ctx);
     }
 }
