@@ -53,6 +53,11 @@ pub enum DataDirError {
     },
 }
 
+/// The data directory when none is given: `~/.cpc-farm`; `None` without a home directory.
+pub fn default_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cpc-farm"))
+}
+
 /// The held lock on a data directory; released when dropped (or when the process dies, even by SIGKILL).
 #[derive(Debug)]
 pub struct DataDirLock {

@@ -15,8 +15,7 @@ use cpc_common::keystore::Keystore;
 use cpc_coordinator::l1::NodeClient;
 use std::{path::PathBuf, process::ExitCode};
 
-/// Default L1 node URL (the public node's port on localhost).
-pub(crate) const DEFAULT_NODE_URL: &str = "http://localhost:8000";
+pub(crate) use cpc_coordinator::l1::DEFAULT_NODE_URL;
 
 /// Exit code for "checked, and it is wrong" (as opposed to 1: "could not check").
 pub(crate) const EXIT_MISMATCH: u8 = 3;
@@ -171,8 +170,7 @@ pub(crate) fn print_join_instructions(
 pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match given {
         Some(dir) => Ok(dir),
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cpc-farm"))
+        None => cpc_coordinator::data_dir::default_dir()
             .ok_or_else(|| anyhow::anyhow!("no --data-dir and no HOME: pass --data-dir")),
     }
 }
@@ -209,7 +207,8 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the parsed command; `matches` are what it was parsed from (where each value came from).
+pub(crate) async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Keys(cmd) => keys::run(g, cmd),
@@ -220,7 +219,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(cmd) => chain::query(g, cmd).await,
         Command::Task(args) => compute::task(g, args).await,
         Command::Verify(args) => compute::verify(g, args).await,
-        Command::Run(args) => mine::run(g, args).await,
+        Command::Run(args) => match matches.subcommand_matches("run") {
+            Some(run) => mine::run(g, args, run).await,
+            None => unreachable!("clap parsed `run` from these matches"),
+        },
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
         // Minutes of blocking compute: keep it off the runtime's async workers.

@@ -14,6 +14,7 @@ mod fuzz;
 pub mod journal;
 pub mod planner;
 pub mod priority;
+pub mod settings;
 pub mod submitter;
 pub mod watcher;
 
