@@ -7,7 +7,10 @@
 //! the submitters then recover from the chain before they sign anything (see
 //! [`crate::mining::submitter`]).
 
-use crate::mining::journal::{Journal, JournalError};
+use crate::{
+    farm::{FarmError, Identity, identity::TOKEN_FILE},
+    mining::journal::{Journal, JournalError},
+};
 use std::{
     fs::File,
     path::{Path, PathBuf},
@@ -56,6 +59,19 @@ pub enum DataDirError {
 /// The data directory when none is given: `~/.cpc-farm`; `None` without a home directory.
 pub fn default_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cpc-farm"))
+}
+
+/// The coordinator's certificate, key and join token: read from `identity_dir` when given (a Kubernetes
+/// Secret, a backup: nothing is created there), else from `data_dir`, made on first start. Answers the
+/// identity and the path of its join-token file.
+pub fn load_farm_identity(
+    data_dir: &Path,
+    identity_dir: Option<&Path>,
+) -> Result<(Identity, PathBuf), FarmError> {
+    Ok(match identity_dir {
+        Some(dir) => (Identity::load(dir)?, dir.join(TOKEN_FILE)),
+        None => (Identity::load_or_create(data_dir)?, data_dir.join(TOKEN_FILE)),
+    })
 }
 
 /// The held lock on a data directory; released when dropped (or when the process dies, even by SIGKILL).

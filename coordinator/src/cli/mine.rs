@@ -3,29 +3,19 @@
 //! Settings come from flags, then `CPC_*` environment variables, then `--config farm.toml`, then defaults.
 //! With validators configured (`--validator URL=IDENTITY` or `[[validators]]`), it also takes jobs from
 //! those PoC validators over WebSocket, on the same compute service behind the priority layer.
+//!
+//! The node itself is library code ([`cpc_coordinator::mining::run`], settings in
+//! [`cpc_coordinator::mining::settings`]); this module parses the flags, sorts clap's values into the
+//! flags and environment layers, prints the node's events and the bounded run's report, and maps errors
+//! to exit codes (2: an invalid setting, 1: anything else).
 
-use super::{GlobalArgs, output::print_json, usage};
+use super::{GlobalArgs, output::print_json};
 use clap::{ArgMatches, Args, parser::ValueSource};
-use cpc_coordinator::{
-    data_dir::{self, DataDirLock},
-    farm::{self, FarmConfig},
-    mining::{
-        self, Identity, MinerSettings,
-        compute::{ComputeService, LocalCompute},
-        journal::ReportRow,
-        priority::{PrioritizedCompute, Priority},
-        settings::{ComputeMode, DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
-    },
-    validator::{self, ValidatorSettings},
+use cpc_coordinator::mining::{
+    self, RunEvent, RunReport, WindowReport,
+    settings::{DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
 };
-use cpc_kernels::BackendKind;
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
@@ -168,11 +158,8 @@ impl Split<'_> {
 fn resolve(g: &GlobalArgs, args: &RunArgs, matches: &ArgMatches) -> anyhow::Result<Settings> {
     let (flags, env) = layers(g, args, matches);
     Sources::read(flags, env).and_then(|sources| Settings::resolve(&sources)).map_err(|e| {
-        if e.is_usage() {
-            anyhow::Error::new(super::UsageError(e.to_string()))
-        } else {
-            anyhow::Error::new(e)
-        }
+        let usage = e.is_usage();
+        super::UsageError::or_failure(e, usage)
     })
 }
 
@@ -181,194 +168,82 @@ pub(crate) async fn run(
     args: RunArgs,
     matches: &ArgMatches,
 ) -> anyhow::Result<ExitCode> {
+    // Installed first: from here on SIGINT and SIGTERM stop the run gracefully.
     let shutdown = super::shutdown_signal();
-    tokio::pin!(shutdown);
-    let s = resolve(g, &args, matches)?;
-    let mut miner_settings = MinerSettings {
-        nodes: s.nodes.clone(),
-        matrix_size: s.matrix_size,
-        gas_price: s.gas_price,
-        poll_interval: s.poll_interval,
-        recover_from_chain: false,
-        readiness: Arc::default(),
-    };
-    let keystore = s.keystore();
-    let load = |name: &String| -> anyhow::Result<Identity> {
-        let k = keystore.load(name)?;
-        Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
-    };
-    let identities = s.identities.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
-    for (i, a) in identities.iter().enumerate() {
-        if let Some(b) = identities[..i].iter().find(|b| b.address == a.address) {
-            usage!(
-                "identities `{}` and `{}` are the same key ({}): each identity submits once per block, so list it once",
-                b.name,
-                a.name,
-                a.address
-            );
-        }
+    let settings = resolve(g, &args, matches)?;
+    let report = mining::run(settings, shutdown, print_event).await.map_err(|e| {
+        let usage = e.is_usage();
+        super::UsageError::or_failure(e, usage)
+    })?;
+    if let RunReport::Window(window) = report {
+        print_window(g, &window)?;
     }
-    // One coordinator per data dir, for the life of the process (the OS drops the lock if it dies).
-    let lock = DataDirLock::acquire(&s.data_dir)?;
-    let opened = data_dir::open_journal(&lock, s.new_journal)?;
-    miner_settings.recover_from_chain = opened.created;
-    let journal = opened.journal;
-    if opened.created && s.new_journal {
-        eprintln!(
-            "new journal in {}: each identity first looks for its results of the last blocks on chain",
-            s.data_dir.display()
-        );
-    }
-    let validator_settings = s
-        .validators
-        .iter()
-        .map(|entry| {
-            let identity = match identities.iter().find(|i| i.name == entry.identity) {
-                Some(i) => i.clone(),
-                None => load(&entry.identity)?,
-            };
-            let mut v = ValidatorSettings::new(entry.url.clone(), identity);
-            v.submit_to_l1 = entry.submit_to_l1;
-            v.max_matrix_size = s.max_validator_matrix_size;
-            Ok(v)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(keep) = s.journal_retention {
-        spawn_journal_pruning(journal.clone(), keep);
-    }
+    Ok(ExitCode::SUCCESS)
+}
 
-    // The farm also serves the metrics endpoint; in local mode it simply has no agents.
-    let (farm_identity, token_file) =
-        super::load_farm_identity(&s.data_dir, s.identity_dir.as_deref())?;
-    let mut config = FarmConfig::new(s.listen, farm_identity);
-    config.metrics_listen = s.metrics;
-    // `/readyz`: can mine now (an L1 answers, no identity short of funds, a device in farm mode).
-    miner_settings.readiness.require_l1();
-    if s.compute == ComputeMode::Farm {
-        miner_settings.readiness.require_device();
-    }
-    config.readiness = Arc::clone(&miner_settings.readiness);
-    farm::metrics::init_identity_series(s.identities.iter().map(String::as_str));
-    let farm = farm::start(config)?;
-    if let Some(m) = farm.metrics_addr() {
-        eprintln!("metrics on http://{m}/metrics");
-    }
-    let inner: Arc<dyn ComputeService> = if s.compute == ComputeMode::Local {
-        Arc::new(LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?)))
-    } else {
-        let public = s.public_addr.clone().unwrap_or_else(|| farm.local_addr().to_string());
-        super::print_join_instructions(&farm, &public, &token_file);
-        if s.min_agents > 0 {
-            tokio::select! {
-                waited = farm.wait_for_agents(s.min_agents, Duration::from_secs(300)) => {
-                    waited?;
-                }
-                () = &mut shutdown => {
-                    eprintln!("stopping before mining started");
-                    farm.shutdown();
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
+/// What the operator sees on stderr (and tells systemd) as the node starts and stops.
+fn print_event(event: RunEvent<'_>) {
+    match event {
+        RunEvent::NewJournal { data_dir } => eprintln!(
+            "new journal in {}: each identity first looks for its results of the last blocks on chain",
+            data_dir.display()
+        ),
+        RunEvent::MetricsListening(addr) => eprintln!("metrics on http://{addr}/metrics"),
+        RunEvent::FarmListening { farm, public_addr, token_file } => {
+            super::print_join_instructions(farm, public_addr, token_file);
         }
-        Arc::new(farm.clone())
-    };
-    // Block tasks and validator jobs share the compute service, one challenge at a time.
-    let prioritized = PrioritizedCompute::new(inner, s.scheduling);
-    let compute = prioritized.class(Priority::Block);
-    // A bounded run's window starts at the head: wait for a node rather than take height 0.
-    let start_height = if s.stop_after_blocks > 0 {
-        match wait_for_head(&miner_settings.nodes, shutdown.as_mut()).await? {
-            Some(h) => h,
-            None => return Ok(ExitCode::SUCCESS),
-        }
-    } else {
-        0
-    };
-    eprintln!(
-        "mining for {} on {} with {} (matrix_size {}, data dir {})",
-        identities
-            .iter()
-            .map(|i| format!("{} ({})", i.name, i.address))
-            .collect::<Vec<_>>()
-            .join(", "),
-        miner_settings.nodes.join(", "),
-        compute.describe(),
-        miner_settings.matrix_size,
-        s.data_dir.display()
-    );
-    let miner = mining::spawn(miner_settings.clone(), identities, journal.clone(), compute)?;
-    for v in &validator_settings {
-        eprintln!(
+        RunEvent::WaitingForNode(e) => eprintln!("waiting for an L1 node ({e})"),
+        RunEvent::Mining { identities, nodes, compute, matrix_size, data_dir } => eprintln!(
+            "mining for {} on {} with {} (matrix_size {}, data dir {})",
+            identities
+                .iter()
+                .map(|i| format!("{} ({})", i.name, i.address))
+                .collect::<Vec<_>>()
+                .join(", "),
+            nodes.join(", "),
+            compute,
+            matrix_size,
+            data_dir.display()
+        ),
+        RunEvent::TakingValidatorJobs { validator: v, scheduling } => eprintln!(
             "taking jobs from validator {} for {} (max matrix_size {}, {} scheduling{})",
             v.url,
             v.identity.name,
             v.max_matrix_size,
-            s.scheduling,
+            scheduling,
             if v.submit_to_l1 { ", results also submitted to the L1" } else { "" }
-        );
+        ),
+        RunEvent::Ready => {
+            cpc_common::service::notify_ready();
+            cpc_common::service::spawn_watchdog();
+        }
+        RunEvent::StoppingBeforeMining => eprintln!("stopping before mining started"),
+        RunEvent::Stopping => {
+            cpc_common::service::notify_stopping();
+            eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
+        }
     }
-    let validators = validator::start(validator_settings, journal.clone(), prioritized)?;
+}
 
-    cpc_common::service::notify_ready();
-    cpc_common::service::spawn_watchdog();
-    if s.stop_after_blocks == 0 {
-        shutdown.await;
-        cpc_common::service::notify_stopping();
-        eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
-        validators.stop().await;
-        miner.stop();
-        farm.shutdown();
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle.
-    let last = start_height + s.stop_after_blocks - 1;
-    let pool = cpc_coordinator::l1::NodePool::new(&miner_settings.nodes);
-    let mut head = start_height;
-    let mut settle_deadline: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-        if let Ok(status) = pool.status().await {
-            head = head.max(status.height);
-        }
-        let rows = journal.report(start_height)?;
-        // The last block's task exists, or the chain moved past it (then it was planned or missed).
-        let reached = head > last || rows.iter().any(|row| row.height >= last);
-        if reached && settle_deadline.is_none() {
-            settle_deadline = Some(Instant::now() + s.settle_timeout);
-        }
-        let settled = rows
-            .iter()
-            .filter(|row| row.height <= last)
-            .all(|row| matches!(row.state.as_str(), "included" | "failed" | "superseded"));
-        if reached && settled || settle_deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-    }
-    validators.stop().await;
-    miner.stop();
-    farm.shutdown();
-    let tasks = journal.report(start_height)?;
-    let names = &s.identities;
-    let rows = window_report(&tasks, names, start_height..=last.min(head));
-    let included = rows.iter().filter(|r| r.state == "included").count();
+/// A bounded run's summary (stderr) and its rows (stdout: a table, or JSON with `--json`).
+fn print_window(g: &GlobalArgs, window: &WindowReport) -> anyhow::Result<()> {
+    let rows = &window.rows;
+    let included = window.included();
     eprintln!(
-        "blocks {start_height}..={}: {included} of {} results included, {} not",
-        last.min(head),
+        "blocks {}..={}: {included} of {} results included, {} not",
+        window.first,
+        window.last,
         rows.len(),
         rows.len() - included
     );
     if g.json {
-        print_json(&rows)?;
+        print_json(rows)?;
     } else {
         println!(
             "{:<7} {:<12} {:<36} {:<64} included",
             "height", "identity", "task_id", "result_hash"
         );
-        for row in &rows {
+        for row in rows {
             let included = match (row.included_in, &row.tx_hash, &row.reason) {
                 (Some(h), Some(tx), _) => format!("block {h} (tx {})", &tx[..16.min(tx.len())]),
                 (_, _, Some(reason)) => format!("{}: {reason}", row.state),
@@ -383,116 +258,7 @@ pub(crate) async fn run(
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One line of a bounded run's report: every identity at every chain block of the window, whether the
-/// farm planned a task for it or not.
-#[derive(Debug, serde::Serialize)]
-struct WindowRow {
-    height: u64,
-    identity: String,
-    task_id: Option<String>,
-    result_hash: Option<String>,
-    /// `included`, `submitted`, `computed`, `planned`, `superseded`, `failed`, or `missed` (no task).
-    state: String,
-    tx_hash: Option<String>,
-    included_in: Option<u64>,
-    /// Why the result is not included, where it is not.
-    reason: Option<String>,
-}
-
-/// Every (height, identity) of `window`, from the journal's tasks; blocks the farm never planned show up
-/// as `missed`.
-fn window_report(
-    tasks: &[ReportRow],
-    identities: &[String],
-    window: std::ops::RangeInclusive<u64>,
-) -> Vec<WindowRow> {
-    let mut rows = Vec::new();
-    for height in window {
-        for identity in identities {
-            let task = tasks.iter().find(|t| t.height == height && &t.identity == identity);
-            rows.push(match task {
-                Some(t) => WindowRow {
-                    height,
-                    identity: identity.clone(),
-                    task_id: Some(t.task_id.clone()),
-                    result_hash: t.result_hash.clone(),
-                    state: t.state.clone(),
-                    tx_hash: t.tx_hash.clone(),
-                    included_in: t.included_in,
-                    reason: miss_reason(t),
-                },
-                None => WindowRow {
-                    height,
-                    identity: identity.clone(),
-                    task_id: None,
-                    result_hash: None,
-                    state: "missed".into(),
-                    tx_hash: None,
-                    included_in: None,
-                    reason: Some(
-                        "no task: the block was never seen as the head (a newer one came first, or \
-                         the coordinator or the node was down)"
-                            .into(),
-                    ),
-                },
-            });
-        }
-    }
-    rows
-}
-
-fn miss_reason(t: &ReportRow) -> Option<String> {
-    match t.state.as_str() {
-        "included" => None,
-        "superseded" => Some("superseded: a newer block came before it was computed".into()),
-        "failed" => Some(t.error.clone().unwrap_or_else(|| "failed".into())),
-        "planned" => Some("not computed before the run ended".into()),
-        "computed" => Some("computed, not submitted (underfunded, or no node)".into()),
-        "submitted" => Some("submitted, not included before the run ended".into()),
-        other => Some(other.to_owned()),
-    }
-}
-
-/// The node's head, waiting (and saying so) while no node answers; `None` when interrupted.
-async fn wait_for_head(
-    nodes: &[String],
-    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> anyhow::Result<Option<u64>> {
-    let pool = cpc_coordinator::l1::NodePool::new(nodes);
-    let mut told = false;
-    loop {
-        match pool.status().await {
-            Ok(status) => return Ok(Some(status.height)),
-            Err(e) if !told => {
-                eprintln!("waiting for an L1 node ({e})");
-                told = true;
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            () = &mut shutdown => return Ok(None),
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
-/// Prunes settled journal rows older than `keep`, once at start and every hour.
-fn spawn_journal_pruning(journal: mining::journal::Journal, keep: Duration) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            every.tick().await;
-            let before = mining::journal::now_ms() - keep.as_millis() as i64;
-            match journal.prune(before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned settled rows from the journal"),
-                Err(e) => tracing::warn!(error = %e, "journal pruning failed"),
-            }
-        }
-    });
+    Ok(())
 }
 
 #[cfg(test)]

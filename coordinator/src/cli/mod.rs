@@ -27,13 +27,16 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 #[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
 
-/// Fails with a [`UsageError`].
-macro_rules! usage {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::cli::UsageError(format!($($arg)*))))
-    };
+impl UsageError {
+    /// `e` for `main`: a [`UsageError`] with its message when the operator's input is at fault
+    /// (`is_usage`), else `e` itself (exit 1).
+    pub(crate) fn or_failure(
+        e: impl std::error::Error + Send + Sync + 'static,
+        is_usage: bool,
+    ) -> anyhow::Error {
+        if is_usage { anyhow::Error::new(Self(e.to_string())) } else { anyhow::Error::new(e) }
+    }
 }
-pub(crate) use usage;
 
 /// cpc-farm coordinator and operator tool for ComputeChain Proof-of-Compute.
 #[derive(Debug, Parser)]
@@ -131,20 +134,6 @@ pub(crate) enum Command {
     Job(farm::JobArgs),
     /// Benchmark this host's CPU or GPU: per phase and end to end, ms and tera-ops per second.
     Bench(bench::BenchArgs),
-}
-
-/// The coordinator's certificate, key and join token: read from `identity_dir` when given (a
-/// Kubernetes Secret, a backup: nothing is created there), else from the data dir, made on first start.
-/// Answers the identity and the path of its join-token file.
-pub(crate) fn load_farm_identity(
-    data_dir: &std::path::Path,
-    identity_dir: Option<&std::path::Path>,
-) -> anyhow::Result<(cpc_coordinator::farm::Identity, PathBuf)> {
-    use cpc_coordinator::farm::{Identity, identity::TOKEN_FILE};
-    Ok(match identity_dir {
-        Some(dir) => (Identity::load(dir)?, dir.join(TOKEN_FILE)),
-        None => (Identity::load_or_create(data_dir)?, data_dir.join(TOKEN_FILE)),
-    })
 }
 
 /// Prints how agents join `farm`, dialling `public_addr`: the fingerprint and where the join token is

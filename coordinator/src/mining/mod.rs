@@ -6,17 +6,24 @@
 //! journaled and the identity's [`submitter::Submitter`] signs, journals, sends, and confirms inclusion.
 //! The [`journal::Journal`] (SQLite in the data dir) is written before anything is sent, which is what
 //! makes a crash or restart lose nothing and send nothing twice.
+//!
+//! [`run`] is the whole mining node (`cpc-coordinator run`) as a library call: [`settings`] resolves its
+//! settings from flags, environment and config file, and [`node`] wires the farm, this loop and the PoC
+//! validator clients, until a shutdown signal or the end of a bounded run.
 
 pub mod compute;
 pub mod config;
 #[cfg(test)]
 mod fuzz;
 pub mod journal;
+pub mod node;
 pub mod planner;
 pub mod priority;
 pub mod settings;
 pub mod submitter;
 pub mod watcher;
+
+pub use node::{RunError, RunEvent, RunReport, WindowReport, WindowRow, run};
 
 use crate::l1::NodePool;
 use actix::prelude::*;
