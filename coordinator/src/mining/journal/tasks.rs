@@ -6,7 +6,7 @@ use cpc_common::synthetic::BlockTask;
 use rusqlite::{OptionalExtension, params};
 
 /// Where a task comes from. Block tasks own their ids: a validator's result never takes a block task's id
-/// (see [`Journal::record_task`] and [`Journal::record_validator_task`]).
+/// (see [`Batch::record_task`] and [`Batch::record_validator_task`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskOrigin {
     /// Derived from a block by the planner.
@@ -21,7 +21,7 @@ impl TaskOrigin {
     }
 }
 
-/// What [`Journal::record_validator_task`] did.
+/// What [`Batch::record_validator_task`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValidatorTaskOutcome {
     /// Queued for the L1.
