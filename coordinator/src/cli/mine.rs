@@ -22,7 +22,7 @@ pub(crate) struct RunArgs {
     /// TOML configuration file (see deploy/farm.example.toml).
     #[arg(long, env = "CPC_CONFIG", help_heading = "Mining")]
     config: Option<PathBuf>,
-    /// L1 node URLs in failover order (comma-separated) [default: the file's, else --node].
+    /// L1 node URLs in failover order (comma-separated) [default: --node, else the file's `nodes`].
     #[arg(long, env = "CPC_NODES", value_delimiter = ',', help_heading = "Mining")]
     nodes: Vec<String>,
     /// Worker identities: key names (repeat or comma-separate).
