@@ -7,14 +7,13 @@
 //! the submitters then recover from the chain before they sign anything (see
 //! [`crate::mining::submitter`]).
 
-use crate::mining::{
-    SharedJournal,
-    journal::{Journal, JournalError},
+use crate::{
+    farm::{FarmError, Identity, identity::TOKEN_FILE},
+    mining::journal::{Journal, JournalError},
 };
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
 };
 
 /// File name of the journal in the data directory.
@@ -57,6 +56,24 @@ pub enum DataDirError {
     },
 }
 
+/// The data directory when none is given: `~/.cpc-farm`; `None` without a home directory.
+pub fn default_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cpc-farm"))
+}
+
+/// The coordinator's certificate, key and join token: read from `identity_dir` when given (a Kubernetes
+/// Secret, a backup: nothing is created there), else from `data_dir`, made on first start. Answers the
+/// identity and the path of its join-token file.
+pub fn load_farm_identity(
+    data_dir: &Path,
+    identity_dir: Option<&Path>,
+) -> Result<(Identity, PathBuf), FarmError> {
+    Ok(match identity_dir {
+        Some(dir) => (Identity::load(dir)?, dir.join(TOKEN_FILE)),
+        None => (Identity::load_or_create(data_dir)?, data_dir.join(TOKEN_FILE)),
+    })
+}
+
 /// The held lock on a data directory; released when dropped (or when the process dies, even by SIGKILL).
 #[derive(Debug)]
 pub struct DataDirLock {
@@ -92,7 +109,7 @@ impl DataDirLock {
 #[derive(Debug)]
 pub struct OpenedJournal {
     /// The journal.
-    pub journal: SharedJournal,
+    pub journal: Journal,
     /// True when it was made in this run: the submitters first recover from the chain.
     pub created: bool,
 }
@@ -114,7 +131,7 @@ pub fn open_journal(lock: &DataDirLock, allow_new: bool) -> Result<OpenedJournal
         write_synced(&marker, format!("{}\n", crate::mining::journal::now_ms()).as_bytes())
             .map_err(|source| DataDirError::Io { path: marker.clone(), source })?;
     }
-    Ok(OpenedJournal { journal: Arc::new(Mutex::new(journal)), created: !present })
+    Ok(OpenedJournal { journal, created: !present })
 }
 
 fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {

@@ -2,14 +2,18 @@
 
 mod cli;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    // `Cli::parse()`, keeping the matches: `run` layers flags over `CPC_*` variables by where clap found
+    // each value.
+    let matches = cli::Cli::command().get_matches();
+    let args = cli::Cli::from_arg_matches(&matches)
+        .unwrap_or_else(|e| e.format(&mut cli::Cli::command()).exit());
     cli::init_logging(args.global.log_format, "warn");
-    match cli::run(args).await {
+    match cli::run(args, &matches).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", without_repeats(&e));

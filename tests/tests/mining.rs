@@ -123,3 +123,56 @@ fn an_unfunded_identity_is_reported_and_does_not_hold_back_the_other() {
     assert!(landed.keys().all(|(address, _)| *address == farm.addresses["w1"]));
     assert!(!landed.is_empty());
 }
+
+/// The mining node as a library call, in this process: a bounded run answers its window, an unbounded
+/// one stops on its shutdown signal, and each leaves the data dir free for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_run_mines_a_bounded_window_and_stops_on_its_shutdown_signal() {
+    use cpc_coordinator::{
+        data_dir::DataDirLock,
+        mining::{
+            self, RunEvent, RunReport,
+            settings::{Layer, Settings, Sources},
+        },
+    };
+    let farm = tokio::task::block_in_place(|| Farm::new(300, false, &["w1", "w2"]));
+    let flags = Layer {
+        nodes: vec![farm.devnet.url()],
+        identities: vec!["w1".into(), "w2".into()],
+        keystore: Some(farm.keystore()),
+        data_dir: Some(farm.data_dir()),
+        compute: Some("local".into()),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        matrix_size: Some(support::MATRIX_SIZE),
+        stop_after_blocks: Some(3),
+        ..Layer::default()
+    };
+    let settings =
+        Settings::resolve(&Sources { flags, ..Sources::default() }).expect("valid settings");
+
+    let report = mining::run(settings.clone(), std::future::pending(), |_| {}).await.expect("run");
+    let RunReport::Window(window) = report else { panic!("a bounded run reports its window") };
+    assert_eq!(window.last - window.first, 2, "{window:?}");
+    assert_eq!(window.rows.len(), 6, "two identities at three blocks: {window:?}");
+    let planned: Vec<_> = window.rows.iter().filter(|r| r.state != "missed").collect();
+    assert!(!planned.is_empty(), "{window:?}");
+    for row in planned {
+        assert_eq!(row.state, "included", "{row:?}");
+    }
+    tokio::task::block_in_place(|| {
+        check_chain(&farm);
+        check_journal(&farm, window.last);
+    });
+
+    // Unbounded: runs until the signal, which here comes once the node says it is ready.
+    let ready = tokio::sync::Notify::new();
+    let unbounded = Settings { stop_after_blocks: 0, ..settings };
+    let on_event = |event: RunEvent<'_>| {
+        if matches!(event, RunEvent::Ready) {
+            ready.notify_one();
+        }
+    };
+    let report = mining::run(unbounded, ready.notified(), on_event).await.expect("run");
+    assert_eq!(report, RunReport::Stopped);
+    drop(DataDirLock::acquire(&farm.data_dir()).expect("the run released the data dir"));
+}

@@ -63,7 +63,8 @@ pub(crate) struct JobArgs {
 
 fn start(args: &FarmArgs) -> anyhow::Result<(FarmHandle, String)> {
     let dir = super::data_dir_or_default(args.data_dir.clone())?;
-    let (identity, token_file) = super::load_farm_identity(&dir, args.identity_dir.as_deref())?;
+    let (identity, token_file) =
+        cpc_coordinator::data_dir::load_farm_identity(&dir, args.identity_dir.as_deref())?;
     let mut config = FarmConfig::new(args.listen, identity);
     config.metrics_listen = args.metrics;
     config.shard_timeout = Duration::from_secs(args.shard_timeout.max(1));

@@ -3,45 +3,26 @@
 //! Settings come from flags, then `CPC_*` environment variables, then `--config farm.toml`, then defaults.
 //! With validators configured (`--validator URL=IDENTITY` or `[[validators]]`), it also takes jobs from
 //! those PoC validators over WebSocket, on the same compute service behind the priority layer.
+//!
+//! The node itself is library code ([`cpc_coordinator::mining::run`], settings in
+//! [`cpc_coordinator::mining::settings`]); this module parses the flags, sorts clap's values into the
+//! flags and environment layers, prints the node's events and the bounded run's report, and maps errors
+//! to exit codes (2: an invalid setting, 1: anything else).
 
-use super::{GlobalArgs, output::print_json, usage};
-use clap::Args;
-use cpc_common::{
-    keystore::Keystore,
-    synthetic::{DEFAULT_MATRIX_SIZE, MAX_MATRIX_SIZE},
+use super::{GlobalArgs, output::print_json};
+use clap::{ArgMatches, Args, parser::ValueSource};
+use cpc_coordinator::mining::{
+    self, RunEvent, RunReport, WindowReport,
+    settings::{DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
 };
-use cpc_coordinator::{
-    data_dir::{self, DataDirLock},
-    farm::{self, FarmConfig},
-    mining::{
-        self, Identity, MinerSettings,
-        compute::{ComputeService, LocalCompute},
-        config::{ConfigFile, ValidatorEntry},
-        journal::ReportRow,
-        priority::{PrioritizedCompute, SchedulingPolicy},
-    },
-    validator::{self, ValidatorSettings, protocol::DEFAULT_MAX_MATRIX_SIZE},
-};
-use cpc_kernels::BackendKind;
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::ExitCode,
-    sync::Arc,
-    time::{Duration, Instant},
-};
-
-/// Default head polling interval.
-const DEFAULT_POLL_MS: u64 = 500;
-/// Default days settled journal rows are kept.
-const DEFAULT_JOURNAL_RETENTION_DAYS: u64 = 7;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// TOML configuration file (see deploy/farm.example.toml).
     #[arg(long, env = "CPC_CONFIG", help_heading = "Mining")]
     config: Option<PathBuf>,
-    /// L1 node URLs in failover order (comma-separated) [default: the file's, else --node].
+    /// L1 node URLs in failover order (comma-separated) [default: --node, else the file's `nodes`].
     #[arg(long, env = "CPC_NODES", value_delimiter = ',', help_heading = "Mining")]
     nodes: Vec<String>,
     /// Worker identities: key names (repeat or comma-separate).
@@ -88,7 +69,7 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 0, help_heading = "Mining")]
     stop_after_blocks: u64,
     /// Seconds to wait for the last submissions to settle when stopping.
-    #[arg(long, default_value_t = 60, help_heading = "Mining")]
+    #[arg(long, default_value_t = DEFAULT_SETTLE_TIMEOUT_SECS, help_heading = "Mining")]
     settle_timeout: u64,
     /// Start a new journal although this data dir was used before and its journal is missing or empty.
     /// Results an earlier run put on chain are then recovered from the chain before anything is signed.
@@ -122,362 +103,147 @@ struct ValidatorArgs {
     scheduling: Option<String>,
 }
 
-/// Resolved settings (flags > env > file > defaults).
-struct Resolved {
-    settings: MinerSettings,
-    keystore: Keystore,
-    identities: Vec<String>,
-    data_dir: PathBuf,
-    compute: String,
-    listen: SocketAddr,
-    metrics: Option<SocketAddr>,
-    validators: Vec<ValidatorEntry>,
-    max_validator_matrix_size: u32,
-    scheduling: SchedulingPolicy,
-    journal_retention: Option<Duration>,
-}
-
-/// `URL=IDENTITY` (split at the last `=`: a URL may hold `=` in its query).
-fn parse_validator_flag(flag: &str) -> anyhow::Result<ValidatorEntry> {
-    let Some((url, identity)) =
-        flag.rsplit_once('=').filter(|(u, i)| !u.is_empty() && !i.is_empty())
-    else {
-        usage!("invalid --validator `{flag}`: expected URL=IDENTITY");
-    };
-    Ok(ValidatorEntry { url: url.to_owned(), identity: identity.to_owned(), submit_to_l1: false })
-}
-
-fn resolve(g: &GlobalArgs, args: &RunArgs) -> anyhow::Result<Resolved> {
-    let file = match &args.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
-    };
-    let nodes = resolve_nodes(&args.nodes, g.node.as_deref(), &file.nodes);
-    for url in &nodes {
-        check_node_url(url)?;
-    }
-    let identities =
-        if args.identities.is_empty() { file.identities.clone() } else { args.identities.clone() };
-    if identities.is_empty() {
-        usage!(
-            "no worker identity: pass --identity NAME (a key in the keystore) or list `identities` in --config"
-        );
-    }
-    let mut names = std::collections::BTreeSet::new();
-    if let Some(twice) = identities.iter().find(|name| !names.insert(name.as_str())) {
-        usage!(
-            "identity `{twice}` is listed twice: each identity submits once per block, so list it once"
-        );
-    }
-    let data_dir = super::data_dir_or_default(args.data_dir.clone().or(file.data_dir.clone()))?;
-    let parse_addr = |what: &str, text: &str| -> anyhow::Result<SocketAddr> {
-        match text.parse() {
-            Ok(a) => Ok(a),
-            Err(e) => usage!("invalid `{what}` in config: {text}: {e} (expected IP:PORT)"),
-        }
-    };
-    let listen = match (args.listen, &file.listen) {
-        (Some(l), _) => l,
-        (None, Some(l)) => parse_addr("listen", l)?,
-        (None, None) => parse_addr("listen", farm::DEFAULT_LISTEN)?,
-    };
-    let metrics = match (args.metrics, &file.metrics) {
-        (Some(m), _) => Some(m),
-        (None, Some(m)) => Some(parse_addr("metrics", m)?),
-        (None, None) => None,
-    };
-    let compute =
-        args.compute.clone().or(file.compute.clone()).unwrap_or_else(|| "farm".to_owned());
-    if compute != "farm" && compute != "local" {
-        usage!("invalid compute `{compute}`: expected `farm` or `local`");
-    }
-    let matrix_size = args.matrix_size.or(file.matrix_size).unwrap_or(DEFAULT_MATRIX_SIZE);
-    if matrix_size == 0 || matrix_size > MAX_MATRIX_SIZE {
-        usage!("invalid matrix_size {matrix_size}: expected 1 to {MAX_MATRIX_SIZE}");
-    }
-    let gas_price = args.gas_price.or(file.gas_price).unwrap_or(cpc_common::tx::MIN_GAS_PRICE);
-    if gas_price < cpc_common::tx::MIN_GAS_PRICE {
-        usage!(
-            "invalid gas_price {gas_price}: the L1 drops transactions under {} (its minimum)",
-            cpc_common::tx::MIN_GAS_PRICE
-        );
-    }
+/// The command line and the environment as two [`Layer`]s, by where clap found each value: on the command
+/// line, in a `CPC_*` variable, or nowhere (a clap default is left to the library's, which is the same).
+fn layers(g: &GlobalArgs, args: &RunArgs, matches: &ArgMatches) -> (Layer, Layer) {
+    let mut split = Split { matches, flags: Layer::default(), env: Layer::default() };
     let v = &args.validators;
-    let validators = if v.validators.is_empty() {
-        file.validators.clone()
-    } else {
-        v.validators.iter().map(|f| parse_validator_flag(f)).collect::<anyhow::Result<Vec<_>>>()?
-    };
-    for entry in &validators {
-        if let Err(e) = validator::url_label(&entry.url) {
-            usage!("{e}");
-        }
-        if entry.submit_to_l1 && !identities.contains(&entry.identity) {
-            usage!(
-                "validator {} has submit_to_l1 for `{}`, which is not a mining identity: add it to `identities`",
-                entry.url,
-                entry.identity
-            );
+    split.put("config", args.config.clone(), |l| &mut l.config);
+    split.put("nodes", args.nodes.clone(), |l| &mut l.nodes);
+    split.put("node", g.node.clone(), |l| &mut l.node);
+    split.put("identities", args.identities.clone(), |l| &mut l.identities);
+    split.put("keystore", g.keystore.clone(), |l| &mut l.keystore);
+    split.put("data_dir", args.data_dir.clone(), |l| &mut l.data_dir);
+    split.put("matrix_size", args.matrix_size, |l| &mut l.matrix_size);
+    split.put("gas_price", args.gas_price, |l| &mut l.gas_price);
+    split.put("poll_interval_ms", args.poll_interval_ms, |l| &mut l.poll_interval_ms);
+    split.put("compute", args.compute.clone(), |l| &mut l.compute);
+    split.put("listen", args.listen, |l| &mut l.listen);
+    split.put("public_addr", args.public_addr.clone(), |l| &mut l.public_addr);
+    split.put("identity_dir", args.identity_dir.clone(), |l| &mut l.identity_dir);
+    split.put("metrics", args.metrics, |l| &mut l.metrics);
+    split.put("journal_retention_days", args.journal_retention_days, |l| {
+        &mut l.journal_retention_days
+    });
+    split.put("validators", v.validators.clone(), |l| &mut l.validators);
+    split.put("max_validator_matrix_size", v.max_validator_matrix_size, |l| {
+        &mut l.max_validator_matrix_size
+    });
+    split.put("scheduling", v.scheduling.clone(), |l| &mut l.scheduling);
+    split.put("min_agents", Some(args.min_agents), |l| &mut l.min_agents);
+    split.put("stop_after_blocks", Some(args.stop_after_blocks), |l| &mut l.stop_after_blocks);
+    split.put("settle_timeout", Some(args.settle_timeout), |l| &mut l.settle_timeout_secs);
+    split.put("new_journal", Some(args.new_journal), |l| &mut l.new_journal);
+    (split.flags, split.env)
+}
+
+/// Sorts clap's values into the layer of the source they came from.
+struct Split<'m> {
+    matches: &'m ArgMatches,
+    flags: Layer,
+    env: Layer,
+}
+
+impl Split<'_> {
+    fn put<T>(&mut self, id: &str, value: T, field: impl Fn(&mut Layer) -> &mut T) {
+        match self.matches.value_source(id) {
+            Some(ValueSource::EnvVariable) => *field(&mut self.env) = value,
+            Some(ValueSource::DefaultValue) => {}
+            _ => *field(&mut self.flags) = value,
         }
     }
-    let scheduling = match v.scheduling.as_ref().or(file.scheduling.as_ref()) {
-        Some(s) => match s.parse() {
-            Ok(policy) => policy,
-            Err(e) => usage!("{e}"),
-        },
-        None => SchedulingPolicy::default(),
-    };
-    let retention_days = args
-        .journal_retention_days
-        .or(file.journal_retention_days)
-        .unwrap_or(DEFAULT_JOURNAL_RETENTION_DAYS);
-    let journal_retention =
-        (retention_days > 0).then(|| Duration::from_secs(retention_days.saturating_mul(86_400)));
-    let max_validator_matrix_size = v
-        .max_validator_matrix_size
-        .or(file.max_validator_matrix_size)
-        .unwrap_or(DEFAULT_MAX_MATRIX_SIZE);
-    // --keystore / CPC_KEYSTORE, then the file's `keystore`, then cpc-cli's default.
-    let keystore = match (&g.keystore, &file.keystore) {
-        (None, Some(dir)) => Keystore::new(dir),
-        _ => g.keystore(),
-    };
-    Ok(Resolved {
-        keystore,
-        settings: MinerSettings {
-            nodes,
-            matrix_size,
-            gas_price,
-            poll_interval: Duration::from_millis(
-                args.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(DEFAULT_POLL_MS).max(10),
-            ),
-            recover_from_chain: false,
-            readiness: Arc::default(),
-        },
-        identities,
-        data_dir,
-        compute,
-        listen,
-        metrics,
-        validators,
-        max_validator_matrix_size,
-        scheduling,
-        journal_retention,
+}
+
+/// The settings of `run`; an invalid one is a usage error (exit 2), an unreadable config file is not.
+fn resolve(g: &GlobalArgs, args: &RunArgs, matches: &ArgMatches) -> anyhow::Result<Settings> {
+    let (flags, env) = layers(g, args, matches);
+    Sources::read(flags, env).and_then(|sources| Settings::resolve(&sources)).map_err(|e| {
+        let usage = e.is_usage();
+        super::UsageError::or_failure(e, usage)
     })
 }
 
-/// The L1 nodes, flags and environment before the file: `--nodes`/`CPC_NODES`, then `--node`/`CPC_NODE`,
-/// then the file's `nodes`, then the default node.
-fn resolve_nodes(nodes_flag: &[String], node_flag: Option<&str>, file: &[String]) -> Vec<String> {
-    if !nodes_flag.is_empty() {
-        nodes_flag.to_vec()
-    } else if let Some(node) = node_flag {
-        vec![node.to_owned()]
-    } else if !file.is_empty() {
-        file.to_vec()
-    } else {
-        vec![super::DEFAULT_NODE_URL.to_owned()]
-    }
-}
-
-/// An L1 node URL must be `http://` or `https://` with a host.
-fn check_node_url(url: &str) -> anyhow::Result<()> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(u) => usage!(
-            "invalid node URL `{url}`: scheme `{}` without a host or not http(s) (expected e.g. http://127.0.0.1:8000)",
-            u.scheme()
-        ),
-        Err(e) => usage!("invalid node URL `{url}`: {e} (expected e.g. http://127.0.0.1:8000)"),
-    }
-}
-
-pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    g: &GlobalArgs,
+    args: RunArgs,
+    matches: &ArgMatches,
+) -> anyhow::Result<ExitCode> {
+    // Installed first: from here on SIGINT and SIGTERM stop the run gracefully.
     let shutdown = super::shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut r = resolve(g, &args)?;
-    let load = |name: &String| -> anyhow::Result<Identity> {
-        let k = r.keystore.load(name)?;
-        Ok(Identity { name: name.clone(), key: k.secret, address: k.address })
-    };
-    let identities = r.identities.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
-    for (i, a) in identities.iter().enumerate() {
-        if let Some(b) = identities[..i].iter().find(|b| b.address == a.address) {
-            usage!(
-                "identities `{}` and `{}` are the same key ({}): each identity submits once per block, so list it once",
-                b.name,
-                a.name,
-                a.address
-            );
-        }
+    let settings = resolve(g, &args, matches)?;
+    let report = mining::run(settings, shutdown, print_event).await.map_err(|e| {
+        let usage = e.is_usage();
+        super::UsageError::or_failure(e, usage)
+    })?;
+    if let RunReport::Window(window) = report {
+        print_window(g, &window)?;
     }
-    // One coordinator per data dir, for the life of the process (the OS drops the lock if it dies).
-    let lock = DataDirLock::acquire(&r.data_dir)?;
-    let opened = data_dir::open_journal(&lock, args.new_journal)?;
-    r.settings.recover_from_chain = opened.created;
-    let journal = opened.journal;
-    if opened.created && args.new_journal {
-        eprintln!(
-            "new journal in {}: each identity first looks for its results of the last blocks on chain",
-            r.data_dir.display()
-        );
-    }
-    let validator_settings = r
-        .validators
-        .iter()
-        .map(|entry| {
-            let identity = match identities.iter().find(|i| i.name == entry.identity) {
-                Some(i) => i.clone(),
-                None => load(&entry.identity)?,
-            };
-            let mut s = ValidatorSettings::new(entry.url.clone(), identity);
-            s.submit_to_l1 = entry.submit_to_l1;
-            s.max_matrix_size = r.max_validator_matrix_size;
-            Ok(s)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(keep) = r.journal_retention {
-        spawn_journal_pruning(Arc::clone(&journal), keep);
-    }
+    Ok(ExitCode::SUCCESS)
+}
 
-    // The farm also serves the metrics endpoint; in local mode it simply has no agents.
-    let (farm_identity, token_file) =
-        super::load_farm_identity(&r.data_dir, args.identity_dir.as_deref())?;
-    let mut config = FarmConfig::new(r.listen, farm_identity);
-    config.metrics_listen = r.metrics;
-    // `/readyz`: can mine now (an L1 answers, no identity short of funds, a device in farm mode).
-    r.settings.readiness.require_l1();
-    if r.compute == "farm" {
-        r.settings.readiness.require_device();
-    }
-    config.readiness = Arc::clone(&r.settings.readiness);
-    config.scheduling = r.scheduling;
-    farm::metrics::init_identity_series(r.identities.iter().map(String::as_str));
-    let farm = farm::start(config)?;
-    if let Some(m) = farm.metrics_addr() {
-        eprintln!("metrics on http://{m}/metrics");
-    }
-    // One queue for block tasks and validator jobs: the farm's own (many jobs at once), or, for a backend in
-    // this process, the priority layer (one challenge at a time).
-    let compute: Arc<dyn ComputeService> = if r.compute == "local" {
-        let local = LocalCompute::new(Arc::from(cpc_kernels::open(BackendKind::Cpu, 0)?));
-        Arc::new(PrioritizedCompute::new(Arc::new(local), r.scheduling))
-    } else {
-        let public = args.public_addr.clone().unwrap_or_else(|| farm.local_addr().to_string());
-        super::print_join_instructions(&farm, &public, &token_file);
-        if args.min_agents > 0 {
-            tokio::select! {
-                waited = farm.wait_for_agents(args.min_agents, Duration::from_secs(300)) => {
-                    waited?;
-                }
-                () = &mut shutdown => {
-                    eprintln!("stopping before mining started");
-                    farm.shutdown();
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
+/// What the operator sees on stderr (and tells systemd) as the node starts and stops.
+fn print_event(event: RunEvent<'_>) {
+    match event {
+        RunEvent::NewJournal { data_dir } => eprintln!(
+            "new journal in {}: each identity first looks for its results of the last blocks on chain",
+            data_dir.display()
+        ),
+        RunEvent::MetricsListening(addr) => eprintln!("metrics on http://{addr}/metrics"),
+        RunEvent::FarmListening { farm, public_addr, token_file } => {
+            super::print_join_instructions(farm, public_addr, token_file);
         }
-        Arc::new(farm.clone())
-    };
-    // A bounded run's window starts at the head: wait for a node rather than take height 0.
-    let start_height = if args.stop_after_blocks > 0 {
-        match wait_for_head(&r.settings.nodes, shutdown.as_mut()).await? {
-            Some(h) => h,
-            None => return Ok(ExitCode::SUCCESS),
-        }
-    } else {
-        0
-    };
-    eprintln!(
-        "mining for {} on {} with {} (matrix_size {}, data dir {})",
-        identities
-            .iter()
-            .map(|i| format!("{} ({})", i.name, i.address))
-            .collect::<Vec<_>>()
-            .join(", "),
-        r.settings.nodes.join(", "),
-        compute.describe(),
-        r.settings.matrix_size,
-        r.data_dir.display()
-    );
-    let miner =
-        mining::spawn(r.settings.clone(), identities, Arc::clone(&journal), Arc::clone(&compute))?;
-    for v in &validator_settings {
-        eprintln!(
+        RunEvent::WaitingForNode(e) => eprintln!("waiting for an L1 node ({e})"),
+        RunEvent::Mining { identities, nodes, compute, matrix_size, data_dir } => eprintln!(
+            "mining for {} on {} with {} (matrix_size {}, data dir {})",
+            identities
+                .iter()
+                .map(|i| format!("{} ({})", i.name, i.address))
+                .collect::<Vec<_>>()
+                .join(", "),
+            nodes.join(", "),
+            compute,
+            matrix_size,
+            data_dir.display()
+        ),
+        RunEvent::TakingValidatorJobs { validator: v, scheduling } => eprintln!(
             "taking jobs from validator {} for {} (max matrix_size {}, {} scheduling{})",
             v.url,
             v.identity.name,
             v.max_matrix_size,
-            r.scheduling,
+            scheduling,
             if v.submit_to_l1 { ", results also submitted to the L1" } else { "" }
-        );
+        ),
+        RunEvent::Ready => {
+            cpc_common::service::notify_ready();
+            cpc_common::service::spawn_watchdog();
+        }
+        RunEvent::StoppingBeforeMining => eprintln!("stopping before mining started"),
+        RunEvent::Stopping => {
+            cpc_common::service::notify_stopping();
+            eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
+        }
     }
-    let validators = validator::start(validator_settings, Arc::clone(&journal), compute)?;
+}
 
-    cpc_common::service::notify_ready();
-    cpc_common::service::spawn_watchdog();
-    if args.stop_after_blocks == 0 {
-        shutdown.await;
-        cpc_common::service::notify_stopping();
-        eprintln!("stopping: the journal keeps every result; a restart sends what is pending");
-        validators.stop().await;
-        miner.stop();
-        farm.shutdown();
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle.
-    let last = start_height + args.stop_after_blocks - 1;
-    let pool = cpc_coordinator::l1::NodePool::new(&r.settings.nodes);
-    let mut head = start_height;
-    let mut settle_deadline: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
-        }
-        if let Ok(status) = pool.status().await {
-            head = head.max(status.height);
-        }
-        let rows = journal
-            .lock()
-            .map_err(|e| anyhow::anyhow!("journal lock: {e}"))?
-            .report(start_height)?;
-        // The last block's task exists, or the chain moved past it (then it was planned or missed).
-        let reached = head > last || rows.iter().any(|row| row.height >= last);
-        if reached && settle_deadline.is_none() {
-            settle_deadline = Some(Instant::now() + Duration::from_secs(args.settle_timeout));
-        }
-        let settled = rows
-            .iter()
-            .filter(|row| row.height <= last)
-            .all(|row| matches!(row.state.as_str(), "included" | "failed" | "superseded"));
-        if reached && settled || settle_deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-    }
-    validators.stop().await;
-    miner.stop();
-    farm.shutdown();
-    let tasks =
-        journal.lock().map_err(|e| anyhow::anyhow!("journal lock: {e}"))?.report(start_height)?;
-    let names = &r.identities;
-    let rows = window_report(&tasks, names, start_height..=last.min(head));
-    let included = rows.iter().filter(|r| r.state == "included").count();
+/// A bounded run's summary (stderr) and its rows (stdout: a table, or JSON with `--json`).
+fn print_window(g: &GlobalArgs, window: &WindowReport) -> anyhow::Result<()> {
+    let rows = &window.rows;
+    let included = window.included();
     eprintln!(
-        "blocks {start_height}..={}: {included} of {} results included, {} not",
-        last.min(head),
+        "blocks {}..={}: {included} of {} results included, {} not",
+        window.first,
+        window.last,
         rows.len(),
         rows.len() - included
     );
     if g.json {
-        print_json(&rows)?;
+        print_json(rows)?;
     } else {
         println!(
             "{:<7} {:<12} {:<36} {:<64} included",
             "height", "identity", "task_id", "result_hash"
         );
-        for row in &rows {
+        for row in rows {
             let included = match (row.included_in, &row.tx_hash, &row.reason) {
                 (Some(h), Some(tx), _) => format!("block {h} (tx {})", &tx[..16.min(tx.len())]),
                 (_, _, Some(reason)) => format!("{}: {reason}", row.state),
@@ -492,149 +258,57 @@ pub(crate) async fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCod
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One line of a bounded run's report: every identity at every chain block of the window, whether the
-/// farm planned a task for it or not.
-#[derive(Debug, serde::Serialize)]
-struct WindowRow {
-    height: u64,
-    identity: String,
-    task_id: Option<String>,
-    result_hash: Option<String>,
-    /// `included`, `submitted`, `computed`, `planned`, `superseded`, `failed`, or `missed` (no task).
-    state: String,
-    tx_hash: Option<String>,
-    included_in: Option<u64>,
-    /// Why the result is not included, where it is not.
-    reason: Option<String>,
-}
-
-/// Every (height, identity) of `window`, from the journal's tasks; blocks the farm never planned show up
-/// as `missed`.
-fn window_report(
-    tasks: &[ReportRow],
-    identities: &[String],
-    window: std::ops::RangeInclusive<u64>,
-) -> Vec<WindowRow> {
-    let mut rows = Vec::new();
-    for height in window {
-        for identity in identities {
-            let task = tasks.iter().find(|t| t.height == height && &t.identity == identity);
-            rows.push(match task {
-                Some(t) => WindowRow {
-                    height,
-                    identity: identity.clone(),
-                    task_id: Some(t.task_id.clone()),
-                    result_hash: t.result_hash.clone(),
-                    state: t.state.clone(),
-                    tx_hash: t.tx_hash.clone(),
-                    included_in: t.included_in,
-                    reason: miss_reason(t),
-                },
-                None => WindowRow {
-                    height,
-                    identity: identity.clone(),
-                    task_id: None,
-                    result_hash: None,
-                    state: "missed".into(),
-                    tx_hash: None,
-                    included_in: None,
-                    reason: Some(
-                        "no task: the block was never seen as the head (a newer one came first, or \
-                         the coordinator or the node was down)"
-                            .into(),
-                    ),
-                },
-            });
-        }
-    }
-    rows
-}
-
-fn miss_reason(t: &ReportRow) -> Option<String> {
-    match t.state.as_str() {
-        "included" => None,
-        "superseded" => Some("superseded: a newer block came before it was computed".into()),
-        "failed" => Some(t.error.clone().unwrap_or_else(|| "failed".into())),
-        "planned" => Some("not computed before the run ended".into()),
-        "computed" => Some("computed, not submitted (underfunded, or no node)".into()),
-        "submitted" => Some("submitted, not included before the run ended".into()),
-        other => Some(other.to_owned()),
-    }
-}
-
-/// The node's head, waiting (and saying so) while no node answers; `None` when interrupted.
-async fn wait_for_head(
-    nodes: &[String],
-    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> anyhow::Result<Option<u64>> {
-    let pool = cpc_coordinator::l1::NodePool::new(nodes);
-    let mut told = false;
-    loop {
-        match pool.status().await {
-            Ok(status) => return Ok(Some(status.height)),
-            Err(e) if !told => {
-                eprintln!("waiting for an L1 node ({e})");
-                told = true;
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            () = &mut shutdown => return Ok(None),
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
-/// Prunes settled journal rows older than `keep`, once at start and every hour.
-fn spawn_journal_pruning(journal: mining::SharedJournal, keep: Duration) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            every.tick().await;
-            let before = mining::journal::now_ms() - keep.as_millis() as i64;
-            match journal
-                .lock()
-                .map_err(|e| e.to_string())
-                .and_then(|j| j.prune(before).map_err(|e| e.to_string()))
-            {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned settled rows from the journal"),
-                Err(e) => tracing::warn!(error = %e, "journal pruning failed"),
-            }
-        }
-    });
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
+    use clap::CommandFactory as _;
 
-    fn v(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| (*s).to_owned()).collect()
+    /// The layers of `cpc-coordinator ARGS` (no `CPC_*` variable is set in unit tests).
+    fn layers_of(args: &[&str]) -> (Layer, Layer) {
+        let matches = Cli::command().try_get_matches_from(args).expect("valid arguments");
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).expect("parsed");
+        let super::super::Command::Run(run) = cli.command else { panic!("not run") };
+        let run_matches = matches.subcommand_matches("run").expect("run");
+        layers(&cli.global, &run, run_matches)
     }
 
+    /// Every argument of `run`, global ones too, lands in the flags layer; clap defaults land nowhere.
     #[test]
-    fn node_flags_and_environment_win_over_the_config_file() {
-        let file = v(&["http://file:1", "http://file:2"]);
-        assert_eq!(
-            resolve_nodes(&v(&["http://a:1"]), Some("http://b:1"), &file),
-            v(&["http://a:1"])
-        );
-        assert_eq!(resolve_nodes(&[], Some("http://b:1"), &file), v(&["http://b:1"]));
-        assert_eq!(resolve_nodes(&[], None, &file), file);
-        assert_eq!(resolve_nodes(&[], None, &[]), v(&[super::super::DEFAULT_NODE_URL]));
-    }
+    fn command_line_values_are_flags_and_clap_defaults_are_left_to_the_library() {
+        let (flags, env) = layers_of(&[
+            "cpc-coordinator",
+            "--node",
+            "http://n:1",
+            "run",
+            "--keystore",
+            "/keys",
+            "--identity",
+            "w1,w2",
+            "--nodes",
+            "http://a:1,http://b:1",
+            "--settle-timeout",
+            "5",
+            "--new-journal",
+            "--validator",
+            "ws://v:1=w1",
+            "--scheduling",
+            "fifo",
+        ]);
+        assert_eq!(env, Layer::default());
+        assert_eq!(flags.node.as_deref(), Some("http://n:1"));
+        assert_eq!(flags.keystore, Some("/keys".into()));
+        assert_eq!(flags.identities, ["w1", "w2"]);
+        assert_eq!(flags.nodes, ["http://a:1", "http://b:1"]);
+        assert_eq!((flags.settle_timeout_secs, flags.new_journal), (Some(5), Some(true)));
+        assert_eq!(flags.validators, ["ws://v:1=w1"]);
+        assert_eq!(flags.scheduling.as_deref(), Some("fifo"));
+        assert_eq!((flags.min_agents, flags.stop_after_blocks), (None, None));
 
-    #[test]
-    fn node_urls_are_checked() {
-        assert!(check_node_url("http://127.0.0.1:8000").is_ok());
-        assert!(check_node_url("https://node.example:443/rpc").is_ok());
-        for bad in ["not a url", "ftp://x:1", "127.0.0.1:8000", "http://"] {
-            let e = check_node_url(bad).expect_err(bad);
-            assert!(e.downcast_ref::<super::super::UsageError>().is_some(), "{bad}: {e}");
-        }
+        let (flags, _) = layers_of(&["cpc-coordinator", "run"]);
+        assert_eq!(flags, Layer::default(), "nothing given, nothing said");
     }
 }

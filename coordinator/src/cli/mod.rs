@@ -15,8 +15,7 @@ use cpc_common::keystore::Keystore;
 use cpc_coordinator::l1::NodeClient;
 use std::{path::PathBuf, process::ExitCode};
 
-/// Default L1 node URL (the public node's port on localhost).
-pub(crate) const DEFAULT_NODE_URL: &str = "http://localhost:8000";
+pub(crate) use cpc_coordinator::l1::DEFAULT_NODE_URL;
 
 /// Exit code for "checked, and it is wrong" (as opposed to 1: "could not check").
 pub(crate) const EXIT_MISMATCH: u8 = 3;
@@ -28,13 +27,16 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 #[error("{0}")]
 pub(crate) struct UsageError(pub(crate) String);
 
-/// Fails with a [`UsageError`].
-macro_rules! usage {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::cli::UsageError(format!($($arg)*))))
-    };
+impl UsageError {
+    /// `e` for `main`: a [`UsageError`] with its message when the operator's input is at fault
+    /// (`is_usage`), else `e` itself (exit 1).
+    pub(crate) fn or_failure(
+        e: impl std::error::Error + Send + Sync + 'static,
+        is_usage: bool,
+    ) -> anyhow::Error {
+        if is_usage { anyhow::Error::new(Self(e.to_string())) } else { anyhow::Error::new(e) }
+    }
 }
-pub(crate) use usage;
 
 /// cpc-farm coordinator and operator tool for ComputeChain Proof-of-Compute.
 #[derive(Debug, Parser)]
@@ -134,20 +136,6 @@ pub(crate) enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// The coordinator's certificate, key and join token: read from `identity_dir` when given (a
-/// Kubernetes Secret, a backup: nothing is created there), else from the data dir, made on first start.
-/// Answers the identity and the path of its join-token file.
-pub(crate) fn load_farm_identity(
-    data_dir: &std::path::Path,
-    identity_dir: Option<&std::path::Path>,
-) -> anyhow::Result<(cpc_coordinator::farm::Identity, PathBuf)> {
-    use cpc_coordinator::farm::{Identity, identity::TOKEN_FILE};
-    Ok(match identity_dir {
-        Some(dir) => (Identity::load(dir)?, dir.join(TOKEN_FILE)),
-        None => (Identity::load_or_create(data_dir)?, data_dir.join(TOKEN_FILE)),
-    })
-}
-
 /// Prints how agents join `farm`, dialling `public_addr`: the fingerprint and where the join token is
 /// read, never the token itself (stderr ends up in journald and container logs).
 pub(crate) fn print_join_instructions(
@@ -171,8 +159,7 @@ pub(crate) fn print_join_instructions(
 pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match given {
         Some(dir) => Ok(dir),
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cpc-farm"))
+        None => cpc_coordinator::data_dir::default_dir()
             .ok_or_else(|| anyhow::anyhow!("no --data-dir and no HOME: pass --data-dir")),
     }
 }
@@ -209,7 +196,8 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the parsed command; `matches` are what it was parsed from (where each value came from).
+pub(crate) async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Keys(cmd) => keys::run(g, cmd),
@@ -220,7 +208,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(cmd) => chain::query(g, cmd).await,
         Command::Task(args) => compute::task(g, args).await,
         Command::Verify(args) => compute::verify(g, args).await,
-        Command::Run(args) => mine::run(g, args).await,
+        Command::Run(args) => match matches.subcommand_matches("run") {
+            Some(run) => mine::run(g, args, run).await,
+            None => unreachable!("clap parsed `run` from these matches"),
+        },
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
         // Minutes of blocking compute: keep it off the runtime's async workers.

@@ -11,5 +11,8 @@ mod client;
 mod fuzz;
 mod pool;
 
+/// The L1 node used when none is configured (the public node's port on localhost).
+pub const DEFAULT_NODE_URL: &str = "http://localhost:8000";
+
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, NodeClient, NodeError};
 pub use pool::{NodePool, POOL_CONNECT_TIMEOUT, POOL_REQUEST_TIMEOUT, PROBE_INTERVAL};

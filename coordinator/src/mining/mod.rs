@@ -6,28 +6,30 @@
 //! journaled and the identity's [`submitter::Submitter`] signs, journals, sends, and confirms inclusion.
 //! The [`journal::Journal`] (SQLite in the data dir) is written before anything is sent, which is what
 //! makes a crash or restart lose nothing and send nothing twice.
+//!
+//! [`run`] is the whole mining node (`cpc-coordinator run`) as a library call: [`settings`] resolves its
+//! settings from flags, environment and config file, and [`node`] wires the farm, this loop and the PoC
+//! validator clients, until a shutdown signal or the end of a bounded run.
 
 pub mod compute;
 pub mod config;
 #[cfg(test)]
 mod fuzz;
 pub mod journal;
+pub mod node;
 pub mod planner;
 pub mod priority;
+pub mod settings;
 pub mod submitter;
 pub mod watcher;
+
+pub use node::{RunError, RunEvent, RunReport, WindowReport, WindowRow, run};
 
 use crate::l1::NodePool;
 use actix::prelude::*;
 use cpc_common::{Address, SecretKey};
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-
-/// The journal, shared by the planner and the submitters (each call is short and synchronous).
-pub type SharedJournal = Arc<Mutex<journal::Journal>>;
+use journal::Journal;
+use std::{sync::Arc, time::Duration};
 
 /// A worker identity the farm mines for.
 #[derive(Debug, Clone)]
@@ -68,18 +70,7 @@ pub struct Miner {
     /// One submitter per identity.
     pub submitters: Vec<Addr<submitter::Submitter>>,
     /// The journal.
-    pub journal: SharedJournal,
-}
-
-/// Opens the journal at `<data_dir>/journal.sqlite`.
-pub fn open_journal(data_dir: &Path) -> Result<SharedJournal, journal::JournalError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        journal::JournalError::Corrupt(format!(
-            "cannot create data dir {}: {e}",
-            data_dir.display()
-        ))
-    })?;
-    Ok(Arc::new(Mutex::new(journal::Journal::open(&data_dir.join("journal.sqlite"))?)))
+    pub journal: Journal,
 }
 
 /// A mining loop running on its own thread and actix system, so any caller (the CLI on tokio, a test)
@@ -87,7 +78,7 @@ pub fn open_journal(data_dir: &Path) -> Result<SharedJournal, journal::JournalEr
 #[derive(Debug)]
 pub struct MinerHandle {
     /// The journal (for reports and tests).
-    pub journal: SharedJournal,
+    pub journal: Journal,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -118,11 +109,11 @@ impl Drop for MinerHandle {
 pub fn spawn(
     settings: MinerSettings,
     identities: Vec<Identity>,
-    journal: SharedJournal,
+    journal: Journal,
     compute: Arc<dyn compute::ComputeService>,
 ) -> std::io::Result<MinerHandle> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let shared = Arc::clone(&journal);
+    let shared = journal.clone();
     let thread = std::thread::Builder::new().name("cpc-miner".into()).spawn(move || {
         let system = actix_rt::System::new();
         system.block_on(async move {
@@ -137,7 +128,7 @@ pub fn spawn(
 pub fn start(
     settings: &MinerSettings,
     identities: Vec<Identity>,
-    journal: SharedJournal,
+    journal: Journal,
     compute: Arc<dyn compute::ComputeService>,
 ) -> Miner {
     let nodes = NodePool::with_readiness(&settings.nodes, Arc::clone(&settings.readiness));
@@ -147,7 +138,7 @@ pub fn start(
             submitter::Submitter::new(
                 id.clone(),
                 nodes.clone(),
-                Arc::clone(&journal),
+                journal.clone(),
                 settings.gas_price,
             )
             .recovering_from_chain(settings.recover_from_chain)
@@ -156,7 +147,7 @@ pub fn start(
         .collect();
     let planner = planner::Planner::new(
         identities,
-        Arc::clone(&journal),
+        journal.clone(),
         compute,
         settings.matrix_size,
         submitters.clone(),

@@ -5,9 +5,9 @@
 //! bound (at most one task per identity is running).
 
 use super::{
-    Identity, SharedJournal,
+    Identity,
     compute::ComputeService,
-    journal::TaskState,
+    journal::{Journal, TaskState},
     submitter::{Submitter, TaskComputed},
     watcher::NewBlock,
 };
@@ -20,7 +20,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 #[derive(Debug)]
 pub struct Planner {
     identities: Vec<Identity>,
-    journal: SharedJournal,
+    journal: Journal,
     compute: Arc<dyn ComputeService>,
     matrix_size: u32,
     submitters: Vec<Addr<Submitter>>,
@@ -49,7 +49,7 @@ impl Planner {
     /// A planner for `identities`; `submitters[i]` submits for `identities[i]`.
     pub fn new(
         identities: Vec<Identity>,
-        journal: SharedJournal,
+        journal: Journal,
         compute: Arc<dyn ComputeService>,
         matrix_size: u32,
         submitters: Vec<Addr<Submitter>>,
@@ -72,15 +72,12 @@ impl Planner {
         if computed.is_empty() {
             return;
         }
-        let stored = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-            j.batch(|j| {
-                for c in &computed {
-                    let name = &self.identities[c.identity].name;
-                    j.record_result(name, &c.task.task_id.to_string(), &c.result_hash)?;
-                }
-                Ok(())
-            })
-            .map_err(|e| e.to_string())
+        let stored = self.journal.batch(|j| {
+            for c in &computed {
+                let name = &self.identities[c.identity].name;
+                j.record_result(name, &c.task.task_id.to_string(), &c.result_hash)?;
+            }
+            Ok(())
         });
         for c in computed {
             let identity = &self.identities[c.identity];
@@ -142,13 +139,9 @@ impl Handler<NewBlock> for Planner {
     type Result = ();
 
     fn handle(&mut self, block: NewBlock, ctx: &mut Self::Context) {
-        let Ok(journal) = self.journal.lock() else {
-            tracing::error!("journal lock poisoned; cannot plan");
-            return;
-        };
         let mut superseded = Vec::new();
         // One journal transaction for the whole block: every identity's task is written with one sync.
-        let planned = journal.batch(|journal| {
+        let planned = self.journal.batch(|journal| {
             let mut planned = Vec::new();
             for (i, identity) in self.identities.iter().enumerate() {
                 let task = match BlockTask::derive(
@@ -192,7 +185,6 @@ impl Handler<NewBlock> for Planner {
             }
             Ok(planned)
         });
-        drop(journal);
         match planned {
             Ok(planned) => {
                 for i in superseded {

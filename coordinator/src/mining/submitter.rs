@@ -27,7 +27,7 @@
 //! nor any recent block the follower delivered may have that task id.
 
 use super::{
-    Identity, SharedJournal,
+    Identity,
     journal::{Journal, JournalError, SubmissionState, TaskOrigin, TaskRecord, TaskState},
     watcher::{BlocksSeen, SeenBlock},
 };
@@ -86,7 +86,7 @@ struct Seen {
 struct Core {
     identity: Identity,
     nodes: NodePool,
-    journal: SharedJournal,
+    journal: Journal,
     gas_price: u64,
     /// Highest block already scanned for inclusions (0: scan from the open submissions' heights).
     scanned_to: u64,
@@ -109,12 +109,7 @@ struct Core {
 
 impl Submitter {
     /// A submitter for `identity`.
-    pub fn new(
-        identity: Identity,
-        nodes: NodePool,
-        journal: SharedJournal,
-        gas_price: u64,
-    ) -> Self {
+    pub fn new(identity: Identity, nodes: NodePool, journal: Journal, gas_price: u64) -> Self {
         Self {
             core: Core {
                 identity,
@@ -231,7 +226,7 @@ impl Core {
         &self,
         call: impl FnOnce(&Journal) -> Result<T, JournalError>,
     ) -> Result<T, SubmitError> {
-        call(&*self.journal.lock().map_err(journal_err)?).map_err(journal_err)
+        call(&self.journal).map_err(journal_err)
     }
 
     fn seen_at(&self, height: u64) -> Option<Seen> {
@@ -695,7 +690,7 @@ mod tests {
         let mut core = Core {
             identity: Identity { name: "w".into(), key, address },
             nodes: NodePool::new(&[url]),
-            journal: Arc::new(Mutex::new(journal)),
+            journal,
             gas_price: MIN_GAS_PRICE,
             scanned_to: 0,
             recovering: false,
@@ -711,7 +706,7 @@ mod tests {
         assert_eq!(core.journal(|j| j.open_submissions("w")).expect("open").len(), 1);
         core.reconcile_open().await.expect("reconcile");
 
-        let journal = core.journal.lock().expect("journal");
+        let journal = &core.journal;
         let subs = journal.submissions("w").expect("submissions");
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].state, SubmissionState::Included, "{:?}", subs[0]);

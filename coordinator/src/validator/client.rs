@@ -20,9 +20,8 @@ use super::{
 use crate::{
     farm::{JobSpec, Priority},
     mining::{
-        SharedJournal,
         compute::ComputeService,
-        journal::{self, ValidatorJobRecord, ValidatorJobState, ValidatorTaskOutcome},
+        journal::{self, Journal, ValidatorJobRecord, ValidatorJobState, ValidatorTaskOutcome},
     },
 };
 use cpc_common::{ComputeResult, PyInt, synthetic::BlockTask};
@@ -85,7 +84,7 @@ impl Backoff {
 pub struct Client {
     settings: ValidatorSettings,
     label: String,
-    journal: SharedJournal,
+    journal: Journal,
     compute: Arc<dyn ComputeService>,
     /// Jobs being computed by this process.
     in_flight: HashSet<String>,
@@ -107,7 +106,7 @@ impl Client {
     /// A client for `settings`.
     pub fn new(
         settings: ValidatorSettings,
-        journal: SharedJournal,
+        journal: Journal,
         compute: Arc<dyn ComputeService>,
     ) -> Result<Self, ValidatorError> {
         let label = super::url_label(&settings.url)?;
@@ -252,10 +251,10 @@ impl Client {
     /// Answers what the journal holds unanswered for this validator and identity; recomputes jobs that
     /// were only received.
     async fn recover(&mut self, ws: &mut Ws) -> Result<(), String> {
-        let pending = match self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-            j.unanswered_validator_jobs(&self.settings.url, self.identity())
-                .map_err(|e| e.to_string())
-        }) {
+        let pending = match self
+            .journal
+            .unanswered_validator_jobs(&self.settings.url, self.identity())
+        {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(validator = %self.settings.url, error = %e, "cannot read the journal's unanswered jobs");
@@ -302,9 +301,7 @@ impl Client {
         if self.settings.submit_to_l1 {
             // A block task's id is public (derivable from the block hash and the address): a validator
             // could otherwise make this identity submit its own result under the block's task.
-            let taken = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-                j.is_block_task(self.identity(), &job.task_id).map_err(|e| e.to_string())
-            });
+            let taken = self.journal.is_block_task(self.identity(), &job.task_id);
             if matches!(taken, Ok(true)) {
                 tracing::warn!(validator = %self.settings.url, job_id = %job.job_id, task_id = %job.task_id,
                     "refused a validator job whose task_id is one of this identity's block tasks");
@@ -323,12 +320,11 @@ impl Client {
             }
         }
         let record = self.record(&job);
-        let known = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-            if j.record_validator_job(&record).map_err(|e| e.to_string())? {
+        let known = self.journal.record_validator_job(&record).and_then(|new| {
+            if new {
                 Ok(None)
             } else {
-                j.validator_job(&self.settings.url, self.identity(), &job.job_id)
-                    .map_err(|e| e.to_string())
+                self.journal.validator_job(&self.settings.url, self.identity(), &job.job_id)
             }
         });
         match known {
@@ -390,10 +386,9 @@ impl Client {
     }
 
     fn fail(&self, job_id: &str, reason: &str) {
-        if let Err(e) = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-            j.fail_validator_job(&self.settings.url, self.identity(), job_id, reason)
-                .map_err(|e| e.to_string())
-        }) {
+        if let Err(e) =
+            self.journal.fail_validator_job(&self.settings.url, self.identity(), job_id, reason)
+        {
             tracing::error!(validator = %self.settings.url, %job_id, error = %e, "cannot journal a failed job");
         }
     }
@@ -406,7 +401,7 @@ impl Client {
         });
         self.in_flight.insert(rec.job_id.clone());
         let compute = Arc::clone(&self.compute);
-        let journal = Arc::clone(&self.journal);
+        let journal = self.journal.clone();
         let done = self.done_tx.clone();
         let settings = self.settings.clone();
         let label = self.label.clone();
@@ -418,25 +413,29 @@ impl Client {
                 owner: format!("validator {label} for {}", rec.identity),
             };
             let outcome = compute.run(spec).await;
-            let stored = journal.lock().map_err(|e| e.to_string()).and_then(|j| match &outcome {
+            let stored = match &outcome {
                 Ok(root) => {
                     let result_hash = hex::encode(root);
-                    j.record_validator_result(
-                        &rec.validator,
-                        &rec.identity,
-                        &rec.job_id,
-                        &result_hash,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    if settings.submit_to_l1 {
-                        submit_to_l1(&j, &settings, &label, &rec, &result_hash);
-                    }
-                    Ok(())
+                    journal
+                        .record_validator_result(
+                            &rec.validator,
+                            &rec.identity,
+                            &rec.job_id,
+                            &result_hash,
+                        )
+                        .map(|()| {
+                            if settings.submit_to_l1 {
+                                submit_to_l1(&journal, &settings, &label, &rec, &result_hash);
+                            }
+                        })
                 }
-                Err(e) => j
-                    .fail_validator_job(&rec.validator, &rec.identity, &rec.job_id, &e.to_string())
-                    .map_err(|e| e.to_string()),
-            });
+                Err(e) => journal.fail_validator_job(
+                    &rec.validator,
+                    &rec.identity,
+                    &rec.job_id,
+                    &e.to_string(),
+                ),
+            };
             match (&outcome, stored) {
                 (_, Err(e)) => {
                     tracing::error!(validator = %rec.validator, job_id = %rec.job_id, error = %e, "cannot journal a validator job's outcome")
@@ -455,9 +454,7 @@ impl Client {
     /// Sends the journaled answer of `job_id` (a computed or failed job; with `again`, an answered one
     /// too) and marks it answered.
     async fn answer(&mut self, job_id: &str, ws: &mut Ws, again: bool) -> Result<(), String> {
-        let rec = match self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-            j.validator_job(&self.settings.url, self.identity(), job_id).map_err(|e| e.to_string())
-        }) {
+        let rec = match self.journal.validator_job(&self.settings.url, self.identity(), job_id) {
             Ok(Some(rec)) => rec,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -488,10 +485,9 @@ impl Client {
         };
         send(ws, &answer).await?;
         if rec.state != ValidatorJobState::Answered {
-            if let Err(e) = self.journal.lock().map_err(|e| e.to_string()).and_then(|j| {
-                j.mark_validator_answered(&self.settings.url, self.identity(), job_id)
-                    .map_err(|e| e.to_string())
-            }) {
+            if let Err(e) =
+                self.journal.mark_validator_answered(&self.settings.url, self.identity(), job_id)
+            {
                 tracing::error!(validator = %self.settings.url, %job_id, error = %e, "cannot journal an answer");
             }
             let ok = matches!(answer, Answer::JobResult { .. });
@@ -541,7 +537,7 @@ async fn send(ws: &mut Ws, answer: &Answer) -> Result<(), String> {
 /// `submit_to_l1`: writes the job's result as a computed task of the identity; its submitter signs and
 /// sends the SUBMIT_RESULT in its next round (every new block), with the job's `task_id` and `nonce`.
 fn submit_to_l1(
-    journal: &journal::Journal,
+    journal: &Journal,
     settings: &ValidatorSettings,
     label: &str,
     rec: &ValidatorJobRecord,

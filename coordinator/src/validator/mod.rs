@@ -23,7 +23,7 @@ pub mod client;
 mod fuzz;
 pub mod protocol;
 
-use crate::mining::{Identity, SharedJournal, compute::ComputeService};
+use crate::mining::{Identity, compute::ComputeService, journal::Journal};
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -138,14 +138,14 @@ pub struct ValidatorClients {
 /// Starts one client per entry of `validators` on the current tokio runtime.
 pub fn start(
     validators: Vec<ValidatorSettings>,
-    journal: SharedJournal,
+    journal: Journal,
     compute: Arc<dyn ComputeService>,
 ) -> Result<ValidatorClients, ValidatorError> {
     describe_metrics();
     let (shutdown, rx) = watch::channel(false);
     let mut clients = Vec::with_capacity(validators.len());
     for settings in validators {
-        clients.push(client::Client::new(settings, Arc::clone(&journal), Arc::clone(&compute))?);
+        clients.push(client::Client::new(settings, journal.clone(), Arc::clone(&compute))?);
     }
     let tasks = clients.into_iter().map(|c| tokio::spawn(c.run(rx.clone()))).collect();
     Ok(ValidatorClients { shutdown, tasks })

@@ -254,3 +254,38 @@ fn task_rejects_a_bad_block_hash_or_worker_as_a_usage_error() {
         assert!(err.contains(expect), "{hash} {who}: {err}");
     }
 }
+
+/// `run` takes each setting from the flags, else the `CPC_*` environment, else `--config`: a bad node URL
+/// from each source in turn shows which one won (and invalid settings exit 2, an unreadable file 1).
+#[test]
+fn run_layers_flags_over_the_environment_over_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("farm.toml");
+    std::fs::write(&config, "nodes = [\"ftp://file:1\"]\nidentities = [\"w1\"]\n").expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    let run_with = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = bin();
+        cmd.env_remove("CPC_NODES").env_remove("CPC_CONFIG").envs(env.iter().copied());
+        cmd.args(args).output().expect("spawn cpc-coordinator")
+    };
+    for (env, args, winner) in [
+        (&[][..], &["run", "--config", config][..], "ftp://file:1"),
+        (&[("CPC_NODES", "ftp://env:1")][..], &["run", "--config", config][..], "ftp://env:1"),
+        (&[("CPC_CONFIG", config), ("CPC_NODES", "ftp://env:1")][..], &["run"][..], "ftp://env:1"),
+        // The flag `--node` beats the variable `CPC_NODES`, though `nodes` beats `node` within one source.
+        (
+            &[("CPC_NODES", "ftp://env:1")][..],
+            &["--node", "ftp://flag:1", "run", "--config", config][..],
+            "ftp://flag:1",
+        ),
+    ] {
+        let out = run_with(env, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{env:?} {args:?}: {err}");
+        assert!(err.contains(&format!("invalid node URL `{winner}`")), "{env:?} {args:?}: {err}");
+    }
+    let missing = dir.path().join("missing.toml");
+    let out = run_with(&[("CPC_CONFIG", missing.to_str().expect("utf-8 path"))], &["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot read config file"), "{}", stderr(&out));
+}
