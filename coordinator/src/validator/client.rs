@@ -298,26 +298,15 @@ impl Client {
         };
         metrics::counter!("cpcfarm_validator_jobs_received_total", "validator" => self.label.clone())
             .increment(1);
-        if self.settings.submit_to_l1 {
-            // A block task's id is public (derivable from the block hash and the address): a validator
-            // could otherwise make this identity submit its own result under the block's task.
-            let taken = self.journal.is_block_task(self.identity(), &job.task_id);
-            if matches!(taken, Ok(true)) {
-                tracing::warn!(validator = %self.settings.url, job_id = %job.job_id, task_id = %job.task_id,
-                    "refused a validator job whose task_id is one of this identity's block tasks");
-                metrics::counter!("cpcfarm_validator_jobs_failed_total", "validator" => self.label.clone()).increment(1);
-                return send(
-                    ws,
-                    &Answer::JobError {
-                        job_id: Some(job.job_id),
-                        error: format!(
-                            "task_id {} is a block task of worker {}: refused",
-                            job.task_id, self.settings.identity.address
-                        ),
-                    },
-                )
-                .await;
-            }
+        // A block task's id is public (derivable from the block hash and the address): a validator could
+        // otherwise have this identity sign (and, with `submit_to_l1`, submit) its own result under the
+        // block's task.
+        if self.is_block_task(&job.task_id) {
+            tracing::warn!(validator = %self.settings.url, job_id = %job.job_id, task_id = %job.task_id,
+                "refused a validator job whose task_id is one of this identity's block tasks");
+            metrics::counter!("cpcfarm_validator_jobs_failed_total", "validator" => self.label.clone()).increment(1);
+            let error = self.block_task_refusal(&job.task_id);
+            return send(ws, &Answer::JobError { job_id: Some(job.job_id), error }).await;
         }
         let record = self.record(&job);
         let known = self.journal.record_validator_job(&record).and_then(|new| {
@@ -474,6 +463,16 @@ impl Client {
             (Some(error), _) => {
                 Answer::JobError { job_id: Some(rec.job_id.clone()), error: error.clone() }
             }
+            // Checked again now: the block may have become known while the job computed (the validator can
+            // send a block task's id before this coordinator has seen the block).
+            (None, Some(_)) if self.is_block_task(&rec.task_id) => {
+                tracing::warn!(validator = %self.settings.url, %job_id, task_id = %rec.task_id,
+                    "not signing a validator job whose task_id turned out to be one of this identity's block tasks");
+                Answer::JobError {
+                    job_id: Some(rec.job_id.clone()),
+                    error: self.block_task_refusal(&rec.task_id),
+                }
+            }
             (None, Some(result_hash)) => match self.sign(&rec, result_hash) {
                 Ok(a) => a,
                 Err(e) => Answer::JobError { job_id: Some(rec.job_id.clone()), error: e },
@@ -502,6 +501,19 @@ impl Client {
             tracing::info!(validator = %self.settings.url, %job_id, ok, latency_s = secs, "validator job answered");
         }
         Ok(())
+    }
+
+    /// Whether `task_id` is one of this identity's block tasks (a journal error counts as no: the
+    /// submitter's own collision check still stands between such a result and the L1).
+    fn is_block_task(&self, task_id: &str) -> bool {
+        matches!(self.journal.is_block_task(self.identity(), task_id), Ok(true))
+    }
+
+    fn block_task_refusal(&self, task_id: &str) -> String {
+        format!(
+            "task_id {task_id} is a block task of worker {}: refused",
+            self.settings.identity.address
+        )
     }
 
     /// The `job_result` of a computed job, signed as the L1 payload is (see [`protocol`]).
