@@ -50,7 +50,7 @@ use cpc_common::{
     },
 };
 use cpc_kernels::{
-    Backend, BackendError, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
+    Backend, BackendError, CancelToken, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
 };
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -427,7 +427,8 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 }
 
-/// Runs a shard that came on connection `session` and answers `ShardDone` or `ShardFailed`.
+/// Runs a shard that came on connection `session` and answers `ShardDone` or `ShardFailed` (`ShardFailed`
+/// too once `cancel` is set: an answer nobody sends).
 #[derive(Debug, Message)]
 #[rtype(result = "Response")]
 pub struct Compute {
@@ -435,6 +436,65 @@ pub struct Compute {
     pub session: u64,
     /// The request.
     pub request: RunShard,
+    /// Set when the coordinator no longer wants the shard.
+    pub cancel: ShardCancel,
+}
+
+/// A shard's cancellation, shared by the session that watches the shard's request stream and the device
+/// that runs it. Once set, a shard still waiting for its device is dropped without running, a device that
+/// can stop early stops ([`Backend::run_shard_cancellable`]), and a product that finishes anyway is neither
+/// kept for spot checks nor answered. Clones share it.
+#[derive(Debug, Clone)]
+pub struct ShardCancel {
+    /// What the device's worker thread checks.
+    token: CancelToken,
+    /// What the actor's futures wait on.
+    set: Arc<watch::Sender<bool>>,
+}
+
+impl Default for ShardCancel {
+    fn default() -> Self {
+        Self { token: CancelToken::new(), set: Arc::new(watch::Sender::new(false)) }
+    }
+}
+
+impl ShardCancel {
+    /// Cancels the shard.
+    pub fn cancel(&self) {
+        self.token.cancel();
+        self.set.send_replace(true);
+    }
+
+    /// Whether the shard was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        *self.set.borrow()
+    }
+
+    /// Completes once the shard is cancelled.
+    pub async fn cancelled(&self) {
+        let mut set = self.set.subscribe();
+        // The sender lives in `self`: `wait_for` ends only when the value turns true.
+        let _ = set.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+/// Where a cancelled shard was when its cancellation came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelledAt {
+    /// Waiting for a slot on its device: it never ran.
+    Queued,
+    /// Running on its device (a simulated device stopped; a product finished and was dropped).
+    Running,
+}
+
+impl CancelledAt {
+    /// The label value of `cpcfarm_agent_shards_cancelled_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+        }
+    }
 }
 
 impl Handler<Compute> for DeviceActor {
@@ -443,12 +503,22 @@ impl Handler<Compute> for DeviceActor {
     fn handle(&mut self, msg: Compute, _: &mut Self::Context) -> Self::Result {
         let state = self.state.clone();
         Box::pin(async move {
-            let Compute { session, request: req } = msg;
+            let Compute { session, request: req, cancel } = msg;
             let shard_id = req.shard_id;
             let key = ShardKey { session, shard_id };
             let failed = |reason: String| {
                 m::shard_done(&state.labels, false, None);
                 Response::ShardFailed { shard_id, reason }
+            };
+            let cancelled = |at: CancelledAt| {
+                m::shard_cancelled(at);
+                tracing::debug!(
+                    device = state.index,
+                    shard_id,
+                    at = at.as_str(),
+                    "shard cancelled"
+                );
+                Response::ShardFailed { shard_id, reason: "cancelled by the coordinator".into() }
             };
             let check_seed = CheckSeed(req.check_seed);
             let shard = match Challenge::new(req.seed, req.matrix_size, req.iterations)
@@ -461,7 +531,12 @@ impl Handler<Compute> for DeviceActor {
                 Ok(s) => s,
                 Err(e) => return failed(e),
             };
-            let Ok(_permit) = state.in_flight.acquire().await else {
+            let permit = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return cancelled(CancelledAt::Queued),
+                permit = state.in_flight.acquire() => permit,
+            };
+            let Ok(_permit) = permit else {
                 return failed("device is shutting down".into());
             };
             if let Some(reason) = state.health.reason(state.index) {
@@ -475,9 +550,10 @@ impl Handler<Compute> for DeviceActor {
                 (shard.row_count(), shard.challenge.matrix_size, shard.rows.start);
             let keep_rows = state.keeps_rows;
             let recomputable = (!keep_rows).then(|| shard.clone());
+            let token = cancel.token.clone();
             let out = state
                 .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
-                    let out = backend.run_shard(&shard, keep_rows);
+                    let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
                     let stats = if out.is_ok() { backend.last_stats() } else { None };
                     (out, stats, backend.gpu_status())
                 })
@@ -485,6 +561,16 @@ impl Handler<Compute> for DeviceActor {
             let secs = started.elapsed().as_secs_f64();
             if let Ok((_, _, Some(status))) = &out {
                 m::gpu_status(&state.labels, status);
+            }
+            // Cancelled while it ran: whatever came out (a product that finished anyway, or the device's
+            // `Cancelled`) is dropped. A device that failed meanwhile is still dealt with below.
+            let device_failed = match &out {
+                Err(_) => true, // the watchdog fired, the call panicked or the worker is gone
+                Ok((Err(e), _, _)) => !matches!(e, BackendError::Cancelled),
+                Ok((Ok(_), _, _)) => false,
+            };
+            if cancel.is_cancelled() && !device_failed {
+                return cancelled(CancelledAt::Running);
             }
             match out {
                 Err(reason) => failed(reason),
@@ -651,7 +737,10 @@ pub async fn start(
         m::gpu_status(&state.labels, &status);
     }
     let n = options.measure_n;
-    let measured = state.call("the start-up measurement", move |backend| measure(backend, n)).await;
+    let measured = match backend.declared_ops_per_sec() {
+        Some(ops) => Ok(Ok(ops)),
+        None => state.call("the start-up measurement", move |backend| measure(backend, n)).await,
+    };
     let (ops, quarantined) = match measured {
         Ok(Ok(ops)) => (ops, None),
         Ok(Err(e)) if e.retry_later() => {
@@ -673,7 +762,7 @@ pub async fn start(
     m::device_measured(&state.labels, ops);
     let advert = DeviceAdvert {
         index,
-        kind: info.kind.to_string(),
+        kind: backend.kind_name().to_owned(),
         name: format!("{} [{}]", info.name, backend.name()),
         memory_bytes: info.memory_bytes,
         measured_ops_per_sec: ops,
@@ -808,6 +897,7 @@ mod tests {
                 device,
                 check_seed: shard_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             },
+            cancel: ShardCancel::default(),
         }
     }
 
