@@ -551,6 +551,7 @@ impl Handler<Compute> for DeviceActor {
             let keep_rows = state.keeps_rows;
             let recomputable = (!keep_rows).then(|| shard.clone());
             let token = cancel.token.clone();
+            let running = m::RunningShard::start();
             let out = state
                 .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
                     let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
@@ -558,6 +559,7 @@ impl Handler<Compute> for DeviceActor {
                     (out, stats, backend.gpu_status())
                 })
                 .await;
+            drop(running);
             let secs = started.elapsed().as_secs_f64();
             if let Ok((_, _, Some(status))) = &out {
                 m::gpu_status(&state.labels, status);

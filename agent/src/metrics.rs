@@ -33,6 +33,8 @@ pub fn install_recorder() -> PrometheusHandle {
             counter!("cpcfarm_agent_shards_cancelled_total", "stage" => at.as_str()).increment(0);
         }
         gauge!("cpcfarm_agent_connected").increment(0.0);
+        gauge!("cpcfarm_agent_shards_in_hand").increment(0.0);
+        gauge!("cpcfarm_agent_shards_running").increment(0.0);
     })
 }
 
@@ -42,6 +44,11 @@ fn describe() {
     describe_gauge!("cpcfarm_agent_devices", "Devices this agent runs.");
     describe_counter!("cpcfarm_agent_reconnects_total", "Connection attempts after the first.");
     describe_counter!("cpcfarm_agent_shards_total", "Shards run, by outcome.");
+    describe_gauge!(
+        "cpcfarm_agent_shards_in_hand",
+        "Shards received and not answered yet: waiting for their device or running on it."
+    );
+    describe_gauge!("cpcfarm_agent_shards_running", "Shards running on this agent's devices now.");
     describe_counter!(
         "cpcfarm_agent_shards_cancelled_total",
         "Shards the coordinator cancelled (stopped their request stream) before their answer was sent, by \
@@ -172,6 +179,27 @@ pub(crate) fn devices(count: usize) {
 
 pub(crate) fn reconnect() {
     counter!("cpcfarm_agent_reconnects_total").increment(1);
+}
+
+pub(crate) fn shards_in_hand(count: usize) {
+    gauge!("cpcfarm_agent_shards_in_hand").set(count as f64);
+}
+
+/// Counts a shard in `cpcfarm_agent_shards_running` while it lives.
+#[derive(Debug)]
+pub(crate) struct RunningShard(());
+
+impl RunningShard {
+    pub(crate) fn start() -> Self {
+        gauge!("cpcfarm_agent_shards_running").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for RunningShard {
+    fn drop(&mut self) {
+        gauge!("cpcfarm_agent_shards_running").decrement(1.0);
+    }
 }
 
 pub(crate) fn shard_cancelled(at: CancelledAt) {

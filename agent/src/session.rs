@@ -2,7 +2,9 @@
 //! and device adverts, then heartbeats on the control stream and one task per request stream (run a shard on a
 //! device actor, or show a cached row). Devices the agent quarantined (see [`crate::device`]) are announced in
 //! `Hello` like the others and reported right after `Welcome`, and any quarantined later as it happens, with
-//! `DeviceQuarantined` on the control stream. On shutdown it drains: `Draining` to the coordinator, new shards
+//! `DeviceQuarantined` on the control stream. A shard whose request stream the coordinator stops or resets
+//! (it cancels it, [`SHARD_CANCELLED`]) is cancelled on its device ([`ShardCancel`]) and its answer is
+//! never sent: the agent resets its half of the stream instead. On shutdown it drains: `Draining` to the coordinator, new shards
 //! answered `ShardFailed`, shards in hand finished, spot checks answered for a grace period, then close.
 
 use crate::{
@@ -371,7 +373,7 @@ async fn serve_request(
             if draining.load(Ordering::Relaxed) {
                 Response::ShardFailed { shard_id, reason: "the agent is draining".into() }
             } else if let Some((_, addr)) = devices.0.get(&req.device) {
-                activity.in_hand.fetch_add(1, Ordering::Relaxed);
+                m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
                 let cancel = ShardCancel::default();
                 let compute = addr.send(Compute { session, request: req, cancel: cancel.clone() });
                 tokio::pin!(compute);
@@ -385,7 +387,9 @@ async fn serve_request(
                         (&mut compute).await
                     }
                 };
-                activity.in_hand.fetch_sub(1, Ordering::Relaxed);
+                m::shards_in_hand(
+                    activity.in_hand.fetch_sub(1, Ordering::Relaxed).saturating_sub(1),
+                );
                 activity.touch();
                 if cancel.is_cancelled() {
                     let _ = send.reset(quinn::VarInt::from_u32(SHARD_CANCELLED));
