@@ -3,6 +3,7 @@
 //! data output to one JSON document on stdout.
 
 mod bench;
+mod bench_farm;
 mod chain;
 mod compute;
 mod farm;
@@ -130,8 +131,9 @@ pub(crate) enum Command {
     Serve(farm::ServeArgs),
     /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
     Job(farm::JobArgs),
-    /// Benchmark this host's CPU or GPU: per phase and end to end, ms and tera-ops per second.
-    Bench(bench::BenchArgs),
+    /// Benchmark this host's CPU or GPU (per phase and end to end, ms and tera-ops per second), or with
+    /// `bench farm` the coordinator on a farm of simulated devices.
+    Bench(bench::BenchCommand),
 }
 
 /// The coordinator's certificate, key and join token: read from `identity_dir` when given (a
@@ -223,7 +225,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => mine::run(g, args).await,
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
+        Command::Bench(bench::BenchCommand {
+            farm: Some(bench::BenchFarm::Farm(args)), ..
+        }) => bench_farm::run(g, args).await,
         // Minutes of blocking compute: keep it off the runtime's async workers.
-        Command::Bench(args) => tokio::task::block_in_place(|| bench::run(g, &args)),
+        Command::Bench(cmd) => tokio::task::block_in_place(|| bench::run(g, &cmd.device)),
     }
 }
