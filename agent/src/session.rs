@@ -3,9 +3,10 @@
 //! device actor, or show a cached row). Devices the agent quarantined (see [`crate::device`]) are announced in
 //! `Hello` like the others and reported right after `Welcome`, and any quarantined later as it happens, with
 //! `DeviceQuarantined` on the control stream. A shard whose request stream the coordinator stops or resets
-//! (it cancels it, [`SHARD_CANCELLED`]) is cancelled on its device ([`ShardCancel`]) and its answer is
-//! never sent: the agent resets its half of the stream instead. On shutdown it drains: `Draining` to the coordinator, new shards
-//! answered `ShardFailed`, shards in hand finished, spot checks answered for a grace period, then close.
+//! (it cancels it, [`SHARD_CANCELLED`]), or whose connection is lost, is cancelled on its device
+//! ([`ShardCancel`]) and its answer is never sent: the agent resets its half of the stream instead. On
+//! shutdown it drains: `Draining` to the coordinator, new shards answered `ShardFailed`, shards in hand
+//! finished, spot checks answered for a grace period, then close.
 
 use crate::{
     AgentConfig, AgentError,
