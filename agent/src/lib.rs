@@ -12,10 +12,14 @@
 //! - [`tls`]: the pinned-fingerprint certificate verifier;
 //! - [`metrics`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`;
 //! - [`telemetry`]: the per-GPU NVML sampler behind the `cpcfarm_gpu_*` metrics (GPUs only);
-//! - [`noop`]: a backend that computes nothing, for transport benchmarks.
+//! - [`noop`]: a backend that computes nothing, for transport benchmarks;
+//! - [`simulated`]: devices that hold each shard for the time a device of a given speed would take and
+//!   answer wrong leaves, for measuring a farm at scale (`--backend simulated --allow-wrong-results`).
 //!
+//! A shard the coordinator cancels (it stops the shard's request stream, [`cpc_common::wire::SHARD_CANCELLED`])
+//! is dropped while it waits for its device, stopped where the device can stop, and never answered.
 //! [`open_devices`] opens what `--backend` and `--devices` name (a clear error, naming `--backend cpu`, where
-//! CUDA cannot run); [`run`] is the whole agent (reconnecting with exponential backoff and jitter until told to drain);
+//! CUDA cannot run), [`open_simulated`] the simulated devices; [`run`] is the whole agent (reconnecting with exponential backoff and jitter until told to drain);
 //! [`AgentThread`] runs one on its own thread and actix system, for tests, benches and embedding.
 //!
 //! # Feature flags
@@ -26,6 +30,7 @@ pub mod device;
 pub mod metrics;
 pub mod noop;
 pub mod session;
+pub mod simulated;
 pub mod telemetry;
 pub mod tls;
 
@@ -170,9 +175,15 @@ pub enum AgentError {
         /// Why, and what to do about it.
         reason: String,
     },
-    /// `--devices` is neither `all` nor a list of indices.
-    #[error("--devices `{0}`: expected `all` or a list of indices such as `0,2`")]
+    /// `--devices` is neither `all` nor a list of indices and ranges.
+    #[error(
+        "--devices `{0}`: expected `all` or a list of indices and ranges such as `0,2` or `0-49`"
+    )]
     BadDevices(String),
+    /// `--backend simulated` without what it needs: an acknowledgement that its results are wrong, a speed,
+    /// devices named by index.
+    #[error("--backend simulated: {0}")]
+    Simulated(String),
     /// The local socket or TLS setup failed.
     #[error("setup: {0}")]
     Setup(String),
@@ -283,9 +294,12 @@ pub async fn run(
 pub enum DeviceSelection {
     /// `all`: every visible GPU (CUDA), or the CPU.
     All,
-    /// A list such as `0,2`.
+    /// A list such as `0,2`, or `0-3` for `0,1,2,3` (ranges inclusive, items in the order given).
     List(Vec<u32>),
 }
+
+/// Most devices one `--devices` list names (a typo such as `0-4000000000` is refused, not allocated).
+pub const MAX_LISTED_DEVICES: usize = 4096;
 
 impl FromStr for DeviceSelection {
     type Err = AgentError;
@@ -294,16 +308,58 @@ impl FromStr for DeviceSelection {
         if s.trim().eq_ignore_ascii_case("all") {
             return Ok(Self::All);
         }
-        let list = s
-            .split(',')
-            .map(|i| i.trim().parse::<u32>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| AgentError::BadDevices(s.to_owned()))?;
+        let bad = || AgentError::BadDevices(s.to_owned());
+        let mut list = Vec::new();
+        for item in s.split(',') {
+            let (first, last) = match item.split_once('-') {
+                Some((a, b)) => (a.trim().parse::<u32>(), b.trim().parse::<u32>()),
+                None => (item.trim().parse::<u32>(), item.trim().parse::<u32>()),
+            };
+            let (first, last) = (first.map_err(|_| bad())?, last.map_err(|_| bad())?);
+            if first > last || list.len() + (last - first) as usize >= MAX_LISTED_DEVICES {
+                return Err(bad());
+            }
+            list.extend(first..=last);
+        }
         if list.is_empty() {
-            return Err(AgentError::BadDevices(s.to_owned()));
+            return Err(bad());
         }
         Ok(Self::List(list))
     }
+}
+
+/// Opens the simulated devices `--backend simulated --devices LIST --device-tops T` names, each a
+/// [`simulated::SimulatedBackend`] of `tera_ops_per_sec`. Its results are wrong by design, so it refuses to
+/// unless `allow_wrong_results` (`--allow-wrong-results`), and then says so in the log; `all` is refused too
+/// (there is nothing to count: name the devices, e.g. `0-49`).
+pub fn open_simulated(
+    selection: &DeviceSelection,
+    tera_ops_per_sec: f64,
+    allow_wrong_results: bool,
+) -> Result<Vec<DeviceSpec>, AgentError> {
+    if !allow_wrong_results {
+        return Err(AgentError::Simulated(
+            "simulated devices answer WRONG leaves by design (for `cpc-coordinator bench farm`, with spot \
+             checks off); pass --allow-wrong-results to run them anyway, and never against a coordinator \
+             that submits results to a chain"
+                .into(),
+        ));
+    }
+    let DeviceSelection::List(indices) = selection else {
+        return Err(AgentError::Simulated(
+            "name the simulated devices by index: --devices 0-49 runs 50 of them".into(),
+        ));
+    };
+    let backend = simulated::SimulatedBackend::new(tera_ops_per_sec)
+        .map_err(|e| AgentError::Simulated(e.to_string()))?;
+    tracing::warn!(
+        devices = indices.len(),
+        tera_ops_per_sec,
+        "SIMULATED DEVICES: this agent computes nothing and answers WRONG leaves by design; each shard is \
+         held for the time a device of this speed would take. For benchmarks of the farm only"
+    );
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    Ok(indices.iter().map(|&index| DeviceSpec { index, backend: backend.clone() }).collect())
 }
 
 /// Opens the devices `--backend kind --devices selection` name. CUDA backends get `watchdog` as their own
@@ -479,6 +535,26 @@ mod tests {
         );
         let err = "0,x".parse::<DeviceSelection>().expect_err("bad");
         assert!(err.to_string().contains("`all` or a list"), "{err}");
+        assert_eq!(
+            "4, 0-2".parse::<DeviceSelection>().expect("ranges"),
+            DeviceSelection::List(vec![4, 0, 1, 2])
+        );
+        for bad in ["3-1", "0-", "-1", "0-4000000000", ""] {
+            assert!(bad.parse::<DeviceSelection>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn simulated_devices_need_the_acknowledgement_and_indices() {
+        let list = DeviceSelection::List(vec![0, 1, 2]);
+        let err = open_simulated(&list, 660.0, false).expect_err("no acknowledgement");
+        assert!(err.to_string().contains("--allow-wrong-results"), "{err}");
+        let err = open_simulated(&DeviceSelection::All, 660.0, true).expect_err("all");
+        assert!(err.to_string().contains("--devices 0-49"), "{err}");
+        assert!(open_simulated(&list, -1.0, true).is_err());
+        let devices = open_simulated(&list, 660.0, true).expect("simulated");
+        assert_eq!(devices.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(devices[0].backend.declared_ops_per_sec(), Some(660e12));
     }
 
     #[test]

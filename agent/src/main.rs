@@ -32,12 +32,24 @@ struct Args {
     /// Name in the coordinator's reports [default: the host name].
     #[arg(long, help_heading = "Coordinator")]
     name: Option<String>,
-    /// Which backend runs shards: `cpu`, or `cuda` (needs a build with `--features cuda` and an NVIDIA GPU).
+    /// Which backend runs shards: `cpu`, `cuda` (needs a build with `--features cuda` and an NVIDIA GPU), or
+    /// `simulated` (computes nothing and answers WRONG leaves, for `cpc-coordinator bench farm`; needs
+    /// `--device-tops` and `--allow-wrong-results`).
     #[arg(long, default_value = "cpu", help_heading = "Devices")]
     backend: String,
-    /// Devices to run: `all` (every visible GPU; the CPU for `cpu`) or a list of indices such as `0,2`.
+    /// Devices to run: `all` (every visible GPU; the CPU for `cpu`), or a list of indices and ranges such as
+    /// `0,2` or `0-3` (for `simulated`, the devices to simulate: `0-49` runs 50).
     #[arg(long, default_value = "all", help_heading = "Devices")]
     devices: String,
+    /// Speed of each simulated device, in tera-ops per second (2·rows·n² operations per shard): a shard is
+    /// held for the time such a device would take (`--backend simulated` only).
+    #[arg(long, value_name = "TOPS", help_heading = "Devices")]
+    device_tops: Option<f64>,
+    /// Run simulated devices although they answer WRONG leaves by design (`--backend simulated` refuses to
+    /// start without it). Only against a benchmark coordinator with spot checks off, never one that submits
+    /// to a chain.
+    #[arg(long, help_heading = "Devices")]
+    allow_wrong_results: bool,
     /// Longest one shard may run on a device before the device is quarantined (its other shards go
     /// elsewhere; the agent keeps serving with its other devices), in seconds.
     #[arg(
@@ -85,9 +97,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `--backend` for simulated devices.
+const SIMULATED_BACKEND: &str = "simulated";
+
 fn open_devices(args: &Args, watchdog: Duration) -> anyhow::Result<Vec<DeviceSpec>> {
-    let kind: BackendKind = args.backend.parse()?;
     let selection: DeviceSelection = args.devices.parse()?;
+    if args.backend.trim().eq_ignore_ascii_case(SIMULATED_BACKEND) {
+        let Some(tops) = args.device_tops else {
+            anyhow::bail!(
+                "--backend simulated needs --device-tops TOPS: the speed of each simulated device (e.g. 660)"
+            );
+        };
+        return Ok(cpc_agent::open_simulated(&selection, tops, args.allow_wrong_results)?);
+    }
+    if args.device_tops.is_some() || args.allow_wrong_results {
+        anyhow::bail!("--device-tops and --allow-wrong-results apply to --backend simulated only");
+    }
+    let kind: BackendKind = args.backend.parse()?;
     if kind == BackendKind::Cpu && (args.fault_injection.is_some() || args.fault_flip.is_some()) {
         let mut backend = cpc_kernels::CpuBackend::new(0)?;
         if let Some(k) = args.fault_injection {

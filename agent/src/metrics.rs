@@ -7,6 +7,7 @@
 //! index (`cpu0`) and `Hostname`, never a `gpu` label that could clash with DCGM's in a join. The `cpcfarm_gpu_*` series come from the NVML sampler
 //! ([`crate::telemetry`]) and exist only where the CUDA backend runs.
 
+use crate::device::CancelledAt;
 use cpc_kernels::{
     Backend,
     gpu::{GpuStatus, GpuTelemetry, dcgm_labels, hostname},
@@ -28,7 +29,12 @@ pub fn install_recorder() -> PrometheusHandle {
         for outcome in ["ok", "failed"] {
             counter!("cpcfarm_agent_shards_total", "outcome" => outcome).increment(0);
         }
+        for at in [CancelledAt::Queued, CancelledAt::Running] {
+            counter!("cpcfarm_agent_shards_cancelled_total", "stage" => at.as_str()).increment(0);
+        }
         gauge!("cpcfarm_agent_connected").increment(0.0);
+        gauge!("cpcfarm_agent_shards_in_hand").increment(0.0);
+        gauge!("cpcfarm_agent_shards_running").increment(0.0);
     })
 }
 
@@ -38,6 +44,16 @@ fn describe() {
     describe_gauge!("cpcfarm_agent_devices", "Devices this agent runs.");
     describe_counter!("cpcfarm_agent_reconnects_total", "Connection attempts after the first.");
     describe_counter!("cpcfarm_agent_shards_total", "Shards run, by outcome.");
+    describe_gauge!(
+        "cpcfarm_agent_shards_in_hand",
+        "Shards received and not answered yet: waiting for their device or running on it."
+    );
+    describe_gauge!("cpcfarm_agent_shards_running", "Shards running on this agent's devices now.");
+    describe_counter!(
+        "cpcfarm_agent_shards_cancelled_total",
+        "Shards the coordinator cancelled (stopped their request stream) before their answer was sent, by \
+         stage: queued (waiting for the device: never ran) or running (stopped, or finished and dropped)."
+    );
     describe_histogram!(
         "cpcfarm_agent_shard_duration_seconds",
         Unit::Seconds,
@@ -138,7 +154,7 @@ impl DeviceLabels {
         match backend.monitor() {
             Some(m) => Self::dcgm(dcgm_labels(m.index(), m.uuid(), m.model_name(), &hostname())),
             None => Self(vec![
-                Label::new("device", format!("{}{index}", backend.info().kind)),
+                Label::new("device", format!("{}{index}", backend.kind_name())),
                 Label::new("Hostname", hostname()),
             ]),
         }
@@ -163,6 +179,31 @@ pub(crate) fn devices(count: usize) {
 
 pub(crate) fn reconnect() {
     counter!("cpcfarm_agent_reconnects_total").increment(1);
+}
+
+pub(crate) fn shards_in_hand(count: usize) {
+    gauge!("cpcfarm_agent_shards_in_hand").set(count as f64);
+}
+
+/// Counts a shard in `cpcfarm_agent_shards_running` while it lives.
+#[derive(Debug)]
+pub(crate) struct RunningShard(());
+
+impl RunningShard {
+    pub(crate) fn start() -> Self {
+        gauge!("cpcfarm_agent_shards_running").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for RunningShard {
+    fn drop(&mut self) {
+        gauge!("cpcfarm_agent_shards_running").decrement(1.0);
+    }
+}
+
+pub(crate) fn shard_cancelled(at: CancelledAt) {
+    counter!("cpcfarm_agent_shards_cancelled_total", "stage" => at.as_str()).increment(1);
 }
 
 pub(crate) fn device_measured(labels: &DeviceLabels, ops: f64) {

@@ -24,6 +24,10 @@ impl Backend for NoopBackend {
         }
     }
 
+    fn kind_name(&self) -> &'static str {
+        "noop"
+    }
+
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         shard.validate()?;
         let n = shard.challenge.matrix_size as usize;

@@ -2,19 +2,27 @@
 //! and device adverts, then heartbeats on the control stream and one task per request stream (run a shard on a
 //! device actor, or show a cached row). Devices the agent quarantined (see [`crate::device`]) are announced in
 //! `Hello` like the others and reported right after `Welcome`, and any quarantined later as it happens, with
-//! `DeviceQuarantined` on the control stream. On shutdown it drains: `Draining` to the coordinator, new shards
-//! answered `ShardFailed`, shards in hand finished, spot checks answered for a grace period, then close.
+//! `DeviceQuarantined` on the control stream. A shard whose request stream the coordinator stops or resets
+//! (it cancels it, [`SHARD_CANCELLED`]), or whose connection is lost, is cancelled on its device
+//! ([`ShardCancel`]) and its answer is never sent: the agent resets its half of the stream instead. On
+//! shutdown it drains: `Draining` to the coordinator, new shards answered `ShardFailed`, shards in hand
+//! finished, spot checks answered for a grace period, then close.
 
 use crate::{
     AgentConfig, AgentError,
-    device::{Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource, ShardKey},
+    device::{
+        Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource, ShardCancel, ShardKey,
+    },
     metrics as m,
 };
 use actix::Addr;
 use cpc_common::{
     codec::FrameDecoder,
     quic::{FrameIoError, read_frame, write_frame},
-    wire::{AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request, Response},
+    wire::{
+        AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request, Response,
+        SHARD_CANCELLED,
+    },
 };
 use std::{
     collections::BTreeMap,
@@ -315,6 +323,28 @@ async fn fetch_row(
     }
 }
 
+/// Completes when the coordinator gives up on a request: it stopped the answer half of the stream
+/// ([`SHARD_CANCELLED`], or any code: a dropped stream stops with 0) or reset the request half, or the
+/// connection is gone. Either way nobody will read the answer.
+async fn abandoned(send: &quinn::SendStream, recv: &mut quinn::RecvStream) {
+    let stopped = send.stopped();
+    let reset = async {
+        loop {
+            match recv.read_chunk(MAX_REQUEST_BYTES, true).await {
+                // Bytes after the request (there should be none) change nothing.
+                Ok(Some(_)) => {}
+                // The request half ended cleanly: only a stop can come now.
+                Ok(None) => std::future::pending::<()>().await,
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = stopped => {}
+        () = reset => {}
+    }
+}
+
 async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -344,11 +374,29 @@ async fn serve_request(
             if draining.load(Ordering::Relaxed) {
                 Response::ShardFailed { shard_id, reason: "the agent is draining".into() }
             } else if let Some((_, addr)) = devices.0.get(&req.device) {
-                activity.in_hand.fetch_add(1, Ordering::Relaxed);
-                let r = addr.send(Compute { session, request: req }).await;
-                activity.in_hand.fetch_sub(1, Ordering::Relaxed);
+                m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
+                let cancel = ShardCancel::default();
+                let compute = addr.send(Compute { session, request: req, cancel: cancel.clone() });
+                tokio::pin!(compute);
+                let answer = tokio::select! {
+                    biased;
+                    r = &mut compute => r,
+                    () = abandoned(&send, &mut recv) => {
+                        // The device drops or stops the shard; waiting for it keeps it in hand (a drain
+                        // waits for it) until the device is free again.
+                        cancel.cancel();
+                        (&mut compute).await
+                    }
+                };
+                m::shards_in_hand(
+                    activity.in_hand.fetch_sub(1, Ordering::Relaxed).saturating_sub(1),
+                );
                 activity.touch();
-                r.unwrap_or_else(|_| Response::ShardFailed {
+                if cancel.is_cancelled() {
+                    let _ = send.reset(quinn::VarInt::from_u32(SHARD_CANCELLED));
+                    return;
+                }
+                answer.unwrap_or_else(|_| Response::ShardFailed {
                     shard_id,
                     reason: "device actor stopped".into(),
                 })

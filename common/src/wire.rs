@@ -20,6 +20,15 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// ALPN protocol id of the farm's QUIC connections.
 pub const ALPN: &[u8] = b"cpcfarm/1";
 
+/// QUIC application error code with which the coordinator cancels a shard it no longer wants (superseded
+/// by a faster copy, its job done or abandoned): it stops the answer half of the shard's request stream
+/// (`STOP_SENDING`), and resets the request half (`RESET_STREAM`) where that is still open. The stop is
+/// the signal that always arrives: a reset that comes after the agent has read the request to its end
+/// carries nothing. The agent then drops the shard if it is still waiting for its device, stops a device
+/// that can stop early, never sends its answer, and resets its own half of the stream with this code.
+/// Not an error of the connection: other streams go on.
+pub const SHARD_CANCELLED: u32 = 1;
+
 /// One device an agent offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceAdvert {

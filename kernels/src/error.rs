@@ -152,6 +152,10 @@ pub enum BackendError {
     /// A CPU kernel name that is not one of `avx512vnni`, `avxvnni`, `avx2`, `scalar`.
     #[error("unknown CPU kernel `{0}`: expected avx512vnni, avxvnni, avx2 or scalar")]
     UnknownKernel(String),
+    /// The caller cancelled the shard before it finished ([`crate::Backend::run_shard_cancellable`]): it is
+    /// no longer wanted, and nothing is wrong with the device.
+    #[error("the shard was cancelled before it finished (it is no longer wanted)")]
+    Cancelled,
     /// A backend name that is neither `cpu` nor `cuda`.
     #[error("unknown backend `{0}`: expected `cpu` or `cuda`")]
     UnknownKind(String),
@@ -242,5 +246,7 @@ mod tests {
             device: "cuda:0".into(),
         };
         assert!(!too_large.quarantines_device() && !too_large.retry_later());
+        let cancelled = BackendError::Cancelled;
+        assert!(!cancelled.quarantines_device() && !cancelled.needs_restart());
     }
 }

@@ -12,6 +12,8 @@
 //!   (AVX-512 VNNI, AVX-VNNI or AVX2, the fastest the CPU has, a portable scalar kernel otherwise; see
 //!   [`cpu::Kernel`]) and SHA-256 per row;
 //! - [`result_hash`]: a whole challenge on one backend, as the chain wants it.
+//! - [`cancel`]: the [`CancelToken`] a caller sets to stop a shard it no longer wants
+//!   ([`Backend::run_shard_cancellable`]).
 //! - [`freivalds`]: Freivalds' check of a shard's product (`C·r == A·(B·r)`), run by the device before it
 //!   hashes when the shard carries a [`CheckSeed`] (the farm's shards always do; `docs/VERIFICATION.md`).
 //! - [`gpu`]: plain GPU types (per-shard stats, NVML telemetry with DCGM labels) that compile with or
@@ -35,6 +37,7 @@ use cpc_common::{
 use std::{fmt, ops::Range, str::FromStr};
 
 pub mod bench;
+pub mod cancel;
 pub mod cpu;
 mod error;
 pub mod freivalds;
@@ -47,6 +50,7 @@ mod dummy_cuda;
 #[cfg(not(feature = "cuda"))]
 use dummy_cuda as cuda;
 
+pub use cancel::CancelToken;
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use error::BackendError;
@@ -197,6 +201,30 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn info(&self) -> DeviceInfo;
     /// Computes one shard: its row leaves, and the rows of C themselves when `keep_rows`.
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError>;
+    /// [`Backend::run_shard`], stopping early with [`BackendError::Cancelled`] once `cancel` is set, for
+    /// backends that can: by default the shard runs to its end whatever `cancel` says (a CPU or GPU product
+    /// in progress finishes; the caller drops its answer).
+    fn run_shard_cancellable(
+        &self,
+        shard: &Shard,
+        keep_rows: bool,
+        cancel: &CancelToken,
+    ) -> Result<ShardOutput, BackendError> {
+        let _ = cancel;
+        self.run_shard(shard, keep_rows)
+    }
+    /// The kind's name the agent advertises and labels the device's metrics with: that of
+    /// [`DeviceInfo::kind`] by default. Stand-ins that compute nothing (simulated and no-op devices) name
+    /// themselves, so that no report or dashboard takes them for a CPU.
+    fn kind_name(&self) -> &'static str {
+        self.info().kind.as_str()
+    }
+    /// A throughput the backend knows without measuring, in `2·rows·n²` operations per second (a simulated
+    /// device's configured speed): the agent advertises it and skips the start-up measurement. `None` by
+    /// default: real devices are measured.
+    fn declared_ops_per_sec(&self) -> Option<f64> {
+        None
+    }
     /// Whether `keep_rows` costs next to nothing: the rows are in host memory anyway (the CPU, the default).
     /// `false` for a GPU, where C stays on the device and keeping its rows would copy all of them across
     /// PCIe (1 GiB for a whole n = 16384 product, several times the compute): callers keep no rows and

@@ -1,4 +1,7 @@
-//! The `cpc-agent` binary as an operator starts it: what it says when the devices asked for cannot run.
+//! The agent as its peers see it: the `cpc-agent` binary as an operator starts it (what it says when the
+//! devices asked for cannot run), and an agent over real loopback QUIC (`cancel`).
+
+mod cancel;
 
 use std::process::Command;
 
@@ -33,4 +36,26 @@ fn a_bad_device_list_is_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--devices `0,zero`"), "{err}");
+}
+
+#[test]
+fn simulated_devices_are_refused_without_the_acknowledgement() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cpc-agent"))
+        .args(["--coordinator", "127.0.0.1:9", "--token", "t", "--coordinator-fingerprint"])
+        .arg("ab".repeat(32))
+        .args(["--backend", "simulated", "--devices", "0-3", "--device-tops", "660"])
+        .output()
+        .expect("spawn cpc-agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WRONG") && err.contains("--allow-wrong-results"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_cpc-agent"))
+        .args(["--coordinator", "127.0.0.1:9", "--token", "t", "--coordinator-fingerprint"])
+        .arg("ab".repeat(32))
+        .args(["--backend", "simulated", "--devices", "0-3", "--allow-wrong-results"])
+        .output()
+        .expect("spawn cpc-agent");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--device-tops"), "{err}");
 }

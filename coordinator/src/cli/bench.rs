@@ -33,6 +33,28 @@ pub(crate) const DEFAULT_REPS: u32 = 5;
 /// Most repetitions per size.
 const MAX_REPS: i64 = 1000;
 
+/// `bench`: this host's device (`bench --backend cpu ...`), or `bench farm ...`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct BenchCommand {
+    /// `farm`, or none for this host's device.
+    #[command(subcommand)]
+    pub(crate) farm: Option<BenchFarm>,
+    #[command(flatten)]
+    pub(crate) device: BenchArgs,
+}
+
+/// What `bench` measures besides this host's device.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BenchFarm {
+    /// The coordinator on a farm of simulated devices on this host (never talks to a chain).
+    ///
+    /// Agents run as real processes over loopback QUIC; per made-up block, one task per made-up identity,
+    /// all submitted at once. Per block: the time until every result is ready against the ideal, shards/s,
+    /// shard round trips, this process's CPU time and memory.
+    Farm(super::bench_farm::FarmBenchArgs),
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     #[command(flatten)]
@@ -470,9 +492,29 @@ mod tests {
     fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
         let cli = Cli::try_parse_from(["cpc-coordinator", "bench"].iter().chain(args))?;
         match cli.command {
-            Command::Bench(b) => Ok(b),
+            Command::Bench(BenchCommand { farm: None, device }) => Ok(device),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    /// `bench farm` is a subcommand beside the device bench's own flags, which keep working without one.
+    #[test]
+    fn bench_farm_is_a_subcommand_and_the_device_bench_is_unchanged() {
+        let cli = Cli::try_parse_from(["cpc-coordinator", "bench", "farm", "--agents", "2"])
+            .expect("bench farm parses");
+        assert!(
+            matches!(
+                cli.command,
+                Command::Bench(BenchCommand { farm: Some(BenchFarm::Farm(_)), .. })
+            ),
+            "{:?}",
+            cli.command
+        );
+        assert!(parse(&["--backend", "cpu", "--reps", "1"]).is_ok());
+        let mixed = Cli::try_parse_from(["cpc-coordinator", "bench", "--reps", "1", "farm"]);
+        assert!(mixed.is_err(), "device flags and `farm` do not mix");
+        let bad = Cli::try_parse_from(["cpc-coordinator", "bench", "farm", "--device-tops", "-1"]);
+        assert!(bad.is_err(), "a speed must be positive");
     }
 
     #[test]

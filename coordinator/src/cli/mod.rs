@@ -3,6 +3,7 @@
 //! data output to one JSON document on stdout.
 
 mod bench;
+mod bench_farm;
 mod chain;
 mod compute;
 mod farm;
@@ -132,8 +133,9 @@ pub(crate) enum Command {
     Serve(farm::ServeArgs),
     /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
     Job(farm::JobArgs),
-    /// Benchmark this host's CPU or GPU: per phase and end to end, ms and tera-ops per second.
-    Bench(bench::BenchArgs),
+    /// Benchmark this host's CPU or GPU (per phase and end to end, ms and tera-ops per second), or with
+    /// `bench farm` the coordinator on a farm of simulated devices.
+    Bench(bench::BenchCommand),
 }
 
 /// Prints how agents join `farm`, dialling `public_addr`: the fingerprint and where the join token is
@@ -214,7 +216,10 @@ pub(crate) async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<
         },
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
+        Command::Bench(bench::BenchCommand {
+            farm: Some(bench::BenchFarm::Farm(args)), ..
+        }) => bench_farm::run(g, args).await,
         // Minutes of blocking compute: keep it off the runtime's async workers.
-        Command::Bench(args) => tokio::task::block_in_place(|| bench::run(g, &args)),
+        Command::Bench(cmd) => tokio::task::block_in_place(|| bench::run(g, &cmd.device)),
     }
 }

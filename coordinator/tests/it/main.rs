@@ -3,7 +3,6 @@
 //! Commands that need a live L1 are tested against the real devnet in the top-level `tests` crate.
 
 mod bench;
-mod farm;
 
 use serde_json::Value;
 use std::process::{Command, Output};

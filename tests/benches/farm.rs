@@ -2,7 +2,9 @@
 //! QUIC, spot checks off, so the numbers measure the coordinator, QUIC and the agents rather than maths.
 //! Reports shards dispatched per second and the p50/p99 shard round trip.
 //!
-//! `CARGO_TARGET_DIR=/work/target-farm cargo bench -p cpc-coordinator --bench farm`
+//! `cargo bench -p cpc-tests --bench farm` (in `cpc-tests`, not the coordinator crate: it starts agents, and
+//! the coordinator never depends on the agent). `cpc-coordinator bench farm` measures the same with agent
+//! processes and concurrent identities.
 
 use cpc_agent::{AgentConfig, AgentThread, DeviceSpec, noop::NoopBackend};
 use cpc_common::synthetic::Challenge;

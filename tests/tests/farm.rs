@@ -579,7 +579,7 @@ async fn farm_quarantines_a_device_with_a_cuda_error_and_keeps_serving() {
 }
 
 /// Makespan of n = 2048 on one agent, then on two (each agent one CPU thread: this machine has two cores).
-/// `cargo test -p cpc-coordinator --release --test it farm_makespan -- --ignored --nocapture`
+/// `cargo test -p cpc-tests --release --test farm farm_makespan -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run on purpose"]
 async fn farm_makespan_1_vs_2_agents() {

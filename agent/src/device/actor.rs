@@ -1,0 +1,360 @@
+//! The device actor: runs shards on its device's worker under the watchdog ([`Compute`]), recomputes rows for
+//! spot checks ([`RecomputeRow`]), quarantines the device on a fatal error, and drops or stops shards the
+//! coordinator cancels ([`ShardCancel`]).
+
+use super::{
+    health::Health,
+    row_cache::{RowCache, ShardKey},
+    worker::{CallError, Worker, watchdog_deadline},
+};
+use crate::metrics::{self as m, DeviceLabels};
+use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use cpc_common::{
+    synthetic::Challenge,
+    wire::{CheckTiming, Response, RunShard},
+};
+use cpc_kernels::{
+    Backend, BackendError, CancelToken, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
+};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::sync::{Semaphore, watch};
+
+/// What the actors of one device share with their futures.
+#[derive(Debug)]
+pub(super) struct DeviceState {
+    pub(super) index: u32,
+    pub(super) name: String,
+    pub(super) worker: Worker,
+    pub(super) health: Health,
+    pub(super) watchdog: Duration,
+    pub(super) labels: DeviceLabels,
+    pub(super) cache: Arc<Mutex<RowCache>>,
+    /// Calls running on the device at once ([`Backend::concurrent_shards`]).
+    pub(super) in_flight: Semaphore,
+    /// [`Backend::keeps_rows_cheaply`]: keep each shard's rows, or recompute the rows asked for.
+    pub(super) keeps_rows: bool,
+}
+
+impl DeviceState {
+    /// Reacts to a backend error: quarantines the device when the error leaves it unusable, and says and
+    /// counts it when only a process restart brings it back.
+    pub(super) fn backend_failed(&self, error: &BackendError, reason: &str) {
+        if error.needs_restart() {
+            m::device_restart_needed(&self.labels);
+            tracing::error!(
+                device = self.index,
+                name = %self.name,
+                %reason,
+                "the device's CUDA context is lost: it needs a process restart; its worker stops and the \
+                 agent keeps serving with its other devices until its supervisor restarts it"
+            );
+        }
+        if error.quarantines_device() {
+            self.quarantine(reason);
+        }
+    }
+
+    /// Quarantines the device: recorded in [`Health`], worker given up on, metrics and log.
+    pub(super) fn quarantine(&self, reason: &str) {
+        self.worker.abandon();
+        m::device_healthy(&self.labels, false);
+        if self.health.quarantine(self.index, reason) {
+            tracing::error!(
+                device = self.index,
+                name = %self.name,
+                %reason,
+                "device quarantined: it takes no more shards; the agent keeps serving with its other devices"
+            );
+        }
+    }
+
+    /// Runs a call under the watchdog; quarantines the device on a timeout or a lost worker.
+    pub(super) async fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        match self.worker.call(watchdog_deadline(self.watchdog), f).await {
+            Ok(v) => Ok(v),
+            Err(CallError::Panicked(why)) => Err(format!("{what} panicked on the device: {why}")),
+            Err(CallError::Timeout(waited)) => {
+                let reason = format!(
+                    "{}: {what} did not finish within {:.1} s (watchdog --watchdog-secs {:.1} plus grace): \
+                     the device is quarantined and its worker thread abandoned; check the device (for a GPU, \
+                     `nvidia-smi` and the kernel log for Xid errors) and restart the agent",
+                    self.name,
+                    waited.as_secs_f64(),
+                    self.watchdog.as_secs_f64()
+                );
+                self.quarantine(&reason);
+                Err(reason)
+            }
+            Err(CallError::Gone) => {
+                let reason = self.health.reason(self.index).unwrap_or_else(|| {
+                    format!("{}: the device's worker thread is gone", self.name)
+                });
+                self.quarantine(&reason);
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// The actor driving one device.
+#[derive(Debug)]
+pub struct DeviceActor {
+    pub(super) state: Arc<DeviceState>,
+}
+
+impl Actor for DeviceActor {
+    type Context = Context<Self>;
+}
+
+/// Runs a shard that came on connection `session` and answers `ShardDone` or `ShardFailed` (`ShardFailed`
+/// too once `cancel` is set: an answer nobody sends).
+#[derive(Debug, Message)]
+#[rtype(result = "Response")]
+pub struct Compute {
+    /// The connection the request came on ([`ShardKey::session`]).
+    pub session: u64,
+    /// The request.
+    pub request: RunShard,
+    /// Set when the coordinator no longer wants the shard.
+    pub cancel: ShardCancel,
+}
+
+/// A shard's cancellation, shared by the session that watches the shard's request stream and the device
+/// that runs it. Once set, a shard still waiting for its device is dropped without running, a device that
+/// can stop early stops ([`Backend::run_shard_cancellable`]), and a product that finishes anyway is neither
+/// kept for spot checks nor answered. Clones share it.
+#[derive(Debug, Clone)]
+pub struct ShardCancel {
+    /// What the device's worker thread checks.
+    token: CancelToken,
+    /// What the actor's futures wait on.
+    set: Arc<watch::Sender<bool>>,
+}
+
+impl Default for ShardCancel {
+    fn default() -> Self {
+        Self { token: CancelToken::new(), set: Arc::new(watch::Sender::new(false)) }
+    }
+}
+
+impl ShardCancel {
+    /// Cancels the shard.
+    pub fn cancel(&self) {
+        self.token.cancel();
+        self.set.send_replace(true);
+    }
+
+    /// Whether the shard was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        *self.set.borrow()
+    }
+
+    /// Completes once the shard is cancelled.
+    pub async fn cancelled(&self) {
+        let mut set = self.set.subscribe();
+        // The sender lives in `self`: `wait_for` ends only when the value turns true.
+        let _ = set.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+/// Where a cancelled shard was when its cancellation came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelledAt {
+    /// Waiting for a slot on its device: it never ran.
+    Queued,
+    /// Running on its device (a simulated device stopped; a product finished and was dropped).
+    Running,
+}
+
+impl CancelledAt {
+    /// The label value of `cpcfarm_agent_shards_cancelled_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+        }
+    }
+}
+
+impl Handler<Compute> for DeviceActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: Compute, _: &mut Self::Context) -> Self::Result {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let Compute { session, request: req, cancel } = msg;
+            let shard_id = req.shard_id;
+            let key = ShardKey { session, shard_id };
+            let failed = |reason: String| {
+                m::shard_done(&state.labels, false, None);
+                Response::ShardFailed { shard_id, reason }
+            };
+            let cancelled = |at: CancelledAt| {
+                m::shard_cancelled(at);
+                tracing::debug!(
+                    device = state.index,
+                    shard_id,
+                    at = at.as_str(),
+                    "shard cancelled"
+                );
+                Response::ShardFailed { shard_id, reason: "cancelled by the coordinator".into() }
+            };
+            let check_seed = CheckSeed(req.check_seed);
+            let shard = match Challenge::new(req.seed, req.matrix_size, req.iterations)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    Shard::new(c, req.iteration, req.rows.0..req.rows.1)
+                        .map(|s| s.with_check(check_seed))
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok(s) => s,
+                Err(e) => return failed(e),
+            };
+            let permit = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return cancelled(CancelledAt::Queued),
+                permit = state.in_flight.acquire() => permit,
+            };
+            let Ok(_permit) = permit else {
+                return failed("device is shutting down".into());
+            };
+            if let Some(reason) = state.health.reason(state.index) {
+                return failed(format!(
+                    "device {} is quarantined ({reason}): the agent's other devices keep serving",
+                    state.index
+                ));
+            }
+            let started = Instant::now();
+            let (rows, n, first) =
+                (shard.row_count(), shard.challenge.matrix_size, shard.rows.start);
+            let keep_rows = state.keeps_rows;
+            let recomputable = (!keep_rows).then(|| shard.clone());
+            let token = cancel.token.clone();
+            let running = m::RunningShard::start();
+            let out = state
+                .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
+                    let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
+                    let stats = if out.is_ok() { backend.last_stats() } else { None };
+                    (out, stats, backend.gpu_status())
+                })
+                .await;
+            drop(running);
+            let secs = started.elapsed().as_secs_f64();
+            if let Ok((_, _, Some(status))) = &out {
+                m::gpu_status(&state.labels, status);
+            }
+            // Cancelled while it ran: whatever came out (a product that finished anyway, or the device's
+            // `Cancelled`) is dropped. A device that failed meanwhile is still dealt with below.
+            let device_failed = match &out {
+                Err(_) => true, // the watchdog fired, the call panicked or the worker is gone
+                Ok((Err(e), _, _)) => !matches!(e, BackendError::Cancelled),
+                Ok((Ok(_), _, _)) => false,
+            };
+            if cancel.is_cancelled() && !device_failed {
+                return cancelled(CancelledAt::Running);
+            }
+            match out {
+                Err(reason) => failed(reason),
+                Ok((Err(e), _, _)) => {
+                    let reason = format!("{}: {e}", state.name);
+                    state.backend_failed(&e, &reason);
+                    if e.is_failed_check() {
+                        m::freivalds_check(&state.labels, false, None);
+                        m::shard_done(&state.labels, false, None);
+                        tracing::error!(device = state.index, %reason, "Freivalds check failed");
+                        return Response::CheckFailed { shard_id, reason };
+                    }
+                    failed(reason)
+                }
+                Ok((Ok(output), stats, _)) => {
+                    let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
+                    m::shard_done(&state.labels, true, Some((secs, ops)));
+                    record_work(&state.labels, ops, secs, stats.as_ref());
+                    let ShardOutput { leaves, rows: values, check } = output;
+                    if let Some(cost) = check {
+                        let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
+                        m::freivalds_check(&state.labels, true, Some((c, s)));
+                    }
+                    if let Ok(mut c) = state.cache.lock() {
+                        match (values, recomputable) {
+                            (Some(values), _) => c.insert(key, first, n, values),
+                            (None, Some(shard)) => c.insert_recomputable(key, state.index, shard),
+                            (None, None) => {}
+                        }
+                    }
+                    Response::ShardDone { shard_id, leaves, check: check.map(check_timing) }
+                }
+            }
+        })
+    }
+}
+
+/// A check's cost as the wire carries it.
+fn check_timing(cost: CheckCost) -> CheckTiming {
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    CheckTiming { check_micros: micros(cost.check), shard_micros: micros(cost.shard) }
+}
+
+/// Achieved ops per second and joules of one shard: the backend's own stats (device time, NVML energy) where
+/// it has them, the wall time of the call otherwise.
+fn record_work(labels: &DeviceLabels, ops: f64, wall_secs: f64, stats: Option<&ShardStats>) {
+    let wall = if wall_secs > 0.0 { ops / wall_secs } else { 0.0 };
+    let (ops_per_second, joules) = match stats {
+        Some(s) if s.device_seconds > 0.0 => (s.tera_ops_per_second() * 1e12, s.energy_joules),
+        Some(s) => (wall, s.energy_joules),
+        None => (wall, None),
+    };
+    m::device_work(labels, ops_per_second, joules);
+}
+
+/// Recomputes one row of a shard this device ran without keeping its rows, for a spot check; answers `Row`
+/// or `RowUnavailable`. Runs between shards, under the same watchdog.
+#[derive(Debug, Message)]
+#[rtype(result = "Response")]
+pub struct RecomputeRow {
+    /// The coordinator's id of the shard the row belongs to (for messages).
+    pub shard_id: u64,
+    /// The row, as a one-row shard ([`RowSource::Recompute`](super::RowSource::Recompute)).
+    pub shard: Shard,
+}
+
+impl Handler<RecomputeRow> for DeviceActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: RecomputeRow, _: &mut Self::Context) -> Self::Result {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let RecomputeRow { shard_id, shard } = msg;
+            let (row, n) = (shard.rows.start, shard.challenge.matrix_size as usize);
+            let unavailable = |reason: String| Response::RowUnavailable { reason };
+            let Ok(_permit) = state.in_flight.acquire().await else {
+                return unavailable("device is shutting down".into());
+            };
+            if let Some(reason) = state.health.reason(state.index) {
+                return unavailable(format!("device {} is quarantined ({reason})", state.index));
+            }
+            let what = format!("recomputing row {row} of shard {shard_id}");
+            match state.call(&what, move |backend| backend.run_shard(&shard, true)).await {
+                Err(reason) => unavailable(reason),
+                Ok(Err(e)) => {
+                    let reason = format!("{}: {what}: {e}", state.name);
+                    state.backend_failed(&e, &reason);
+                    unavailable(reason)
+                }
+                Ok(Ok(ShardOutput { rows: Some(values), .. })) if values.len() == n => {
+                    Response::Row { values }
+                }
+                Ok(Ok(_)) => {
+                    unavailable(format!("{}: {what}: the backend kept no row", state.name))
+                }
+            }
+        })
+    }
+}

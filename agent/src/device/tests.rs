@@ -1,0 +1,430 @@
+//! The device actor end to end on its own actix system: watchdog and quarantine, Freivalds failures, backend
+//! errors, rows recomputed on devices that keep none, overlapping shards, a device that hangs at start-up.
+
+use super::*;
+use cpc_common::{
+    synthetic::Challenge,
+    wire::{Response, RunShard},
+};
+use cpc_kernels::{Backend, BackendError, Shard, ShardOutput};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// How [`Faulty`] misbehaves on shards of its seed.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Never returns (well, not for two minutes).
+    Hang,
+    /// A CUDA error that leaves the context unusable.
+    Fatal,
+    /// An error that is the shard's fault, not the device's.
+    TooLarge,
+    /// Out of device memory for now.
+    OutOfMemory,
+    /// A sticky CUDA error: the context is lost until the process restarts.
+    Sticky,
+}
+
+/// A CPU backend that misbehaves on shards whose seed starts with `seed` (and on everything with `"")`.
+#[derive(Debug)]
+struct Faulty {
+    inner: cpc_kernels::CpuBackend,
+    seed: &'static str,
+    fault: Fault,
+}
+
+impl Faulty {
+    fn backend(seed: &'static str, fault: Fault) -> Arc<dyn Backend> {
+        Arc::new(Self { inner: cpc_kernels::CpuBackend::new(1).expect("cpu"), seed, fault })
+    }
+}
+
+impl Backend for Faulty {
+    fn name(&self) -> &str {
+        "faulty"
+    }
+    fn info(&self) -> cpc_kernels::DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        if !shard.challenge.seed.starts_with(self.seed) {
+            return self.inner.run_shard(shard, keep_rows);
+        }
+        match self.fault {
+            Fault::Hang => {
+                std::thread::sleep(Duration::from_secs(120));
+                Err(BackendError::InvalidShard("woke up".into()))
+            }
+            Fault::Fatal => Err(BackendError::Cuda {
+                device: "cuda:9 test".into(),
+                reason: "an illegal memory access was encountered".into(),
+            }),
+            Fault::OutOfMemory => Err(BackendError::OutOfMemory {
+                device: "cuda:9 test".into(),
+                reason: "allocating C: out of memory".into(),
+            }),
+            Fault::Sticky => Err(BackendError::ContextLost {
+                device: "cuda:9 test".into(),
+                reason: "an illegal memory access was encountered".into(),
+            }),
+            Fault::TooLarge => Err(BackendError::ShardTooLarge {
+                n: shard.challenge.matrix_size,
+                rows: shard.row_count(),
+                needed: 2,
+                available: 1,
+                device: "test".into(),
+            }),
+        }
+    }
+}
+
+fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
+    Compute {
+        session: 0,
+        request: RunShard {
+            shard_id,
+            seed: seed.into(),
+            matrix_size: 32,
+            iterations: 1,
+            iteration: 0,
+            rows: (0, 16),
+            device,
+            check_seed: shard_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        },
+        cancel: ShardCancel::default(),
+    }
+}
+
+fn options(watchdog: Duration) -> DeviceOptions {
+    DeviceOptions { measure_n: 0, watchdog }
+}
+
+fn reference_leaves(seed: &str) -> Vec<[u8; 32]> {
+    let challenge = Challenge::new(seed, 32, 1).expect("challenge");
+    let shard = Shard::new(challenge, 0, 0..16).expect("shard");
+    cpc_kernels::CpuBackend::new(1).expect("cpu").run_shard(&shard, false).expect("run").leaves
+}
+
+fn cache() -> Arc<Mutex<RowCache>> {
+    Arc::new(Mutex::new(RowCache::new(1 << 20)))
+}
+
+#[test]
+fn a_hung_call_quarantines_its_device_and_not_the_other() {
+    let handle = crate::metrics::install_recorder();
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let opts = options(Duration::from_millis(200));
+        let hung = start(10, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
+            .await
+            .expect("start");
+        let good = start(11, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
+            .await
+            .expect("start");
+        assert!(hung.quarantined.is_none() && good.quarantined.is_none());
+
+        let t = Instant::now();
+        let answer = hung.addr.send(run_shard(1, "hang-1", 10)).await.expect("answer");
+        let Response::ShardFailed { shard_id: 1, reason } = answer else {
+            panic!("expected ShardFailed, got {answer:?}")
+        };
+        assert!(reason.contains("did not finish") && reason.contains("watchdog"), "{reason}");
+        assert!(t.elapsed() < Duration::from_secs(10), "the watchdog fired late");
+        assert_eq!(health.reason(10).as_deref(), Some(reason.as_str()));
+
+        // Refused at once from now on, even for work it could do.
+        let answer = hung.addr.send(run_shard(2, "fine", 10)).await.expect("answer");
+        assert!(
+            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            "{answer:?}"
+        );
+        // The other device (same faulty kind, its own thread) keeps serving.
+        let answer = good.addr.send(run_shard(3, "fine", 11)).await.expect("answer");
+        let Response::ShardDone { shard_id: 3, leaves, check } = answer else {
+            panic!("expected ShardDone, got {answer:?}")
+        };
+        assert_eq!(leaves, reference_leaves("fine"));
+        assert!(check.is_some_and(|c| c.check_micros <= c.shard_micros), "{check:?}");
+        assert_eq!(health.quarantined().keys().copied().collect::<Vec<_>>(), [10]);
+    });
+    let text = handle.render();
+    // A device without an NVML monitor is labelled by kind and index and host, never `gpu`.
+    let host = cpc_kernels::gpu::hostname();
+    let labels = |index: u32| format!("{{device=\"cpu{index}\",Hostname=\"{host}\"}}");
+    assert!(text.contains(&format!("cpcfarm_agent_device_healthy{} 0", labels(10))), "{text}");
+    assert!(text.contains(&format!("cpcfarm_agent_device_healthy{} 1", labels(11))), "{text}");
+    assert!(
+        text.contains(&format!("cpcfarm_device_achieved_ops_per_second{}", labels(11))),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_failed_check_answers_check_failed_and_quarantines_the_device() {
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let flip = cpc_kernels::cpu::BitFlip { shard: 0, row: 5, col: 7, bit: 13 };
+        let backend = Arc::new(cpc_kernels::CpuBackend::new(1).expect("cpu").with_bit_flip(flip));
+        let opts = options(Duration::from_secs(60));
+        let device = start(50, backend, cache(), health.clone(), &opts).await.expect("start");
+        let answer = device.addr.send(run_shard(1, "flip", 50)).await.expect("answer");
+        let Response::CheckFailed { shard_id: 1, reason } = answer else {
+            panic!("expected CheckFailed, got {answer:?}")
+        };
+        assert!(reason.contains("Freivalds") && reason.contains("[5]"), "{reason}");
+        assert_eq!(health.reason(50).as_deref(), Some(reason.as_str()));
+        let answer = device.addr.send(run_shard(2, "flip", 50)).await.expect("answer");
+        assert!(
+            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            "{answer:?}"
+        );
+    });
+}
+
+#[test]
+fn a_fatal_error_quarantines_and_a_shard_error_does_not() {
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let opts = options(Duration::from_secs(60));
+        let fatal = start(20, Faulty::backend("bad", Fault::Fatal), cache(), health.clone(), &opts)
+            .await
+            .expect("start");
+        let large =
+            start(21, Faulty::backend("big", Fault::TooLarge), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+
+        let answer = large.addr.send(run_shard(1, "big", 21)).await.expect("answer");
+        assert!(matches!(answer, Response::ShardFailed { .. }), "{answer:?}");
+        assert_eq!(health.reason(21), None, "a shard too large is not the device's fault");
+        let answer = large.addr.send(run_shard(2, "ok", 21)).await.expect("answer");
+        assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+
+        let answer = fatal.addr.send(run_shard(3, "bad", 20)).await.expect("answer");
+        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        assert!(reason.contains("illegal memory access"), "{reason}");
+        assert!(health.reason(20).is_some_and(|r| r.contains("illegal memory access")));
+        let answer = fatal.addr.send(run_shard(4, "ok", 20)).await.expect("answer");
+        assert!(
+            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            "{answer:?}"
+        );
+    });
+}
+
+/// Out of memory fails the shard and nothing else; a sticky error quarantines the device, says it needs a
+/// process restart and counts it.
+#[test]
+fn out_of_memory_keeps_the_device_and_a_lost_context_asks_for_a_restart() {
+    let handle = crate::metrics::install_recorder();
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let opts = options(Duration::from_secs(60));
+        let squeezed =
+            start(30, Faulty::backend("oom", Fault::OutOfMemory), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+        let lost = start(31, Faulty::backend("xid", Fault::Sticky), cache(), health.clone(), &opts)
+            .await
+            .expect("start");
+
+        let answer = squeezed.addr.send(run_shard(1, "oom", 30)).await.expect("answer");
+        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        assert!(reason.contains("out of memory") && reason.contains("stays in service"), "{reason}");
+        assert_eq!(health.reason(30), None, "out of memory must not quarantine");
+        let answer = squeezed.addr.send(run_shard(2, "ok", 30)).await.expect("answer");
+        assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+
+        let answer = lost.addr.send(run_shard(3, "xid", 31)).await.expect("answer");
+        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        assert!(reason.contains("needs a process restart"), "{reason}");
+        assert!(health.reason(31).is_some_and(|r| r.contains("needs a process restart")));
+        let answer = lost.addr.send(run_shard(4, "ok", 31)).await.expect("answer");
+        assert!(
+            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            "{answer:?}"
+        );
+    });
+    let text = handle.render();
+    assert!(
+        text.contains("cpcfarm_agent_device_restarts_needed_total{device=\"cpu31\",")
+            && text.lines().any(|l| l
+                .starts_with("cpcfarm_agent_device_restarts_needed_total{device=\"cpu31\",")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("cpcfarm_agent_device_restarts_needed_total{device=\"cpu30\","),
+        "{text}"
+    );
+}
+
+/// A GPU-like device: C is not in host memory, so rows are not kept (asserted) and a spot check's row is
+/// recomputed on the device. `corrupt_row` makes the device get one row wrong on its first run only.
+#[derive(Debug)]
+struct DeviceMemoryBackend {
+    inner: cpc_kernels::CpuBackend,
+    corrupt_row: Option<u32>,
+    runs: Mutex<Vec<(std::ops::Range<u32>, bool)>>,
+}
+
+impl Backend for DeviceMemoryBackend {
+    fn name(&self) -> &str {
+        "device-memory"
+    }
+    fn info(&self) -> cpc_kernels::DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.push((shard.rows.clone(), keep_rows));
+        }
+        let mut out = self.inner.run_shard(shard, keep_rows)?;
+        if let Some(r) =
+            self.corrupt_row.filter(|r| shard.rows.contains(r) && shard.row_count() > 1)
+        {
+            // A flipped bit in one element, and the leaf hashed from the wrong row, as a GPU would.
+            let mut rows = self.inner.run_shard(shard, true)?.rows.expect("rows");
+            let n = shard.challenge.matrix_size as usize;
+            let i = (r - shard.rows.start) as usize;
+            rows[i * n + 3] ^= 1 << 9;
+            let bytes: Vec<u8> =
+                rows[i * n..(i + 1) * n].iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.leaves[i] = cpc_common::hashing::sha256(&bytes);
+        }
+        Ok(out)
+    }
+    fn keeps_rows_cheaply(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_device_that_keeps_no_rows_recomputes_the_row_a_spot_check_asks_for() {
+    actix_rt::System::new().block_on(async {
+        let backend = Arc::new(DeviceMemoryBackend {
+            inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+            corrupt_row: Some(9),
+            runs: Mutex::new(Vec::new()),
+        });
+        let rows = cache();
+        let opts = options(Duration::from_secs(60));
+        let device = start(30, backend.clone(), rows.clone(), Health::default(), &opts)
+            .await
+            .expect("start");
+        let answer = device.addr.send(run_shard(7, "gpu-like", 30)).await.expect("answer");
+        let Response::ShardDone { leaves, .. } = answer else { panic!("{answer:?}") };
+        assert_eq!(
+            backend.runs.lock().expect("runs").as_slice(),
+            [(0..16, false)],
+            "the shard ran without copying its rows back"
+        );
+        assert_eq!(rows.lock().expect("cache").used_bytes(), 0, "no rows held");
+
+        let reference =
+            Shard::new(Challenge::new("gpu-like", 32, 1).expect("c"), 0, 0..16).expect("shard");
+        let want =
+            cpc_kernels::CpuBackend::new(1).expect("cpu").run_shard(&reference, true).expect("run");
+        let want_rows = want.rows.expect("rows");
+        for row in [0u32, 5, 9, 15] {
+            let source =
+                rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 7 }, row);
+            let RowSource::Recompute { device: 30, shard } = source else {
+                panic!("row {row}: {source:?}")
+            };
+            assert_eq!(shard.rows, row..row + 1);
+            let answer =
+                device.addr.send(RecomputeRow { shard_id: 7, shard }).await.expect("answer");
+            let Response::Row { values } = answer else { panic!("row {row}: {answer:?}") };
+            let i = row as usize;
+            assert_eq!(values, want_rows[i * 32..(i + 1) * 32], "row {row} is the true row");
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let leaf_matches = cpc_common::hashing::sha256(&bytes) == leaves[i];
+            // The row the device got wrong the first time no longer matches the leaf it sent: the
+            // coordinator's spot check fails the device.
+            assert_eq!(leaf_matches, row != 9, "row {row}");
+        }
+        assert_eq!(
+            rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 7 }, 16),
+            RowSource::Unknown
+        );
+        assert_eq!(
+            rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 8 }, 0),
+            RowSource::Unknown
+        );
+    });
+}
+
+/// A device that overlaps two shards (as a GPU does): each call waits, up to 10 s, for a second call to be
+/// inside `run_shard` at the same time, and records how many it saw.
+#[derive(Debug)]
+struct Overlapping {
+    inner: cpc_kernels::CpuBackend,
+    inside: std::sync::Mutex<(u32, u32)>,
+    changed: std::sync::Condvar,
+}
+
+impl Backend for Overlapping {
+    fn name(&self) -> &str {
+        "overlapping"
+    }
+    fn info(&self) -> cpc_kernels::DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        let mut inside = self.inside.lock().expect("lock");
+        inside.0 += 1;
+        inside.1 = inside.1.max(inside.0);
+        self.changed.notify_all();
+        let (mut inside, _) = self
+            .changed
+            .wait_timeout_while(inside, Duration::from_secs(10), |(now, _)| *now < 2)
+            .expect("wait");
+        inside.1 = inside.1.max(inside.0);
+        drop(inside);
+        let out = self.inner.run_shard(shard, keep_rows);
+        self.inside.lock().expect("lock").0 -= 1;
+        out
+    }
+    fn concurrent_shards(&self) -> usize {
+        2
+    }
+}
+
+#[test]
+fn a_device_that_overlaps_shards_gets_two_at_once() {
+    actix_rt::System::new().block_on(async {
+        let backend = Arc::new(Overlapping {
+            inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+            inside: std::sync::Mutex::new((0, 0)),
+            changed: std::sync::Condvar::new(),
+        });
+        let opts = options(Duration::from_secs(60));
+        let device =
+            start(40, backend.clone(), cache(), Health::default(), &opts).await.expect("start");
+        let (a, b) = tokio::join!(
+            device.addr.send(run_shard(1, "overlap-a", 40)),
+            device.addr.send(run_shard(2, "overlap-b", 40)),
+        );
+        for answer in [a.expect("a"), b.expect("b")] {
+            assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+        }
+        assert_eq!(backend.inside.lock().expect("lock").1, 2, "both shards ran at once");
+    });
+}
+
+#[test]
+fn a_device_that_hangs_while_measured_starts_quarantined() {
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let opts = DeviceOptions { measure_n: 16, watchdog: Duration::from_millis(100) };
+        let started = start(30, Faulty::backend("", Fault::Hang), cache(), health.clone(), &opts)
+            .await
+            .expect("start");
+        let reason = started.quarantined.expect("quarantined");
+        assert!(reason.contains("start-up measurement"), "{reason}");
+        assert_eq!(health.reason(30), Some(reason));
+    });
+}

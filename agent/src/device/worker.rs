@@ -1,0 +1,118 @@
+//! The device's own threads, and the watchdog around every call into its backend: a call that never returns
+//! (a wedged GPU driver) holds up nothing but its own device, and is given up on at [`watchdog_deadline`].
+
+use cpc_kernels::Backend;
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::oneshot;
+
+/// Default watchdog timeout of one backend call (a shard, or the start-up measurement).
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(600);
+
+/// How long the actor waits for one backend call under watchdog timeout `timeout`: the timeout plus a grace
+/// of a tenth (between 50 ms and 30 s), so that a backend that bounds its own waits (the CUDA backend, opened
+/// with the same timeout) reports first, with the phase that hung.
+pub fn watchdog_deadline(timeout: Duration) -> Duration {
+    timeout + (timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(30))
+}
+
+type Job = Box<dyn FnOnce(&dyn Backend) + Send>;
+
+/// Why a call on the worker thread gave no answer.
+#[derive(Debug)]
+pub(super) enum CallError {
+    /// The deadline passed.
+    Timeout(Duration),
+    /// The call panicked (the thread survives it).
+    Panicked(String),
+    /// The worker thread is gone or was given up on.
+    Gone,
+}
+
+/// The device's own threads ([`Backend::concurrent_shards`] of them: two on a GPU, so that consecutive
+/// shards overlap), taking backend calls from one queue.
+#[derive(Debug)]
+pub(super) struct Worker {
+    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl Worker {
+    pub(super) fn spawn(
+        index: u32,
+        backend: Arc<dyn Backend>,
+        threads: usize,
+    ) -> Result<Self, String> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for t in 0..threads.max(1) {
+            let (rx, backend) = (rx.clone(), backend.clone());
+            std::thread::Builder::new()
+                .name(format!("cpc-device-{index}-{t}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next call, not while running it.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(backend.as_ref()),
+                            Err(_) => return, // the worker was given up on, or the device is gone
+                        }
+                    }
+                })
+                .map_err(|e| format!("cannot start the device's worker thread: {e}"))?;
+        }
+        Ok(Self { tx: Mutex::new(Some(tx)) })
+    }
+
+    /// Runs `f` on the worker thread and waits for it at most `deadline`.
+    pub(super) async fn call<T: Send + 'static>(
+        &self,
+        deadline: Duration,
+        f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |backend| {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(|| f(backend))));
+        });
+        {
+            let guard = self.tx.lock().map_err(|_| CallError::Gone)?;
+            guard.as_ref().ok_or(CallError::Gone)?.send(job).map_err(|_| CallError::Gone)?;
+        }
+        match tokio::time::timeout(deadline, rx).await {
+            Err(_) => Err(CallError::Timeout(deadline)),
+            Ok(Err(_)) => Err(CallError::Gone),
+            Ok(Ok(Err(panic))) => Err(CallError::Panicked(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".into()),
+            )),
+            Ok(Ok(Ok(v))) => Ok(v),
+        }
+    }
+
+    /// Gives up on the thread: it gets no more work and is never joined (it ends once its call, if any,
+    /// returns).
+    pub(super) fn abandon(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_is_the_timeout_plus_a_grace() {
+        assert!(watchdog_deadline(Duration::from_secs(600)) == Duration::from_secs(630));
+        assert!(watchdog_deadline(Duration::from_millis(100)) == Duration::from_millis(150));
+    }
+}

@@ -1,0 +1,163 @@
+//! Simulated devices, for measuring a farm at a scale nobody has the GPUs for (`cpc-agent --backend
+//! simulated`, what `cpc-coordinator bench farm` starts): each holds a shard for exactly the time a device
+//! of the configured speed would take, `2·rows·n² / (T·10¹²)` seconds, sleeping (not spinning, so hundreds
+//! of them fit on a few cores), and then answers the right number of leaves, each the hash of an all-zero
+//! row. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
+//! spot check fails it), never one that submits to a chain; the agent refuses to start one without
+//! `--allow-wrong-results`.
+//!
+//! It advertises its configured speed without measuring ([`Backend::declared_ops_per_sec`]), a memory that
+//! holds every row at every size, and one shard at a time; a shard the coordinator cancels stops sleeping
+//! at once ([`Backend::run_shard_cancellable`]).
+
+use cpc_common::hashing::sha256;
+use cpc_kernels::{
+    Backend, BackendError, BackendKind, CancelToken, DeviceInfo, Shard, ShardOutput,
+};
+use std::time::Duration;
+
+/// Memory a simulated device claims: 1 TiB, enough for a whole product at the spec's largest n.
+pub const SIMULATED_MEMORY_BYTES: u64 = 1 << 40;
+/// The kind a simulated device advertises (and labels its metrics with).
+pub const SIMULATED_KIND: &str = "simulated";
+
+/// Why a simulated device could not be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimulatedError {
+    /// The speed is not a positive, finite number of tera-ops per second.
+    #[error("--device-tops {0} is not a positive number of tera-ops per second (e.g. 660)")]
+    BadSpeed(f64),
+}
+
+/// A device that sleeps for the time a device of its speed would compute, and answers wrong leaves.
+#[derive(Debug, Clone)]
+pub struct SimulatedBackend {
+    tera_ops_per_sec: f64,
+    name: String,
+}
+
+impl SimulatedBackend {
+    /// A device of `tera_ops_per_sec` tera-ops per second (`2·rows·n²` operations per shard).
+    pub fn new(tera_ops_per_sec: f64) -> Result<Self, SimulatedError> {
+        if !(tera_ops_per_sec.is_finite() && tera_ops_per_sec > 0.0) {
+            return Err(SimulatedError::BadSpeed(tera_ops_per_sec));
+        }
+        Ok(Self {
+            tera_ops_per_sec,
+            name: format!("simulated {tera_ops_per_sec} TOPS (WRONG RESULTS)"),
+        })
+    }
+
+    /// How long the device holds `shard`: `2·rows·n² / (T·10¹²)`.
+    pub fn shard_time(&self, shard: &Shard) -> Duration {
+        let n = f64::from(shard.challenge.matrix_size);
+        let ops = 2.0 * f64::from(shard.row_count()) * n * n;
+        Duration::try_from_secs_f64(ops / (self.tera_ops_per_sec * 1e12)).unwrap_or(Duration::MAX)
+    }
+
+    /// The answer: the right number of leaves, each the hash of an all-zero row (and zero rows when kept).
+    fn output(shard: &Shard, keep_rows: bool) -> ShardOutput {
+        let n = shard.challenge.matrix_size as usize;
+        let rows = shard.row_count() as usize;
+        let leaf = sha256(vec![0u8; 4 * n]);
+        ShardOutput {
+            leaves: vec![leaf; rows],
+            rows: keep_rows.then(|| vec![0; rows * n]),
+            check: None,
+        }
+    }
+}
+
+impl Backend for SimulatedBackend {
+    fn name(&self) -> &str {
+        SIMULATED_KIND
+    }
+
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: self.name.clone(),
+            // The nearest real kind; what is advertised and labelled is `kind_name`.
+            kind: BackendKind::Cpu,
+            memory_bytes: SIMULATED_MEMORY_BYTES,
+            compute_units: 1,
+        }
+    }
+
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        self.run_shard_cancellable(shard, keep_rows, &CancelToken::new())
+    }
+
+    fn run_shard_cancellable(
+        &self,
+        shard: &Shard,
+        keep_rows: bool,
+        cancel: &CancelToken,
+    ) -> Result<ShardOutput, BackendError> {
+        shard.validate()?;
+        if cancel.sleep(self.shard_time(shard)) {
+            return Err(BackendError::Cancelled);
+        }
+        Ok(Self::output(shard, keep_rows))
+    }
+
+    /// No: rows are never kept (a spot check's row is "recomputed" as zeros, and fails, as it should).
+    fn keeps_rows_cheaply(&self) -> bool {
+        false
+    }
+
+    fn kind_name(&self) -> &'static str {
+        SIMULATED_KIND
+    }
+
+    fn declared_ops_per_sec(&self) -> Option<f64> {
+        Some(self.tera_ops_per_sec * 1e12)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpc_common::synthetic::Challenge;
+
+    fn shard(n: u32, rows: std::ops::Range<u32>) -> Shard {
+        Shard::new(Challenge::new("sim", n, 1).expect("challenge"), 0, rows).expect("shard")
+    }
+
+    #[test]
+    fn holds_a_shard_for_its_device_time_and_answers_every_row() {
+        let sim = SimulatedBackend::new(1.0).expect("sim");
+        // 2 · 500 · 1000² = 10⁹ ops at 10¹² ops/s: 1 ms.
+        assert_eq!(sim.shard_time(&shard(1000, 0..500)), Duration::from_millis(1));
+        let out = sim.run_shard(&shard(64, 3..10), false).expect("run");
+        assert_eq!(out.leaves.len(), 7);
+        assert_eq!(out.rows, None);
+        assert_eq!(sim.run_shard(&shard(64, 0..2), true).expect("run").rows, Some(vec![0; 128]));
+        assert_eq!(sim.declared_ops_per_sec(), Some(1e12));
+        assert_eq!(sim.concurrent_shards(), 1);
+        assert_eq!(sim.max_rows(65_536), 65_536, "holds a whole product at the largest n");
+        assert_eq!(sim.kind_name(), "simulated");
+        assert!(sim.info().name.contains("WRONG"), "{}", sim.info().name);
+    }
+
+    #[test]
+    fn a_cancelled_shard_stops_sleeping() {
+        // 2 · 4096³ ops at 10⁻⁶ TOPS: about 4 years.
+        let sim = SimulatedBackend::new(1e-6).expect("sim");
+        let cancel = CancelToken::new();
+        let running = {
+            let (sim, cancel) = (sim.clone(), cancel.clone());
+            std::thread::spawn(move || {
+                sim.run_shard_cancellable(&shard(4096, 0..4096), false, &cancel)
+            })
+        };
+        cancel.cancel();
+        assert!(matches!(running.join().expect("thread"), Err(BackendError::Cancelled)));
+    }
+
+    #[test]
+    fn a_speed_must_be_positive() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(SimulatedBackend::new(bad).is_err(), "{bad}");
+        }
+    }
+}
