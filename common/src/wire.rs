@@ -21,7 +21,7 @@ pub const PROTOCOL_VERSION: u16 = 3;
 pub const ALPN: &[u8] = b"cpcfarm/1";
 
 /// QUIC application error code with which the coordinator cancels a shard it no longer wants (superseded
-/// by a faster copy, its job done or abandoned): it stops the answer half of the shard's request stream
+/// by a faster copy, its job done, cancelled or past its deadline): it stops the answer half of the shard's request stream
 /// (`STOP_SENDING`), and resets the request half (`RESET_STREAM`) where that is still open. The stop is
 /// the signal that always arrives: a reset that comes after the agent has read the request to its end
 /// carries nothing. The agent then drops the shard if it is still waiting for its device, stops a device
@@ -168,11 +168,6 @@ pub struct CheckTiming {
     /// Time of the whole shard on the device (generation, product, check, hashing), in microseconds.
     pub shard_micros: u64,
 }
-
-/// Application error code with which the coordinator stops a `RunShard` request stream whose shard it no
-/// longer needs (its job was superseded, cancelled or finished by a twin, or its deadline passed): an agent
-/// drops such a shard if it has not started it, and sends no answer.
-pub const SHARD_CANCELLED: u32 = 1;
 
 /// Coordinator → agent, the one frame of a request stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
