@@ -16,10 +16,13 @@
 //! - [`simulated`]: devices that hold each shard for the time a device of a given speed would take and
 //!   answer wrong leaves, for measuring a farm at scale (`--backend simulated --allow-wrong-results`).
 //!
-//! A shard the coordinator cancels (it stops the shard's request stream, [`cpc_common::wire::SHARD_CANCELLED`])
-//! is dropped while it waits for its device, stopped where the device can stop, and never answered.
+//! A shard the coordinator cancels (it stops the shard's request stream,
+//! [`cpc_common::wire::SHARD_CANCELLED`]) is dropped while it waits for its device, stopped where the device
+//! can stop, and never answered.
+//!
 //! [`open_devices`] opens what `--backend` and `--devices` name (a clear error, naming `--backend cpu`, where
-//! CUDA cannot run), [`open_simulated`] the simulated devices; [`run`] is the whole agent (reconnecting with exponential backoff and jitter until told to drain);
+//! CUDA cannot run), [`open_simulated`] the simulated devices; [`run`] is the whole agent (reconnecting with
+//! exponential backoff and jitter until told to drain);
 //! [`AgentThread`] runs one on its own thread and actix system, for tests, benches and embedding.
 //!
 //! # Feature flags

@@ -6,15 +6,14 @@
 //! # Rows for spot checks
 //!
 //! A CPU has the rows of C in host memory anyway: they are kept in a bounded [`RowCache`]. A GPU does not
-//! ([`Backend::keeps_rows_cheaply`](cpc_kernels::Backend::keeps_rows_cheaply) is false): copying every row across PCIe would cost several times the
+//! ([`Backend::keeps_rows_cheaply`] is false): copying every row across PCIe would cost several times the
 //! shard, so only the shard's description is kept, and a row asked for is recomputed on the device as a
 //! one-row shard ([`RecomputeRow`]). That recomputation takes another path through the device (another GEMM
 //! shape), so a row the first run got wrong no longer hashes to the leaf it sent.
 //!
 //! # Freivalds' check
 //!
-//! Every shard runs with the coordinator's check seed
-//! ([`RunShard::check_seed`](cpc_common::wire::RunShard::check_seed)): the backend checks its
+//! Every shard runs with the coordinator's check seed ([`RunShard::check_seed`]): the backend checks its
 //! product before hashing (`cpc_kernels::freivalds`). A product that fails is a device fault: the actor
 //! quarantines the device, as below, and answers `CheckFailed` so that the coordinator recomputes the shard
 //! elsewhere and quarantines the device on its side too.
@@ -27,14 +26,14 @@
 //! watchdog timeout (`--watchdog-secs`, [`DEFAULT_WATCHDOG`]) plus a grace that lets the CUDA backend's own
 //! polled timeout (given the same value) fire first and name the phase that hung.
 //!
-//! What a backend error does to the device: out of memory ([`BackendError::retry_later`](cpc_kernels::BackendError::retry_later)) fails the shard
+//! What a backend error does to the device: out of memory ([`BackendError::retry_later`]) fails the shard
 //! only, the coordinator gives it to a device with room, and the GPU keeps serving; a sticky CUDA error
-//! ([`BackendError::needs_restart`](cpc_kernels::BackendError::needs_restart)) quarantines the device, counts it
+//! ([`BackendError::needs_restart`]) quarantines the device, counts it
 //! (`cpcfarm_agent_device_restarts_needed_total`), says that the GPU needs a process restart and stops the
 //! device's worker, so that the agent's supervisor (systemd, Kubernetes) can restart the process.
 //!
 //! When the deadline passes, or the backend answers an error that leaves the device unusable
-//! ([`BackendError::quarantines_device`](cpc_kernels::BackendError::quarantines_device): a CUDA error, its own timeout, an earlier quarantine), the actor
+//! ([`BackendError::quarantines_device`]: a CUDA error, its own timeout, an earlier quarantine), the actor
 //! quarantines the device: it answers the shard `ShardFailed` with the reason, records it in [`Health`] (the
 //! session tells the coordinator with `DeviceQuarantined`; `/metrics` shows `cpcfarm_agent_device_healthy 0`
 //! and `cpcfarm_agent_devices_quarantined`), gives up on the worker threads (never joined: each ends by itself if
@@ -54,6 +53,12 @@
 //! - `row_cache`: rows kept for spot checks, and shards whose rows can be recomputed ([`RowCache`]);
 //! - `actor`: the device actor and its messages ([`Compute`], [`RecomputeRow`]);
 //! - `start`: the start-up measurement and the advert ([`start`]).
+//!
+//! [`Backend::keeps_rows_cheaply`]: cpc_kernels::Backend::keeps_rows_cheaply
+//! [`RunShard::check_seed`]: cpc_common::wire::RunShard::check_seed
+//! [`BackendError::retry_later`]: cpc_kernels::BackendError::retry_later
+//! [`BackendError::needs_restart`]: cpc_kernels::BackendError::needs_restart
+//! [`BackendError::quarantines_device`]: cpc_kernels::BackendError::quarantines_device
 
 mod actor;
 mod health;

@@ -45,22 +45,53 @@ const MAX_DEVICES_PER_AGENT: i64 = 4096;
 #[derive(Debug, Args)]
 pub(crate) struct FarmBenchArgs {
     /// Agent processes to start, each `cpc-agent --backend simulated`.
-    #[arg(long, default_value_t = DEFAULT_AGENTS, value_parser = clap::value_parser!(u32).range(1..=1024), help_heading = "Farm bench")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_AGENTS,
+        value_parser = clap::value_parser!(u32).range(1..=1024),
+        help_heading = "Farm bench"
+    )]
     agents: u32,
     /// Simulated devices per agent.
-    #[arg(long, default_value_t = DEFAULT_DEVICES_PER_AGENT, value_parser = clap::value_parser!(u32).range(1..=MAX_DEVICES_PER_AGENT), help_heading = "Farm bench")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_DEVICES_PER_AGENT,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_DEVICES_PER_AGENT),
+        help_heading = "Farm bench"
+    )]
     devices_per_agent: u32,
     /// Worker identities: tasks submitted at once per block.
-    #[arg(long, default_value_t = DEFAULT_IDENTITIES, value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Farm bench")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_IDENTITIES,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        help_heading = "Farm bench"
+    )]
     identities: u32,
     /// n of every block task.
-    #[arg(long, default_value_t = DEFAULT_MATRIX_SIZE, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MATRIX_SIZE)), help_heading = "Farm bench")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_MATRIX_SIZE,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MATRIX_SIZE)),
+        help_heading = "Farm bench"
+    )]
     matrix_size: u32,
     /// Speed of each simulated device, in tera-ops per second (2·rows·n² operations per shard).
-    #[arg(long, value_name = "TOPS", default_value_t = DEFAULT_DEVICE_TOPS, value_parser = parse_tops, help_heading = "Farm bench")]
+    #[arg(
+        long,
+        value_name = "TOPS",
+        default_value_t = DEFAULT_DEVICE_TOPS,
+        value_parser = parse_tops,
+        help_heading = "Farm bench"
+    )]
     device_tops: f64,
     /// Blocks to run.
-    #[arg(long, default_value_t = DEFAULT_BLOCKS, value_parser = clap::value_parser!(u32).range(1..=100_000), help_heading = "Farm bench")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_BLOCKS,
+        value_parser = clap::value_parser!(u32).range(1..=100_000),
+        help_heading = "Farm bench"
+    )]
     blocks: u32,
     /// The `cpc-agent` binary [default: the one next to this executable].
     #[arg(long, value_name = "PATH", help_heading = "Farm bench")]
@@ -309,7 +340,8 @@ fn locate_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     let next_to = exe.with_file_name(format!("cpc-agent{}", std::env::consts::EXE_SUFFIX));
     anyhow::ensure!(
         next_to.is_file(),
-        "cpc-agent not found next to {}: build it (`cargo build --release -p cpc-agent`) or pass --agent-bin PATH",
+        "cpc-agent not found next to {}: build it (`cargo build --release -p cpc-agent`) or pass \
+         --agent-bin PATH",
         exe.display()
     );
     Ok(next_to)
@@ -522,8 +554,8 @@ fn show_cpu(secs: Option<f64>) -> String {
 
 fn print_block(b: &BlockReport, blocks: u32) {
     println!(
-        "block {}/{blocks}: {} results ready in {} (ideal {}, {}); {} shards, {:.0} shards/s; round trip p50 {} \
-         p99 {}; coordinator CPU {}, RSS {}",
+        "block {}/{blocks}: {} results ready in {} (ideal {}, {}); {} shards, {:.0} shards/s; \
+         round trip p50 {} p99 {}; coordinator CPU {}, RSS {}",
         b.block,
         b.results,
         show_seconds(b.all_ready_seconds),
