@@ -441,7 +441,9 @@ impl Core {
             computed.iter().map(|t| (t.task.task_id.to_string(), t.task.height)).collect();
         let me = self.identity.address.to_string();
         let node = self.nodes.client().clone();
-        for h in from..=head {
+        // Up to the node's own head, not the follower's: the confirmed nonce read above may already count
+        // an earlier run's transaction in a block the follower has not delivered yet.
+        for h in from.. {
             if wanted.is_empty() {
                 break;
             }
