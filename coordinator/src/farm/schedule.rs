@@ -146,7 +146,8 @@ pub struct DeviceEntry {
 pub enum Removal {
     /// Its agent left (or stopped sending heartbeats): shards in flight on it are handed out again.
     Gone,
-    /// Quarantined (by its agent, or by a check here): shards in flight on it are handed out again.
+    /// Quarantined (by its agent, or by a check here): it gets nothing more, its shards in flight are
+    /// answered but no leaves of it are accepted.
     Quarantined,
     /// Its agent is draining: it gets no new shard, and those it holds are still answered.
     Draining,
@@ -271,6 +272,8 @@ struct Device {
     /// silent for longer than the straggler grace while another is free, and what it does get is copied to
     /// the next device to free up.
     silent_since: Option<Instant>,
+    /// Quarantined: nothing it answers from now on is accepted.
+    quarantined: bool,
 }
 
 impl Device {
@@ -517,10 +520,29 @@ impl Schedule {
             self.idle.remove(&old.key);
             let busy = old.busy;
             let silent_since = old.silent_since;
-            self.devices.insert(id, Device { entry, key, usable: true, busy, silent_since });
+            self.devices.insert(
+                id,
+                Device {
+                    entry,
+                    key,
+                    usable: true,
+                    busy,
+                    silent_since,
+                    quarantined: old.quarantined,
+                },
+            );
         } else {
-            self.devices
-                .insert(id, Device { entry, key, usable: true, busy: 0, silent_since: None });
+            self.devices.insert(
+                id,
+                Device {
+                    entry,
+                    key,
+                    usable: true,
+                    busy: 0,
+                    silent_since: None,
+                    quarantined: false,
+                },
+            );
         }
         self.usable.insert(key);
         self.refresh_idle(id);
@@ -547,10 +569,14 @@ impl Schedule {
     fn take_out(&mut self, now: Instant, id: DeviceId, why: Removal, out: &mut Vec<Action>) {
         let Some(device) = self.devices.get_mut(&id) else { return };
         device.usable = false;
+        device.quarantined |= why == Removal::Quarantined;
         let key = device.key;
         self.usable.remove(&key);
         self.idle.remove(&key);
-        if why != Removal::Draining {
+        // A quarantined device's shards in flight still get their answers (a failed Freivalds check is
+        // reported on the shard's own stream, often just after the agent's quarantine notice), but none of
+        // its leaves is accepted any more; a departed device's shards are handed out again at once.
+        if why == Removal::Gone {
             self.devices.remove(&id);
             let lost: Vec<ShardId> =
                 self.flights.iter().filter(|(_, f)| f.device == id).map(|(&s, _)| s).collect();
@@ -953,6 +979,12 @@ impl Schedule {
         let round_trip = now.saturating_duration_since(f.started);
         let (job, device) = (f.job, f.device);
         match outcome {
+            ShardOutcome::Verified { .. }
+                if self.devices.get(&device).is_none_or(|d| d.quarantined) =>
+            {
+                tracing::warn!(job, %device, "an answer of a quarantined device is not accepted: its rows go back in the queue");
+                self.requeue(job, f.unit);
+            }
             ShardOutcome::Verified { leaves, checked, check } => {
                 self.metrics.spot_checks(checked, false);
                 self.metrics.freivalds_check(check.as_ref(), true);

@@ -279,6 +279,26 @@ fn a_device_that_owes_answers_is_passed_over_while_another_is_free() {
 }
 
 #[test]
+fn a_device_its_agent_quarantined_is_answered_but_never_believed() {
+    let t0 = Instant::now();
+    let mut s = schedule(SchedulingPolicy::BlockFirst);
+    s.add_device(t0, dev(1, 2e9, 1, 1 << 20));
+    s.add_device(t0, dev(2, 1e9, 1, 1 << 20));
+    let a = dispatches(&s.submit(t0, 1, small("a")));
+    let b = dispatches(&s.submit(t0, 2, small("b")));
+    assert_eq!((a[0].device, b[0].device), (id(1), id(2)));
+    // The agent's quarantine notice comes before the shard's own answer: nothing is aborted.
+    assert!(aborts(&s.remove_device(t0, id(1), Removal::Quarantined)).is_empty());
+    // Its answer is heard, but its leaves are not taken: the rows go to device 2 once it is free.
+    assert!(dispatches(&s.answer(t0, a[0].shard_id, honest(&a[0]))).is_empty());
+    let done = s.answer(t0, b[0].shard_id, honest(&b[0]));
+    let again = dispatches(&done);
+    assert_eq!((again[0].job, again[0].device), (1, id(2)));
+    assert_eq!(finished(s.answer(t0, again[0].shard_id, honest(&again[0]))).len(), 1);
+    assert_eq!(s.jobs(), 0);
+}
+
+#[test]
 fn a_draining_device_finishes_what_it_holds_and_takes_nothing_new() {
     let t0 = Instant::now();
     let mut s = schedule(SchedulingPolicy::BlockFirst);
