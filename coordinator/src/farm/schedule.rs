@@ -281,6 +281,11 @@ impl Device {
         self.usable && self.busy < self.entry.advert.slots()
     }
 
+    /// Owes an answer for longer than `grace`.
+    fn is_silent(&self, now: Instant, grace: Duration) -> bool {
+        self.silent_since.is_some_and(|t| now.saturating_duration_since(t) > grace)
+    }
+
     fn ops_per_sec(&self) -> f64 {
         let ops = self.entry.advert.measured_ops_per_sec;
         if ops.is_finite() && ops > 0.0 { ops } else { 1.0 }
@@ -761,8 +766,7 @@ impl Schedule {
     fn pick(&self, now: Instant, job: JobId) -> Option<(usize, DeviceId)> {
         let j = self.jobs.get(&job)?;
         let grace = self.policy.straggler.grace;
-        let silent =
-            |d: &Device| d.silent_since.is_some_and(|t| now.saturating_duration_since(t) > grace);
+        let silent = |d: &Device| d.is_silent(now, grace);
         for (pos, &u) in j.pending.iter().enumerate() {
             if let Some(p) = j.units[u].preferred
                 && let Some(d) = self.devices.get(&p)
@@ -833,7 +837,7 @@ impl Schedule {
         d.busy += 1;
         let ops = d.ops_per_sec();
         let grace = self.policy.straggler.grace;
-        let silent = d.silent_since.is_some_and(|t| now.saturating_duration_since(t) > grace);
+        let silent = d.is_silent(now, grace);
         let n = j.n();
         let unit = &mut j.units[u];
         unit.in_flight += 1;
