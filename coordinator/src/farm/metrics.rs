@@ -40,6 +40,7 @@ const COUNTERS: &[&str] = &[
     "cpcfarm_tasks_derived_total",
     "cpcfarm_tasks_failed_total",
     "cpcfarm_tasks_superseded_total",
+    "cpcfarm_blocks_caught_up_total",
     "cpcfarm_shards_unchecked_total",
 ];
 
@@ -160,6 +161,10 @@ fn describe() {
     describe_counter!(
         "cpcfarm_tasks_superseded_total",
         "Queued block tasks dropped because a newer block arrived."
+    );
+    describe_counter!(
+        "cpcfarm_blocks_caught_up_total",
+        "Blocks the chain follower did not see as heads (it was behind) whose tasks were planned with the next head."
     );
     describe_histogram!(
         "cpcfarm_task_compute_seconds",

@@ -58,6 +58,9 @@ pub struct MinerSettings {
     pub recover_from_chain: bool,
     /// Where the node pool and the submitters report "can mine now" (`/readyz`).
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// Where the planner publishes the highest block whose tasks it has journaled (validator clients hold
+    /// an answer until it covers the job's nonce: see [`crate::validator`]).
+    pub planned_height: tokio::sync::watch::Sender<u64>,
 }
 
 /// Handles of a running mining loop's actors.
@@ -151,6 +154,7 @@ pub fn start(
         compute,
         settings.matrix_size,
         submitters.clone(),
+        settings.planned_height.clone(),
     )
     .start();
     let watcher = watcher::ChainWatcher::new(

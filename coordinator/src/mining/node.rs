@@ -265,6 +265,11 @@ pub async fn run(
         matrix_size: settings.matrix_size,
         data_dir: &settings.data_dir,
     });
+    let (planned_height, planned) = tokio::sync::watch::channel(0);
+    let chain = validator::ChainView {
+        planned_height: planned,
+        hold: (settings.poll_interval * 3).max(Duration::from_secs(1)),
+    };
     let miner_settings = MinerSettings {
         nodes: settings.nodes.clone(),
         matrix_size: settings.matrix_size,
@@ -272,12 +277,13 @@ pub async fn run(
         poll_interval: settings.poll_interval,
         recover_from_chain: opened.created,
         readiness,
+        planned_height,
     };
     let miner = super::spawn(miner_settings, identities, journal.clone(), Arc::clone(&compute))?;
     for validator in &validators {
         on_event(RunEvent::TakingValidatorJobs { validator, scheduling: settings.scheduling });
     }
-    let validator_clients = validator::start(validators, journal.clone(), compute)?;
+    let validator_clients = validator::start(validators, journal.clone(), compute, chain)?;
     on_event(RunEvent::Ready);
 
     if settings.stop_after_blocks == 0 {

@@ -2,19 +2,25 @@
 //! in one transaction, and hands them all to the compute service at once (the farm runs them side by side
 //! on its devices). A task still computing when a newer block comes is superseded: journaled so, and its
 //! computation cancelled, shards in flight included. The newest block wins and nothing queues without
-//! bound (at most one task per identity is running).
+//! bound.
+//!
+//! Blocks the follower did not see as heads (it was behind: a hung node failed over, a slow poll) get
+//! their tasks too, handed over after the head's so the farm starts the head's first. They have the same
+//! time as the head's tasks: until the next block supersedes them. So a block produced while the node
+//! could not be reached is not lost when the farm has room to catch up.
 
 use super::{
     Identity,
     compute::ComputeService,
     journal::{Journal, TaskState},
     submitter::{Submitter, TaskComputed},
-    watcher::NewBlock,
+    watcher::{BlockRef, NewBlock},
 };
 use crate::farm::{JobSpec, Priority};
 use actix::prelude::*;
 use cpc_common::synthetic::BlockTask;
 use std::{collections::HashMap, sync::Arc, time::Instant};
+use tokio::sync::watch;
 
 /// Derives and schedules tasks.
 #[derive(Debug)]
@@ -24,11 +30,13 @@ pub struct Planner {
     compute: Arc<dyn ComputeService>,
     matrix_size: u32,
     submitters: Vec<Addr<Submitter>>,
-    /// Per identity (index), its task still computing.
-    running: HashMap<usize, Running>,
+    /// Per identity (index), its tasks still computing (the head's, and those of blocks skipped before it).
+    running: HashMap<usize, Vec<Running>>,
     /// Results computed since the last journal write: written together, one sync for a burst (a block's
     /// tasks for hundreds of identities finish within milliseconds of each other on a farm).
     computed: Vec<Computed>,
+    /// The highest block whose tasks are journaled, for whoever must know that a block task id is known.
+    planned_height: watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -53,6 +61,7 @@ impl Planner {
         compute: Arc<dyn ComputeService>,
         matrix_size: u32,
         submitters: Vec<Addr<Submitter>>,
+        planned_height: watch::Sender<u64>,
     ) -> Self {
         Self {
             identities,
@@ -62,6 +71,7 @@ impl Planner {
             submitters,
             running: HashMap::new(),
             computed: Vec::new(),
+            planned_height,
         }
     }
 
@@ -109,9 +119,11 @@ impl Planner {
         let task_id = task.task_id.to_string();
         let started = Instant::now();
         let computing = self.compute.run(spec).into_actor(self).map(move |res, act, ctx| {
-            act.running.remove(&i);
-            let identity = &act.identities[i];
             let task_id = task.task_id.to_string();
+            if let Some(running) = act.running.get_mut(&i) {
+                running.retain(|r| r.task_id != task_id);
+            }
+            let identity = &act.identities[i];
             match res {
                 Ok(root) => {
                     metrics::histogram!("cpcfarm_task_compute_seconds").record(started.elapsed().as_secs_f64());
@@ -127,7 +139,7 @@ impl Planner {
             }
         });
         let handle = ctx.spawn(computing);
-        self.running.insert(i, Running { task_id, handle });
+        self.running.entry(i).or_default().push(Running { task_id, handle });
     }
 }
 
@@ -139,61 +151,83 @@ impl Handler<NewBlock> for Planner {
     type Result = ();
 
     fn handle(&mut self, block: NewBlock, ctx: &mut Self::Context) {
+        // The head first, then the blocks skipped before it, newest first: the order the farm starts them.
+        let head = BlockRef { height: block.height, hash: block.hash.clone() };
+        let blocks: Vec<&BlockRef> =
+            std::iter::once(&head).chain(block.skipped.iter().rev()).collect();
         let mut superseded = Vec::new();
-        // One journal transaction for the whole block: every identity's task is written with one sync.
+        // One journal transaction for the whole block: every identity's tasks are written with one sync.
         let planned = self.journal.batch(|journal| {
             let mut planned = Vec::new();
             for (i, identity) in self.identities.iter().enumerate() {
-                let task = match BlockTask::derive(
-                    &block.hash,
-                    identity.address.as_str(),
-                    self.matrix_size,
-                    block.height,
-                ) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot derive task");
-                        continue;
+                let mut tasks = Vec::with_capacity(blocks.len());
+                for (order, b) in blocks.iter().enumerate() {
+                    match BlockTask::derive(
+                        &b.hash,
+                        identity.address.as_str(),
+                        self.matrix_size,
+                        b.height,
+                    ) {
+                        Ok(t) => tasks.push((order, t)),
+                        Err(e) => tracing::error!(height = b.height, error = %e, "cannot derive task"),
                     }
-                };
-                let task_id = task.task_id.to_string();
-                if let Some(running) = self.running.get(&i) {
-                    if running.task_id == task_id {
+                }
+                let running = self.running.get(&i).map(Vec::as_slice).unwrap_or_default();
+                let is_new = |task_id: &str| !running.iter().any(|r| r.task_id == task_id);
+                // Still computing for an older block: superseded.
+                for r in running {
+                    if tasks.iter().all(|(_, t)| t.task_id.to_string() != r.task_id) {
+                        if let Err(e) = journal.supersede(&identity.name, &r.task_id) {
+                            tracing::error!(error = %e, "journal");
+                        }
+                        superseded.push((i, r.task_id.clone()));
+                    }
+                }
+                for (order, task) in tasks {
+                    let task_id = task.task_id.to_string();
+                    if !is_new(&task_id) {
                         continue; // the same block again: its task is already computing
                     }
-                    // Still computing for an older block: superseded.
-                    if let Err(e) = journal.supersede(&identity.name, &running.task_id) {
-                        tracing::error!(error = %e, "journal");
-                    }
-                    superseded.push(i);
-                }
-                let state = journal.record_task(&identity.name, &task).and_then(|_| {
-                    journal.task(&identity.name, &task_id).map(|t| t.map(|t| t.state))
-                });
-                match state {
-                    Ok(Some(TaskState::Planned | TaskState::Superseded)) => {
-                        metrics::counter!("cpcfarm_tasks_derived_total").increment(1);
-                        planned.push((i, task));
-                    }
-                    Ok(_) => {
-                        tracing::debug!(identity = %identity.name, height = block.height, "task already computed")
-                    }
-                    Err(e) => {
-                        tracing::error!(identity = %identity.name, error = %e, "cannot journal task")
+                    let state = journal.record_task(&identity.name, &task).and_then(|_| {
+                        journal.task(&identity.name, &task_id).map(|t| t.map(|t| t.state))
+                    });
+                    match state {
+                        Ok(Some(TaskState::Planned | TaskState::Superseded)) => {
+                            metrics::counter!("cpcfarm_tasks_derived_total").increment(1);
+                            planned.push((order, i, task));
+                        }
+                        Ok(_) => {
+                            tracing::debug!(identity = %identity.name, height = task.height, "task already computed")
+                        }
+                        Err(e) => {
+                            tracing::error!(identity = %identity.name, error = %e, "cannot journal task")
+                        }
                     }
                 }
             }
             Ok(planned)
         });
         match planned {
-            Ok(planned) => {
-                for i in superseded {
-                    if let Some(running) = self.running.remove(&i) {
-                        ctx.cancel_future(running.handle);
+            Ok(mut planned) => {
+                for (i, task_id) in superseded {
+                    let Some(running) = self.running.get_mut(&i) else { continue };
+                    if let Some(at) = running.iter().position(|r| r.task_id == task_id) {
+                        ctx.cancel_future(running.swap_remove(at).handle);
                         metrics::counter!("cpcfarm_tasks_superseded_total").increment(1);
                     }
                 }
-                for (i, task) in planned {
+                if !block.skipped.is_empty() {
+                    metrics::counter!("cpcfarm_blocks_caught_up_total")
+                        .increment(block.skipped.len() as u64);
+                }
+                self.planned_height.send_if_modified(|h| {
+                    let higher = block.height > *h;
+                    *h = (*h).max(block.height);
+                    higher
+                });
+                // Every identity's head task before any skipped block's (a stable sort keeps identities in order).
+                planned.sort_by_key(|(order, _, _)| *order);
+                for (_, i, task) in planned {
                     self.start(i, task, block.seen_at, ctx);
                 }
             }

@@ -1,7 +1,8 @@
 //! The chain follower: the one reader of the L1 for the whole mining loop, however many identities it
 //! serves. It polls `/status`, fetches each new block once, and turns what it saw into two events:
-//! [`NewBlock`] for the planner (the newest head only: the farm always works on the newest block; a new
-//! height, or the same height with another hash after a reorg or a failover, is a new block), and
+//! [`NewBlock`] for the planner (the newest head, a new height or the same height with another hash after a
+//! reorg or a failover, with the blocks this run's follower did not see as heads because it was behind: a
+//! hung node, a slow poll; the planner gives those a chance too), and
 //! [`BlocksSeen`] for the submitters: the hashes of every transaction of every new block, hashed once here,
 //! so each identity's submitter finds its inclusions without asking the node anything.
 //!
@@ -24,6 +25,10 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// look further back themselves for their open submissions).
 pub const MAX_CATCH_UP_BLOCKS: u64 = 64;
 
+/// Most blocks between two heads the planner is told about (the newest of them): a follower that fell
+/// further behind mines only the newest of what it missed.
+pub const MAX_SKIPPED_BLOCKS: usize = 8;
+
 /// While no node answers, how often the watcher says so again (each node's own change of state is
 /// logged once by the pool).
 const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -38,6 +43,18 @@ pub struct NewBlock {
     pub hash: String,
     /// When the follower saw it (block-to-submit latency starts here).
     pub seen_at: Instant,
+    /// Blocks after the previous head and before this one, oldest first (at most [`MAX_SKIPPED_BLOCKS`],
+    /// the newest): produced while the follower could not see them. Empty for the first head of a run.
+    pub skipped: Vec<BlockRef>,
+}
+
+/// A block by height and hash: what a block task is derived from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: String,
 }
 
 /// One block as the submitters need it.
@@ -159,6 +176,7 @@ impl ChainWatcher {
         if let Some(last) = blocks.last() {
             self.fetched_to = Some(last.height);
         }
+        let skipped = skipped_between(self.head.as_ref().map(|(h, _)| *h), status_height, &blocks);
         if !blocks.is_empty() {
             let event = BlocksSeen { blocks: blocks.into(), head: status_height };
             for s in &self.blocks {
@@ -183,12 +201,31 @@ impl ChainWatcher {
             metrics::counter!("cpcfarm_blocks_seen_total").increment(1);
         }
         self.head = Some((status_height, status_hash.clone()));
-        let event = NewBlock { height: status_height, hash: status_hash, seen_at: Instant::now() };
-        tracing::info!(height = event.height, hash = %event.hash, "new block");
+        let event =
+            NewBlock { height: status_height, hash: status_hash, seen_at: Instant::now(), skipped };
+        if event.skipped.is_empty() {
+            tracing::info!(height = event.height, hash = %event.hash, "new block");
+        } else {
+            let heights: Vec<u64> = event.skipped.iter().map(|b| b.height).collect();
+            tracing::info!(height = event.height, hash = %event.hash, skipped = ?heights, "new block, after blocks not seen as heads");
+        }
         for s in &self.heads {
             s.do_send(event.clone());
         }
     }
+}
+
+/// The blocks of `fetched` strictly between the previous head (`None`: none yet) and `head`, oldest first,
+/// the newest [`MAX_SKIPPED_BLOCKS`] of them.
+fn skipped_between(previous: Option<u64>, head: u64, fetched: &[SeenBlock]) -> Vec<BlockRef> {
+    let Some(previous) = previous else { return Vec::new() };
+    let between: Vec<BlockRef> = fetched
+        .iter()
+        .filter(|b| b.height > previous && b.height < head)
+        .map(|b| BlockRef { height: b.height, hash: b.hash.clone() })
+        .collect();
+    let extra = between.len().saturating_sub(MAX_SKIPPED_BLOCKS);
+    between.into_iter().skip(extra).collect()
 }
 
 /// What one poll found.
@@ -242,5 +279,34 @@ impl Actor for ChainWatcher {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.poll(ctx);
         ctx.run_interval(self.interval, Self::poll);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(heights: std::ops::RangeInclusive<u64>) -> Vec<SeenBlock> {
+        heights
+            .map(|height| SeenBlock {
+                height,
+                hash: format!("h{height}"),
+                tx_hashes: HashSet::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_blocks_between_two_heads_are_skipped_ones_and_the_first_head_skips_none() {
+        let heights = |v: Vec<BlockRef>| v.into_iter().map(|b| b.height).collect::<Vec<_>>();
+        assert_eq!(heights(skipped_between(None, 7, &seen(5..=7))), Vec::<u64>::new());
+        assert_eq!(heights(skipped_between(Some(4), 7, &seen(5..=7))), vec![5, 6]);
+        assert_eq!(heights(skipped_between(Some(6), 7, &seen(7..=7))), Vec::<u64>::new());
+        // A reorg or a failover to a node behind: nothing between.
+        assert_eq!(heights(skipped_between(Some(9), 7, &seen(7..=7))), Vec::<u64>::new());
+        // Far behind: only the newest few.
+        let far = skipped_between(Some(1), 40, &seen(2..=40));
+        assert_eq!(far.len(), MAX_SKIPPED_BLOCKS);
+        assert_eq!(far.last().map(|b| (b.height, b.hash.as_str())), Some((39, "h39")));
     }
 }

@@ -14,7 +14,7 @@
 //! cannot queue unbounded work.
 
 use super::{
-    MAX_MESSAGE_BYTES, ValidatorError, ValidatorSettings,
+    ChainView, MAX_MESSAGE_BYTES, ValidatorError, ValidatorSettings,
     protocol::{self, Answer, Job},
 };
 use crate::{
@@ -86,6 +86,7 @@ pub struct Client {
     label: String,
     journal: Journal,
     compute: Arc<dyn ComputeService>,
+    chain: ChainView,
     /// Jobs being computed by this process.
     in_flight: HashSet<String>,
     /// Job ids whose computation ended (result or error journaled).
@@ -108,10 +109,20 @@ impl Client {
         settings: ValidatorSettings,
         journal: Journal,
         compute: Arc<dyn ComputeService>,
+        chain: ChainView,
     ) -> Result<Self, ValidatorError> {
         let label = super::url_label(&settings.url)?;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        Ok(Self { settings, label, journal, compute, in_flight: HashSet::new(), done_tx, done_rx })
+        Ok(Self {
+            settings,
+            label,
+            journal,
+            compute,
+            chain,
+            in_flight: HashSet::new(),
+            done_tx,
+            done_rx,
+        })
     }
 
     fn identity(&self) -> &str {
@@ -394,6 +405,7 @@ impl Client {
         let done = self.done_tx.clone();
         let settings = self.settings.clone();
         let label = self.label.clone();
+        let mut chain = self.chain.clone();
         tokio::spawn(async move {
             let spec = JobSpec {
                 challenge: rec.challenge.clone(),
@@ -402,6 +414,9 @@ impl Client {
                 owner: format!("validator {label} for {}", rec.identity),
             };
             let outcome = compute.run(spec).await;
+            if outcome.is_ok() {
+                wait_for_planner(&mut chain, &rec).await;
+            }
             let stored = match &outcome {
                 Ok(root) => {
                     let result_hash = hex::encode(root);
@@ -539,6 +554,22 @@ impl Client {
             proof: result.proof,
             signature: result.signature,
         })
+    }
+}
+
+/// Waits (at most `chain.hold`) until the planner has journaled the block tasks of the height `rec`'s nonce
+/// names, so the block-task check before signing sees them; a nonce that is no height returns at once.
+async fn wait_for_planner(chain: &mut ChainView, rec: &ValidatorJobRecord) {
+    let Ok(height) = rec.nonce.parse::<u64>() else { return };
+    if *chain.planned_height.borrow() >= height {
+        return;
+    }
+    let reached = tokio::time::timeout(chain.hold, chain.planned_height.wait_for(|h| *h >= height))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !reached {
+        tracing::debug!(validator = %rec.validator, job_id = %rec.job_id, nonce = height,
+            planned = *chain.planned_height.borrow(), "the planner has not reached this job's nonce; answering anyway");
     }
 }
 

@@ -16,6 +16,12 @@
 //! frame was written. A job accepted before a crash or a dropped connection is answered on the next
 //! connection to its validator (computed again if it had not been), never silently forgotten.
 //!
+//! A validator can derive this identity's block task ids from public data, and may send one before this
+//! coordinator has seen its block. A job is refused when its task id is a journaled block task, and the
+//! check is repeated before its result is signed; in between, a computed job whose nonce is a height the
+//! planner has not reached yet waits (at most [`ChainView::hold`]) until the planner has journaled that
+//! block's tasks, so the second check knows them.
+//!
 //! A dead validator costs a task that sleeps between connection attempts; block mining never waits on it.
 
 pub mod client;
@@ -26,6 +32,16 @@ pub mod protocol;
 use crate::mining::{Identity, compute::ComputeService, journal::Journal};
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, task::JoinHandle};
+
+/// How far the mining loop has planned, as the validator clients need it.
+#[derive(Debug, Clone)]
+pub struct ChainView {
+    /// The highest block whose tasks the planner has journaled.
+    pub planned_height: watch::Receiver<u64>,
+    /// Longest wait for the planner to reach a job's nonce (a few head polls: the follower sees a block
+    /// within one poll of the node having it, so a nonce still ahead after that names no block yet).
+    pub hold: Duration,
+}
 
 /// Default interval between keepalive pings.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -140,12 +156,18 @@ pub fn start(
     validators: Vec<ValidatorSettings>,
     journal: Journal,
     compute: Arc<dyn ComputeService>,
+    chain: ChainView,
 ) -> Result<ValidatorClients, ValidatorError> {
     describe_metrics();
     let (shutdown, rx) = watch::channel(false);
     let mut clients = Vec::with_capacity(validators.len());
     for settings in validators {
-        clients.push(client::Client::new(settings, journal.clone(), Arc::clone(&compute))?);
+        clients.push(client::Client::new(
+            settings,
+            journal.clone(),
+            Arc::clone(&compute),
+            chain.clone(),
+        )?);
     }
     let tasks = clients.into_iter().map(|c| tokio::spawn(c.run(rx.clone()))).collect();
     Ok(ValidatorClients { shutdown, tasks })
