@@ -1,5 +1,6 @@
 //! A TCP proxy in front of a devnet, for the L1 failure and TLS tests: it forwards, or it "hangs"
-//! (accepts connections and never answers, the failure a request deadline must catch), and it can
+//! (accepts connections and never answers, the failure a request deadline must catch), or it is slow
+//! (holds every request for a while before passing it on, as a node busy with load does), and it can
 //! terminate TLS with a certificate from a throw-away test CA ([`TestCa`]), so the coordinator's
 //! `https://` support is exercised against a real TLS server.
 //!
@@ -10,6 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
     thread,
+    time::Duration,
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -68,6 +70,7 @@ pub struct Proxy {
     addr: SocketAddr,
     tls: bool,
     hung: watch::Sender<bool>,
+    delay: watch::Sender<Duration>,
     held: Arc<Mutex<Vec<TcpStream>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -93,6 +96,7 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let (hung, hung_rx) = watch::channel(false);
+        let (delay, delay_rx) = watch::channel(Duration::ZERO);
         let held = Arc::new(Mutex::new(Vec::new()));
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
         let is_tls = tls.is_some();
@@ -101,12 +105,12 @@ impl Proxy {
             runtime.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(listener) else { return };
                 tokio::select! {
-                    () = accept_loop(listener, upstream, tls, hung_rx, held_by_loop) => {}
+                    () = accept_loop(listener, upstream, tls, hung_rx, delay_rx, held_by_loop) => {}
                     _ = stop_rx => {}
                 }
             });
         })?;
-        Ok(Self { addr, tls: is_tls, hung, held, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { addr, tls: is_tls, hung, delay, held, stop: Some(stop), thread: Some(thread) })
     }
 
     /// The proxy's address.
@@ -129,6 +133,11 @@ impl Proxy {
         let _ = self.hung.send(hung);
     }
 
+    /// Slow: every chunk a client sends (a request) waits `delay` before it is passed on; zero: no wait.
+    pub fn set_delay(&self, delay: Duration) {
+        let _ = self.delay.send(delay);
+    }
+
     /// Connections accepted while hung and held open.
     pub fn held_connections(&self) -> usize {
         self.held.lock().map(|h| h.len()).unwrap_or(0)
@@ -146,11 +155,42 @@ impl Drop for Proxy {
     }
 }
 
+/// Copies both ways between `client` and `server`; what the client sends waits the current `delay` first.
+async fn relay<C>(
+    client: C,
+    server: TcpStream,
+    delay: watch::Receiver<Duration>,
+) -> std::io::Result<()>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await?;
+            if n == 0 {
+                return server_write.shutdown().await;
+            }
+            let wait = *delay.borrow();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            server_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let answers = tokio::io::copy(&mut server_read, &mut client_write);
+    tokio::try_join!(requests, answers).map(|_| ())
+}
+
 async fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     hung: watch::Receiver<bool>,
+    delay: watch::Receiver<Duration>,
     held: Arc<Mutex<Vec<TcpStream>>>,
 ) {
     loop {
@@ -161,19 +201,13 @@ async fn accept_loop(
             }
             continue;
         }
-        let (tls, mut hung) = (tls.clone(), hung.clone());
+        let (tls, mut hung, delay) = (tls.clone(), hung.clone(), delay.clone());
         tokio::spawn(async move {
             let forward = async {
-                let mut server = TcpStream::connect(upstream).await?;
+                let server = TcpStream::connect(upstream).await?;
                 match tls {
-                    Some(acceptor) => {
-                        let mut client = acceptor.accept(client).await?;
-                        tokio::io::copy_bidirectional(&mut client, &mut server).await
-                    }
-                    None => {
-                        let mut client = client;
-                        tokio::io::copy_bidirectional(&mut client, &mut server).await
-                    }
+                    Some(acceptor) => relay(acceptor.accept(client).await?, server, delay).await,
+                    None => relay(client, server, delay).await,
                 }
             };
             tokio::select! {

@@ -513,6 +513,35 @@ fn a_hung_node_is_failed_over() {
     );
 }
 
+/// Block interval of the slow-node case: long enough for a poll (two requests) and a send through it.
+const SLOW_NODE_BLOCK_MS: u64 = 4000;
+/// How long the slow node holds every request: longer than the pool's 1 s deadline for a quick node.
+const SLOW_NODE_DELAY: Duration = Duration::from_millis(1200);
+
+#[test]
+fn a_slow_node_is_waited_for_not_abandoned() {
+    let farm = Farm::new(SLOW_NODE_BLOCK_MS, false, &["w1", "w2"]);
+    let slow = cpc_tests::proxy::Proxy::start(farm.devnet.addr()).expect("proxy");
+    slow.set_delay(SLOW_NODE_DELAY);
+    // The only node: a client that gives up on it after a fixed 1 s never mines at all.
+    let _miner = KillOnDrop(farm.miner(&["--nodes", &slow.url()], "run.log"));
+    let started = Instant::now();
+    let first_block =
+        wait_for_log(&farm, "run.log", "new block", 1, HANG).map(|_| started.elapsed());
+    wait_blocks(&farm, "run.log", scaled(3, 12) as usize);
+    let timeouts = farm.log("run.log").matches("operation timed out").count();
+    judge(
+        "node_slow",
+        &farm,
+        &[Run::running("run.log")],
+        &[
+            ("request_delay", format!("{}ms", SLOW_NODE_DELAY.as_millis())),
+            ("first_block_after_start", ms(first_block)),
+            ("timeouts_logged", timeouts.to_string()),
+        ],
+    );
+}
+
 #[test]
 fn a_dead_first_node_is_failed_over() {
     let farm = Farm::new(BLOCK_MS, false, &["w1", "w2"]);

@@ -1,3 +1,4 @@
+use super::deadline::AdaptiveDeadline;
 use cpc_common::{
     Block, Transaction,
     rpc::{
@@ -65,6 +66,7 @@ pub struct NodeClient {
     base: String,
     http: reqwest::Client,
     budget: std::sync::Arc<super::budget::RequestBudget>,
+    deadline: std::sync::Arc<AdaptiveDeadline>,
 }
 
 impl NodeClient {
@@ -78,8 +80,22 @@ impl NodeClient {
     /// a deadline of `request`. `https://` URLs are checked against the system's trusted roots
     /// (`SSL_CERT_FILE` / `SSL_CERT_DIR` override them) and the bundled Mozilla roots.
     pub fn with_timeouts(base_url: &str, connect: Duration, request: Duration) -> Self {
+        Self::with_adaptive_deadline(base_url, connect, request, request)
+    }
+
+    /// As [`Self::with_timeouts`], but each request's deadline follows the node's answer times between
+    /// `floor` and `ceiling` (see [`AdaptiveDeadline`]): a node that answers quickly is given up on after
+    /// `floor`, one that is slow under load is waited for.
+    pub fn with_adaptive_deadline(
+        base_url: &str,
+        connect: Duration,
+        floor: Duration,
+        ceiling: Duration,
+    ) -> Self {
+        let deadline = std::sync::Arc::new(AdaptiveDeadline::new(floor, ceiling));
+        let ceiling = ceiling.max(floor);
         let builder = || {
-            reqwest::Client::builder().use_rustls_tls().connect_timeout(connect).timeout(request)
+            reqwest::Client::builder().use_rustls_tls().connect_timeout(connect).timeout(ceiling)
         };
         let http = builder().build().or_else(|e| {
             // Only an unreadable system root store gets here: keep https working on the Mozilla roots.
@@ -90,7 +106,17 @@ impl NodeClient {
         });
         // Building with the bundled roots alone cannot fail short of a broken TLS library.
         let http = http.unwrap_or_default();
-        Self { base: base_url.trim_end_matches('/').to_owned(), http, budget: Default::default() }
+        Self {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+            budget: Default::default(),
+            deadline,
+        }
+    }
+
+    /// The deadline the next request gets.
+    pub fn request_deadline(&self) -> Duration {
+        self.deadline.current()
     }
 
     /// The node's base URL.
@@ -101,7 +127,41 @@ impl NodeClient {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, NodeError> {
         let url = format!("{}{path}", self.base);
         let resp = self.send_within_budget(self.http.get(&url), &url).await?;
-        decode(url, resp).await
+        self.decode(url, resp).await
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        url: String,
+        resp: reqwest::Response,
+    ) -> Result<T, NodeError> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.failed(&url, &e))?;
+        decode_answer(url, status, &bytes)
+    }
+
+    /// The error of a request that failed in transport; a timeout lengthens the next deadline.
+    fn failed(&self, url: &str, e: &reqwest::Error) -> NodeError {
+        if e.is_timeout() {
+            self.deadline.timed_out();
+        }
+        unreachable(url, e)
+    }
+
+    /// Sends one try of a request with the current deadline, and tells the deadline how it went.
+    async fn send_once(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, NodeError> {
+        let started = std::time::Instant::now();
+        let resp = request
+            .timeout(self.deadline.current())
+            .send()
+            .await
+            .map_err(|e| self.failed(url, &e))?;
+        self.deadline.answered(started.elapsed());
+        Ok(resp)
     }
 
     /// Sends a request under the node's [`super::budget::RequestBudget`]: a 429 pauses every caller of
@@ -116,7 +176,7 @@ impl NodeClient {
         for attempt in 1..=TRIES {
             let Some(req) = request.try_clone() else { break };
             let _permit = self.budget.permit().await;
-            let resp = req.send().await.map_err(|e| unreachable(url, &e))?;
+            let resp = self.send_once(req, url).await?;
             if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || attempt == TRIES {
                 return Ok(resp);
             }
@@ -129,7 +189,7 @@ impl NodeClient {
             self.budget.overloaded(retry_after);
         }
         let _permit = self.budget.permit().await;
-        request.send().await.map_err(|e| unreachable(url, &e))
+        self.send_once(request, url).await
     }
 
     /// `GET /status`.
@@ -169,7 +229,7 @@ impl NodeClient {
     pub async fn send_tx(&self, tx: &Transaction) -> Result<String, NodeError> {
         let url = format!("{}/tx/send", self.base);
         let resp = self.send_within_budget(self.http.post(&url).json(tx), &url).await?;
-        let answer: SendTxResponse = decode(url, resp).await?;
+        let answer: SendTxResponse = self.decode(url, resp).await?;
         match answer.status {
             SendStatus::Received => Ok(answer.tx_hash),
             SendStatus::Rejected => Err(NodeError::Rejected {
@@ -206,12 +266,6 @@ fn unreachable(url: &str, e: &reqwest::Error) -> NodeError {
         source = s.source();
     }
     NodeError::Unreachable { url: url.to_owned(), reason }
-}
-
-async fn decode<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T, NodeError> {
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| unreachable(&url, &e))?;
-    decode_answer(url, status, &bytes)
 }
 
 /// An answer's status and body as a `T`, or the error an operator sees; no I/O, so that it can be fuzzed.

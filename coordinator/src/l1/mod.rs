@@ -3,10 +3,12 @@
 //!
 //! Everything that talks to the chain (operator commands, the chain watcher and the submitters) goes
 //! through [`NodeClient`], so timeouts, TLS, error wording and JSON shapes live in one place; the miner
-//! holds its nodes in a [`NodePool`] (short deadlines, health probes, failover and fail-back).
+//! holds its nodes in a [`NodePool`] (short deadlines that stretch for a node slow under load, health
+//! probes, failover and fail-back).
 
 pub mod budget;
 mod client;
+pub mod deadline;
 #[cfg(test)]
 mod fuzz;
 mod pool;
@@ -15,4 +17,6 @@ mod pool;
 pub const DEFAULT_NODE_URL: &str = "http://localhost:8000";
 
 pub use client::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, NodeClient, NodeError};
-pub use pool::{NodePool, POOL_CONNECT_TIMEOUT, POOL_REQUEST_TIMEOUT, PROBE_INTERVAL};
+pub use pool::{
+    NodePool, POOL_CONNECT_TIMEOUT, POOL_REQUEST_CEILING, POOL_REQUEST_TIMEOUT, PROBE_INTERVAL,
+};

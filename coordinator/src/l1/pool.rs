@@ -2,7 +2,9 @@
 //!
 //! Calls go to the current node. Every request has a short deadline ([`POOL_REQUEST_TIMEOUT`]), so a
 //! node that accepts connections but never answers is marked down and the next node takes over within
-//! about one poll. Health probes run in the background (at most one per node at a time, every
+//! about one poll. The deadline stretches (up to [`POOL_REQUEST_CEILING`]) for a node whose answers are
+//! slow, or after a timeout, so a node slowed by load is waited for instead of abandoned by every caller
+//! at once (see [`super::deadline`]). Health probes run in the background (at most one per node at a time, every
 //! [`PROBE_INTERVAL`]) against every node that is not the current one: they keep each node's
 //! `cpcfarm_l1_node_up` true from start-up, and when a node earlier in the list (more preferred) answers
 //! again the pool fails back to it. Only changes of a node's state are logged, so an outage costs one
@@ -21,8 +23,11 @@ use std::{
 
 /// How long to wait for a node's TCP (and TLS) connection inside a pool.
 pub const POOL_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Deadline of each request to a node inside a pool: a hung node costs at most this much per poll.
+/// Deadline of each request to a node inside a pool, while the node answers quickly: a hung node that
+/// answered quickly before costs at most this much per poll.
 pub const POOL_REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Longest deadline of a request to a node inside a pool (a slow node, or one that timed out before).
+pub const POOL_REQUEST_CEILING: Duration = Duration::from_secs(5);
 /// How often the nodes other than the current one are probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -127,8 +132,12 @@ impl NodePool {
         let nodes = urls
             .iter()
             .map(|url| {
-                let client =
-                    NodeClient::with_timeouts(url, POOL_CONNECT_TIMEOUT, POOL_REQUEST_TIMEOUT);
+                let client = NodeClient::with_adaptive_deadline(
+                    url,
+                    POOL_CONNECT_TIMEOUT,
+                    POOL_REQUEST_TIMEOUT,
+                    POOL_REQUEST_CEILING,
+                );
                 metrics::gauge!("cpcfarm_l1_node_up", "node" => client.url().to_owned()).set(0.0);
                 Node { client, state: AtomicU8::new(UNKNOWN), probing: AtomicBool::new(false) }
             })
