@@ -11,6 +11,7 @@
 //! settings from flags, environment and config file, and [`node`] wires the farm, this loop and the PoC
 //! validator clients, until a shutdown signal or the end of a bounded run.
 
+pub mod accounting;
 pub mod compute;
 pub mod config;
 #[cfg(test)]
@@ -152,6 +153,7 @@ pub fn start(
         settings.matrix_size,
         submitters.clone(),
     )
+    .with_readiness(Arc::clone(&settings.readiness))
     .start();
     let watcher = watcher::ChainWatcher::new(
         nodes,

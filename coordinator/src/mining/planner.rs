@@ -7,14 +7,21 @@
 use super::{
     Identity,
     compute::ComputeService,
-    journal::{Journal, TaskState},
+    journal::{Journal, MissCause, TaskState},
     submitter::{Submitter, TaskComputed},
     watcher::NewBlock,
 };
-use crate::farm::{JobSpec, Priority};
+use crate::{
+    farm::{JobSpec, Priority},
+    readiness::Readiness,
+};
 use actix::prelude::*;
 use cpc_common::synthetic::BlockTask;
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 
 /// Derives and schedules tasks.
 #[derive(Debug)]
@@ -29,6 +36,11 @@ pub struct Planner {
     /// Results computed since the last journal write: written together, one sync for a burst (a block's
     /// tasks for hundreds of identities finish within milliseconds of each other on a farm).
     computed: Vec<Computed>,
+    /// Whether a device is usable (farm mode): a task superseded or failed while none is was missed for
+    /// want of a device, and the journal says so.
+    readiness: Option<Arc<Readiness>>,
+    /// Identities (indices) removed by a reload: no new tasks; their running ones finish and are submitted.
+    retired: HashSet<usize>,
 }
 
 #[derive(Debug)]
@@ -62,6 +74,23 @@ impl Planner {
             submitters,
             running: HashMap::new(),
             computed: Vec::new(),
+            readiness: None,
+            retired: HashSet::new(),
+        }
+    }
+
+    /// Reads whether a device is usable from `readiness`, to tell a task missed for want of a device.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// Why a task that is superseded or failed now missed its block.
+    fn miss_cause(&self, otherwise: MissCause) -> MissCause {
+        if self.readiness.as_ref().is_some_and(|r| r.lacks_device()) {
+            MissCause::NoDevice
+        } else {
+            otherwise
         }
     }
 
@@ -123,6 +152,11 @@ impl Planner {
                 Err(e) => {
                     metrics::counter!("cpcfarm_tasks_failed_total").increment(1);
                     tracing::error!(identity = %identity.name, %task_id, error = %e, "task computation failed");
+                    let cause = act.miss_cause(MissCause::ComputeFailed);
+                    let detail = e.to_string();
+                    if let Err(e) = act.journal.note_miss(&act.identities[i].name, &task_id, cause, Some(&detail)) {
+                        tracing::error!(error = %e, "journal");
+                    }
                 }
             }
         });
@@ -140,10 +174,14 @@ impl Handler<NewBlock> for Planner {
 
     fn handle(&mut self, block: NewBlock, ctx: &mut Self::Context) {
         let mut superseded = Vec::new();
+        let supersede_cause = self.miss_cause(MissCause::Superseded);
         // One journal transaction for the whole block: every identity's task is written with one sync.
         let planned = self.journal.batch(|journal| {
             let mut planned = Vec::new();
             for (i, identity) in self.identities.iter().enumerate() {
+                if self.retired.contains(&i) {
+                    continue;
+                }
                 let task = match BlockTask::derive(
                     &block.hash,
                     identity.address.as_str(),
@@ -162,7 +200,9 @@ impl Handler<NewBlock> for Planner {
                         continue; // the same block again: its task is already computing
                     }
                     // Still computing for an older block: superseded.
-                    if let Err(e) = journal.supersede(&identity.name, &running.task_id) {
+                    if let Err(e) = journal.supersede(&identity.name, &running.task_id).and_then(|()| {
+                        journal.note_miss(&identity.name, &running.task_id, supersede_cause, None)
+                    }) {
                         tracing::error!(error = %e, "journal");
                     }
                     superseded.push(i);

@@ -28,7 +28,9 @@
 
 use super::{
     Identity,
-    journal::{Journal, JournalError, SubmissionState, TaskOrigin, TaskRecord, TaskState},
+    journal::{
+        Journal, JournalError, MissCause, SubmissionState, TaskOrigin, TaskRecord, TaskState,
+    },
     watcher::{BlocksSeen, SeenBlock},
 };
 use crate::{
@@ -538,6 +540,8 @@ impl Core {
                     amount: 0,
                 };
                 tracing::error!(identity = %self.name(), error = %e, "cannot submit: results stay journaled until funded");
+                let detail = format!("balance {have} < {need} needed (fee {} per submission)", tx.fee);
+                self.journal(|j| j.note_miss_computed(self.name(), MissCause::Underfunded, &detail))?;
                 return Ok(());
             }
             metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())
@@ -576,7 +580,10 @@ impl Core {
                         // Someone else used the identity's nonces: the next round starts from the node's view.
                         tracing::warn!(identity = %self.name(), %reason, "nonce out of step with the node; resyncing");
                     } else {
-                        self.journal(|j| j.fail_task(self.name(), &task_id, &reason))?;
+                        self.journal(|j| {
+                            j.fail_task(self.name(), &task_id, &reason)?;
+                            j.note_miss(self.name(), &task_id, MissCause::Rejected, None)
+                        })?;
                         tracing::error!(identity = %self.name(), %task_id, %reason, "the node rejected a submission");
                     }
                     return Ok(());
