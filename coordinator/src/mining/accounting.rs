@@ -135,7 +135,9 @@ impl MissReason {
 impl fmt::Display for MissReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Superseded => f.write_str("superseded: a newer block came before it was computed"),
+            Self::Superseded => {
+                f.write_str("superseded: a newer block came before it was computed")
+            }
             Self::NoDevice => f.write_str("no device: no usable device was connected"),
             Self::Underfunded { detail: Some(d) } => write!(f, "underfunded: {d}"),
             Self::Underfunded { detail: None } => f.write_str("underfunded"),
@@ -268,7 +270,8 @@ pub async fn identities_report(
 /// What became of one task: `Ok(true)` included, `Ok(false)` pending, `Err` missed.
 fn outcome(row: &AccountingRow, head: Option<u64>, within: u64) -> Result<bool, MissReason> {
     let overdue = head.is_some_and(|h| h > row.height.saturating_add(within));
-    let not_included = || MissReason::NotIncluded { within_blocks: within, stage: row.state.clone() };
+    let not_included =
+        || MissReason::NotIncluded { within_blocks: within, stage: row.state.clone() };
     match (row.state.as_str(), row.miss) {
         ("included", _) => Ok(true),
         ("superseded", Some(MissCause::NoDevice)) => Err(MissReason::NoDevice),

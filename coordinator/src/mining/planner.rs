@@ -241,3 +241,42 @@ impl Handler<NewBlock> for Planner {
         }
     }
 }
+
+/// A reload's identities, in the configured order, each with its submitter (an existing identity keeps
+/// its own), and the matrix size of the tasks planned from the next block on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetIdentities {
+    /// The identities now configured.
+    pub identities: Vec<(Identity, Addr<Submitter>)>,
+    /// Matrix size of block tasks.
+    pub matrix_size: u32,
+}
+
+impl Handler<SetIdentities> for Planner {
+    type Result = ();
+
+    /// A new identity is planned from the next block; one no longer listed is retired: it gets no new
+    /// task, and a task of it still computing finishes and goes to its submitter (which keeps running, so
+    /// its journaled results are still sent and confirmed). Indices never move, so `running` stays right.
+    fn handle(&mut self, msg: SetIdentities, _: &mut Self::Context) {
+        self.matrix_size = msg.matrix_size;
+        let wanted: HashSet<&str> = msg.identities.iter().map(|(id, _)| id.name.as_str()).collect();
+        for (i, identity) in self.identities.iter().enumerate() {
+            if !wanted.contains(identity.name.as_str()) {
+                self.retired.insert(i);
+            }
+        }
+        for (identity, submitter) in msg.identities {
+            match self.identities.iter().position(|known| known.name == identity.name) {
+                Some(i) => {
+                    self.retired.remove(&i);
+                }
+                None => {
+                    self.identities.push(identity);
+                    self.submitters.push(submitter);
+                }
+            }
+        }
+    }
+}

@@ -207,6 +207,25 @@ impl Handler<BlocksSeen> for Submitter {
     }
 }
 
+/// A reload: the nodes and the gas price of the submissions signed from the next round on.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UseSettings {
+    /// The L1 nodes.
+    pub nodes: NodePool,
+    /// The gas price.
+    pub gas_price: u64,
+}
+
+impl Handler<UseSettings> for Submitter {
+    type Result = ();
+    fn handle(&mut self, msg: UseSettings, _: &mut Self::Context) {
+        // A round in flight finishes with its own copy; the next one starts from these.
+        self.core.nodes = msg.nodes;
+        self.core.gas_price = msg.gas_price;
+    }
+}
+
 impl Handler<CheckInclusion> for Submitter {
     type Result = ();
     fn handle(&mut self, _: CheckInclusion, ctx: &mut Self::Context) {
@@ -540,8 +559,11 @@ impl Core {
                     amount: 0,
                 };
                 tracing::error!(identity = %self.name(), error = %e, "cannot submit: results stay journaled until funded");
-                let detail = format!("balance {have} < {need} needed (fee {} per submission)", tx.fee);
-                self.journal(|j| j.note_miss_computed(self.name(), MissCause::Underfunded, &detail))?;
+                let detail =
+                    format!("balance {have} < {need} needed (fee {} per submission)", tx.fee);
+                self.journal(|j| {
+                    j.note_miss_computed(self.name(), MissCause::Underfunded, &detail)
+                })?;
                 return Ok(());
             }
             metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())

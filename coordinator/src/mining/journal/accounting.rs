@@ -173,7 +173,8 @@ impl Batch<'_> {
 
     /// The highest block height the journal has a task for (the head as the journal last saw it).
     pub fn highest_task_height(&self) -> Result<Option<u64>, JournalError> {
-        let h: Option<i64> = self.db.query_row("SELECT MAX(height) FROM tasks", [], |r| r.get(0))?;
+        let h: Option<i64> =
+            self.db.query_row("SELECT MAX(height) FROM tasks", [], |r| r.get(0))?;
         Ok(h.map(|h| h as u64))
     }
 }
@@ -227,9 +228,15 @@ mod tests {
 
         let rows = j.accounting(AccountingWindow::default()).expect("rows");
         assert_eq!(rows.len(), 4);
-        assert_eq!((rows[0].state.as_str(), rows[0].miss), ("superseded", Some(MissCause::NoDevice)));
+        assert_eq!(
+            (rows[0].state.as_str(), rows[0].miss),
+            ("superseded", Some(MissCause::NoDevice))
+        );
         assert!(!rows[0].computed);
-        assert_eq!((rows[1].state.as_str(), rows[1].miss), ("computed", Some(MissCause::Underfunded)));
+        assert_eq!(
+            (rows[1].state.as_str(), rows[1].miss),
+            ("computed", Some(MissCause::Underfunded))
+        );
         assert_eq!(rows[1].error.as_deref(), Some("balance 0 < fee 10"));
         assert_eq!(rows[2].state, "failed");
         assert_eq!(rows[2].rejected_with.as_deref(), Some("bad result"));

@@ -116,7 +116,7 @@ mod tests {
                     .replace("    origin TEXT NOT NULL DEFAULT 'block',\n", "")
                     .replace("    miss TEXT,\n", ""),
             )
-                .expect("old schema");
+            .expect("old schema");
             db.execute(
                 "INSERT INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, created_ms)
                  VALUES ('w', ?1, 3, ?2, ?3, ?4, 8, 'planned', 0)",
@@ -128,7 +128,12 @@ mod tests {
         j.check_integrity().expect("intact");
         let t = j.task("w", &task.task_id.to_string()).expect("read").expect("task");
         assert_eq!(t.origin, TaskOrigin::Block);
-        j.note_miss("w", &task.task_id.to_string(), crate::mining::journal::MissCause::NoDevice, None)
-            .expect("the added miss column takes writes");
+        j.note_miss(
+            "w",
+            &task.task_id.to_string(),
+            crate::mining::journal::MissCause::NoDevice,
+            None,
+        )
+        .expect("the added miss column takes writes");
     }
 }
