@@ -266,3 +266,76 @@ fn identities_shows_no_device_for_blocks_superseded_while_no_agent_was_connected
     }
     stop(miner);
 }
+
+/// The library surface the admin API mounts: [`MiningControl`] on a node run in this process answers the
+/// `identities` report with its configured identities, applies a reload that adds one, and refuses one
+/// that needs a restart, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
+    use cpc_coordinator::mining::{
+        self, ReloadError, RunEvent, RunReport,
+        accounting::IdentitiesReport,
+        control,
+        settings::{Layer, Settings, Sources},
+    };
+    let farm = tokio::task::block_in_place(|| Farm::new(300, false, &["w1", "w2"]));
+    let config = farm.dir.path().join("farm.toml");
+    write_config(&config, "identities = [\"w1\"]\n");
+    let flags = Layer {
+        config: Some(config.clone()),
+        nodes: vec![farm.devnet.url()],
+        keystore: Some(farm.keystore()),
+        data_dir: Some(farm.data_dir()),
+        compute: Some("local".into()),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        matrix_size: Some(MATRIX_SIZE),
+        poll_interval_ms: Some(40),
+        ..Layer::default()
+    };
+    let sources = Sources::read(flags.clone(), Layer::default()).expect("config");
+    let settings = Settings::resolve(&sources).expect("valid settings");
+    let (control, inbox) = control::channel(Some((flags, Layer::default())));
+    let stop = tokio::sync::Notify::new();
+    let node = mining::run_controlled(settings, inbox, stop.notified(), |_: RunEvent<'_>| {});
+
+    let drive = async {
+        let included = |report: &IdentitiesReport, name: &str| {
+            report.identities.iter().find(|a| a.name == name).map_or(0, |a| a.included)
+        };
+        let wait_for = |name: &'static str, count: u64| {
+            let control = control.clone();
+            async move {
+                let deadline = Instant::now() + HANG;
+                loop {
+                    if let Ok(report) = control.identities(None, 10).await
+                        && included(&report, name) >= count
+                    {
+                        return report;
+                    }
+                    assert!(Instant::now() < deadline, "{name} never had {count} included");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let report = wait_for("w1", 2).await;
+        assert_eq!(report.head_from, "node");
+        assert!(report.identities.iter().all(|a| a.name != "w2"), "w2 is not configured yet");
+
+        write_config(&config, "identities = [\"w1\", \"w2\"]\n");
+        let outcome = control.reload().await.expect("reload applies");
+        assert_eq!((outcome.added.as_slice(), outcome.removed.len()), (&["w2".to_owned()][..], 0));
+        wait_for("w2", 2).await;
+
+        write_config(&config, "identities = [\"w1\", \"w2\"]\njournal_retention_days = 1\n");
+        match control.reload().await {
+            Err(ReloadError::NotInPlace(names)) => assert_eq!(names, ["journal_retention_days"]),
+            other => panic!("a retention change must be refused: {other:?}"),
+        }
+        let w1 = included(&control.identities(None, 10).await.expect("report"), "w1");
+        wait_for("w1", w1 + 2).await;
+        stop.notify_one();
+    };
+    let (report, ()) = tokio::join!(node, drive);
+    assert_eq!(report.expect("run"), RunReport::Stopped);
+    tokio::task::block_in_place(|| check_chain(&farm));
+}
