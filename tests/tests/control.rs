@@ -268,8 +268,8 @@ fn identities_shows_no_device_for_blocks_superseded_while_no_agent_was_connected
 }
 
 /// The library surface the admin API mounts: [`MiningControl`] on a node run in this process answers the
-/// `identities` report with its configured identities, applies a reload that adds one, and refuses one
-/// that needs a restart, naming the setting.
+/// `identities` report with its configured identities, applies a reload that adds one, refuses one that
+/// needs a restart, naming the setting, and retires a removed identity whose results still settle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
     use cpc_coordinator::mining::{
@@ -333,6 +333,28 @@ async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
         }
         let w1 = included(&control.identities(None, 10).await.expect("report"), "w1");
         wait_for("w1", w1 + 2).await;
+
+        // Removing w1: no new tasks for it, and what it has journaled still settles on chain.
+        write_config(&config, "identities = [\"w2\"]\n");
+        let outcome = control.reload().await.expect("reload applies");
+        assert_eq!(outcome.removed, ["w1"]);
+        let report = control.identities(None, 10).await.expect("report");
+        let seen = |report: &IdentitiesReport, name: &str| {
+            report.identities.iter().find(|a| a.name == name).map(|a| (a.blocks_seen, a.pending))
+        };
+        let (w1_seen, _) = seen(&report, "w1").expect("a removed identity stays listed");
+        let w2 = included(&report, "w2");
+        let report = wait_for("w2", w2 + 4).await;
+        let (w1_seen_later, _) = seen(&report, "w1").expect("listed");
+        // A block the planner was handed before the reload may still plan w1 once.
+        assert!(w1_seen_later <= w1_seen + 1, "w1 got new tasks: {w1_seen} then {w1_seen_later}");
+        let deadline = Instant::now() + SETTLE;
+        while seen(&control.identities(None, 10).await.expect("report"), "w1")
+            .is_some_and(|(_, pending)| pending > 0)
+        {
+            assert!(Instant::now() < deadline, "w1's journaled results did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         stop.notify_one();
     };
     let (report, ()) = tokio::join!(node, drive);
