@@ -308,7 +308,9 @@ pub async fn run_controlled(
         farm.shutdown();
         return Ok(RunReport::Stopped);
     }
-    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle.
+    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle. It
+    // takes no control requests: they are answered `NotRunning` at once rather than left waiting.
+    drop(inbox);
     let last = start_height + settings.stop_after_blocks - 1;
     let waited = wait_for_window(&settings, &journal, start_height..=last, shutdown).await;
     validator_clients.stop().await;
