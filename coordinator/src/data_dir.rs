@@ -114,6 +114,22 @@ pub struct OpenedJournal {
     pub created: bool,
 }
 
+/// Opens the journal of `dir` for reading only, without taking the lock: reports (`identities`) run beside
+/// the coordinator that holds it. A missing journal is an error (nothing is created).
+pub fn open_journal_read_only(dir: &Path) -> Result<Journal, DataDirError> {
+    let path = dir.join(JOURNAL_FILE);
+    if !path.is_file() {
+        return Err(DataDirError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no journal here: is this the --data-dir of `cpc-coordinator run`?",
+            ),
+        });
+    }
+    Journal::open_read_only(&path).map_err(|source| DataDirError::Journal { path, source })
+}
+
 /// Opens the journal of a locked data directory, checking its integrity. A missing or empty journal is
 /// made anew only on a data dir that was never used, or with `allow_new` (`--new-journal`).
 pub fn open_journal(lock: &DataDirLock, allow_new: bool) -> Result<OpenedJournal, DataDirError> {

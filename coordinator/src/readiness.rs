@@ -42,6 +42,13 @@ impl Readiness {
         self.usable_devices.store(count, Ordering::Relaxed);
     }
 
+    /// Whether a device is required (farm mode) and none is usable now: a block task superseded or
+    /// failed meanwhile was missed for want of a device.
+    pub fn lacks_device(&self) -> bool {
+        self.device_required.load(Ordering::Relaxed)
+            && self.usable_devices.load(Ordering::Relaxed) == 0
+    }
+
     /// Readiness needs an L1 node that answers.
     pub fn require_l1(&self) {
         self.l1_required.store(true, Ordering::Relaxed);

@@ -171,14 +171,65 @@ pub(crate) async fn run(
     // Installed first: from here on SIGINT and SIGTERM stop the run gracefully.
     let shutdown = super::shutdown_signal();
     let settings = resolve(g, &args, matches)?;
-    let report = mining::run(settings, shutdown, print_event).await.map_err(|e| {
-        let usage = e.is_usage();
-        super::UsageError::or_failure(e, usage)
-    })?;
+    // SIGHUP re-reads the config file with these same flags and environment (they keep winning).
+    let (control, inbox) = mining::control::channel(Some(layers(g, &args, matches)));
+    let _reload_on_hangup = reload_on_hangup(control);
+    let report =
+        mining::run_controlled(settings, inbox, shutdown, print_event).await.map_err(|e| {
+            let usage = e.is_usage();
+            super::UsageError::or_failure(e, usage)
+        })?;
     if let RunReport::Window(window) = report {
         print_window(g, &window)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reloads the config on every SIGHUP, saying on stderr what changed or why it was refused; ends with the
+/// returned guard.
+fn reload_on_hangup(control: mining::MiningControl) -> Option<AbortOnDrop> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP ({e}): reload needs a restart");
+                return None;
+            }
+        };
+        Some(AbortOnDrop(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match control.reload().await {
+                    Ok(outcome) if outcome.is_empty() => {
+                        eprintln!("SIGHUP: config reloaded, nothing changed")
+                    }
+                    Ok(outcome) => eprintln!(
+                        "SIGHUP: config reloaded: added [{}], removed [{}], changed [{}]",
+                        outcome.added.join(", "),
+                        outcome.removed.join(", "),
+                        outcome.changed.join(", ")
+                    ),
+                    Err(e) => eprintln!("SIGHUP: {e}"),
+                }
+            }
+        })))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = control;
+        None
+    }
+}
+
+/// A background task that ends with the command that started it.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the operator sees on stderr (and tells systemd) as the node starts and stops.

@@ -7,6 +7,7 @@ mod bench_farm;
 mod chain;
 mod compute;
 mod farm;
+mod identities;
 mod keys;
 mod mine;
 mod output;
@@ -129,6 +130,9 @@ pub(crate) enum Command {
     Verify(compute::VerifyArgs),
     /// Mine: follow the L1 and submit one SUBMIT_RESULT per identity per block.
     Run(mine::RunArgs),
+    /// Per identity: blocks seen, computed, submitted, included and missed (with each miss's reason),
+    /// balance and fees, from the journal of a data dir (safe while `run` uses it).
+    Identities(identities::IdentitiesArgs),
     /// Run the farm coordinator: accept agents and print the command line that joins them.
     Serve(farm::ServeArgs),
     /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
@@ -214,6 +218,7 @@ pub(crate) async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<
             Some(run) => mine::run(g, args, run).await,
             None => unreachable!("clap parsed `run` from these matches"),
         },
+        Command::Identities(args) => identities::run(g, args).await,
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
         Command::Bench(bench::BenchCommand {

@@ -11,8 +11,10 @@
 //! settings from flags, environment and config file, and [`node`] wires the farm, this loop and the PoC
 //! validator clients, until a shutdown signal or the end of a bounded run.
 
+pub mod accounting;
 pub mod compute;
 pub mod config;
+pub mod control;
 #[cfg(test)]
 mod fuzz;
 pub mod journal;
@@ -23,7 +25,8 @@ pub mod settings;
 pub mod submitter;
 pub mod watcher;
 
-pub use node::{RunError, RunEvent, RunReport, WindowReport, WindowRow, run};
+pub use control::{MiningControl, ReloadError, ReloadOutcome};
+pub use node::{RunError, RunEvent, RunReport, WindowReport, WindowRow, run, run_controlled};
 
 use crate::l1::NodePool;
 use actix::prelude::*;
@@ -74,6 +77,8 @@ pub struct Miner {
     pub submitters: Vec<Addr<submitter::Submitter>>,
     /// The journal.
     pub journal: Journal,
+    /// The L1 nodes the watcher and the submitters share.
+    pub nodes: NodePool,
 }
 
 /// A mining loop running on its own thread and actix system, so any caller (the CLI on tokio, a test)
@@ -84,9 +89,119 @@ pub struct MinerHandle {
     pub journal: Journal,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The mining loop's actix system (a reload starts submitters there) and what a reload changes.
+    live: Option<(actix::dev::ArbiterHandle, Arc<std::sync::Mutex<Live>>)>,
 }
 
+/// What a reload changes in a running mining loop, and the actors it tells.
+#[derive(Debug)]
+struct Live {
+    settings: MinerSettings,
+    identities: Vec<Identity>,
+    journal: Journal,
+    nodes: NodePool,
+    /// Every submitter started, retired identities' included: they keep settling their results.
+    submitters: std::collections::HashMap<String, Addr<submitter::Submitter>>,
+    planner: Addr<planner::Planner>,
+    watcher: Addr<watcher::ChainWatcher>,
+}
+
+/// A reload's new mining settings.
+#[derive(Debug, Clone)]
+pub struct MinerChange {
+    /// The identities, in order.
+    pub identities: Vec<Identity>,
+    /// L1 node URLs in failover order.
+    pub nodes: Vec<String>,
+    /// Gas price of submissions.
+    pub gas_price: u64,
+    /// Matrix size of block tasks.
+    pub matrix_size: u32,
+}
+
+/// The mining loop has stopped: nothing to reconfigure.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the mining loop is not running")]
+pub struct MinerStopped;
+
 impl MinerHandle {
+    /// The L1 nodes the loop uses now.
+    pub fn nodes(&self) -> Option<NodePool> {
+        let (_, live) = self.live.as_ref()?;
+        live.lock().ok().map(|l| l.nodes.clone())
+    }
+
+    /// The identities the loop plans for now.
+    pub fn identities(&self) -> Vec<Identity> {
+        self.live
+            .as_ref()
+            .and_then(|(_, live)| live.lock().ok().map(|l| l.identities.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Applies `change` in place: new identities get a submitter and are planned from the next block,
+    /// removed ones are retired (see [`planner::SetIdentities`]), the nodes and gas price go to the
+    /// watcher and every submitter, the matrix size to the planner. Nothing in flight is dropped.
+    /// Answers once the actors have been told.
+    pub async fn reconfigure(&self, change: MinerChange) -> Result<(), MinerStopped> {
+        let Some((arbiter, live)) = &self.live else { return Err(MinerStopped) };
+        let live = Arc::clone(live);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let applied = arbiter.spawn(async move {
+            let Ok(mut live) = live.lock() else { return };
+            let nodes = if live.settings.nodes == change.nodes {
+                live.nodes.clone()
+            } else {
+                NodePool::with_readiness(&change.nodes, Arc::clone(&live.settings.readiness))
+            };
+            live.settings.nodes = change.nodes.clone();
+            live.settings.gas_price = change.gas_price;
+            live.settings.matrix_size = change.matrix_size;
+            live.nodes = nodes.clone();
+            let mut added = Vec::new();
+            let mut planned = Vec::new();
+            for id in &change.identities {
+                let submitter = match live.submitters.get(&id.name) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = submitter::Submitter::new(
+                            id.clone(),
+                            nodes.clone(),
+                            live.journal.clone(),
+                            change.gas_price,
+                        )
+                        .recovering_from_chain(live.settings.recover_from_chain)
+                        .start();
+                        live.submitters.insert(id.name.clone(), s.clone());
+                        added.push(s.clone().recipient());
+                        s
+                    }
+                };
+                planned.push((id.clone(), submitter));
+            }
+            for s in live.submitters.values() {
+                s.do_send(submitter::UseSettings {
+                    nodes: nodes.clone(),
+                    gas_price: change.gas_price,
+                });
+            }
+            live.watcher.do_send(watcher::UseNodes(nodes));
+            if !added.is_empty() {
+                live.watcher.do_send(watcher::AddBlockRecipients(added));
+            }
+            live.planner.do_send(planner::SetIdentities {
+                identities: planned,
+                matrix_size: change.matrix_size,
+            });
+            live.identities = change.identities;
+            let _ = done_tx.send(());
+        });
+        if !applied {
+            return Err(MinerStopped);
+        }
+        done_rx.await.map_err(|_| MinerStopped)
+    }
+
     /// Stops the actors and waits for the thread to end.
     pub fn stop(mut self) {
         self.shutdown();
@@ -116,15 +231,33 @@ pub fn spawn(
     compute: Arc<dyn compute::ComputeService>,
 ) -> std::io::Result<MinerHandle> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (live_tx, live_rx) = std::sync::mpsc::channel();
     let shared = journal.clone();
     let thread = std::thread::Builder::new().name("cpc-miner".into()).spawn(move || {
         let system = actix_rt::System::new();
         system.block_on(async move {
-            let _miner = start(&settings, identities, shared, compute);
+            let miner = start(&settings, identities.clone(), shared, compute);
+            let live = Live {
+                nodes: miner.nodes.clone(),
+                submitters: identities
+                    .iter()
+                    .map(|id| id.name.clone())
+                    .zip(miner.submitters.iter().cloned())
+                    .collect(),
+                planner: miner.planner.clone(),
+                watcher: miner.watcher.clone(),
+                journal: miner.journal.clone(),
+                settings,
+                identities,
+            };
+            let _ =
+                live_tx.send((actix::Arbiter::current(), Arc::new(std::sync::Mutex::new(live))));
+            let _miner = miner;
             let _ = stop_rx.await;
         });
     })?;
-    Ok(MinerHandle { journal, stop: Some(stop_tx), thread: Some(thread) })
+    let live = live_rx.recv().ok();
+    Ok(MinerHandle { journal, stop: Some(stop_tx), thread: Some(thread), live })
 }
 
 /// Starts the actors (inside a running actix system).
@@ -156,13 +289,14 @@ pub fn start(
         submitters.clone(),
         settings.planned_height.clone(),
     )
+    .with_readiness(Arc::clone(&settings.readiness))
     .start();
     let watcher = watcher::ChainWatcher::new(
-        nodes,
+        nodes.clone(),
         settings.poll_interval,
         vec![planner.clone().recipient()],
         submitters.iter().map(|s| s.clone().recipient()).collect(),
     )
     .start();
-    Miner { watcher, planner, submitters, journal }
+    Miner { watcher, planner, submitters, journal, nodes }
 }

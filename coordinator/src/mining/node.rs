@@ -11,6 +11,7 @@
 use super::{
     Identity, MinerSettings,
     compute::{ComputeService, LocalCompute},
+    control::{self, ControlInbox, ReloadError, ReloadOutcome, Request},
     journal::{self, Journal, JournalError, ReportRow},
     priority::{PrioritizedCompute, SchedulingPolicy},
     settings::{ComputeMode, Settings},
@@ -199,7 +200,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_event: impl Fn(RunEvent<'_>),
 ) -> Result<RunReport, RunError> {
+    run_controlled(settings, ControlInbox::detached(), shutdown, on_event).await
+}
+
+/// [`run`], answering the requests of the [`super::control::MiningControl`] that `inbox` belongs to
+/// (reload, identities) while it mines without a bound; a bounded run drops them (`NotRunning`).
+pub async fn run_controlled(
+    settings: Settings,
+    inbox: ControlInbox,
+    shutdown: impl Future<Output = ()>,
+    on_event: impl Fn(RunEvent<'_>),
+) -> Result<RunReport, RunError> {
     tokio::pin!(shutdown);
+    let mut inbox = inbox;
     let keystore = settings.keystore();
     let identities = load_identities(&keystore, &settings.identities)?;
     // One coordinator per data dir, for the life of the run (the OS drops the lock if the process dies).
@@ -283,18 +296,28 @@ pub async fn run(
     for validator in &validators {
         on_event(RunEvent::TakingValidatorJobs { validator, scheduling: settings.scheduling });
     }
-    let validator_clients = validator::start(validators, journal.clone(), compute, chain)?;
+    let validator_clients =
+        validator::start(validators.clone(), journal.clone(), Arc::clone(&compute), chain.clone())?;
     on_event(RunEvent::Ready);
 
     if settings.stop_after_blocks == 0 {
-        shutdown.await;
+        let mut node =
+            LiveNode { settings, validators, validator_clients, compute, journal, chain };
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(request) = inbox.rx.recv() => node.serve(request, &inbox, &miner).await,
+            }
+        }
         on_event(RunEvent::Stopping);
-        validator_clients.stop().await;
+        node.validator_clients.stop().await;
         miner.stop();
         farm.shutdown();
         return Ok(RunReport::Stopped);
     }
-    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle.
+    // Bounded run (quick start, tests): wait for the blocks, then for their submissions to settle. It
+    // takes no control requests: they are answered `NotRunning` at once rather than left waiting.
+    drop(inbox);
     let last = start_height + settings.stop_after_blocks - 1;
     let waited = wait_for_window(&settings, &journal, start_height..=last, shutdown).await;
     validator_clients.stop().await;
@@ -308,6 +331,125 @@ pub async fn run(
         last: *window.end(),
         rows: window_report(&tasks, &settings.identities, window),
     }))
+}
+
+/// What an unbounded run holds while it takes control requests.
+struct LiveNode {
+    settings: Settings,
+    validators: Vec<ValidatorSettings>,
+    validator_clients: validator::ValidatorClients,
+    compute: Arc<dyn ComputeService>,
+    /// What the validator clients (restarted by a reload) know of the planner's progress.
+    chain: validator::ChainView,
+    journal: Journal,
+}
+
+impl std::fmt::Debug for LiveNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveNode").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl LiveNode {
+    async fn serve(&mut self, request: Request, inbox: &ControlInbox, miner: &super::MinerHandle) {
+        match request {
+            Request::Reload(reply) => {
+                let outcome = self.reload(inbox, miner).await;
+                match &outcome {
+                    Ok(o) if o.is_empty() => tracing::info!("config reloaded: nothing changed"),
+                    Ok(o) => {
+                        tracing::info!(added = ?o.added, removed = ?o.removed, changed = ?o.changed, "config reloaded")
+                    }
+                    Err(e) => tracing::error!(error = %e, "config reload refused"),
+                }
+                let _ = reply.send(outcome);
+            }
+            Request::Identities(since, within, reply) => {
+                let report = control::identities_report(&self.journal, miner, since, within).await;
+                let _ = reply.send(report);
+            }
+        }
+    }
+
+    /// Re-reads the config and applies it in place, or refuses it and keeps the running one.
+    async fn reload(
+        &mut self,
+        inbox: &ControlInbox,
+        miner: &super::MinerHandle,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let new = inbox.reread()?;
+        let fixed = control::not_in_place(&self.settings, &new);
+        if !fixed.is_empty() {
+            return Err(ReloadError::NotInPlace(fixed));
+        }
+        let keystore = new.keystore();
+        let identities = load_identities(&keystore, &new.identities)
+            .map_err(|e| ReloadError::Identities(e.to_string()))?;
+        let validators = validator_settings(&new, &identities, &keystore)
+            .map_err(|e| ReloadError::Validators(e.to_string()))?;
+        let old = &self.settings;
+        let mut outcome = ReloadOutcome {
+            added: new.identities.iter().filter(|n| !old.identities.contains(n)).cloned().collect(),
+            removed: old
+                .identities
+                .iter()
+                .filter(|n| !new.identities.contains(n))
+                .cloned()
+                .collect(),
+            changed: Vec::new(),
+        };
+        for (differs, name) in [
+            (old.nodes != new.nodes, "nodes"),
+            (old.gas_price != new.gas_price, "gas_price"),
+            (old.matrix_size != new.matrix_size, "matrix_size"),
+            (old.validators != new.validators, "validators"),
+            (
+                old.max_validator_matrix_size != new.max_validator_matrix_size,
+                "max_validator_matrix_size",
+            ),
+        ] {
+            if differs {
+                outcome.changed.push(name);
+            }
+        }
+        // Validators first: one connection per validator at a time (the old clients close before the new
+        // ones dial), and a new list that cannot start brings the old one back, so a refusal changes nothing.
+        if old.validators != new.validators
+            || old.max_validator_matrix_size != new.max_validator_matrix_size
+        {
+            let journal = self.journal.clone();
+            let compute = Arc::clone(&self.compute);
+            let chain = self.chain.clone();
+            let start = |list: Vec<ValidatorSettings>| {
+                validator::start(list, journal.clone(), Arc::clone(&compute), chain.clone())
+                    .map_err(|e| ReloadError::Validators(e.to_string()))
+            };
+            let stopped = std::mem::replace(&mut self.validator_clients, start(Vec::new())?);
+            stopped.stop().await;
+            match start(validators.clone()) {
+                Ok(clients) => {
+                    self.validator_clients = clients;
+                    self.validators = validators;
+                }
+                Err(e) => {
+                    self.validator_clients = start(self.validators.clone())?;
+                    return Err(ReloadError::Validators(e.to_string()));
+                }
+            }
+        }
+        farm::metrics::init_identity_series(outcome.added.iter().map(String::as_str));
+        miner
+            .reconfigure(super::MinerChange {
+                identities,
+                nodes: new.nodes.clone(),
+                gas_price: new.gas_price,
+                matrix_size: new.matrix_size,
+            })
+            .await
+            .map_err(|_| ReloadError::NotRunning)?;
+        self.settings = new;
+        Ok(outcome)
+    }
 }
 
 /// The compute service block tasks and validator jobs share, with one queue: the farm's own (many jobs at

@@ -12,14 +12,21 @@
 use super::{
     Identity,
     compute::ComputeService,
-    journal::{Journal, TaskState},
+    journal::{Journal, MissCause, TaskState},
     submitter::{Submitter, TaskComputed},
     watcher::{BlockRef, NewBlock},
 };
-use crate::farm::{JobSpec, Priority};
+use crate::{
+    farm::{JobSpec, Priority},
+    readiness::Readiness,
+};
 use actix::prelude::*;
 use cpc_common::synthetic::BlockTask;
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 use tokio::sync::watch;
 
 /// Derives and schedules tasks.
@@ -37,6 +44,11 @@ pub struct Planner {
     computed: Vec<Computed>,
     /// The highest block whose tasks are journaled, for whoever must know that a block task id is known.
     planned_height: watch::Sender<u64>,
+    /// Whether a device is usable (farm mode): a task superseded or failed while none is was missed for
+    /// want of a device, and the journal says so.
+    readiness: Option<Arc<Readiness>>,
+    /// Identities (indices) removed by a reload: no new tasks; their running ones finish and are submitted.
+    retired: HashSet<usize>,
 }
 
 #[derive(Debug)]
@@ -72,6 +84,23 @@ impl Planner {
             running: HashMap::new(),
             computed: Vec::new(),
             planned_height,
+            readiness: None,
+            retired: HashSet::new(),
+        }
+    }
+
+    /// Reads whether a device is usable from `readiness`, to tell a task missed for want of a device.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// Why a task that is superseded or failed now missed its block.
+    fn miss_cause(&self, otherwise: MissCause) -> MissCause {
+        if self.readiness.as_ref().is_some_and(|r| r.lacks_device()) {
+            MissCause::NoDevice
+        } else {
+            otherwise
         }
     }
 
@@ -135,6 +164,11 @@ impl Planner {
                 Err(e) => {
                     metrics::counter!("cpcfarm_tasks_failed_total").increment(1);
                     tracing::error!(identity = %identity.name, %task_id, error = %e, "task computation failed");
+                    let cause = act.miss_cause(MissCause::ComputeFailed);
+                    let detail = e.to_string();
+                    if let Err(e) = act.journal.note_miss(&act.identities[i].name, &task_id, cause, Some(&detail)) {
+                        tracing::error!(error = %e, "journal");
+                    }
                 }
             }
         });
@@ -156,10 +190,14 @@ impl Handler<NewBlock> for Planner {
         let blocks: Vec<&BlockRef> =
             std::iter::once(&head).chain(block.skipped.iter().rev()).collect();
         let mut superseded = Vec::new();
+        let supersede_cause = self.miss_cause(MissCause::Superseded);
         // One journal transaction for the whole block: every identity's tasks are written with one sync.
         let planned = self.journal.batch(|journal| {
             let mut planned = Vec::new();
             for (i, identity) in self.identities.iter().enumerate() {
+                if self.retired.contains(&i) {
+                    continue;
+                }
                 let mut tasks = Vec::with_capacity(blocks.len());
                 for (order, b) in blocks.iter().enumerate() {
                     match BlockTask::derive(
@@ -177,7 +215,9 @@ impl Handler<NewBlock> for Planner {
                 // Still computing for an older block: superseded.
                 for r in running {
                     if tasks.iter().all(|(_, t)| t.task_id.to_string() != r.task_id) {
-                        if let Err(e) = journal.supersede(&identity.name, &r.task_id) {
+                        if let Err(e) = journal.supersede(&identity.name, &r.task_id).and_then(|()| {
+                            journal.note_miss(&identity.name, &r.task_id, supersede_cause, None)
+                        }) {
                             tracing::error!(error = %e, "journal");
                         }
                         superseded.push((i, r.task_id.clone()));
@@ -232,6 +272,45 @@ impl Handler<NewBlock> for Planner {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot journal this block's tasks"),
+        }
+    }
+}
+
+/// A reload's identities, in the configured order, each with its submitter (an existing identity keeps
+/// its own), and the matrix size of the tasks planned from the next block on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetIdentities {
+    /// The identities now configured.
+    pub identities: Vec<(Identity, Addr<Submitter>)>,
+    /// Matrix size of block tasks.
+    pub matrix_size: u32,
+}
+
+impl Handler<SetIdentities> for Planner {
+    type Result = ();
+
+    /// A new identity is planned from the next block; one no longer listed is retired: it gets no new
+    /// task, and a task of it still computing finishes and goes to its submitter (which keeps running, so
+    /// its journaled results are still sent and confirmed). Indices never move, so `running` stays right.
+    fn handle(&mut self, msg: SetIdentities, _: &mut Self::Context) {
+        self.matrix_size = msg.matrix_size;
+        let wanted: HashSet<&str> = msg.identities.iter().map(|(id, _)| id.name.as_str()).collect();
+        for (i, identity) in self.identities.iter().enumerate() {
+            if !wanted.contains(identity.name.as_str()) {
+                self.retired.insert(i);
+            }
+        }
+        for (identity, submitter) in msg.identities {
+            match self.identities.iter().position(|known| known.name == identity.name) {
+                Some(i) => {
+                    self.retired.remove(&i);
+                }
+                None => {
+                    self.identities.push(identity);
+                    self.submitters.push(submitter);
+                }
+            }
         }
     }
 }

@@ -28,7 +28,9 @@
 
 use super::{
     Identity,
-    journal::{Journal, JournalError, SubmissionState, TaskOrigin, TaskRecord, TaskState},
+    journal::{
+        Journal, JournalError, MissCause, SubmissionState, TaskOrigin, TaskRecord, TaskState,
+    },
     watcher::{BlocksSeen, SeenBlock},
 };
 use crate::{
@@ -202,6 +204,25 @@ impl Handler<BlocksSeen> for Submitter {
         }
         self.core.head = self.core.head.max(msg.head);
         self.kick(ctx);
+    }
+}
+
+/// A reload: the nodes and the gas price of the submissions signed from the next round on.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UseSettings {
+    /// The L1 nodes.
+    pub nodes: NodePool,
+    /// The gas price.
+    pub gas_price: u64,
+}
+
+impl Handler<UseSettings> for Submitter {
+    type Result = ();
+    fn handle(&mut self, msg: UseSettings, _: &mut Self::Context) {
+        // A round in flight finishes with its own copy; the next one starts from these.
+        self.core.nodes = msg.nodes;
+        self.core.gas_price = msg.gas_price;
     }
 }
 
@@ -538,6 +559,11 @@ impl Core {
                     amount: 0,
                 };
                 tracing::error!(identity = %self.name(), error = %e, "cannot submit: results stay journaled until funded");
+                let detail =
+                    format!("balance {have} < {need} needed (fee {} per submission)", tx.fee);
+                self.journal(|j| {
+                    j.note_miss_computed(self.name(), MissCause::Underfunded, &detail)
+                })?;
                 return Ok(());
             }
             metrics::gauge!("cpcfarm_identity_funded", "identity" => self.name().to_owned())
@@ -576,7 +602,10 @@ impl Core {
                         // Someone else used the identity's nonces: the next round starts from the node's view.
                         tracing::warn!(identity = %self.name(), %reason, "nonce out of step with the node; resyncing");
                     } else {
-                        self.journal(|j| j.fail_task(self.name(), &task_id, &reason))?;
+                        self.journal(|j| {
+                            j.fail_task(self.name(), &task_id, &reason)?;
+                            j.note_miss(self.name(), &task_id, MissCause::Rejected, None)
+                        })?;
                         tracing::error!(identity = %self.name(), %task_id, %reason, "the node rejected a submission");
                     }
                     return Ok(());

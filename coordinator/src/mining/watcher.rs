@@ -282,6 +282,30 @@ impl Actor for ChainWatcher {
     }
 }
 
+/// A reload: poll these nodes from the next poll on (one in flight finishes on the old ones).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct UseNodes(pub NodePool);
+
+impl Handler<UseNodes> for ChainWatcher {
+    type Result = ();
+    fn handle(&mut self, msg: UseNodes, _: &mut Self::Context) {
+        self.nodes = msg.0;
+    }
+}
+
+/// A reload added identities: their submitters hear of new blocks from now on.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct AddBlockRecipients(pub Vec<Recipient<BlocksSeen>>);
+
+impl Handler<AddBlockRecipients> for ChainWatcher {
+    type Result = ();
+    fn handle(&mut self, msg: AddBlockRecipients, _: &mut Self::Context) {
+        self.blocks.extend(msg.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

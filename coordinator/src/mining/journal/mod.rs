@@ -17,7 +17,8 @@
 //! [`Journal`] is a cheap clonable handle (the planner, each submitter and each validator client hold one):
 //! every method takes the journal's lock for one short synchronous call, and [`Journal::batch`] holds it
 //! for several writes in one SQLite transaction. The operations are split by concern: [`tasks`],
-//! [`submissions`], [`validator_jobs`], [`report`], [`pruning`], and the on-disk [`schema`].
+//! [`submissions`], [`validator_jobs`], [`report`], [`accounting`] (why each task missed, for
+//! `identities`), [`pruning`], and the on-disk [`schema`].
 
 use rusqlite::Connection;
 use std::{
@@ -44,6 +45,7 @@ macro_rules! locked {
     };
 }
 
+pub mod accounting;
 pub mod pruning;
 pub mod report;
 pub mod schema;
@@ -51,6 +53,7 @@ pub mod submissions;
 pub mod tasks;
 pub mod validator_jobs;
 
+pub use accounting::{AccountingRow, AccountingWindow, MissCause};
 pub use report::ReportRow;
 pub use submissions::{SubmissionRecord, SubmissionState};
 pub use tasks::{TaskOrigin, TaskRecord, TaskState, ValidatorTaskOutcome};
@@ -119,6 +122,18 @@ impl Journal {
         let db = Connection::open(path)?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         Self::prepare(db)
+    }
+
+    /// Opens the journal at `path` for reading only, neither creating nor migrating it: safe while a running
+    /// coordinator holds the data dir's lock and writes to it (SQLite's WAL lets one writer and many
+    /// readers share the file).
+    pub fn open_read_only(path: &Path) -> Result<Self, JournalError> {
+        let db = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
 
     /// An in-memory journal (tests, dry runs).

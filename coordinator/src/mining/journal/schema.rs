@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_ms INTEGER NOT NULL,
     computed_ms INTEGER,
     origin TEXT NOT NULL DEFAULT 'block',
+    miss TEXT,
     PRIMARY KEY (identity, task_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state);
@@ -69,6 +70,12 @@ pub(super) fn prepare(db: &Connection) -> Result<(), JournalError> {
     if !has_origin {
         db.execute_batch("ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT 'block'")?;
     }
+    // Journals written before miss causes were recorded (`identities` then derives what it can).
+    let has_miss =
+        db.prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'miss'")?.exists([])?;
+    if !has_miss {
+        db.execute_batch("ALTER TABLE tasks ADD COLUMN miss TEXT")?;
+    }
     Ok(())
 }
 
@@ -104,8 +111,12 @@ mod tests {
         let task = block_task(&key.address().to_string(), 3);
         {
             let db = Connection::open(&path).expect("open");
-            db.execute_batch(&SCHEMA.replace("    origin TEXT NOT NULL DEFAULT 'block',\n", ""))
-                .expect("old schema");
+            db.execute_batch(
+                &SCHEMA
+                    .replace("    origin TEXT NOT NULL DEFAULT 'block',\n", "")
+                    .replace("    miss TEXT,\n", ""),
+            )
+            .expect("old schema");
             db.execute(
                 "INSERT INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, created_ms)
                  VALUES ('w', ?1, 3, ?2, ?3, ?4, 8, 'planned', 0)",
@@ -117,5 +128,12 @@ mod tests {
         j.check_integrity().expect("intact");
         let t = j.task("w", &task.task_id.to_string()).expect("read").expect("task");
         assert_eq!(t.origin, TaskOrigin::Block);
+        j.note_miss(
+            "w",
+            &task.task_id.to_string(),
+            crate::mining::journal::MissCause::NoDevice,
+            None,
+        )
+        .expect("the added miss column takes writes");
     }
 }

@@ -1,0 +1,363 @@
+//! Control of a running farm (issue 15), end to end against a real `cpc-devnet`, with `cpc-coordinator run`
+//! and `cpc-agent` as real processes:
+//! - SIGHUP re-reads the config: an identity added to it mines from the next block, and the identity that
+//!   was mining loses and duplicates nothing (judged by scanning the chain);
+//! - an invalid config, a missing key and a setting that needs a restart are each refused with the
+//!   reason, and mining goes on with the old config;
+//! - `identities` reads the journal beside a running coordinator and gives each miss its reason:
+//!   `underfunded` for an identity with no funds, `no_device` for blocks superseded while the farm had no
+//!   agent, after which the agent's blocks are included.
+
+mod support;
+
+use cpc_tests::harness::coordinator_command;
+use serde_json::Value;
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use support::{Farm, KillOnDrop, MATRIX_SIZE, check_chain, mined_heights};
+
+/// Longest any wait may take before the test is declared hung (a liveness bound, not a measurement).
+const HANG: Duration = Duration::from_secs(90);
+/// How long the results of the judged blocks may take to land before they count as lost.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// `cpc-coordinator run --config CONFIG`, computing locally: the identities come from the file only, so a
+/// reload can change them (a flag would keep winning over the file).
+fn configured_miner(farm: &Farm, config: &Path, log: &str) -> KillOnDrop {
+    let log = std::fs::File::create(farm.dir.path().join(log)).expect("log file");
+    KillOnDrop(
+        coordinator_command()
+            .args(["--node", &farm.devnet.url(), "--keystore"])
+            .arg(farm.keystore())
+            .args(["run", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(farm.data_dir())
+            .args(["--compute", "local", "--listen", "127.0.0.1:0"])
+            .args(["--matrix-size", &MATRIX_SIZE.to_string(), "--poll-interval-ms", "40"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn miner"),
+    )
+}
+
+fn write_config(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
+}
+
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -{name}");
+}
+
+/// Waits until `needle` occurs `count` times in log `name`.
+fn wait_for_log(farm: &Farm, name: &str, needle: &str, count: usize) {
+    assert!(
+        support::wait_for_log(farm, name, needle, count, HANG).is_some(),
+        "no {count}× `{needle}` in {name}:\n{}",
+        farm.log(name)
+    );
+}
+
+/// The heights the log says the miner saw as the head after the first line holding `after`, leaving out
+/// the newest two (their results may still be on their way when the chain is judged).
+fn heights_after(log: &str, after: &str) -> BTreeSet<u64> {
+    let start = log.find(after).unwrap_or_else(|| panic!("`{after}` not in the log:\n{log}"));
+    let mut heights = mined_heights(&log[start..], false);
+    heights.truncate(heights.len().saturating_sub(2));
+    heights.into_iter().collect()
+}
+
+/// Heights of `expected` for which `identity` has no included result, after waiting up to [`SETTLE`].
+fn lost(farm: &Farm, identity: &str, expected: &BTreeSet<u64>) -> Vec<u64> {
+    let address = &farm.addresses[identity];
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let subs = farm.submissions();
+        let lost: Vec<u64> = expected
+            .iter()
+            .copied()
+            .filter(|h| !subs.contains_key(&(address.clone(), *h)))
+            .collect();
+        if lost.is_empty() || Instant::now() > deadline {
+            return lost;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Stops the miner with SIGTERM and checks it exits 0.
+fn stop(mut miner: KillOnDrop) {
+    signal(&miner.0, "TERM");
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = miner.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the miner did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the miner exits 0 on SIGTERM: {status}");
+}
+
+#[test]
+fn sighup_adds_an_identity_which_mines_from_the_next_block_and_nothing_is_lost_for_the_other() {
+    let farm = Farm::new(300, false, &["w1", "w2"]);
+    let config = farm.dir.path().join("farm.toml");
+    write_config(&config, "identities = [\"w1\"]\n");
+    let miner = configured_miner(&farm, &config, "run.log");
+    wait_for_log(&farm, "run.log", "submission included", 3);
+
+    write_config(&config, "identities = [\"w1\", \"w2\"]\n");
+    signal(&miner.0, "HUP");
+    wait_for_log(&farm, "run.log", "SIGHUP: config reloaded: added [w2]", 1);
+    // Some blocks with both identities, then judge every block seen since each one began.
+    let log = farm.log("run.log");
+    let before = mined_heights(&log, false).len();
+    wait_for_log(&farm, "run.log", "new block", before + 6);
+    let log = farm.log("run.log");
+    let w1_heights = heights_after(&log, "new block");
+    let w2_heights = heights_after(&log, "SIGHUP: config reloaded");
+    assert!(w2_heights.len() >= 3, "too few blocks after the reload: {w2_heights:?}");
+    assert_eq!(lost(&farm, "w1", &w1_heights), Vec::<u64>::new(), "w1 lost blocks:\n{log}");
+    assert_eq!(lost(&farm, "w2", &w2_heights), Vec::<u64>::new(), "w2 lost blocks:\n{log}");
+    stop(miner);
+    // No result twice, every result the reference computation.
+    check_chain(&farm);
+}
+
+#[test]
+fn an_invalid_reload_is_refused_with_its_reason_and_mining_goes_on() {
+    let farm = Farm::new(300, false, &["w1", "w2"]);
+    let config = farm.dir.path().join("farm.toml");
+    write_config(&config, "identities = [\"w1\", \"w2\"]\n");
+    let miner = configured_miner(&farm, &config, "run.log");
+    wait_for_log(&farm, "run.log", "submission included", 2);
+
+    let refusals = [
+        ("identities = [\"w1\", \"w2\"]\ngas_price = 1\n", "invalid gas_price 1"),
+        ("identities = [\"w1\", \"ghost\"]\n", "ghost"),
+        (
+            "identities = [\"w1\"]\nmetrics = \"127.0.0.1:1\"\n",
+            "metrics cannot change without a restart",
+        ),
+        ("identities = [\"w1\"\n", "is invalid"),
+    ];
+    for (i, (text, reason)) in refusals.iter().enumerate() {
+        write_config(&config, text);
+        signal(&miner.0, "HUP");
+        wait_for_log(&farm, "run.log", "SIGHUP: reload refused", i + 1);
+        let log = farm.log("run.log");
+        let refusal = log
+            .lines()
+            .filter(|l| l.contains("SIGHUP: reload refused"))
+            .nth(i)
+            .expect("refusal line");
+        assert!(refusal.contains(reason), "refused without `{reason}`: {refusal}");
+        assert!(refusal.contains("the running config stays"), "{refusal}");
+    }
+    assert!(!farm.log("run.log").contains("config reloaded"), "nothing was applied");
+    // Mining goes on for both identities with the old config.
+    let log = farm.log("run.log");
+    let before = mined_heights(&log, false).len();
+    wait_for_log(&farm, "run.log", "new block", before + 5);
+    let log = farm.log("run.log");
+    let after = heights_after(&log, "SIGHUP: reload refused");
+    assert!(!after.is_empty());
+    for identity in ["w1", "w2"] {
+        assert_eq!(lost(&farm, identity, &after), Vec::<u64>::new(), "{identity}:\n{log}");
+    }
+    stop(miner);
+    check_chain(&farm);
+}
+
+/// `cpc-coordinator identities --json` on the farm's data dir.
+fn identities(farm: &Farm, extra: &[&str]) -> Value {
+    let mut args = vec!["--json", "identities", "--data-dir"];
+    let data_dir = farm.data_dir();
+    let data_dir = data_dir.to_str().expect("utf-8 path");
+    args.push(data_dir);
+    args.extend_from_slice(extra);
+    let out = farm.cli(&args);
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+fn account<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {report}"))
+}
+
+fn missed(account: &Value, reason: &str) -> u64 {
+    account["missed_by_reason"][reason].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn identities_shows_underfunded_for_an_identity_without_funds_while_the_miner_runs() {
+    let farm = Farm::new(300, false, &["w1"]);
+    let miner = KillOnDrop(farm.miner(&[], "run.log"));
+    wait_for_log(&farm, "run.log", "insufficient balance", 2);
+    wait_for_log(&farm, "run.log", "submission included", 2);
+    // Beside the running miner, which holds the data dir's lock.
+    let report = identities(&farm, &[]);
+    assert_eq!(report["head_from"], "node", "{report}");
+    let w1 = account(&report, "w1");
+    let w2 = account(&report, "w2");
+    assert!(w1["included"].as_u64().expect("count") >= 2, "{w1}");
+    assert_eq!(missed(w1, "underfunded"), 0, "{w1}");
+    assert!(w1["last_included_block"].is_u64(), "{w1}");
+    assert_ne!(w1["fees_spent"], "0", "{w1}");
+    assert!(missed(w2, "underfunded") >= 1, "{w2}");
+    assert_eq!(w2["included"], 0, "{w2}");
+    assert_eq!(w2["balance"], "0", "{w2}");
+    let miss = w2["misses"]
+        .as_array()
+        .expect("misses")
+        .iter()
+        .find(|m| m["reason"] == "underfunded")
+        .expect("an underfunded miss");
+    assert!(miss["detail"].as_str().is_some_and(|d| d.contains("needed")), "{miss}");
+    stop(miner);
+
+    // `--since` a height past every task: nothing in the window, the identities still listed.
+    let head = (farm.head() + 1).to_string();
+    let later = identities(&farm, &["--since", &head, "--offline"]);
+    assert_eq!(later["head_from"], "journal", "{later}");
+    assert_eq!(account(&later, "w1")["blocks_seen"], 0, "{later}");
+    let recent = identities(&farm, &["--since", "1h", "--offline"]);
+    assert_eq!(account(&recent, "w2")["blocks_seen"], account(&report, "w2")["blocks_seen"]);
+}
+
+#[test]
+fn identities_shows_no_device_for_blocks_superseded_while_no_agent_was_connected() {
+    let farm = Farm::new(300, false, &["w1", "w2"]);
+    let endpoint = farm.farm_endpoint();
+    let miner = KillOnDrop(farm.farm_coordinator(&endpoint, 0, &[], "run.log"));
+    // Blocks come and go with no agent: each supersedes the one before.
+    wait_for_log(&farm, "run.log", "new block", 4);
+    let report = identities(&farm, &[]);
+    for name in ["w1", "w2"] {
+        let a = account(&report, name);
+        assert!(missed(a, "no_device") >= 2, "{a}");
+        assert_eq!(missed(a, "superseded"), 0, "every miss so far is for want of a device: {a}");
+        assert_eq!(a["included"], 0, "{a}");
+    }
+    let _agent = farm.agent(&endpoint, 0, &[]);
+    wait_for_log(&farm, "run.log", "submission included", 4);
+    let report = identities(&farm, &[]);
+    for name in ["w1", "w2"] {
+        let a = account(&report, name);
+        assert!(a["included"].as_u64().expect("count") >= 1, "{a}");
+        assert!(missed(a, "no_device") >= 2, "{a}");
+    }
+    stop(miner);
+}
+
+/// The library surface the admin API mounts: [`MiningControl`] on a node run in this process answers the
+/// `identities` report with its configured identities, applies a reload that adds one, refuses one that
+/// needs a restart, naming the setting, and retires a removed identity whose results still settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
+    use cpc_coordinator::mining::{
+        self, ReloadError, RunEvent, RunReport,
+        accounting::IdentitiesReport,
+        control,
+        settings::{Layer, Settings, Sources},
+    };
+    let farm = tokio::task::block_in_place(|| Farm::new(300, false, &["w1", "w2"]));
+    let config = farm.dir.path().join("farm.toml");
+    write_config(&config, "identities = [\"w1\"]\n");
+    let flags = Layer {
+        config: Some(config.clone()),
+        nodes: vec![farm.devnet.url()],
+        keystore: Some(farm.keystore()),
+        data_dir: Some(farm.data_dir()),
+        compute: Some("local".into()),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        matrix_size: Some(MATRIX_SIZE),
+        poll_interval_ms: Some(40),
+        ..Layer::default()
+    };
+    let sources = Sources::read(flags.clone(), Layer::default()).expect("config");
+    let settings = Settings::resolve(&sources).expect("valid settings");
+    let (control, inbox) = control::channel(Some((flags, Layer::default())));
+    let stop = tokio::sync::Notify::new();
+    let node = mining::run_controlled(settings, inbox, stop.notified(), |_: RunEvent<'_>| {});
+
+    let drive = async {
+        let included = |report: &IdentitiesReport, name: &str| {
+            report.identities.iter().find(|a| a.name == name).map_or(0, |a| a.included)
+        };
+        let wait_for = |name: &'static str, count: u64| {
+            let control = control.clone();
+            async move {
+                let deadline = Instant::now() + HANG;
+                loop {
+                    if let Ok(report) = control.identities(None, 10).await
+                        && included(&report, name) >= count
+                    {
+                        return report;
+                    }
+                    assert!(Instant::now() < deadline, "{name} never had {count} included");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let report = wait_for("w1", 2).await;
+        assert_eq!(report.head_from, "node");
+        assert!(report.identities.iter().all(|a| a.name != "w2"), "w2 is not configured yet");
+
+        write_config(&config, "identities = [\"w1\", \"w2\"]\n");
+        let outcome = control.reload().await.expect("reload applies");
+        assert_eq!((outcome.added.as_slice(), outcome.removed.len()), (&["w2".to_owned()][..], 0));
+        wait_for("w2", 2).await;
+
+        write_config(&config, "identities = [\"w1\", \"w2\"]\njournal_retention_days = 1\n");
+        match control.reload().await {
+            Err(ReloadError::NotInPlace(names)) => assert_eq!(names, ["journal_retention_days"]),
+            other => panic!("a retention change must be refused: {other:?}"),
+        }
+        let w1 = included(&control.identities(None, 10).await.expect("report"), "w1");
+        wait_for("w1", w1 + 2).await;
+
+        // Removing w1: no new tasks for it, and what it has journaled still settles on chain.
+        write_config(&config, "identities = [\"w2\"]\n");
+        let outcome = control.reload().await.expect("reload applies");
+        assert_eq!(outcome.removed, ["w1"]);
+        let report = control.identities(None, 10).await.expect("report");
+        let seen = |report: &IdentitiesReport, name: &str| {
+            report.identities.iter().find(|a| a.name == name).map(|a| (a.blocks_seen, a.pending))
+        };
+        let (w1_seen, _) = seen(&report, "w1").expect("a removed identity stays listed");
+        let w2 = included(&report, "w2");
+        let report = wait_for("w2", w2 + 4).await;
+        let (w1_seen_later, _) = seen(&report, "w1").expect("listed");
+        // A block the planner was handed before the reload may still plan w1 once.
+        assert!(w1_seen_later <= w1_seen + 1, "w1 got new tasks: {w1_seen} then {w1_seen_later}");
+        let deadline = Instant::now() + SETTLE;
+        while seen(&control.identities(None, 10).await.expect("report"), "w1")
+            .is_some_and(|(_, pending)| pending > 0)
+        {
+            assert!(Instant::now() < deadline, "w1's journaled results did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.notify_one();
+    };
+    let (report, ()) = tokio::join!(node, drive);
+    assert_eq!(report.expect("run"), RunReport::Stopped);
+    tokio::task::block_in_place(|| check_chain(&farm));
+}
