@@ -20,12 +20,14 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 
 pub mod aggregator;
+mod control;
 pub mod identity;
 pub mod metrics;
 pub mod plan;
 pub mod registry;
 pub mod schedule;
 pub mod scheduler;
+pub mod self_test;
 pub mod server;
 mod shard;
 pub mod spot_check;
@@ -44,6 +46,7 @@ use std::{
 };
 use tokio::sync::oneshot;
 
+pub use control::{ControlError, FarmStatus, Target};
 pub use identity::Identity;
 pub use plan::{SplitPolicy, StragglerPolicy};
 pub use schedule::{JobSpec, Priority, SchedulingPolicy};
@@ -267,7 +270,7 @@ fn serialize_hex<S: serde::Serializer>(digest: &Digest32, s: S) -> Result<S::Ok,
 }
 
 /// A device as the registry sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeviceStatus {
     /// The coordinator's id of the agent connection.
     pub agent_id: u64,
@@ -289,6 +292,16 @@ pub struct DeviceStatus {
     pub quarantined: bool,
     /// Why it is quarantined.
     pub quarantine_reason: Option<String>,
+    /// The agent's address as the coordinator sees it (its host).
+    pub host: String,
+    /// The agent's index of the device.
+    pub index: u32,
+    /// An operator drained it (`farm drain`): it finishes its shards and gets no new one until resumed.
+    pub drained: bool,
+    /// When it was quarantined, in milliseconds since the Unix epoch.
+    pub quarantined_at_unix_ms: Option<u64>,
+    /// Shards it holds now (filled in by [`FarmHandle::status`]; 0 from [`FarmHandle::devices`]).
+    pub shards_in_flight: u32,
 }
 
 struct Inner {
@@ -415,7 +428,8 @@ impl FarmHandle {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let devices = self.devices().await?;
-            let found = measure(&mut devices.iter().filter(|d| !d.draining && !d.quarantined));
+            let found =
+                measure(&mut devices.iter().filter(|d| !d.draining && !d.quarantined && !d.drained));
             if found >= count {
                 return Ok(found);
             }
@@ -540,6 +554,7 @@ async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint),
     registry.do_send(registry::Subscribe {
         up: scheduler.clone().recipient(),
         down: scheduler.clone().recipient(),
+        readmitted: scheduler.clone().recipient(),
     });
     actix_rt::spawn(server::accept_loop(endpoint.clone(), config.clone(), registry.clone()));
     farm_metrics.set_ready(true);
