@@ -1,10 +1,14 @@
 //! `serve` and `job`: the farm's subcommands. Both start the farm in-process (QUIC endpoint, actors, metrics);
-//! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report.
+//! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report. With `--admin`
+//! both serve the admin API (the `farm ...` commands of `farm_admin.rs` are its client).
 
 use super::GlobalArgs;
 use clap::Args;
 use cpc_common::synthetic::Challenge;
-use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, JobReport};
+use cpc_coordinator::{
+    admin,
+    farm::{self, FarmConfig, FarmHandle, JobReport},
+};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 /// Default time `job` waits for agents.
@@ -22,6 +26,10 @@ pub(crate) struct FarmArgs {
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, help_heading = "Farm")]
     pub(crate) metrics: Option<SocketAddr>,
+    /// Serve the admin API (`cpc-coordinator farm status|drain|...`) on this address, e.g. 127.0.0.1:7702;
+    /// its token is the admin-token file in the data dir (made on first start).
+    #[arg(long, env = "CPC_ADMIN_LISTEN", help_heading = "Farm")]
+    pub(crate) admin: Option<SocketAddr>,
     /// Address agents should dial, for the printed command line [default: the listen address].
     #[arg(long, env = "CPC_PUBLIC_ADDR", help_heading = "Farm")]
     pub(crate) public_addr: Option<String>,
@@ -78,9 +86,27 @@ fn start(args: &FarmArgs) -> anyhow::Result<(FarmHandle, String)> {
     Ok((handle, command))
 }
 
+/// Serves the admin API over `handle` when `--admin` is given; the answer stops it when dropped.
+async fn start_admin(
+    args: &FarmArgs,
+    handle: &FarmHandle,
+) -> anyhow::Result<Option<admin::RunningServer>> {
+    let Some(addr) = args.admin else { return Ok(None) };
+    let dir = super::data_dir_or_default(args.data_dir.clone())?;
+    let (token, token_file) = admin::AdminToken::load_or_create(&dir)?;
+    let server = admin::serve(addr, token, admin::farm_routes(handle.clone())).await?;
+    eprintln!(
+        "admin API on http://{} (token in {})",
+        server.local_addr(),
+        token_file.display()
+    );
+    Ok(Some(server))
+}
+
 pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = super::shutdown_signal();
     let (handle, command) = start(&args.farm)?;
+    let _admin = start_admin(&args.farm, &handle).await?;
     // For scripts on this host: the command line with this host's token file.
     println!("{command}");
     cpc_common::service::notify_ready();
@@ -95,6 +121,7 @@ pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Ex
 pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCode> {
     let challenge = Challenge::new(args.seed.clone(), args.matrix_size, args.iterations)?;
     let (handle, _) = start(&args.farm)?;
+    let _admin = start_admin(&args.farm, &handle).await?;
     let agents =
         handle.wait_for_agents(args.min_agents.max(1), Duration::from_secs(args.wait)).await?;
     eprintln!("{agents} agent(s) connected: running the job");
