@@ -228,6 +228,45 @@ async fn readmission_is_refused_when_the_self_test_fails() {
     shutdown(farm).await;
 }
 
+/// A backend whose leaves are wrong although its product passes its Freivalds check (a fault after the
+/// check: in the hashing, or in memory on the way out).
+#[derive(Debug)]
+struct WrongLeavesBackend(CpuBackend);
+
+impl Backend for WrongLeavesBackend {
+    fn name(&self) -> &str {
+        "wrong-leaves"
+    }
+    fn info(&self) -> DeviceInfo {
+        self.0.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        let mut out = self.0.run_shard(shard, keep_rows)?;
+        if let Some(leaf) = out.leaves.last_mut() {
+            leaf[0] ^= 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Leaves that differ from the CPU's are caught by the self-test's own comparison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readmission_is_refused_when_the_leaves_differ_from_the_cpu() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let (api, client) = admin_api(&farm).await;
+    let wrong: Arc<dyn Backend> = Arc::new(WrongLeavesBackend(CpuBackend::new(1).expect("cpu")));
+    let agent = AgentThread::spawn(agent_config(&farm, "wrong"), one_device(wrong));
+    farm.wait_for_agents(1, Duration::from_secs(60)).await.expect("agent");
+    let target = device_of(&client, "wrong").await.device;
+    client.quarantine(&target, None).await.expect("quarantine");
+    let e = client.readmit(&target).await.expect_err("self-test fails");
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("differs from the CPU"), "{e}");
+    assert!(device_of(&client, "wrong").await.quarantined);
+    drop((agent, api));
+    shutdown(farm).await;
+}
+
 /// Every state-changing call without the token, or with a wrong one, is refused with 401 and changes
 /// nothing; reads on loopback need no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
