@@ -267,6 +267,82 @@ async fn readmission_is_refused_when_the_leaves_differ_from_the_cpu() {
     shutdown(farm).await;
 }
 
+/// A CPU backend whose first shard of one seed hangs (a wedged driver, once).
+#[derive(Debug)]
+struct HangsOnce {
+    inner: CpuBackend,
+    seed: String,
+    hung: std::sync::atomic::AtomicBool,
+}
+
+impl Backend for HangsOnce {
+    fn name(&self) -> &str {
+        "hangs-once"
+    }
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        if shard.challenge.seed == self.seed && !self.hung.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        self.inner.run_shard(shard, keep_rows)
+    }
+}
+
+/// The agent's counters reach `farm status`: a CPU device reports zeros and no NVML readings; a device
+/// whose watchdog fired once reports the firing and the worker restart, and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_firings_and_restarts_show_in_status() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let (api, client) = admin_api(&farm).await;
+    let seed = "admin-it-hang";
+    let hangs: Arc<dyn Backend> = Arc::new(HangsOnce {
+        inner: CpuBackend::new(1).expect("cpu"),
+        seed: seed.into(),
+        hung: false.into(),
+    });
+    let mut wedged = agent_config(&farm, "wedged");
+    wedged.watchdog = Duration::from_millis(300);
+    wedged.max_device_restarts = 1;
+    let agents = [
+        AgentThread::spawn(wedged, one_device(hangs)),
+        AgentThread::spawn(agent_config(&farm, "steady"), one_device(cpu())),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let steady = wait_for_report(&client, "steady", |_| true).await;
+    let r = steady.report.expect("report");
+    assert_eq!((r.restarts, r.watchdog_firings, r.xid_errors), (0, 0, 0), "{r:?}");
+    assert!(r.uuid.is_none() && r.temperature_celsius.is_none(), "no NVML on a CPU: {r:?}");
+
+    let challenge = Challenge::new(seed, 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    let wedged = wait_for_report(&client, "wedged", |r| r.watchdog_firings >= 1).await;
+    let r = wedged.report.clone().expect("report");
+    assert_eq!((r.restarts, r.watchdog_firings), (1, 1), "{r:?}");
+    assert!(!wedged.quarantined, "restarted, not given up: {wedged:?}");
+    drop((agents, api));
+    shutdown(farm).await;
+}
+
+/// Polls `farm status` until `agent`'s device has a report that `done` accepts (a bound on a hang, not a
+/// measurement).
+async fn wait_for_report(
+    client: &AdminClient,
+    agent: &str,
+    done: impl Fn(&cpc_common::wire::DeviceReport) -> bool,
+) -> DeviceStatus {
+    for _ in 0..600 {
+        let d = device_of(client, agent).await;
+        if d.report.as_ref().is_some_and(&done) {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no such report of {agent}'s device within 30 s");
+}
+
 /// Every state-changing call without the token, or with a wrong one, is refused with 401 and changes
 /// nothing; reads on loopback need no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

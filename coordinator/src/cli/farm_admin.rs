@@ -153,6 +153,19 @@ fn print_status(status: &FarmStatus) {
             state(d),
             d.name
         );
+        if let Some(r) = &d.report {
+            let reading = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0} {unit}"));
+            println!(
+                "  {}temperature {}, power {}; restarts {}, watchdog firings {}, Xid errors {}{}",
+                r.uuid.as_deref().map_or_else(String::new, |u| format!("{u}: ")),
+                reading(r.temperature_celsius, "°C"),
+                reading(r.power_watts, "W"),
+                r.restarts,
+                r.watchdog_firings,
+                r.xid_errors,
+                r.last_xid.map_or_else(String::new, |x| format!(" (last Xid {x})"))
+            );
+        }
         if let Some(reason) = &d.quarantine_reason {
             let since = d.quarantined_at_unix_ms.map_or_else(String::new, |ms| {
                 format!(" (since {})", format_unix_ms(ms))

@@ -302,6 +302,9 @@ pub struct DeviceStatus {
     pub quarantined_at_unix_ms: Option<u64>,
     /// Shards it holds now (filled in by [`FarmHandle::status`]; 0 from [`FarmHandle::devices`]).
     pub shards_in_flight: u32,
+    /// The agent's last report of the device: UUID, temperature, power, restarts, watchdog firings, Xid
+    /// errors (none from an agent older than protocol version 4, or before its first report).
+    pub report: Option<cpc_common::wire::DeviceReport>,
 }
 
 struct Inner {

@@ -10,7 +10,7 @@ use super::{
     scheduler::{DeviceDown, DeviceReadmitted, DeviceUp},
 };
 use actix::{Actor, AsyncContext as _, Context, Handler, Message, Recipient};
-use cpc_common::wire::DeviceAdvert;
+use cpc_common::wire::{DeviceAdvert, DeviceReport};
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant, SystemTime},
@@ -26,6 +26,8 @@ struct AgentEntry {
     devices: Vec<DeviceAdvert>,
     last_heartbeat: Instant,
     draining: bool,
+    /// The last [`DeviceReport`] of each device (agents of protocol version 4 and later).
+    reports: BTreeMap<u32, DeviceReport>,
 }
 
 /// The registry actor.
@@ -166,6 +168,7 @@ impl Handler<Register> for Registry {
                 devices: msg.devices,
                 last_heartbeat: Instant::now(),
                 draining: false,
+                reports: BTreeMap::new(),
             },
         );
         self.publish();
@@ -330,6 +333,7 @@ impl Handler<ListDevices> for Registry {
                             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     }),
                     shards_in_flight: 0,
+                    report: a.reports.get(&d.index).cloned(),
                 });
             }
         }
@@ -460,5 +464,28 @@ impl Handler<Readmit> for Registry {
         }
         self.publish();
         Ok(())
+    }
+}
+
+/// An agent's report of one device's counters and readings.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceReported {
+    /// The agent.
+    pub agent: u64,
+    /// The report.
+    pub report: DeviceReport,
+}
+
+impl Handler<DeviceReported> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceReported, _: &mut Self::Context) {
+        let Some(a) = self.agents.get_mut(&msg.agent) else { return };
+        // Only devices the agent announced: a peer cannot grow the map past its own devices. (The per-device
+        // series of these counters are the agent's own metrics, labelled by host and GPU UUID.)
+        if a.devices.iter().any(|d| d.index == msg.report.device) {
+            a.reports.insert(msg.report.device, msg.report);
+        }
     }
 }

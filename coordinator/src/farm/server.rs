@@ -8,13 +8,13 @@
 use super::{
     DeviceId, FarmConfig, FarmError,
     identity::token_matches,
-    registry::{AgentGone, AgentState, Heartbeat, Quarantine, Register, Registry},
+    registry::{AgentGone, AgentState, DeviceReported, Heartbeat, Quarantine, Register, Registry},
 };
 use actix::Addr;
 use cpc_common::{
     codec::FrameDecoder,
     quic::{FrameIoError, read_frame, write_frame},
-    wire::{ALPN, AgentControl, Hello, HelloReply, PROTOCOL_VERSION},
+    wire::{ALPN, AgentControl, Hello, HelloReply, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION},
 };
 use std::{
     sync::Arc,
@@ -211,6 +211,9 @@ async fn serve_connection(
                 let device = DeviceId { agent: agent_id, index: device };
                 registry.do_send(Quarantine { device, reason: format!("agent: {reason}") });
             }
+            Ok(Some(AgentControl::DeviceReport(report))) => {
+                registry.do_send(DeviceReported { agent: agent_id, report });
+            }
             Ok(None) => break "control stream closed".to_owned(),
             Err(FrameIoError::Codec(e)) => {
                 let reason = format!("bad control frame: {e}");
@@ -226,9 +229,9 @@ async fn serve_connection(
 
 /// Checks a `Hello`; the error is the reason sent back to the agent.
 fn admit(hello: &Hello, token: &str) -> Result<(), String> {
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
         return Err(format!(
-            "protocol version {} is not supported: this coordinator speaks version {PROTOCOL_VERSION}; run the \
+            "protocol version {} is not supported: this coordinator speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; run the \
              cpc-agent release that matches the coordinator",
             hello.protocol_version
         ));
