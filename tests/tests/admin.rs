@@ -343,6 +343,72 @@ async fn wait_for_report(
     panic!("no such report of {agent}'s device within 30 s");
 }
 
+/// A backend whose leaves are all wrong for seeds with one prefix, right otherwise (a fault that the
+/// self-test's fresh challenge does not meet).
+#[derive(Debug)]
+struct LiesOnSeed {
+    inner: CpuBackend,
+    prefix: &'static str,
+}
+
+impl Backend for LiesOnSeed {
+    fn name(&self) -> &str {
+        "lies-on-seed"
+    }
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        let mut out = self.inner.run_shard(shard, keep_rows)?;
+        if shard.challenge.seed.starts_with(self.prefix) {
+            for leaf in &mut out.leaves {
+                leaf[0] ^= 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// With probation on, a device the farm quarantined (a failed spot check) is readmitted by itself once
+/// the cool-down passed and its self-test passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probation_readmits_a_device_the_farm_quarantined_after_the_cool_down() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let (api, client) = admin_api(&farm).await;
+    let _probation = farm.start_probation(farm::ProbationPolicy {
+        cool_down: Duration::from_millis(200),
+        max_per_day: 1,
+    });
+    let liar: Arc<dyn Backend> =
+        Arc::new(LiesOnSeed { inner: CpuBackend::new(1).expect("cpu"), prefix: "admin-it-liar" });
+    let agents = [
+        AgentThread::spawn(agent_config(&farm, "liar"), one_device(liar)),
+        AgentThread::spawn(agent_config(&farm, "steady"), one_device(cpu())),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let challenge = Challenge::new("admin-it-liar", 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert_eq!(report.quarantined.len(), 1, "the liar was caught: {report:#?}");
+    // Readmitted by probation (polled; a bound on a hang, not a measurement).
+    let mut readmitted = false;
+    for _ in 0..600 {
+        let d = device_of(&client, "liar").await;
+        if !d.quarantined {
+            readmitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(readmitted, "probation readmitted the liar within 30 s");
+    let challenge = Challenge::new("admin-it-honest", 256, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    assert!(report.devices.iter().any(|d| d.agent == "liar" && d.rows > 0), "{report:#?}");
+    drop((agents, api));
+    shutdown(farm).await;
+}
+
 /// Every state-changing call without the token, or with a wrong one, is refused with 401 and changes
 /// nothing; reads on loopback need no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

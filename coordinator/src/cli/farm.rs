@@ -37,6 +37,13 @@ pub(crate) struct FarmArgs {
     /// instead of making them in the data dir.
     #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Farm")]
     pub(crate) identity_dir: Option<PathBuf>,
+    /// Automatic probation: retry a device the farm quarantined (never one an operator did) after this
+    /// many seconds, through the same self-test as `farm readmit` [default: off].
+    #[arg(long, help_heading = "Farm")]
+    pub(crate) probation_cool_down_secs: Option<u64>,
+    /// Most automatic readmission attempts per device in 24 hours.
+    #[arg(long, default_value_t = farm::probation::DEFAULT_PROBATION_MAX_PER_DAY, help_heading = "Farm")]
+    pub(crate) probation_max_per_day: u32,
     /// Seconds a shard may take before its rows go to another device.
     #[arg(long, default_value_t = farm::DEFAULT_SHARD_TIMEOUT.as_secs(), help_heading = "Farm")]
     pub(crate) shard_timeout: u64,
@@ -86,6 +93,17 @@ fn start(args: &FarmArgs) -> anyhow::Result<(FarmHandle, String)> {
     Ok((handle, command))
 }
 
+/// Starts automatic probation when `--probation-cool-down-secs` is given; it stops when the answer is dropped.
+fn start_probation(args: &FarmArgs, handle: &FarmHandle) -> Option<farm::probation::ProbationTask> {
+    let cool_down = Duration::from_secs(args.probation_cool_down_secs?);
+    let policy = farm::ProbationPolicy { cool_down, max_per_day: args.probation_max_per_day };
+    eprintln!(
+        "probation on: devices the farm quarantined are self-tested after {cool_down:?}, at most {} times a day",
+        policy.max_per_day
+    );
+    Some(handle.start_probation(policy))
+}
+
 /// Serves the admin API over `handle` when `--admin` is given; the answer stops it when dropped.
 async fn start_admin(
     args: &FarmArgs,
@@ -107,6 +125,7 @@ pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Ex
     let shutdown = super::shutdown_signal();
     let (handle, command) = start(&args.farm)?;
     let _admin = start_admin(&args.farm, &handle).await?;
+    let _probation = start_probation(&args.farm, &handle);
     // For scripts on this host: the command line with this host's token file.
     println!("{command}");
     cpc_common::service::notify_ready();
@@ -122,6 +141,7 @@ pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCod
     let challenge = Challenge::new(args.seed.clone(), args.matrix_size, args.iterations)?;
     let (handle, _) = start(&args.farm)?;
     let _admin = start_admin(&args.farm, &handle).await?;
+    let _probation = start_probation(&args.farm, &handle);
     let agents =
         handle.wait_for_agents(args.min_agents.max(1), Duration::from_secs(args.wait)).await?;
     eprintln!("{agents} agent(s) connected: running the job");

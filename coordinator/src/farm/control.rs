@@ -135,7 +135,10 @@ impl FarmHandle {
         }
         self.inner
             .registry
-            .send(Quarantine { device, reason: format!("operator: {reason}") })
+            .send(Quarantine {
+                device,
+                reason: format!("{} {reason}", super::probation::OPERATOR_REASON_PREFIX),
+            })
             .await
             .map_err(|_| ControlError::Shutdown)
     }

@@ -17,6 +17,8 @@
 //! - [`aggregator`]: places leaves by row and builds the Merkle root;
 //! - [`spot_check`]: fetches random rows of every shard and recomputes elements on the CPU;
 //! - [`identity`]: certificate, key and join token in the data directory;
+//! - `control`, [`self_test`], [`probation`]: what an operator does to a running farm (status, drain,
+//!   quarantine, readmission after a known-answer self-test, automatic probation);
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 
 pub mod aggregator;
@@ -24,6 +26,7 @@ mod control;
 pub mod identity;
 pub mod metrics;
 pub mod plan;
+pub mod probation;
 pub mod registry;
 pub mod schedule;
 pub mod scheduler;
@@ -49,6 +52,7 @@ use tokio::sync::oneshot;
 pub use control::{ControlError, FarmStatus, Target};
 pub use identity::Identity;
 pub use plan::{SplitPolicy, StragglerPolicy};
+pub use probation::ProbationPolicy;
 pub use schedule::{JobSpec, Priority, SchedulingPolicy};
 pub use spot_check::SpotCheckConfig;
 
