@@ -464,3 +464,113 @@ async fn every_change_needs_the_token_and_nothing_changes_without_it() {
     drop((agent, api));
     shutdown(farm).await;
 }
+
+/// Kills a child process when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
+}
+
+/// `cpc-coordinator farm ARGS --json` with `HOME` at `home` (so no default token file is found unless
+/// given); answers the exit status, stdout and stderr.
+fn farm_cli(home: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = cpc_tests::harness::coordinator_command()
+        .env("HOME", home)
+        .env_remove("CPC_ADMIN_URL")
+        .env_remove("CPC_ADMIN_TOKEN_FILE")
+        .arg("farm")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("cpc-coordinator farm");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+/// The real binaries: `cpc-coordinator serve --admin` makes the admin token (mode 0600) in its data dir, a
+/// `cpc-agent` process joins, and the `farm` commands read and change it; a change without the token file
+/// is refused and changes nothing.
+#[test]
+fn the_farm_commands_drive_a_served_farm() {
+    use cpc_tests::harness::{coordinator_command, locate_workspace_binary};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let identity = Identity::load_or_create(&data).expect("coordinator identity");
+    let quic = format!(
+        "127.0.0.1:{}",
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("udp").port()
+    );
+    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let url = format!("http://{admin}");
+    let _serve = KillOnDrop(
+        coordinator_command()
+            .args(["serve", "--listen", &quic, "--admin", &admin, "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("serve"),
+    );
+    let agent_bin = locate_workspace_binary("cpc-agent", "CPC_AGENT_BIN")
+        .expect("cpc-agent binary: run `cargo build --workspace --bins`");
+    let _agent = KillOnDrop(
+        std::process::Command::new(agent_bin)
+            .args(["--coordinator", &quic, "--token", &identity.token])
+            .args(["--coordinator-fingerprint", &identity.fingerprint(), "--backend", "cpu"])
+            .args(["--name", "proc-agent"])
+            .env("RAYON_NUM_THREADS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("agent"),
+    );
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    // Polled until the agent joined (a bound on a hang, not a measurement).
+    let mut device = None;
+    for _ in 0..600 {
+        let (ok, out, _) = farm_cli(&home, &["status", "--admin", &url]);
+        if ok {
+            let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+            if let Some(d) = status["devices"].as_array().and_then(|d| d.first()) {
+                assert_eq!(d["agent"], "proc-agent", "{status}");
+                device = d["device"].as_str().map(str::to_owned);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let device = device.expect("the agent joined within 30 s");
+    let token_file = data.join(admin::ADMIN_TOKEN_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).expect("admin token").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin token is private");
+    }
+
+    let (ok, _, err) = farm_cli(&home, &["drain", &device, "--admin", &url]);
+    assert!(!ok && err.contains("401"), "refused without the token: {err}");
+    let (_, out, _) = farm_cli(&home, &["status", "--admin", &url]);
+    assert!(out.contains("\"drained\": false"), "nothing changed: {out}");
+
+    let token = token_file.to_str().expect("utf-8 path");
+    let (ok, out, err) = farm_cli(&home, &["drain", &device, "--admin", &url, "--token-file", token]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&device), "{out}");
+    let (_, out, _) = farm_cli(&home, &["status", "--admin", &url]);
+    assert!(out.contains("\"drained\": true"), "{out}");
+    let (ok, _, err) =
+        farm_cli(&home, &["readmit", &device, "--admin", &url, "--token-file", token]);
+    assert!(!ok && err.contains("not quarantined"), "{err}");
+}
