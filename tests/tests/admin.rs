@@ -223,7 +223,10 @@ async fn readmission_is_refused_when_the_self_test_fails() {
     assert!(e.to_string().contains("self-test"), "the reason is given: {e}");
     let still = device_of(&client, "faulty").await;
     assert!(still.quarantined, "{still:?}");
-    assert!(still.quarantine_reason.as_deref().is_some_and(|r| r.contains("wrong rows")), "{still:?}");
+    assert!(
+        still.quarantine_reason.as_deref().is_some_and(|r| r.contains("wrong rows")),
+        "{still:?}"
+    );
     drop((agent, api));
     shutdown(farm).await;
 }
@@ -283,7 +286,9 @@ impl Backend for HangsOnce {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if shard.challenge.seed == self.seed && !self.hung.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if shard.challenge.seed == self.seed
+            && !self.hung.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             std::thread::sleep(Duration::from_secs(30));
         }
         self.inner.run_shard(shard, keep_rows)
@@ -420,9 +425,8 @@ async fn every_change_needs_the_token_and_nothing_changes_without_it() {
     let url = format!("http://{}", api.local_addr());
     let anonymous = AdminClient::new(&url, None);
     let wrong = AdminClient::new(&url, Some(AdminToken::new(&TOKEN.replace('0', "1"))));
-    let target = anonymous.status().await.expect("reads are open on loopback").devices[0]
-        .device
-        .clone();
+    let target =
+        anonymous.status().await.expect("reads are open on loopback").devices[0].device.clone();
 
     // Refused changes on a healthy device: it stays healthy.
     for intruder in [&anonymous, &wrong] {
@@ -565,7 +569,8 @@ fn the_farm_commands_drive_a_served_farm() {
     assert!(out.contains("\"drained\": false"), "nothing changed: {out}");
 
     let token = token_file.to_str().expect("utf-8 path");
-    let (ok, out, err) = farm_cli(&home, &["drain", &device, "--admin", &url, "--token-file", token]);
+    let (ok, out, err) =
+        farm_cli(&home, &["drain", &device, "--admin", &url, "--token-file", token]);
     assert!(ok, "{err}");
     assert!(out.contains(&device), "{out}");
     let (_, out, _) = farm_cli(&home, &["status", "--admin", &url]);

@@ -98,7 +98,10 @@ impl DeviceState {
                     waited.as_secs_f64(),
                     self.watchdog.as_secs_f64(),
                     if self.max_restarts > 0 {
-                        format!(" (given up after {} worker restarts, --max-device-restarts)", self.max_restarts)
+                        format!(
+                            " (given up after {} worker restarts, --max-device-restarts)",
+                            self.max_restarts
+                        )
                     } else {
                         String::new()
                     }

@@ -98,7 +98,9 @@ impl Health {
 
     fn update(&self, index: u32, f: impl FnOnce(&mut DeviceReport)) {
         if let Ok(mut reports) = self.reports.lock() {
-            f(reports.entry(index).or_insert_with(|| DeviceReport { device: index, ..Default::default() }));
+            f(reports
+                .entry(index)
+                .or_insert_with(|| DeviceReport { device: index, ..Default::default() }));
         }
     }
 

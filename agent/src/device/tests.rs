@@ -167,10 +167,14 @@ fn a_watchdog_firing_restarts_the_worker_until_the_cap_then_gives_the_device_up(
     actix_rt::System::new().block_on(async {
         let health = Health::default();
         let opts = DeviceOptions { max_restarts: 1, ..options(Duration::from_millis(200)) };
-        let device = start(12, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
-            .await
-            .expect("start");
-        assert_eq!(health.reports().get(&12).map(|r| (r.restarts, r.watchdog_firings)), Some((0, 0)));
+        let device =
+            start(12, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+        assert_eq!(
+            health.reports().get(&12).map(|r| (r.restarts, r.watchdog_firings)),
+            Some((0, 0))
+        );
 
         let answer = device.addr.send(run_shard(1, "hang-1", 12)).await.expect("answer");
         let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };

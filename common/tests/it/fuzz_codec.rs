@@ -252,18 +252,20 @@ fn agent_control() -> impl Strategy<Value = AgentControl> {
             (any::<u64>(), any::<u64>(), any::<u64>()),
             proptest::option::of(any::<u64>()),
         )
-            .prop_map(|(device, uuid, temperature_celsius, power_watts, counts, last_xid)| {
-                AgentControl::DeviceReport(cpc_common::wire::DeviceReport {
-                    device,
-                    uuid,
-                    temperature_celsius,
-                    power_watts,
-                    restarts: counts.0,
-                    watchdog_firings: counts.1,
-                    xid_errors: counts.2,
-                    last_xid,
-                })
-            }),
+            .prop_map(
+                |(device, uuid, temperature_celsius, power_watts, counts, last_xid)| {
+                    AgentControl::DeviceReport(cpc_common::wire::DeviceReport {
+                        device,
+                        uuid,
+                        temperature_celsius,
+                        power_watts,
+                        restarts: counts.0,
+                        watchdog_firings: counts.1,
+                        xid_errors: counts.2,
+                        last_xid,
+                    })
+                }
+            ),
     ]
 }
 

@@ -15,7 +15,9 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The coordinator could not be reached, or its answer not read.
-    #[error("admin API at {url}: {source} (is the coordinator running with --admin at that address?)")]
+    #[error(
+        "admin API at {url}: {source} (is the coordinator running with --admin at that address?)"
+    )]
     Http {
         /// The URL called.
         url: String,

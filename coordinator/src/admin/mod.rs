@@ -15,7 +15,9 @@
 pub mod client;
 pub mod routes;
 
-use crate::farm::identity::{MIN_TOKEN_CHARS, random_token, refuse_if_shared, token_matches, write_private};
+use crate::farm::identity::{
+    MIN_TOKEN_CHARS, random_token, refuse_if_shared, token_matches, write_private,
+};
 use axum::{
     Json, Router,
     extract::{Request, State},
@@ -52,7 +54,9 @@ pub enum AdminError {
         reason: String,
     },
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr} for the admin API: {source} (choose another address with --admin)")]
+    #[error(
+        "cannot listen on {addr} for the admin API: {source} (choose another address with --admin)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -231,11 +235,15 @@ async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(presented) = presented else {
-            return unauthorized("this call needs `Authorization: Bearer TOKEN` (the admin-token file in the coordinator's --data-dir; pass it with --token-file)");
+            return unauthorized(
+                "this call needs `Authorization: Bearer TOKEN` (the admin-token file in the coordinator's --data-dir; pass it with --token-file)",
+            );
         };
         if !token_matches(presented.trim(), auth.token.expose()) {
             tracing::warn!(method = %req.method(), path = %req.uri().path(), "admin API: wrong token");
-            return unauthorized("wrong admin token: use the admin-token file in the coordinator's --data-dir");
+            return unauthorized(
+                "wrong admin token: use the admin-token file in the coordinator's --data-dir",
+            );
         }
     }
     next.run(req).await
@@ -243,6 +251,8 @@ async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) 
 
 fn unauthorized(message: &str) -> Response {
     let mut response = error_reply(StatusCode::UNAUTHORIZED, message);
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     response
 }

@@ -96,7 +96,10 @@ async fn set_drained(farm: &FarmHandle, target: &str, drain: bool) -> Response {
     }
 }
 
-async fn quarantine(State(farm): State<FarmHandle>, Json(req): Json<QuarantineRequest>) -> Response {
+async fn quarantine(
+    State(farm): State<FarmHandle>,
+    Json(req): Json<QuarantineRequest>,
+) -> Response {
     let answer = async {
         let device = one_device(&req.device)?;
         let reason = req.reason.as_deref().unwrap_or("quarantined by the operator");

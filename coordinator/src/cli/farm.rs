@@ -113,11 +113,7 @@ async fn start_admin(
     let dir = super::data_dir_or_default(args.data_dir.clone())?;
     let (token, token_file) = admin::AdminToken::load_or_create(&dir)?;
     let server = admin::serve(addr, token, admin::farm_routes(handle.clone())).await?;
-    eprintln!(
-        "admin API on http://{} (token in {})",
-        server.local_addr(),
-        token_file.display()
-    );
+    eprintln!("admin API on http://{} (token in {})", server.local_addr(), token_file.display());
     Ok(Some(server))
 }
 

@@ -154,7 +154,8 @@ fn print_status(status: &FarmStatus) {
             d.name
         );
         if let Some(r) = &d.report {
-            let reading = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0} {unit}"));
+            let reading =
+                |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0} {unit}"));
             println!(
                 "  {}temperature {}, power {}; restarts {}, watchdog firings {}, Xid errors {}{}",
                 r.uuid.as_deref().map_or_else(String::new, |u| format!("{u}: ")),
@@ -167,9 +168,9 @@ fn print_status(status: &FarmStatus) {
             );
         }
         if let Some(reason) = &d.quarantine_reason {
-            let since = d.quarantined_at_unix_ms.map_or_else(String::new, |ms| {
-                format!(" (since {})", format_unix_ms(ms))
-            });
+            let since = d
+                .quarantined_at_unix_ms
+                .map_or_else(String::new, |ms| format!(" (since {})", format_unix_ms(ms)));
             println!("  quarantined{since}: {reason}");
         }
     }

@@ -92,8 +92,12 @@ impl FarmHandle {
     /// Every connected device with its state and the shards it holds now.
     pub async fn status(&self) -> Result<FarmStatus, ControlError> {
         let mut devices = self.devices().await.map_err(|_| ControlError::Shutdown)?;
-        let in_flight =
-            self.inner.scheduler.send(InFlightByDevice).await.map_err(|_| ControlError::Shutdown)?;
+        let in_flight = self
+            .inner
+            .scheduler
+            .send(InFlightByDevice)
+            .await
+            .map_err(|_| ControlError::Shutdown)?;
         for d in &mut devices {
             let id = DeviceId { agent: d.agent_id, index: d.index };
             d.shards_in_flight = in_flight.get(&id).copied().unwrap_or(0);

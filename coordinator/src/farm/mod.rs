@@ -435,8 +435,9 @@ impl FarmHandle {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let devices = self.devices().await?;
-            let found =
-                measure(&mut devices.iter().filter(|d| !d.draining && !d.quarantined && !d.drained));
+            let found = measure(
+                &mut devices.iter().filter(|d| !d.draining && !d.quarantined && !d.drained),
+            );
             if found >= count {
                 return Ok(found);
             }

@@ -70,13 +70,15 @@ impl Probation {
             }
             let id = DeviceId { agent: d.agent_id, index: d.index };
             let attempts = self.attempts.entry(id).or_default();
-            while attempts.front().is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= DAY)
+            while attempts
+                .front()
+                .is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= DAY)
             {
                 attempts.pop_front();
             }
-            let recent = attempts
-                .back()
-                .is_some_and(|t| now.duration_since(*t).unwrap_or_default() < self.policy.cool_down);
+            let recent = attempts.back().is_some_and(|t| {
+                now.duration_since(*t).unwrap_or_default() < self.policy.cool_down
+            });
             if recent || attempts.len() >= self.policy.max_per_day as usize {
                 continue;
             }
@@ -103,7 +105,8 @@ impl FarmHandle {
     /// ends with the farm or when the answer is dropped.
     pub fn start_probation(&self, policy: ProbationPolicy) -> ProbationTask {
         let farm: Weak<Inner> = Arc::downgrade(&self.inner);
-        let every = (policy.cool_down / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let every =
+            (policy.cool_down / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         ProbationTask(tokio::spawn(async move {
             let mut probation = Probation::new(policy);
             loop {
@@ -144,8 +147,10 @@ mod tests {
             index: 0,
             drained: false,
             quarantined_at_unix_ms: Some(
-                u64::try_from(at.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_millis())
-                    .expect("ms"),
+                u64::try_from(
+                    at.duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_millis(),
+                )
+                .expect("ms"),
             ),
             shards_in_flight: 0,
             report: None,
@@ -161,7 +166,11 @@ mod tests {
             [quarantined(1, "spot check failed", t0), quarantined(2, "operator: fan", t0)];
         assert!(p.due(t0 + 9 * minute, &devices).is_empty(), "cooling down");
         let first = t0 + 10 * minute;
-        assert_eq!(p.due(first, &devices), [DeviceId { agent: 1, index: 0 }], "never the operator's");
+        assert_eq!(
+            p.due(first, &devices),
+            [DeviceId { agent: 1, index: 0 }],
+            "never the operator's"
+        );
         assert!(p.due(first + 5 * minute, &devices).is_empty(), "an attempt cools down too");
         let second = first + 10 * minute;
         assert_eq!(p.due(second, &devices).len(), 1);

@@ -100,7 +100,9 @@ impl Registry {
             for d in &entry.devices {
                 devices += 1;
                 let id = DeviceId { agent, index: d.index };
-                if !entry.draining && !self.quarantined.contains_key(&id) && !self.drained.contains(&id)
+                if !entry.draining
+                    && !self.quarantined.contains_key(&id)
+                    && !self.drained.contains(&id)
                 {
                     usable += 1;
                     usable_ops += d.measured_ops_per_sec;

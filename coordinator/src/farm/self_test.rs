@@ -42,7 +42,10 @@ pub struct SelfTestReport {
 
 /// Runs the self-test on device `advert.index` of the agent behind `conn`; answers its report, or why it
 /// failed (the text an operator sees).
-pub async fn run(conn: &quinn::Connection, advert: &DeviceAdvert) -> Result<SelfTestReport, String> {
+pub async fn run(
+    conn: &quinn::Connection,
+    advert: &DeviceAdvert,
+) -> Result<SelfTestReport, String> {
     let n = SELF_TEST_MATRIX_SIZE;
     let rows = advert.max_rows_at(n).min(n);
     if rows == 0 {
