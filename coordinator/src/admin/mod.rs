@@ -163,7 +163,23 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AdminError::Bind { addr, source })?;
-        let bound = listener.local_addr().map_err(|source| AdminError::Bind { addr, source })?;
+        self.serve_on(listener)
+    }
+
+    /// Serves on `listener`, bound earlier (so that a taken port fails a command before it starts
+    /// anything else); must be called on a tokio runtime.
+    pub fn serve_std(self, listener: std::net::TcpListener) -> Result<RunningServer, AdminError> {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let bind = |source| AdminError::Bind { addr, source };
+        listener.set_nonblocking(true).map_err(bind)?;
+        self.serve_on(tokio::net::TcpListener::from_std(listener).map_err(bind)?)
+    }
+
+    fn serve_on(self, listener: tokio::net::TcpListener) -> Result<RunningServer, AdminError> {
+        let bound = listener.local_addr().map_err(|source| AdminError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         if !bound.ip().is_loopback() {
             tracing::warn!(
                 %bound,

@@ -11,9 +11,12 @@
 
 use super::{GlobalArgs, output::print_json};
 use clap::{ArgMatches, Args, parser::ValueSource};
-use cpc_coordinator::mining::{
-    self, RunEvent, RunReport, WindowReport,
-    settings::{DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
+use cpc_coordinator::{
+    admin,
+    mining::{
+        self, RunEvent, RunReport, WindowReport,
+        settings::{DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
+    },
 };
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -58,6 +61,10 @@ pub(crate) struct RunArgs {
     /// Secret) instead of making them in the data dir.
     #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Mining")]
     identity_dir: Option<PathBuf>,
+    /// Serve the admin API (`cpc-coordinator farm status|drain|...`) on this address once the farm is up,
+    /// e.g. 127.0.0.1:7702; its token is the admin-token file in the data dir (made on first start).
+    #[arg(long, env = "CPC_ADMIN_LISTEN", help_heading = "Mining")]
+    admin: Option<SocketAddr>,
     /// Metrics address (/metrics, /healthz, /readyz).
     #[arg(long, env = "CPC_METRICS", help_heading = "Mining")]
     metrics: Option<SocketAddr>,
@@ -171,7 +178,14 @@ pub(crate) async fn run(
     // Installed first: from here on SIGINT and SIGTERM stop the run gracefully.
     let shutdown = super::shutdown_signal();
     let settings = resolve(g, &args, matches)?;
-    let report = mining::run(settings, shutdown, print_event).await.map_err(|e| {
+    let admin = AdminSlot::bind(args.admin, &settings.data_dir)?;
+    let on_event = |event: RunEvent<'_>| {
+        if let RunEvent::FarmListening { farm, .. } = &event {
+            admin.serve(farm);
+        }
+        print_event(event);
+    };
+    let report = mining::run(settings, shutdown, on_event).await.map_err(|e| {
         let usage = e.is_usage();
         super::UsageError::or_failure(e, usage)
     })?;
@@ -179,6 +193,47 @@ pub(crate) async fn run(
         print_window(g, &window)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin API of `run --admin`: its port bound before the node starts (a taken port fails at once), served
+/// once the farm is up, stopped when the run returns.
+struct AdminSlot {
+    pending: std::sync::Mutex<Option<(std::net::TcpListener, admin::AdminToken)>>,
+    running: std::sync::Mutex<Option<admin::RunningServer>>,
+}
+
+impl AdminSlot {
+    fn bind(addr: Option<SocketAddr>, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let pending = match addr {
+            None => None,
+            Some(addr) => {
+                let (token, token_file) = admin::AdminToken::load_or_create(data_dir)?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .map_err(|source| admin::AdminError::Bind { addr, source })?;
+                eprintln!(
+                    "admin API on http://{} once the farm is up (token in {})",
+                    listener.local_addr()?,
+                    token_file.display()
+                );
+                Some((listener, token))
+            }
+        };
+        Ok(Self { pending: std::sync::Mutex::new(pending), running: std::sync::Mutex::new(None) })
+    }
+
+    fn serve(&self, farm: &cpc_coordinator::farm::FarmHandle) {
+        let Some((listener, token)) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        match admin::Server::new(token).merge(admin::farm_routes(farm.clone())).serve_std(listener) {
+            Ok(server) => {
+                if let Ok(mut running) = self.running.lock() {
+                    *running = Some(server);
+                }
+            }
+            Err(e) => tracing::error!("the admin API did not start: {e}"),
+        }
+    }
 }
 
 /// What the operator sees on stderr (and tells systemd) as the node starts and stops.
