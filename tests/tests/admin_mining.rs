@@ -56,15 +56,12 @@ fn a_device_drained_while_mining_gets_no_block_task_until_resumed() {
     let endpoint = farm.farm_endpoint();
     let admin = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{admin}");
-    let _miner =
-        KillOnDrop(farm.farm_coordinator(&endpoint, 2, &["--admin", &admin], "run.log"));
+    let _miner = KillOnDrop(farm.farm_coordinator(&endpoint, 2, &["--admin", &admin], "run.log"));
     let metrics = [free_port(), free_port()];
     let _agents: Vec<KillOnDrop> = metrics
         .iter()
         .enumerate()
-        .map(|(i, port)| {
-            farm.agent(&endpoint, i, &["--metrics", &format!("127.0.0.1:{port}")])
-        })
+        .map(|(i, port)| farm.agent(&endpoint, i, &["--metrics", &format!("127.0.0.1:{port}")]))
         .collect();
     let home = farm.dir.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
@@ -100,8 +97,7 @@ fn a_device_drained_while_mining_gets_no_block_task_until_resumed() {
     });
     assert_eq!(shards_run(metrics[0]), held, "a drained device got a block task");
 
-    farm_cli(&home, &["resume", &device, "--admin", &url, "--token-file", &token])
-        .expect("resume");
+    farm_cli(&home, &["resume", &device, "--admin", &url, "--token-file", &token]).expect("resume");
     wait_for("agent-0 runs block tasks again after resume", Duration::from_secs(60), || {
         (shards_run(metrics[0]) > held).then_some(())
     });

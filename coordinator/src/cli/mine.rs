@@ -225,7 +225,8 @@ impl AdminSlot {
         let Some((listener, token)) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
             return;
         };
-        match admin::Server::new(token).merge(admin::farm_routes(farm.clone())).serve_std(listener) {
+        match admin::Server::new(token).merge(admin::farm_routes(farm.clone())).serve_std(listener)
+        {
             Ok(server) => {
                 if let Ok(mut running) = self.running.lock() {
                     *running = Some(server);

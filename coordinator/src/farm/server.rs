@@ -273,3 +273,38 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
     conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
     reason
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpc_common::wire::DeviceAdvert;
+
+    /// A version-4 coordinator admits version-3 agents (they send no device reports) and its own version,
+    /// and refuses versions it does not know.
+    #[test]
+    fn agents_of_every_supported_protocol_version_are_admitted() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let hello = |protocol_version| Hello {
+            protocol_version,
+            token: token.into(),
+            agent_name: "a".into(),
+            devices: vec![DeviceAdvert {
+                index: 0,
+                name: "d".into(),
+                kind: "cpu".into(),
+                memory_bytes: 0,
+                measured_ops_per_sec: 1.0,
+                concurrent_shards: 1,
+                row_capacity: Vec::new(),
+            }],
+        };
+        assert_eq!(MIN_PROTOCOL_VERSION, 3);
+        for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            assert_eq!(admit(&hello(version), token), Ok(()), "version {version}");
+        }
+        for version in [MIN_PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            let e = admit(&hello(version), token).expect_err("refused");
+            assert!(e.contains("not supported"), "{e}");
+        }
+    }
+}
