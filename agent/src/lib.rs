@@ -47,6 +47,9 @@ use std::{
 };
 
 pub use device::DEFAULT_WATCHDOG;
+/// Default worker restarts per device after watchdog firings before the agent gives the device up: a driver
+/// hiccup costs one shard, a wedged GPU is given up after a few.
+pub const DEFAULT_MAX_DEVICE_RESTARTS: u32 = 2;
 use tokio::sync::{oneshot, watch};
 
 /// Default bytes of rows kept for spot checks.
@@ -90,9 +93,11 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// Time for the coordinator to answer `Hello`.
     pub handshake_timeout: Duration,
-    /// Longest one backend call (a shard, the start-up measurement) may take before its device is
-    /// quarantined (see [`device`]).
+    /// Longest one backend call (a shard, the start-up measurement) may take before its device's worker is
+    /// restarted, or past `max_device_restarts` the device quarantined (see [`device`]).
     pub watchdog: Duration,
+    /// Worker restarts per device after watchdog firings before the agent gives the device up.
+    pub max_device_restarts: u32,
 }
 
 impl AgentConfig {
@@ -117,6 +122,7 @@ impl AgentConfig {
             drain_timeout: Duration::from_secs(900),
             handshake_timeout: Duration::from_secs(10),
             watchdog: DEFAULT_WATCHDOG,
+            max_device_restarts: DEFAULT_MAX_DEVICE_RESTARTS,
         }
     }
 }
@@ -226,12 +232,15 @@ pub async fn run(
     let cache = Arc::new(Mutex::new(device::RowCache::new(config.row_cache_bytes)));
     let health = device::Health::default();
     metrics::devices_quarantined(0);
-    let samplers = telemetry::start(&devices, telemetry::SAMPLE_INTERVAL);
+    let samplers = telemetry::start(&devices, telemetry::SAMPLE_INTERVAL, &health);
     if !samplers.is_empty() {
         tracing::info!(gpus = samplers.len(), every = ?telemetry::SAMPLE_INTERVAL, "GPU telemetry (NVML) on /metrics");
     }
-    let options =
-        device::DeviceOptions { measure_n: config.measure_matrix_size, watchdog: config.watchdog };
+    let options = device::DeviceOptions {
+        measure_n: config.measure_matrix_size,
+        watchdog: config.watchdog,
+        max_restarts: config.max_device_restarts,
+    };
     let mut actors = session::Devices::default();
     let mut first_failure = None;
     for spec in devices {

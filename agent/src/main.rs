@@ -59,6 +59,10 @@ struct Args {
         help_heading = "Devices"
     )]
     watchdog_secs: u64,
+    /// Times a device's worker is restarted after its watchdog fired before the agent gives the device up
+    /// (quarantines it until the agent restarts); 0: give it up at the first firing.
+    #[arg(long, default_value_t = cpc_agent::DEFAULT_MAX_DEVICE_RESTARTS, help_heading = "Devices")]
+    max_device_restarts: u32,
     /// Bytes of rows kept for spot checks, in MiB.
     #[arg(long, default_value_t = cpc_agent::DEFAULT_ROW_CACHE_BYTES >> 20, help_heading = "Devices")]
     row_cache_mib: u64,
@@ -167,6 +171,7 @@ fn main() -> anyhow::Result<()> {
     config.metrics_listen = args.metrics;
     config.row_cache_bytes = args.row_cache_mib << 20;
     config.watchdog = watchdog;
+    config.max_device_restarts = args.max_device_restarts;
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         actix_rt::spawn(async move {

@@ -141,6 +141,14 @@ fn describe() {
         "cpcfarm_agent_device_restarts_needed_total",
         "Sticky CUDA errors (illegal address, ...): the device's context is lost until the process restarts."
     );
+    describe_counter!(
+        "cpcfarm_agent_watchdog_firings_total",
+        "Backend calls that outlived the watchdog (--watchdog-secs plus grace)."
+    );
+    describe_counter!(
+        "cpcfarm_agent_device_restarts_total",
+        "Restarts of a device's worker after its watchdog fired (capped by --max-device-restarts)."
+    );
 }
 
 /// The labels of one device's series: DCGM's (`gpu`, `UUID`, `modelName`, `Hostname`) for a GPU with an NVML
@@ -298,6 +306,14 @@ pub(crate) fn gpu_status(labels: &DeviceLabels, status: &GpuStatus) {
 /// Counts a device whose context is lost until the process restarts.
 pub(crate) fn device_restart_needed(labels: &DeviceLabels) {
     counter!("cpcfarm_agent_device_restarts_needed_total", labels.get()).increment(1);
+}
+
+pub(crate) fn watchdog_fired(labels: &DeviceLabels) {
+    counter!("cpcfarm_agent_watchdog_firings_total", labels.get()).increment(1);
+}
+
+pub(crate) fn device_restarted(labels: &DeviceLabels) {
+    counter!("cpcfarm_agent_device_restarts_total", labels.get()).increment(1);
 }
 
 pub(crate) fn row_cache_bytes(bytes: u64) {

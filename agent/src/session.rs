@@ -227,18 +227,32 @@ async fn session(
     m::connected(true);
     tracing::info!(agent_id, %addr, devices = ctx.devices.len(), "admitted by the coordinator");
 
-    // Control writer: heartbeats, quarantined devices (each once per connection), and `Draining` when asked.
+    // Control writer: heartbeats, quarantined devices (each once per connection), device reports (the first
+    // with the first heartbeat, then each one that changed, at most once per heartbeat), and `Draining` when
+    // asked.
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<AgentControl>();
     let interval = Duration::from_millis(u64::from(interval_ms.max(10)));
+    let reports = ctx.health.clone();
     let mut health = ctx.health.subscribe();
     let heartbeat = actix_rt::spawn(async move {
         let mut seq = 0u64;
         let mut tick = tokio::time::interval(interval);
         let mut told = std::collections::BTreeSet::new();
+        let mut reported = std::collections::BTreeMap::new();
         let mut health_open = true;
         loop {
             let msgs = tokio::select! {
-                _ = tick.tick() => { seq += 1; vec![AgentControl::Heartbeat { seq }] }
+                _ = tick.tick() => {
+                    seq += 1;
+                    let mut msgs = vec![AgentControl::Heartbeat { seq }];
+                    for (device, report) in reports.reports() {
+                        if reported.get(&device) != Some(&report) {
+                            reported.insert(device, report.clone());
+                            msgs.push(AgentControl::DeviceReport(report));
+                        }
+                    }
+                    msgs
+                }
                 m = ctl_rx.recv() => match m { Some(m) => vec![m], None => break },
                 changed = health.changed(), if health_open => {
                     health_open = changed.is_ok();

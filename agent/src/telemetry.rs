@@ -6,7 +6,7 @@
 //! Devices without a monitor (the CPU backend, or any build without the `cuda` feature, whose backends never
 //! have one) get no sampler at all.
 
-use crate::{DeviceSpec, metrics as m};
+use crate::{DeviceSpec, device::Health, metrics as m};
 use std::{
     sync::mpsc::{self, RecvTimeoutError},
     time::Duration,
@@ -33,20 +33,23 @@ impl Samplers {
     }
 }
 
-/// Starts one sampler thread per device whose backend has an NVML monitor.
-pub fn start(devices: &[DeviceSpec], every: Duration) -> Samplers {
+/// Starts one sampler thread per device whose backend has an NVML monitor; each sample also goes to
+/// `health`, whose reports the coordinator is sent (temperature, power, Xid errors, UUID).
+pub fn start(devices: &[DeviceSpec], every: Duration, health: &Health) -> Samplers {
     let mut samplers = Samplers::default();
     for spec in devices {
         if spec.backend.monitor().is_none() {
             continue;
         }
         let (stop, stopped) = mpsc::channel::<()>();
-        let backend = spec.backend.clone();
+        let (backend, health, index) = (spec.backend.clone(), health.clone(), spec.index);
         let spawned =
             std::thread::Builder::new().name(format!("cpc-nvml-{}", spec.index)).spawn(move || {
                 loop {
                     if let Some(monitor) = backend.monitor() {
-                        m::gpu_telemetry(&monitor.sample());
+                        let sample = monitor.sample();
+                        m::gpu_telemetry(&sample);
+                        health.sampled(index, &sample);
                     }
                     match stopped.recv_timeout(every) {
                         Err(RecvTimeoutError::Timeout) => {}

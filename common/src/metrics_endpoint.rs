@@ -211,6 +211,18 @@ pub async fn serve_with_limits(
     Ok((bound, stats))
 }
 
+/// Serves any other small HTTP API of the process (the coordinator's admin API) on `listener` with the same
+/// defences as the metrics endpoint: at most `limits.max_connections` at once, the header read timeout,
+/// the connection age limit. Runs until the task running it is dropped or aborted.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: EndpointLimits,
+    stats: ConnectionStats,
+) {
+    accept_loop(listener, app, limits, stats).await;
+}
+
 /// Accepts every connection; one that finds all `max_connections` slots taken is closed at once (shed), so
 /// the kernel's accept queue never fills with clients left waiting, and a scraper retries as soon as a
 /// slot frees. Each served connection gets the header timeout and the age limit.

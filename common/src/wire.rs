@@ -15,7 +15,14 @@ use serde::{Deserialize, Serialize};
 ///
 /// Version 3: [`DeviceAdvert::concurrent_shards`] and [`DeviceAdvert::row_capacity`] (the device, not the
 /// coordinator, says how many rows it holds at each size and how many shards it runs at once).
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// Version 4: [`AgentControl::DeviceReport`] (per-device counters and NVML readings). Nothing else changed,
+/// so a version-4 coordinator still admits version-3 agents ([`MIN_PROTOCOL_VERSION`]): they simply send
+/// no reports. Upgrade the coordinator first: a version-3 coordinator refuses version-4 agents.
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// The oldest agent protocol version a coordinator admits.
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN protocol id of the farm's QUIC connections.
 pub const ALPN: &[u8] = b"cpcfarm/1";
@@ -132,6 +139,30 @@ pub enum AgentControl {
         /// What failed (at most [`MAX_QUARANTINE_REASON_BYTES`]).
         reason: String,
     },
+    /// A device's counters and readings (version 4; appended last, so the variants before keep their
+    /// encoding): sent after `Welcome` and again whenever they change, at most once per heartbeat.
+    DeviceReport(DeviceReport),
+}
+
+/// What an agent tells the coordinator about one device's health, for `farm status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// The agent's index of the device.
+    pub device: u32,
+    /// The GPU's `GPU-…` UUID (none on a CPU, or without NVML).
+    pub uuid: Option<String>,
+    /// Die temperature, degrees Celsius (NVML).
+    pub temperature_celsius: Option<f64>,
+    /// Power draw, watts (NVML).
+    pub power_watts: Option<f64>,
+    /// Times the agent restarted the device's worker after its watchdog fired.
+    pub restarts: u64,
+    /// Backend calls that outlived the watchdog.
+    pub watchdog_firings: u64,
+    /// Critical Xid errors NVML reported since the agent started (0 on a CPU).
+    pub xid_errors: u64,
+    /// The last Xid error code, if any.
+    pub last_xid: Option<u64>,
 }
 
 /// Longest reason a [`AgentControl::DeviceQuarantined`] carries (longer ones are cut at a character boundary).

@@ -3,6 +3,7 @@
 //! The farm's coordinator and the operator's command line. This library holds what the `cpc-coordinator`
 //! binary drives and what tests call directly:
 //!
+//! - [`admin`]: the admin API (HTTP + JSON, loopback by default): farm status and device control;
 //! - [`l1`]: the typed client of a ComputeChain node's HTTP RPC;
 //! - [`submit`]: building a `SUBMIT_RESULT` (or transfer) the node will accept, checking it as the node
 //!   would, and sending it;
@@ -15,6 +16,7 @@
 //! # Feature flags
 //! - `cuda`: offer the CUDA backend of `cpc-kernels` for local `task` and `verify` runs.
 
+pub mod admin;
 pub mod data_dir;
 pub mod farm;
 pub mod l1;

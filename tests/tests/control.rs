@@ -6,7 +6,9 @@
 //!   reason, and mining goes on with the old config;
 //! - `identities` reads the journal beside a running coordinator and gives each miss its reason:
 //!   `underfunded` for an identity with no funds, `no_device` for blocks superseded while the farm had no
-//!   agent, after which the agent's blocks are included.
+//!   agent, after which the agent's blocks are included;
+//! - the admin API (`run --admin`) does the same: `farm reload` adds an identity, `farm identities` lists
+//!   it, and a reload without the admin token, or with a wrong one, is refused and changes nothing.
 
 mod support;
 
@@ -28,6 +30,11 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// `cpc-coordinator run --config CONFIG`, computing locally: the identities come from the file only, so a
 /// reload can change them (a flag would keep winning over the file).
 fn configured_miner(farm: &Farm, config: &Path, log: &str) -> KillOnDrop {
+    configured_miner_with(farm, config, log, &[])
+}
+
+/// [`configured_miner`] with `extra` arguments for `run`.
+fn configured_miner_with(farm: &Farm, config: &Path, log: &str, extra: &[&str]) -> KillOnDrop {
     let log = std::fs::File::create(farm.dir.path().join(log)).expect("log file");
     KillOnDrop(
         coordinator_command()
@@ -39,6 +46,7 @@ fn configured_miner(farm: &Farm, config: &Path, log: &str) -> KillOnDrop {
             .arg(farm.data_dir())
             .args(["--compute", "local", "--listen", "127.0.0.1:0"])
             .args(["--matrix-size", &MATRIX_SIZE.to_string(), "--poll-interval-ms", "40"])
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -360,4 +368,73 @@ async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
     let (report, ()) = tokio::join!(node, drive);
     assert_eq!(report.expect("run"), RunReport::Stopped);
     tokio::task::block_in_place(|| check_chain(&farm));
+}
+
+/// `cpc-coordinator farm ARGS` against the admin API at `url` (HOME is the test's folder, so no token
+/// file of the machine's user is picked up by default).
+fn farm_admin(farm: &Farm, url: &str, args: &[&str]) -> std::process::Output {
+    coordinator_command()
+        .args(["--json", "farm"])
+        .args(args)
+        .args(["--admin", url])
+        .env("HOME", farm.dir.path())
+        .env_remove("CPC_ADMIN_TOKEN_FILE")
+        .output()
+        .expect("spawn cpc-coordinator farm")
+}
+
+fn identity_names(report: &Value) -> Vec<String> {
+    report["identities"]
+        .as_array()
+        .expect("identities array")
+        .iter()
+        .filter_map(|a| a["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_admin_api_reloads_and_lists_identities_and_a_reload_needs_the_token() {
+    let farm = Farm::new(300, false, &["w1", "w2"]);
+    let config = farm.dir.path().join("farm.toml");
+    write_config(&config, "identities = [\"w1\"]\n");
+    let admin = format!("127.0.0.1:{}", support::free_port());
+    let url = format!("http://{admin}");
+    let miner = configured_miner_with(&farm, &config, "run.log", &["--admin", &admin]);
+    wait_for_log(&farm, "run.log", "submission included", 2);
+    let token = farm.data_dir().join("admin-token");
+    assert!(token.exists(), "run --admin made its token file");
+    write_config(&config, "identities = [\"w1\", \"w2\"]\n");
+
+    // Without the token, and with a wrong one: refused with 401, and nothing changed.
+    let wrong = farm.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "0123456789abcdef0123456789abcdef0123456789abcdef")
+        .expect("wrong token");
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let wrong = wrong.to_string_lossy().into_owned();
+    for extra in [vec![], vec!["--token-file", wrong.as_str()]] {
+        let out = farm_admin(&farm, &url, &[&["reload"], extra.as_slice()].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a reload without the right token was accepted: {stderr}");
+        assert!(stderr.contains("401"), "refused as unauthorised: {stderr}");
+    }
+    let out = farm_admin(&farm, &url, &["identities"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("identities JSON");
+    assert_eq!(identity_names(&report), ["w1"], "no reload happened: {report}");
+
+    // With the token: w2 is added, mines, and is listed.
+    let token = token.to_string_lossy().into_owned();
+    let out = farm_admin(&farm, &url, &["reload", "--token-file", &token]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outcome: Value = serde_json::from_slice(&out.stdout).expect("reload JSON");
+    assert_eq!(outcome["added"], serde_json::json!(["w2"]), "{outcome}");
+    wait_for_log(&farm, "run.log", "submission included identity=w2", 1);
+    let out = farm_admin(&farm, &url, &["identities", "--since", "1h"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("identities JSON");
+    assert_eq!(identity_names(&report), ["w1", "w2"], "{report}");
+    let w2 = &report["identities"][1];
+    assert!(w2["included"].as_u64().is_some_and(|n| n >= 1), "w2 included a result: {w2}");
+    stop(miner);
 }

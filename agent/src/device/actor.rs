@@ -30,6 +30,8 @@ pub(super) struct DeviceState {
     pub(super) worker: Worker,
     pub(super) health: Health,
     pub(super) watchdog: Duration,
+    /// Restarts of the worker after a watchdog firing before the device is given up (quarantined).
+    pub(super) max_restarts: u32,
     pub(super) labels: DeviceLabels,
     pub(super) cache: Arc<Mutex<RowCache>>,
     /// Calls running on the device at once ([`Backend::concurrent_shards`]).
@@ -71,7 +73,9 @@ impl DeviceState {
         }
     }
 
-    /// Runs a call under the watchdog; quarantines the device on a timeout or a lost worker.
+    /// Runs a call under the watchdog. When the watchdog fires, the device's worker is restarted (new
+    /// threads, the stuck one abandoned) up to `max_restarts` times; past that, or on a lost worker, the
+    /// device is given up: quarantined until the agent restarts.
     pub(super) async fn call<T: Send + 'static>(
         &self,
         what: &str,
@@ -81,13 +85,26 @@ impl DeviceState {
             Ok(v) => Ok(v),
             Err(CallError::Panicked(why)) => Err(format!("{what} panicked on the device: {why}")),
             Err(CallError::Timeout(waited)) => {
+                self.health.watchdog_fired(self.index);
+                m::watchdog_fired(&self.labels);
+                if let Some(reason) = self.restart_after_watchdog(what, waited) {
+                    return Err(reason);
+                }
                 let reason = format!(
                     "{}: {what} did not finish within {:.1} s (watchdog --watchdog-secs {:.1} plus grace): \
                      the device is quarantined and its worker thread abandoned; check the device (for a GPU, \
-                     `nvidia-smi` and the kernel log for Xid errors) and restart the agent",
+                     `nvidia-smi` and the kernel log for Xid errors) and restart the agent{}",
                     self.name,
                     waited.as_secs_f64(),
-                    self.watchdog.as_secs_f64()
+                    self.watchdog.as_secs_f64(),
+                    if self.max_restarts > 0 {
+                        format!(
+                            " (given up after {} worker restarts, --max-device-restarts)",
+                            self.max_restarts
+                        )
+                    } else {
+                        String::new()
+                    }
                 );
                 self.quarantine(&reason);
                 Err(reason)
@@ -100,6 +117,31 @@ impl DeviceState {
                 Err(reason)
             }
         }
+    }
+}
+
+impl DeviceState {
+    /// After a watchdog firing: restarts the worker while restarts are left, answering the shard's failure
+    /// reason (the device keeps serving); none when the device is to be given up.
+    fn restart_after_watchdog(&self, what: &str, waited: Duration) -> Option<String> {
+        if self.health.restarts(self.index) >= u64::from(self.max_restarts) {
+            return None;
+        }
+        if let Err(e) = self.worker.restart() {
+            tracing::error!(device = self.index, name = %self.name, "cannot restart the device's worker: {e}");
+            return None;
+        }
+        let restarts = self.health.restarted(self.index);
+        m::device_restarted(&self.labels);
+        let reason = format!(
+            "{}: {what} did not finish within {:.1} s (watchdog): the device's worker was restarted \
+             (restart {restarts} of {}, --max-device-restarts); the device keeps serving",
+            self.name,
+            waited.as_secs_f64(),
+            self.max_restarts
+        );
+        tracing::warn!(device = self.index, name = %self.name, restarts, "{reason}");
+        Some(reason)
     }
 }
 

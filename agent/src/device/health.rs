@@ -1,9 +1,14 @@
-//! Which of the agent's devices are quarantined, and why: written by the device actors, read by every session
-//! (to tell the coordinator) and by the metrics.
+//! Which of the agent's devices are quarantined, and why, and each device's counters (watchdog firings,
+//! worker restarts, Xid errors) and NVML readings: written by the device actors and the NVML samplers, read by
+//! every session (to tell the coordinator) and by the metrics.
 
 use crate::metrics as m;
-use cpc_common::wire::MAX_QUARANTINE_REASON_BYTES;
-use std::{collections::BTreeMap, sync::Arc};
+use cpc_common::wire::{DeviceReport, MAX_QUARANTINE_REASON_BYTES};
+use cpc_kernels::gpu::GpuTelemetry;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 use tokio::sync::watch;
 
 /// Which of the agent's devices are quarantined, and why. The device actors write it; the sessions read it
@@ -11,11 +16,16 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Health {
     tx: Arc<watch::Sender<BTreeMap<u32, String>>>,
+    /// Each started device's counters and last NVML readings.
+    reports: Arc<Mutex<BTreeMap<u32, DeviceReport>>>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { tx: Arc::new(watch::Sender::new(BTreeMap::new())) }
+        Self {
+            tx: Arc::new(watch::Sender::new(BTreeMap::new())),
+            reports: Arc::new(Mutex::new(BTreeMap::new())),
+        }
     }
 }
 
@@ -43,6 +53,55 @@ impl Health {
     /// Every quarantined device with its reason.
     pub fn quarantined(&self) -> BTreeMap<u32, String> {
         self.tx.borrow().clone()
+    }
+
+    /// Starts counting for device `index` (all counters 0): it is reported from now on.
+    pub fn register(&self, index: u32) {
+        self.update(index, |_| ());
+    }
+
+    /// Counts a backend call of device `index` that outlived the watchdog.
+    pub fn watchdog_fired(&self, index: u32) {
+        self.update(index, |r| r.watchdog_firings += 1);
+    }
+
+    /// Counts a restart of device `index`'s worker; answers how many there were, this one included.
+    pub fn restarted(&self, index: u32) -> u64 {
+        let mut count = 0;
+        self.update(index, |r| {
+            r.restarts += 1;
+            count = r.restarts;
+        });
+        count
+    }
+
+    /// Restarts of device `index`'s worker so far.
+    pub fn restarts(&self, index: u32) -> u64 {
+        self.reports.lock().map_or(0, |r| r.get(&index).map_or(0, |r| r.restarts))
+    }
+
+    /// Records an NVML sample of device `index`: UUID, temperature, power, Xid errors.
+    pub fn sampled(&self, index: u32, t: &GpuTelemetry) {
+        self.update(index, |r| {
+            r.uuid = Some(t.uuid.clone());
+            r.temperature_celsius = t.temperature_celsius;
+            r.power_watts = t.power_watts;
+            r.xid_errors = t.xid_errors_total;
+            r.last_xid = t.last_xid;
+        });
+    }
+
+    /// Every registered device's report, by index.
+    pub fn reports(&self) -> BTreeMap<u32, DeviceReport> {
+        self.reports.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, index: u32, f: impl FnOnce(&mut DeviceReport)) {
+        if let Ok(mut reports) = self.reports.lock() {
+            f(reports
+                .entry(index)
+                .or_insert_with(|| DeviceReport { device: index, ..Default::default() }));
+        }
     }
 
     /// Changes to come (the current map counts as unseen).

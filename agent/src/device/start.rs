@@ -46,6 +46,9 @@ pub struct DeviceOptions {
     pub measure_n: u32,
     /// Watchdog timeout of one backend call.
     pub watchdog: Duration,
+    /// Restarts of the device's worker after a watchdog firing before the agent gives the device up (0:
+    /// give it up at the first firing).
+    pub max_restarts: u32,
 }
 
 /// A started device: its actor, its advert, and whether it failed already (quarantined while measuring).
@@ -76,12 +79,14 @@ pub async fn start(
         worker: Worker::spawn(index, backend.clone(), backend.concurrent_shards())?,
         health,
         watchdog: options.watchdog,
+        max_restarts: options.max_restarts,
         labels,
         cache,
         in_flight: Semaphore::new(backend.concurrent_shards().max(1)),
         keeps_rows: backend.keeps_rows_cheaply(),
     });
     m::device_healthy(&state.labels, true);
+    state.health.register(index);
     if let Some(status) = backend.gpu_status() {
         m::gpu_status(&state.labels, &status);
     }

@@ -98,7 +98,7 @@ fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
 }
 
 fn options(watchdog: Duration) -> DeviceOptions {
-    DeviceOptions { measure_n: 0, watchdog }
+    DeviceOptions { measure_n: 0, watchdog, max_restarts: 0 }
 }
 
 fn reference_leaves(seed: &str) -> Vec<[u8; 32]> {
@@ -159,6 +159,40 @@ fn a_hung_call_quarantines_its_device_and_not_the_other() {
         text.contains(&format!("cpcfarm_device_achieved_ops_per_second{}", labels(11))),
         "{text}"
     );
+}
+
+#[test]
+fn a_watchdog_firing_restarts_the_worker_until_the_cap_then_gives_the_device_up() {
+    let _handle = crate::metrics::install_recorder();
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let opts = DeviceOptions { max_restarts: 1, ..options(Duration::from_millis(200)) };
+        let device =
+            start(12, Faulty::backend("hang", Fault::Hang), cache(), health.clone(), &opts)
+                .await
+                .expect("start");
+        assert_eq!(
+            health.reports().get(&12).map(|r| (r.restarts, r.watchdog_firings)),
+            Some((0, 0))
+        );
+
+        let answer = device.addr.send(run_shard(1, "hang-1", 12)).await.expect("answer");
+        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        assert!(reason.contains("restarted") && reason.contains("restart 1 of 1"), "{reason}");
+        assert!(health.reason(12).is_none(), "not given up after one firing");
+        // The restarted worker serves.
+        let answer = device.addr.send(run_shard(2, "fine", 12)).await.expect("answer");
+        let Response::ShardDone { leaves, .. } = answer else { panic!("{answer:?}") };
+        assert_eq!(leaves, reference_leaves("fine"));
+
+        // The cap is reached: the next firing gives the device up.
+        let answer = device.addr.send(run_shard(3, "hang-2", 12)).await.expect("answer");
+        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        assert!(reason.contains("given up after 1 worker restarts"), "{reason}");
+        assert_eq!(health.reason(12).as_deref(), Some(reason.as_str()));
+        let report = health.reports().get(&12).cloned().expect("report");
+        assert_eq!((report.restarts, report.watchdog_firings, report.xid_errors), (1, 2, 0));
+    });
 }
 
 #[test]
@@ -419,7 +453,8 @@ fn a_device_that_overlaps_shards_gets_two_at_once() {
 fn a_device_that_hangs_while_measured_starts_quarantined() {
     actix_rt::System::new().block_on(async {
         let health = Health::default();
-        let opts = DeviceOptions { measure_n: 16, watchdog: Duration::from_millis(100) };
+        let opts =
+            DeviceOptions { measure_n: 16, watchdog: Duration::from_millis(100), max_restarts: 0 };
         let started = start(30, Faulty::backend("", Fault::Hang), cache(), health.clone(), &opts)
             .await
             .expect("start");

@@ -37,6 +37,9 @@ pub(super) enum CallError {
 #[derive(Debug)]
 pub(super) struct Worker {
     tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    index: u32,
+    backend: Arc<dyn Backend>,
+    threads: usize,
 }
 
 impl Worker {
@@ -45,30 +48,52 @@ impl Worker {
         backend: Arc<dyn Backend>,
         threads: usize,
     ) -> Result<Self, String> {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for t in 0..threads.max(1) {
-            let (rx, backend) = (rx.clone(), backend.clone());
-            std::thread::Builder::new()
-                .name(format!("cpc-device-{index}-{t}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only while waiting for the next call, not while running it.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(backend.as_ref()),
-                            Err(_) => return, // the worker was given up on, or the device is gone
-                        }
-                    }
-                })
-                .map_err(|e| format!("cannot start the device's worker thread: {e}"))?;
-        }
-        Ok(Self { tx: Mutex::new(Some(tx)) })
+        let tx = spawn_threads(index, &backend, threads)?;
+        Ok(Self { tx: Mutex::new(Some(tx)), index, backend, threads })
     }
 
+    /// Restarts the device's worker: new threads on the same backend take the calls from now on; the old
+    /// ones (one of them stuck in a call the watchdog gave up on) get no more work and end once their call
+    /// returns, never joined.
+    pub(super) fn restart(&self) -> Result<(), String> {
+        let tx = spawn_threads(self.index, &self.backend, self.threads)?;
+        let mut guard = self.tx.lock().map_err(|_| "the worker's lock is poisoned".to_owned())?;
+        *guard = Some(tx);
+        Ok(())
+    }
+}
+
+/// Starts `threads` threads taking calls into `backend` from one queue; answers the queue's sender.
+fn spawn_threads(
+    index: u32,
+    backend: &Arc<dyn Backend>,
+    threads: usize,
+) -> Result<std::sync::mpsc::Sender<Job>, String> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for t in 0..threads.max(1) {
+        let (rx, backend) = (rx.clone(), backend.clone());
+        std::thread::Builder::new()
+            .name(format!("cpc-device-{index}-{t}"))
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next call, not while running it.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(backend.as_ref()),
+                        Err(_) => return, // the worker was given up on, or the device is gone
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the device's worker thread: {e}"))?;
+    }
+    Ok(tx)
+}
+
+impl Worker {
     /// Runs `f` on the worker thread and waits for it at most `deadline`.
     pub(super) async fn call<T: Send + 'static>(
         &self,

@@ -244,6 +244,28 @@ fn agent_control() -> impl Strategy<Value = AgentControl> {
         Just(AgentControl::Draining),
         (any::<u32>(), text())
             .prop_map(|(device, reason)| AgentControl::DeviceQuarantined { device, reason }),
+        (
+            any::<u32>(),
+            proptest::option::of(text()),
+            proptest::option::of(-1e6f64..1e6),
+            proptest::option::of(0f64..1e6),
+            (any::<u64>(), any::<u64>(), any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(
+                |(device, uuid, temperature_celsius, power_watts, counts, last_xid)| {
+                    AgentControl::DeviceReport(cpc_common::wire::DeviceReport {
+                        device,
+                        uuid,
+                        temperature_celsius,
+                        power_watts,
+                        restarts: counts.0,
+                        watchdog_firings: counts.1,
+                        xid_errors: counts.2,
+                        last_xid,
+                    })
+                }
+            ),
     ]
 }
 

@@ -1,10 +1,14 @@
 //! `serve` and `job`: the farm's subcommands. Both start the farm in-process (QUIC endpoint, actors, metrics);
-//! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report.
+//! `serve` runs until interrupted, `job` waits for agents, runs one job and prints its report. With `--admin`
+//! both serve the admin API (the `farm ...` commands of `farm_admin.rs` are its client).
 
 use super::GlobalArgs;
 use clap::Args;
 use cpc_common::synthetic::Challenge;
-use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, JobReport};
+use cpc_coordinator::{
+    admin,
+    farm::{self, FarmConfig, FarmHandle, JobReport},
+};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 /// Default time `job` waits for agents.
@@ -22,6 +26,10 @@ pub(crate) struct FarmArgs {
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, help_heading = "Farm")]
     pub(crate) metrics: Option<SocketAddr>,
+    /// Serve the admin API (`cpc-coordinator farm status|drain|...`) on this address, e.g. 127.0.0.1:7702;
+    /// its token is the admin-token file in the data dir (made on first start).
+    #[arg(long, env = "CPC_ADMIN_LISTEN", help_heading = "Farm")]
+    pub(crate) admin: Option<SocketAddr>,
     /// Address agents should dial, for the printed command line [default: the listen address].
     #[arg(long, env = "CPC_PUBLIC_ADDR", help_heading = "Farm")]
     pub(crate) public_addr: Option<String>,
@@ -29,6 +37,13 @@ pub(crate) struct FarmArgs {
     /// instead of making them in the data dir.
     #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Farm")]
     pub(crate) identity_dir: Option<PathBuf>,
+    /// Automatic probation: retry a device the farm quarantined (never one an operator did) after this
+    /// many seconds, through the same self-test as `farm readmit` [default: off].
+    #[arg(long, help_heading = "Farm")]
+    pub(crate) probation_cool_down_secs: Option<u64>,
+    /// Most automatic readmission attempts per device in 24 hours.
+    #[arg(long, default_value_t = farm::probation::DEFAULT_PROBATION_MAX_PER_DAY, help_heading = "Farm")]
+    pub(crate) probation_max_per_day: u32,
     /// Seconds a shard may take before its rows go to another device.
     #[arg(long, default_value_t = farm::DEFAULT_SHARD_TIMEOUT.as_secs(), help_heading = "Farm")]
     pub(crate) shard_timeout: u64,
@@ -78,9 +93,35 @@ fn start(args: &FarmArgs) -> anyhow::Result<(FarmHandle, String)> {
     Ok((handle, command))
 }
 
+/// Starts automatic probation when `--probation-cool-down-secs` is given; it stops when the answer is dropped.
+fn start_probation(args: &FarmArgs, handle: &FarmHandle) -> Option<farm::probation::ProbationTask> {
+    let cool_down = Duration::from_secs(args.probation_cool_down_secs?);
+    let policy = farm::ProbationPolicy { cool_down, max_per_day: args.probation_max_per_day };
+    eprintln!(
+        "probation on: devices the farm quarantined are self-tested after {cool_down:?}, at most {} times a day",
+        policy.max_per_day
+    );
+    Some(handle.start_probation(policy))
+}
+
+/// Serves the admin API over `handle` when `--admin` is given; the answer stops it when dropped.
+async fn start_admin(
+    args: &FarmArgs,
+    handle: &FarmHandle,
+) -> anyhow::Result<Option<admin::RunningServer>> {
+    let Some(addr) = args.admin else { return Ok(None) };
+    let dir = super::data_dir_or_default(args.data_dir.clone())?;
+    let (token, token_file) = admin::AdminToken::load_or_create(&dir)?;
+    let server = admin::serve(addr, token, admin::farm_routes(handle.clone())).await?;
+    eprintln!("admin API on http://{} (token in {})", server.local_addr(), token_file.display());
+    Ok(Some(server))
+}
+
 pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = super::shutdown_signal();
     let (handle, command) = start(&args.farm)?;
+    let _admin = start_admin(&args.farm, &handle).await?;
+    let _probation = start_probation(&args.farm, &handle);
     // For scripts on this host: the command line with this host's token file.
     println!("{command}");
     cpc_common::service::notify_ready();
@@ -95,6 +136,8 @@ pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Ex
 pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCode> {
     let challenge = Challenge::new(args.seed.clone(), args.matrix_size, args.iterations)?;
     let (handle, _) = start(&args.farm)?;
+    let _admin = start_admin(&args.farm, &handle).await?;
+    let _probation = start_probation(&args.farm, &handle);
     let agents =
         handle.wait_for_agents(args.min_agents.max(1), Duration::from_secs(args.wait)).await?;
     eprintln!("{agents} agent(s) connected: running the job");

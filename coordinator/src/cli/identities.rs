@@ -51,7 +51,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: IdentitiesArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(report: &IdentitiesReport) {
+pub(super) fn print_table(report: &IdentitiesReport) {
     let since = report.since.map_or_else(|| "the whole journal".to_owned(), |s| s.to_string());
     let head = report.head.map_or_else(|| "unknown".to_owned(), |h| h.to_string());
     eprintln!(

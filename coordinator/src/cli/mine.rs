@@ -11,9 +11,12 @@
 
 use super::{GlobalArgs, output::print_json};
 use clap::{ArgMatches, Args, parser::ValueSource};
-use cpc_coordinator::mining::{
-    self, RunEvent, RunReport, WindowReport,
-    settings::{DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
+use cpc_coordinator::{
+    admin,
+    mining::{
+        self, RunEvent, RunReport, WindowReport,
+        settings::{DEFAULT_SETTLE_TIMEOUT_SECS, Layer, Settings, Sources},
+    },
 };
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -58,6 +61,10 @@ pub(crate) struct RunArgs {
     /// Secret) instead of making them in the data dir.
     #[arg(long, env = "CPC_IDENTITY_DIR", help_heading = "Mining")]
     identity_dir: Option<PathBuf>,
+    /// Serve the admin API (`cpc-coordinator farm status|drain|...`) on this address once the farm is up,
+    /// e.g. 127.0.0.1:7702; its token is the admin-token file in the data dir (made on first start).
+    #[arg(long, env = "CPC_ADMIN_LISTEN", help_heading = "Mining")]
+    admin: Option<SocketAddr>,
     /// Metrics address (/metrics, /healthz, /readyz).
     #[arg(long, env = "CPC_METRICS", help_heading = "Mining")]
     metrics: Option<SocketAddr>,
@@ -173,9 +180,19 @@ pub(crate) async fn run(
     let settings = resolve(g, &args, matches)?;
     // SIGHUP re-reads the config file with these same flags and environment (they keep winning).
     let (control, inbox) = mining::control::channel(Some(layers(g, &args, matches)));
-    let _reload_on_hangup = reload_on_hangup(control);
+    let _reload_on_hangup = reload_on_hangup(control.clone());
+    let admin = AdminSlot::bind(args.admin, &settings.data_dir, control)?;
+    let on_event = |event: RunEvent<'_>| {
+        match &event {
+            RunEvent::FarmListening { farm, .. } => admin.serve(Some(farm)),
+            // Local compute: no farm, the identity and reload routes only.
+            RunEvent::Ready => admin.serve(None),
+            _ => {}
+        }
+        print_event(event);
+    };
     let report =
-        mining::run_controlled(settings, inbox, shutdown, print_event).await.map_err(|e| {
+        mining::run_controlled(settings, inbox, shutdown, on_event).await.map_err(|e| {
             let usage = e.is_usage();
             super::UsageError::or_failure(e, usage)
         })?;
@@ -229,6 +246,63 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The admin API of `run --admin`: its port bound before the node starts (a taken port fails at once), served
+/// once the farm is up, stopped when the run returns.
+struct AdminSlot {
+    pending: std::sync::Mutex<Option<(std::net::TcpListener, admin::AdminToken)>>,
+    control: mining::MiningControl,
+    running: std::sync::Mutex<Option<admin::RunningServer>>,
+}
+
+impl AdminSlot {
+    fn bind(
+        addr: Option<SocketAddr>,
+        data_dir: &std::path::Path,
+        control: mining::MiningControl,
+    ) -> anyhow::Result<Self> {
+        let pending = match addr {
+            None => None,
+            Some(addr) => {
+                let (token, token_file) = admin::AdminToken::load_or_create(data_dir)?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .map_err(|source| admin::AdminError::Bind { addr, source })?;
+                eprintln!(
+                    "admin API on http://{} once mining starts (token in {})",
+                    listener.local_addr()?,
+                    token_file.display()
+                );
+                Some((listener, token))
+            }
+        };
+        Ok(Self {
+            pending: std::sync::Mutex::new(pending),
+            control,
+            running: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Serves the admin API (once: the first call wins) with the farm's routes when there is a farm, and
+    /// the mining node's identity and reload routes.
+    fn serve(&self, farm: Option<&cpc_coordinator::farm::FarmHandle>) {
+        let Some((listener, token)) = self.pending.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        let mut server =
+            admin::Server::new(token).merge(admin::mining_routes(self.control.clone()));
+        if let Some(farm) = farm {
+            server = server.merge(admin::farm_routes(farm.clone()));
+        }
+        match server.serve_std(listener) {
+            Ok(server) => {
+                if let Ok(mut running) = self.running.lock() {
+                    *running = Some(server);
+                }
+            }
+            Err(e) => tracing::error!("the admin API did not start: {e}"),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod bench_farm;
 mod chain;
 mod compute;
 mod farm;
+mod farm_admin;
 mod identities;
 mod keys;
 mod mine;
@@ -137,6 +138,9 @@ pub(crate) enum Command {
     Serve(farm::ServeArgs),
     /// Run one synthetic job on the farm (starts it, waits for agents, prints the result).
     Job(farm::JobArgs),
+    /// Ask a running farm what it does, and act on its devices, through its admin API.
+    #[command(subcommand)]
+    Farm(farm_admin::FarmCommand),
     /// Benchmark this host's CPU or GPU (per phase and end to end, ms and tera-ops per second), or with
     /// `bench farm` the coordinator on a farm of simulated devices.
     Bench(bench::BenchCommand),
@@ -221,6 +225,7 @@ pub(crate) async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<
         Command::Identities(args) => identities::run(g, args).await,
         Command::Serve(args) => farm::serve(g, args).await,
         Command::Job(args) => farm::job(g, args).await,
+        Command::Farm(cmd) => farm_admin::run(g, cmd).await,
         Command::Bench(bench::BenchCommand {
             farm: Some(bench::BenchFarm::Farm(args)), ..
         }) => bench_farm::run(g, args).await,

@@ -149,7 +149,7 @@ pub const MIN_TOKEN_CHARS: usize = 32;
 
 /// Refuses a secret file that others can read or write, as ssh refuses such a private key: the key and the
 /// token let anyone impersonate this coordinator or join its farm.
-fn refuse_if_shared(path: &Path) -> Result<(), FarmError> {
+pub(crate) fn refuse_if_shared(path: &Path) -> Result<(), FarmError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -169,14 +169,14 @@ fn refuse_if_shared(path: &Path) -> Result<(), FarmError> {
     Ok(())
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::RngCore as _;
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

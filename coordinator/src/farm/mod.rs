@@ -17,15 +17,20 @@
 //! - [`aggregator`]: places leaves by row and builds the Merkle root;
 //! - [`spot_check`]: fetches random rows of every shard and recomputes elements on the CPU;
 //! - [`identity`]: certificate, key and join token in the data directory;
+//! - `control`, [`self_test`], [`probation`]: what an operator does to a running farm (status, drain,
+//!   quarantine, readmission after a known-answer self-test, automatic probation);
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 
 pub mod aggregator;
+mod control;
 pub mod identity;
 pub mod metrics;
 pub mod plan;
+pub mod probation;
 pub mod registry;
 pub mod schedule;
 pub mod scheduler;
+pub mod self_test;
 pub mod server;
 mod shard;
 pub mod spot_check;
@@ -44,8 +49,10 @@ use std::{
 };
 use tokio::sync::oneshot;
 
+pub use control::{ControlError, FarmStatus, Target};
 pub use identity::Identity;
 pub use plan::{SplitPolicy, StragglerPolicy};
+pub use probation::ProbationPolicy;
 pub use schedule::{JobSpec, Priority, SchedulingPolicy};
 pub use spot_check::SpotCheckConfig;
 
@@ -267,7 +274,7 @@ fn serialize_hex<S: serde::Serializer>(digest: &Digest32, s: S) -> Result<S::Ok,
 }
 
 /// A device as the registry sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeviceStatus {
     /// The coordinator's id of the agent connection.
     pub agent_id: u64,
@@ -289,6 +296,19 @@ pub struct DeviceStatus {
     pub quarantined: bool,
     /// Why it is quarantined.
     pub quarantine_reason: Option<String>,
+    /// The agent's address as the coordinator sees it (its host).
+    pub host: String,
+    /// The agent's index of the device.
+    pub index: u32,
+    /// An operator drained it (`farm drain`): it finishes its shards and gets no new one until resumed.
+    pub drained: bool,
+    /// When it was quarantined, in milliseconds since the Unix epoch.
+    pub quarantined_at_unix_ms: Option<u64>,
+    /// Shards it holds now (filled in by [`FarmHandle::status`]; 0 from [`FarmHandle::devices`]).
+    pub shards_in_flight: u32,
+    /// The agent's last report of the device: UUID, temperature, power, restarts, watchdog firings, Xid
+    /// errors (none from an agent older than protocol version 4, or before its first report).
+    pub report: Option<cpc_common::wire::DeviceReport>,
 }
 
 struct Inner {
@@ -415,7 +435,9 @@ impl FarmHandle {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let devices = self.devices().await?;
-            let found = measure(&mut devices.iter().filter(|d| !d.draining && !d.quarantined));
+            let found = measure(
+                &mut devices.iter().filter(|d| !d.draining && !d.quarantined && !d.drained),
+            );
             if found >= count {
                 return Ok(found);
             }
@@ -540,6 +562,7 @@ async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint),
     registry.do_send(registry::Subscribe {
         up: scheduler.clone().recipient(),
         down: scheduler.clone().recipient(),
+        readmitted: scheduler.clone().recipient(),
     });
     actix_rt::spawn(server::accept_loop(endpoint.clone(), config.clone(), registry.clone()));
     farm_metrics.set_ready(true);

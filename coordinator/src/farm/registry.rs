@@ -4,16 +4,16 @@
 //! ([`DeviceUp`], [`DeviceDown`]), so the scheduler never polls it.
 
 use super::{
-    DeviceId, DeviceStatus,
+    DeviceId, DeviceStatus, Target,
     metrics::FarmMetrics,
     schedule::{DeviceEntry, Removal},
-    scheduler::{DeviceDown, DeviceUp},
+    scheduler::{DeviceDown, DeviceReadmitted, DeviceUp},
 };
 use actix::{Actor, AsyncContext as _, Context, Handler, Message, Recipient};
-use cpc_common::wire::DeviceAdvert;
+use cpc_common::wire::{DeviceAdvert, DeviceReport};
 use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// Application close code for an agent that stopped sending heartbeats.
@@ -26,6 +26,8 @@ struct AgentEntry {
     devices: Vec<DeviceAdvert>,
     last_heartbeat: Instant,
     draining: bool,
+    /// The last [`DeviceReport`] of each device (agents of protocol version 4 and later).
+    reports: BTreeMap<u32, DeviceReport>,
 }
 
 /// The registry actor.
@@ -33,6 +35,10 @@ struct AgentEntry {
 pub struct Registry {
     agents: BTreeMap<u64, AgentEntry>,
     quarantined: BTreeMap<DeviceId, String>,
+    /// When each quarantine began (shown by `farm status`).
+    quarantined_at: BTreeMap<DeviceId, SystemTime>,
+    /// Devices an operator drained: they finish their shards in flight and get no new ones until resumed.
+    drained: BTreeSet<DeviceId>,
     next_agent: u64,
     heartbeat_timeout: Duration,
     metrics: FarmMetrics,
@@ -44,6 +50,7 @@ pub struct Registry {
 struct Subscriber {
     up: Recipient<DeviceUp>,
     down: Recipient<DeviceDown>,
+    readmitted: Recipient<DeviceReadmitted>,
 }
 
 impl Registry {
@@ -52,6 +59,8 @@ impl Registry {
         Self {
             agents: BTreeMap::new(),
             quarantined: BTreeMap::new(),
+            quarantined_at: BTreeMap::new(),
+            drained: BTreeSet::new(),
             next_agent: 1,
             heartbeat_timeout,
             metrics,
@@ -67,7 +76,7 @@ impl Registry {
         }
         for d in &a.devices {
             let id = DeviceId { agent, index: d.index };
-            if !self.quarantined.contains_key(&id) {
+            if !self.quarantined.contains_key(&id) && !self.drained.contains(&id) {
                 let entry = DeviceEntry { id, agent_name: a.name.clone(), advert: d.clone() };
                 s.up.do_send(DeviceUp { entry, conn: a.conn.clone() });
             }
@@ -90,8 +99,10 @@ impl Registry {
         for (&agent, entry) in &self.agents {
             for d in &entry.devices {
                 devices += 1;
+                let id = DeviceId { agent, index: d.index };
                 if !entry.draining
-                    && !self.quarantined.contains_key(&DeviceId { agent, index: d.index })
+                    && !self.quarantined.contains_key(&id)
+                    && !self.drained.contains(&id)
                 {
                     usable += 1;
                     usable_ops += d.measured_ops_per_sec;
@@ -159,6 +170,7 @@ impl Handler<Register> for Registry {
                 devices: msg.devices,
                 last_heartbeat: Instant::now(),
                 draining: false,
+                reports: BTreeMap::new(),
             },
         );
         self.publish();
@@ -231,6 +243,7 @@ impl Handler<AgentGone> for Registry {
     fn handle(&mut self, msg: AgentGone, _: &mut Self::Context) {
         if let Some(a) = self.agents.remove(&msg.agent) {
             tracing::info!(agent = msg.agent, name = %a.name, reason = %msg.reason, "agent left");
+            self.drained.retain(|d| d.agent != msg.agent);
             self.announce_down(msg.agent, &a.devices, Removal::Gone);
         }
         self.publish();
@@ -254,6 +267,7 @@ impl Handler<Quarantine> for Registry {
     fn handle(&mut self, msg: Quarantine, _: &mut Self::Context) {
         if let std::collections::btree_map::Entry::Vacant(e) = self.quarantined.entry(msg.device) {
             e.insert(msg.reason.clone());
+            self.quarantined_at.insert(msg.device, SystemTime::now());
             tracing::error!(device = %msg.device, reason = %msg.reason, "device quarantined");
             self.metrics.quarantined_device();
             if let Some(s) = &self.scheduler {
@@ -272,13 +286,16 @@ pub struct Subscribe {
     pub up: Recipient<DeviceUp>,
     /// Where a device that stops is announced.
     pub down: Recipient<DeviceDown>,
+    /// Where a device whose quarantine an operator lifted is announced.
+    pub readmitted: Recipient<DeviceReadmitted>,
 }
 
 impl Handler<Subscribe> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
-        self.scheduler = Some(Subscriber { up: msg.up, down: msg.down });
+        self.scheduler =
+            Some(Subscriber { up: msg.up, down: msg.down, readmitted: msg.readmitted });
         let agents: Vec<u64> = self.agents.keys().copied().collect();
         for agent in agents {
             self.announce_up(agent);
@@ -310,9 +327,167 @@ impl Handler<ListDevices> for Registry {
                     draining: a.draining,
                     quarantined: self.quarantined.contains_key(&id),
                     quarantine_reason: self.quarantined.get(&id).cloned(),
+                    host: a.conn.remote_address().to_string(),
+                    index: d.index,
+                    drained: self.drained.contains(&id),
+                    quarantined_at_unix_ms: self.quarantined_at.get(&id).map(|t| {
+                        t.duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    }),
+                    shards_in_flight: 0,
+                    report: a.reports.get(&d.index).cloned(),
                 });
             }
         }
         out
+    }
+}
+
+/// An operator drains (`drain: true`) or resumes devices: a drained device finishes the shards it holds and
+/// gets no new one until resumed. Answers the devices it applied to, or why it applied to none.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<DeviceId>, String>")]
+pub struct OperatorDrain {
+    /// Which devices.
+    pub target: Target,
+    /// Drain (true) or resume (false).
+    pub drain: bool,
+}
+
+impl Handler<OperatorDrain> for Registry {
+    type Result = Result<Vec<DeviceId>, String>;
+
+    fn handle(&mut self, msg: OperatorDrain, _: &mut Self::Context) -> Self::Result {
+        let (agent, only) = match msg.target {
+            Target::Device(d) => (d.agent, Some(d.index)),
+            Target::Agent(a) => (a, None),
+        };
+        let Some(a) = self.agents.get(&agent) else {
+            return Err(format!("no agent{agent} is connected"));
+        };
+        let devices: Vec<DeviceAdvert> =
+            a.devices.iter().filter(|d| only.is_none_or(|i| i == d.index)).cloned().collect();
+        if devices.is_empty() {
+            return Err(format!("agent{agent} has no device {}", only.unwrap_or_default()));
+        }
+        let ids: Vec<DeviceId> =
+            devices.iter().map(|d| DeviceId { agent, index: d.index }).collect();
+        if msg.drain {
+            let newly: Vec<DeviceAdvert> = devices
+                .into_iter()
+                .filter(|d| self.drained.insert(DeviceId { agent, index: d.index }))
+                .collect();
+            for d in &newly {
+                tracing::info!(device = %DeviceId { agent, index: d.index }, "device drained by the operator");
+            }
+            self.announce_down(agent, &newly, Removal::Draining);
+        } else {
+            let mut resumed = false;
+            for id in &ids {
+                if self.drained.remove(id) {
+                    tracing::info!(device = %id, "device resumed by the operator");
+                    resumed = true;
+                }
+            }
+            if resumed {
+                // Announces every usable device of the agent; one that was up already is unchanged.
+                self.announce_up(agent);
+            }
+        }
+        self.publish();
+        Ok(ids)
+    }
+}
+
+/// What the self-test of a device needs: its agent's connection and advert, and whether it is quarantined.
+#[derive(Debug, Clone)]
+pub struct DeviceLookup {
+    /// Its agent's connection.
+    pub conn: quinn::Connection,
+    /// What its agent announced.
+    pub advert: DeviceAdvert,
+    /// Why it is quarantined, if it is.
+    pub quarantine_reason: Option<String>,
+}
+
+/// Finds a connected device.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<DeviceLookup>")]
+pub struct Lookup {
+    /// The device.
+    pub device: DeviceId,
+}
+
+impl Handler<Lookup> for Registry {
+    type Result = Option<DeviceLookup>;
+
+    fn handle(&mut self, msg: Lookup, _: &mut Self::Context) -> Self::Result {
+        let a = self.agents.get(&msg.device.agent)?;
+        let advert = a.devices.iter().find(|d| d.index == msg.device.index)?.clone();
+        Some(DeviceLookup {
+            conn: a.conn.clone(),
+            advert,
+            quarantine_reason: self.quarantined.get(&msg.device).cloned(),
+        })
+    }
+}
+
+/// Lifts a device's quarantine (after it passed its self-test): it takes shards again unless drained, and
+/// the scheduler accepts its answers again. Answers an error when the device is not quarantined.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Readmit {
+    /// The device.
+    pub device: DeviceId,
+}
+
+impl Handler<Readmit> for Registry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: Readmit, _: &mut Self::Context) -> Self::Result {
+        let id = msg.device;
+        let Some(a) = self.agents.get(&id.agent) else {
+            return Err(format!("{id} is not connected"));
+        };
+        let Some(advert) = a.devices.iter().find(|d| d.index == id.index).cloned() else {
+            return Err(format!("{id} is not connected"));
+        };
+        if self.quarantined.remove(&id).is_none() {
+            return Err(format!("{id} is not quarantined"));
+        }
+        self.quarantined_at.remove(&id);
+        tracing::info!(device = %id, "device readmitted");
+        if let Some(s) = &self.scheduler
+            && !a.draining
+            && !self.drained.contains(&id)
+        {
+            let entry = DeviceEntry { id, agent_name: a.name.clone(), advert };
+            s.readmitted.do_send(DeviceReadmitted { entry, conn: a.conn.clone() });
+        }
+        self.publish();
+        Ok(())
+    }
+}
+
+/// An agent's report of one device's counters and readings.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceReported {
+    /// The agent.
+    pub agent: u64,
+    /// The report.
+    pub report: DeviceReport,
+}
+
+impl Handler<DeviceReported> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceReported, _: &mut Self::Context) {
+        let Some(a) = self.agents.get_mut(&msg.agent) else { return };
+        // Only devices the agent announced: a peer cannot grow the map past its own devices. (The per-device
+        // series of these counters are the agent's own metrics, labelled by host and GPU UUID.)
+        if a.devices.iter().any(|d| d.index == msg.report.device) {
+            a.reports.insert(msg.report.device, msg.report);
+        }
     }
 }

@@ -446,6 +446,35 @@ impl Schedule {
         self.flights.len()
     }
 
+    /// Shards in flight per device (devices holding none are left out).
+    pub fn in_flight_by_device(&self) -> BTreeMap<DeviceId, u32> {
+        let mut out = BTreeMap::new();
+        for f in self.flights.values() {
+            *out.entry(f.device).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Whether `id` is known and takes new shards (neither drained, quarantined nor gone).
+    pub fn is_usable(&self, id: DeviceId) -> bool {
+        self.devices.get(&id).is_some_and(|d| d.usable)
+    }
+
+    /// An operator drains a device: it gets no new shard, and the shards it holds are answered and their
+    /// leaves accepted as usual ([`Removal::Draining`]). Undone by [`Schedule::add_device`].
+    pub fn drain_device(&mut self, now: Instant, id: DeviceId) -> Vec<Action> {
+        self.remove_device(now, id, Removal::Draining)
+    }
+
+    /// An operator lifted a device's quarantine after its self-test passed: its answers are accepted again
+    /// and it takes shards, as a device that just joined.
+    pub fn readmit_device(&mut self, now: Instant, entry: DeviceEntry) -> Vec<Action> {
+        if let Some(d) = self.devices.get_mut(&entry.id) {
+            d.quarantined = false;
+        }
+        self.add_device(now, entry)
+    }
+
     /// A job to run.
     pub fn submit(&mut self, now: Instant, job: JobId, spec: JobSpec) -> Vec<Action> {
         let mut out = Vec::new();

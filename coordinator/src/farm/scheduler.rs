@@ -64,6 +64,22 @@ pub struct DeviceDown {
     pub why: Removal,
 }
 
+/// An operator lifted a device's quarantine (its self-test passed): its answers count again and it takes
+/// shards.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeviceReadmitted {
+    /// The device.
+    pub entry: DeviceEntry,
+    /// Its agent's connection.
+    pub conn: quinn::Connection,
+}
+
+/// Shards in flight per device, for `farm status`.
+#[derive(Debug, Message)]
+#[rtype(result = "std::collections::BTreeMap<DeviceId, u32>")]
+pub struct InFlightByDevice;
+
 /// A shard's I/O task finished.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -265,6 +281,24 @@ impl Handler<DeviceDown> for Scheduler {
         }
         let actions = self.schedule.remove_device(Instant::now(), msg.device, msg.why);
         self.apply(actions, ctx);
+    }
+}
+
+impl Handler<DeviceReadmitted> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceReadmitted, ctx: &mut Self::Context) {
+        self.conns.insert(msg.entry.id, msg.conn);
+        let actions = self.schedule.readmit_device(Instant::now(), msg.entry);
+        self.apply(actions, ctx);
+    }
+}
+
+impl Handler<InFlightByDevice> for Scheduler {
+    type Result = actix::MessageResult<InFlightByDevice>;
+
+    fn handle(&mut self, _: InFlightByDevice, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.schedule.in_flight_by_device())
     }
 }
 

@@ -8,13 +8,13 @@
 use super::{
     DeviceId, FarmConfig, FarmError,
     identity::token_matches,
-    registry::{AgentGone, AgentState, Heartbeat, Quarantine, Register, Registry},
+    registry::{AgentGone, AgentState, DeviceReported, Heartbeat, Quarantine, Register, Registry},
 };
 use actix::Addr;
 use cpc_common::{
     codec::FrameDecoder,
     quic::{FrameIoError, read_frame, write_frame},
-    wire::{ALPN, AgentControl, Hello, HelloReply, PROTOCOL_VERSION},
+    wire::{ALPN, AgentControl, Hello, HelloReply, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION},
 };
 use std::{
     sync::Arc,
@@ -211,6 +211,9 @@ async fn serve_connection(
                 let device = DeviceId { agent: agent_id, index: device };
                 registry.do_send(Quarantine { device, reason: format!("agent: {reason}") });
             }
+            Ok(Some(AgentControl::DeviceReport(report))) => {
+                registry.do_send(DeviceReported { agent: agent_id, report });
+            }
             Ok(None) => break "control stream closed".to_owned(),
             Err(FrameIoError::Codec(e)) => {
                 let reason = format!("bad control frame: {e}");
@@ -226,9 +229,9 @@ async fn serve_connection(
 
 /// Checks a `Hello`; the error is the reason sent back to the agent.
 fn admit(hello: &Hello, token: &str) -> Result<(), String> {
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
         return Err(format!(
-            "protocol version {} is not supported: this coordinator speaks version {PROTOCOL_VERSION}; run the \
+            "protocol version {} is not supported: this coordinator speaks versions {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; run the \
              cpc-agent release that matches the coordinator",
             hello.protocol_version
         ));
@@ -269,4 +272,39 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
     }
     conn.close(CLOSE_REFUSED.into(), reason.as_bytes());
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpc_common::wire::DeviceAdvert;
+
+    /// A version-4 coordinator admits version-3 agents (they send no device reports) and its own version,
+    /// and refuses versions it does not know.
+    #[test]
+    fn agents_of_every_supported_protocol_version_are_admitted() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let hello = |protocol_version| Hello {
+            protocol_version,
+            token: token.into(),
+            agent_name: "a".into(),
+            devices: vec![DeviceAdvert {
+                index: 0,
+                name: "d".into(),
+                kind: "cpu".into(),
+                memory_bytes: 0,
+                measured_ops_per_sec: 1.0,
+                concurrent_shards: 1,
+                row_capacity: Vec::new(),
+            }],
+        };
+        assert_eq!(MIN_PROTOCOL_VERSION, 3);
+        for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            assert_eq!(admit(&hello(version), token), Ok(()), "version {version}");
+        }
+        for version in [MIN_PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            let e = admit(&hello(version), token).expect_err("refused");
+            assert!(e.contains("not supported"), "{e}");
+        }
+    }
 }

@@ -63,9 +63,20 @@ impl fmt::Display for Since {
     }
 }
 
+/// In JSON, as `--since` takes it: `"1200"` (a height) or `"5400s"` (a duration), so it reads back.
 impl serde::Serialize for Since {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self {
+            Self::Height(h) => s.collect_str(h),
+            Self::Ago(d) => s.collect_str(&format_args!("{}s", d.as_secs())),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Since {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -87,7 +98,7 @@ impl Default for IdentitiesQuery {
 }
 
 /// Why a block paid nothing.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum MissReason {
     /// A newer block came before its task was computed.
@@ -151,7 +162,7 @@ impl fmt::Display for MissReason {
 }
 
 /// One missed block of an identity.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Miss {
     /// The block's height.
     pub height: u64,
@@ -163,7 +174,7 @@ pub struct Miss {
 }
 
 /// One identity's account.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdentityAccount {
     /// Key name.
     pub name: String,
@@ -194,14 +205,14 @@ pub struct IdentityAccount {
 }
 
 /// The `identities` report.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdentitiesReport {
     /// Where it starts (`None`: the whole journal).
     pub since: Option<Since>,
     /// The head the `not_included` window is judged against.
     pub head: Option<u64>,
     /// Where the head comes from: `node`, or `journal` (its newest task) when no node answered.
-    pub head_from: &'static str,
+    pub head_from: String,
     /// The `not_included` window, in blocks.
     pub within_blocks: u64,
     /// Why the balances are missing, when they are.
@@ -242,8 +253,8 @@ pub async fn identities_report(
         None => None,
     };
     let (head, head_from) = match head {
-        Some(h) => (Some(h), "node"),
-        None => (journal.highest_task_height()?, "journal"),
+        Some(h) => (Some(h), "node".to_owned()),
+        None => (journal.highest_task_height()?, "journal".to_owned()),
     };
     let mut identities = Vec::with_capacity(names.len());
     for (name, address) in names {

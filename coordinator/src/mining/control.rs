@@ -54,14 +54,14 @@ pub enum ReloadError {
 }
 
 /// What a reload changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReloadOutcome {
     /// Identities planned from the next block on.
     pub added: Vec<String>,
     /// Identities retired: no new tasks, their journaled results still settle.
     pub removed: Vec<String>,
     /// The settings that changed in place, by name.
-    pub changed: Vec<&'static str>,
+    pub changed: Vec<String>,
 }
 
 impl ReloadOutcome {

@@ -409,7 +409,7 @@ impl LiveNode {
             ),
         ] {
             if differs {
-                outcome.changed.push(name);
+                outcome.changed.push(name.to_owned());
             }
         }
         // Validators first: one connection per validator at a time (the old clients close before the new

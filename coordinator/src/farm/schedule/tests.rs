@@ -314,6 +314,71 @@ fn a_draining_device_finishes_what_it_holds_and_takes_nothing_new() {
 }
 
 #[test]
+fn an_operator_drained_device_mid_job_finishes_its_shard_and_counts_and_gets_nothing_new() {
+    let t0 = Instant::now();
+    let mut s = schedule(SchedulingPolicy::BlockFirst);
+    s.add_device(t0, dev(1, 1e9, 1, 1 << 20));
+    s.add_device(t0, dev(2, 1e9, 1, 1 << 20));
+    let job = large("split");
+    let challenge = job.challenge.clone();
+    let sent = dispatches(&s.submit(t0, 1, job));
+    let on_1: Vec<&Dispatch> = sent.iter().filter(|d| d.device == id(1)).collect();
+    assert_eq!(on_1.len(), 1, "{sent:?}");
+    assert_eq!(s.in_flight_by_device().get(&id(1)), Some(&1));
+    // Drained mid-job: nothing is aborted, nothing new is sent to it, it is no longer usable.
+    let drained = s.drain_device(t0, id(1));
+    assert!(aborts(&drained).is_empty() && dispatches(&drained).is_empty(), "{drained:?}");
+    assert!(!s.is_usable(id(1)));
+    // Its shard's answer is accepted; device 2 does everything else, and the root is right.
+    let mut pending: Vec<Dispatch> = sent.iter().filter(|d| d.device == id(2)).cloned().collect();
+    let mut roots = finished(s.answer(t0, on_1[0].shard_id, honest(on_1[0])));
+    while let Some(d) = pending.pop() {
+        assert_eq!(d.device, id(2), "nothing new for the drained device");
+        let actions = s.answer(t0, d.shard_id, honest(&d));
+        pending.extend(dispatches(&actions));
+        roots.extend(finished(actions));
+    }
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0].1.as_ref().ok(), Some(&expected_root(&challenge)));
+    assert_eq!(s.in_flight(), 0);
+    assert!(s.in_flight_by_device().is_empty());
+    // A job submitted while drained goes to device 2 only; resumed, device 1 takes work again.
+    let sent = dispatches(&s.submit(t0, 2, small("while-drained")));
+    assert!(sent.iter().all(|d| d.device == id(2)), "{sent:?}");
+    s.submit(t0, 3, small("after-resume"));
+    let resumed = dispatches(&s.add_device(t0, dev(1, 1e9, 1, 1 << 20)));
+    assert_eq!((resumed[0].job, resumed[0].device), (3, id(1)));
+    assert!(s.is_usable(id(1)));
+}
+
+#[test]
+fn a_readmitted_device_is_believed_again_but_a_quarantined_one_back_from_draining_is_not() {
+    let t0 = Instant::now();
+    let mut s = schedule(SchedulingPolicy::BlockFirst);
+    s.add_device(t0, dev(1, 1e9, 1, 1 << 20));
+    s.remove_device(t0, id(1), Removal::Quarantined);
+    assert!(!s.is_usable(id(1)));
+    // Announced again without a readmission (its agent stopped draining): it gets work, but its answers are
+    // still not believed: the rows go back in the queue, to it again.
+    assert!(s.add_device(t0, dev(1, 1e9, 1, 1 << 20)).is_empty());
+    let sent = dispatches(&s.submit(t0, 1, small("a")));
+    assert_eq!(sent[0].device, id(1));
+    let actions = s.answer(t0, sent[0].shard_id, honest(&sent[0]));
+    let retry = dispatches(&actions);
+    assert!(finished(actions).is_empty(), "not believed");
+    assert_eq!(retry[0].device, id(1));
+    s.remove_device(t0, id(1), Removal::Quarantined);
+    let actions = s.answer(t0, retry[0].shard_id, honest(&retry[0]));
+    assert!(dispatches(&actions).is_empty() && finished(actions).is_empty());
+    // Readmitted after its self-test: it takes the job again and its answer completes it.
+    let again = dispatches(&s.readmit_device(t0, dev(1, 1e9, 1, 1 << 20)));
+    assert_eq!((again[0].job, again[0].device), (1, id(1)));
+    let done = finished(s.answer(t0, again[0].shard_id, honest(&again[0])));
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].1.as_ref().ok(), Some(&expected_root(&small("a").challenge)));
+}
+
+#[test]
 fn timeouts_retry_elsewhere_and_a_failing_device_is_dropped_from_the_job() {
     let t0 = Instant::now();
     let mut s = schedule(SchedulingPolicy::BlockFirst);
