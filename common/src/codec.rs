@@ -175,7 +175,10 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{DeviceAdvert, Hello, Request, Response, RowCapacity, RunShard};
+    use crate::{
+        synthetic::Challenge,
+        wire::{DeviceAdvert, Hello, Request, Response, RowCapacity, RunShard},
+    };
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn hello() -> Hello {
@@ -200,9 +203,7 @@ mod tests {
         let msgs = vec![
             Request::RunShard(RunShard {
                 shard_id: 7,
-                seed: "abc".into(),
-                matrix_size: 512,
-                iterations: 2,
+                challenge: Challenge::new("abc", 512, 2).expect("valid"),
                 iteration: 1,
                 rows: (3, 99),
                 device: 0,

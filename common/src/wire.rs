@@ -5,6 +5,7 @@
 //! request the coordinator makes of an agent (`RunShard` → `ShardDone`|`ShardFailed`|`CheckFailed`,
 //! `FetchRow` → `Row`|`RowUnavailable`). Types here are plain data: no I/O, no runtime.
 
+use crate::synthetic::Challenge;
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol, sent in [`Hello`]; a coordinator refuses agents that speak another.
@@ -142,12 +143,10 @@ pub const MAX_QUARANTINE_REASON_BYTES: usize = 1024;
 pub struct RunShard {
     /// The coordinator's id of this dispatch (unique per coordinator run), used by [`Request::FetchRow`].
     pub shard_id: u64,
-    /// The challenge's seed string.
-    pub seed: String,
-    /// n.
-    pub matrix_size: u32,
-    /// The challenge's iteration count.
-    pub iterations: u32,
+    /// The challenge (seed, n, iteration count), checked as it is decoded: a frame with n or the iteration
+    /// count out of the spec's bounds does not decode. On the wire it is the three fields in this order,
+    /// exactly as protocol version 3 first sent them loose in `RunShard`.
+    pub challenge: Challenge,
     /// Which product.
     pub iteration: u32,
     /// Rows `start .. end` of C.

@@ -9,10 +9,7 @@ use super::{
 };
 use crate::metrics::{self as m, DeviceLabels};
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
-use cpc_common::{
-    synthetic::Challenge,
-    wire::{CheckTiming, Response, RunShard},
-};
+use cpc_common::wire::{CheckTiming, Response, RunShard};
 use cpc_kernels::{
     Backend, BackendError, CancelToken, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
 };
@@ -207,13 +204,10 @@ impl Handler<Compute> for DeviceActor {
                 Response::ShardFailed { shard_id, reason: "cancelled by the coordinator".into() }
             };
             let check_seed = CheckSeed(req.check_seed);
-            let shard = match Challenge::new(req.seed, req.matrix_size, req.iterations)
+            let shard = match Shard::new(req.challenge, req.iteration, req.rows.0..req.rows.1)
+                .map(|s| s.with_check(check_seed))
                 .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    Shard::new(c, req.iteration, req.rows.0..req.rows.1)
-                        .map(|s| s.with_check(check_seed))
-                        .map_err(|e| e.to_string())
-                }) {
+            {
                 Ok(s) => s,
                 Err(e) => return failed(e),
             };
@@ -233,7 +227,7 @@ impl Handler<Compute> for DeviceActor {
             }
             let started = Instant::now();
             let (rows, n, first) =
-                (shard.row_count(), shard.challenge.matrix_size, shard.rows.start);
+                (shard.row_count(), shard.challenge.matrix_size(), shard.rows.start);
             let keep_rows = state.keeps_rows;
             let recomputable = (!keep_rows).then(|| shard.clone());
             let token = cancel.token.clone();
@@ -332,7 +326,7 @@ impl Handler<RecomputeRow> for DeviceActor {
         let state = self.state.clone();
         Box::pin(async move {
             let RecomputeRow { shard_id, shard } = msg;
-            let (row, n) = (shard.rows.start, shard.challenge.matrix_size as usize);
+            let (row, n) = (shard.rows.start, shard.challenge.matrix_size() as usize);
             let unavailable = |reason: String| Response::RowUnavailable { reason };
             let Ok(_permit) = state.in_flight.acquire().await else {
                 return unavailable("device is shutting down".into());

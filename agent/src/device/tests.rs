@@ -49,7 +49,7 @@ impl Backend for Faulty {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if !shard.challenge.seed.starts_with(self.seed) {
+        if !shard.challenge.seed().starts_with(self.seed) {
             return self.inner.run_shard(shard, keep_rows);
         }
         match self.fault {
@@ -70,7 +70,7 @@ impl Backend for Faulty {
                 reason: "an illegal memory access was encountered".into(),
             }),
             Fault::TooLarge => Err(BackendError::ShardTooLarge {
-                n: shard.challenge.matrix_size,
+                n: shard.challenge.matrix_size(),
                 rows: shard.row_count(),
                 needed: 2,
                 available: 1,
@@ -85,9 +85,7 @@ fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
         session: 0,
         request: RunShard {
             shard_id,
-            seed: seed.into(),
-            matrix_size: 32,
-            iterations: 1,
+            challenge: Challenge::new(seed, 32, 1).expect("challenge"),
             iteration: 0,
             rows: (0, 16),
             device,
@@ -287,7 +285,7 @@ impl Backend for DeviceMemoryBackend {
         {
             // A flipped bit in one element, and the leaf hashed from the wrong row, as a GPU would.
             let mut rows = self.inner.run_shard(shard, true)?.rows.expect("rows");
-            let n = shard.challenge.matrix_size as usize;
+            let n = shard.challenge.matrix_size() as usize;
             let i = (r - shard.rows.start) as usize;
             rows[i * n + 3] ^= 1 << 9;
             let bytes: Vec<u8> =

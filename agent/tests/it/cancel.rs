@@ -9,6 +9,7 @@ use cpc_agent::{AgentConfig, AgentThread, DeviceSpec, simulated::SimulatedBacken
 use cpc_common::{
     codec::FrameDecoder,
     quic::{read_frame, write_frame},
+    synthetic::Challenge,
     wire::{ALPN, Hello, HelloReply, Request, Response, RunShard, SHARD_CANCELLED},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -73,9 +74,7 @@ async fn send_shard(
     let (mut send, recv) = conn.open_bi().await.expect("open");
     let req = RunShard {
         shard_id,
-        seed: format!("cancel-{shard_id}"),
-        matrix_size: n,
-        iterations: 1,
+        challenge: Challenge::new(format!("cancel-{shard_id}"), n, 1).expect("challenge"),
         iteration: 0,
         rows: (0, rows),
         device: 0,

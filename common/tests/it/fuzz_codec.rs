@@ -10,6 +10,7 @@
 use cpc_common::{
     codec::{self, CodecError, FrameDecoder, LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES},
     fuzzing,
+    synthetic::{Challenge, MAX_MATRIX_SIZE},
     wire::{
         AgentControl, CheckTiming, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request,
         Response, RowCapacity, RunShard,
@@ -247,32 +248,45 @@ fn agent_control() -> impl Strategy<Value = AgentControl> {
     ]
 }
 
+/// A valid challenge (the only kind a [`RunShard`] can hold).
+fn challenge() -> impl Strategy<Value = Challenge> {
+    (text(), 1..=MAX_MATRIX_SIZE, 1..=u32::MAX).prop_map(|(seed, n, iterations)| {
+        Challenge::new(seed, n, iterations).expect("within the spec's bounds")
+    })
+}
+
+/// `RunShard` as protocol version 3 first laid it out, with the challenge's fields loose.
+#[derive(Serialize)]
+struct LooseRunShard {
+    shard_id: u64,
+    seed: String,
+    matrix_size: u32,
+    iterations: u32,
+    iteration: u32,
+    rows: (u32, u32),
+    device: u32,
+    check_seed: u64,
+}
+
+/// `Request` with the loose `RunShard`, variant for variant.
+#[derive(Serialize)]
+enum LooseRequest {
+    RunShard(LooseRunShard),
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (
-            any::<u64>(),
-            text(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<(u32, u32)>(),
-            any::<u32>(),
-            any::<u64>()
-        )
-            .prop_map(
-                |(shard_id, seed, matrix_size, iterations, iteration, rows, device, check_seed)| {
-                    Request::RunShard(RunShard {
-                        shard_id,
-                        seed,
-                        matrix_size,
-                        iterations,
-                        iteration,
-                        rows,
-                        device,
-                        check_seed,
-                    })
-                }
-            ),
+        (any::<u64>(), challenge(), any::<u32>(), any::<(u32, u32)>(), any::<u32>(), any::<u64>())
+            .prop_map(|(shard_id, challenge, iteration, rows, device, check_seed)| {
+                Request::RunShard(RunShard {
+                    shard_id,
+                    challenge,
+                    iteration,
+                    rows,
+                    device,
+                    check_seed,
+                })
+            }),
         (any::<u64>(), any::<u32>())
             .prop_map(|(shard_id, row)| Request::FetchRow { shard_id, row }),
     ]
@@ -556,6 +570,53 @@ fn valid_messages_decode_at_every_limit_step() {
                     .unwrap_or_else(|e| panic!("a {payload_len}-byte payload: {e}"));
                 assert_eq!(back, msg);
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: fuzzing::cases(256),
+        ..ProptestConfig::default()
+    })]
+
+    /// A `RunShard` holding a `Challenge` is the same bytes as the loose fields it replaced, and a frame
+    /// whose n or iteration count breaks the spec's bounds does not decode at all.
+    #[test]
+    fn run_shard_keeps_its_layout_and_refuses_invalid_challenges(
+        shard_id in any::<u64>(),
+        seed in text(),
+        matrix_size in prop_oneof![0..=MAX_MATRIX_SIZE + 1, any::<u32>()],
+        iterations in prop_oneof![Just(0u32), any::<u32>()],
+        iteration in any::<u32>(),
+        rows in any::<(u32, u32)>(),
+    ) {
+        let loose = LooseRequest::RunShard(LooseRunShard {
+            shard_id,
+            seed: seed.clone(),
+            matrix_size,
+            iterations,
+            iteration,
+            rows,
+            device: 3,
+            check_seed: 9,
+        });
+        let frame = codec::encode(&loose).expect("encodes");
+        let decoded = codec::decode_payload::<Request>(&frame[LENGTH_PREFIX_BYTES..]);
+        match Challenge::new(seed, matrix_size, iterations) {
+            Ok(challenge) => {
+                let typed = Request::RunShard(RunShard {
+                    shard_id,
+                    challenge,
+                    iteration,
+                    rows,
+                    device: 3,
+                    check_seed: 9,
+                });
+                prop_assert_eq!(&codec::encode(&typed).expect("encodes"), &frame);
+                prop_assert_eq!(decoded.expect("valid"), typed);
+            }
+            Err(_) => prop_assert!(matches!(decoded, Err(CodecError::Malformed(_)))),
         }
     }
 }

@@ -37,8 +37,8 @@ pub struct JobLeaves {
 impl JobLeaves {
     /// Empty slots for every row of every iteration of `challenge`.
     pub fn new(challenge: &Challenge) -> Self {
-        let n = challenge.matrix_size;
-        let iterations = (0..challenge.iterations).map(|_| vec![None; n as usize]).collect();
+        let n = challenge.matrix_size();
+        let iterations = (0..challenge.iterations()).map(|_| vec![None; n as usize]).collect();
         Self { n, iterations }
     }
 

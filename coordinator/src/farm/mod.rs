@@ -179,9 +179,6 @@ pub enum JobError {
         "no usable device for {0:?}: start agents with the command `cpc-coordinator serve` prints, or check quarantined devices"
     )]
     NoDevices(Duration),
-    /// The challenge breaks the spec's bounds.
-    #[error("invalid challenge: {0}")]
-    InvalidChallenge(String),
     /// The farm has shut down.
     #[error("the farm has shut down")]
     Shutdown,

@@ -41,9 +41,7 @@ pub(crate) async fn run(
 ) {
     let req = RunShard {
         shard_id: dispatch.shard_id,
-        seed: dispatch.challenge.seed.clone(),
-        matrix_size: dispatch.challenge.matrix_size,
-        iterations: dispatch.challenge.iterations,
+        challenge: dispatch.challenge.clone(),
         iteration: dispatch.iteration,
         rows: (dispatch.rows.start, dispatch.rows.end),
         device: dispatch.device.index,

@@ -84,7 +84,7 @@ pub(crate) async fn check_shard(
         }
         None => StdRng::from_entropy(),
     };
-    let n = shard.challenge.matrix_size;
+    let n = shard.challenge.matrix_size();
     let mut passed = 0;
     for offset in sample(&mut rng, rows, want) {
         let row = shard.first_row + offset as u32;
