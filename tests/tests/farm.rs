@@ -384,8 +384,11 @@ async fn farm_garbage_frames_do_not_disturb_other_agents() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A real encoder's frame of the wrong type.
-    let wrong = codec::encode(&cpc_common::wire::Request::FetchRow { shard_id: 1, row: 2 })
-        .expect("encode");
+    let wrong = codec::encode(&cpc_common::wire::Request::FetchRow(cpc_common::wire::FetchRow {
+        shard_id: 1,
+        row: 2,
+    }))
+    .expect("encode");
     assert!(matches!(raw_hello(&farm, wrong).await, Some(HelloReply::Refused { .. })));
 
     let report = job.await.expect("join").expect("job");

@@ -12,8 +12,8 @@ use cpc_common::{
     fuzzing,
     synthetic::{Challenge, MAX_MATRIX_SIZE},
     wire::{
-        AgentControl, CheckTiming, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request,
-        Response, RowCapacity, RunShard,
+        AgentControl, CheckTiming, DeviceAdvert, FetchRow, Hello, HelloReply, PROTOCOL_VERSION,
+        Request, Response, RowAnswer, RowCapacity, RunShard, ShardAnswer,
     },
 };
 use proptest::{collection::vec, prelude::*};
@@ -109,6 +109,8 @@ enum Kind {
     AgentControl,
     Request,
     Response,
+    ShardAnswer,
+    RowAnswer,
 }
 
 fn any_kind() -> impl Strategy<Value = Kind> {
@@ -118,6 +120,8 @@ fn any_kind() -> impl Strategy<Value = Kind> {
         Just(Kind::AgentControl),
         Just(Kind::Request),
         Just(Kind::Response),
+        Just(Kind::ShardAnswer),
+        Just(Kind::RowAnswer),
     ]
 }
 
@@ -141,6 +145,8 @@ fn feed(
         Kind::AgentControl => feed_as::<AgentControl>(bytes, chunk, limit),
         Kind::Request => feed_as::<Request>(bytes, chunk, limit),
         Kind::Response => feed_as::<Response>(bytes, chunk, limit),
+        Kind::ShardAnswer => feed_as::<ShardAnswer>(bytes, chunk, limit),
+        Kind::RowAnswer => feed_as::<RowAnswer>(bytes, chunk, limit),
     }
 }
 
@@ -288,7 +294,7 @@ fn request() -> impl Strategy<Value = Request> {
                 })
             }),
         (any::<u64>(), any::<u32>())
-            .prop_map(|(shard_id, row)| Request::FetchRow { shard_id, row }),
+            .prop_map(|(shard_id, row)| Request::FetchRow(FetchRow { shard_id, row })),
     ]
 }
 
@@ -336,6 +342,14 @@ fn any_stream() -> impl Strategy<Value = Stream> {
         frames(Kind::AgentControl, agent_control()),
         frames(Kind::Request, request()),
         frames(Kind::Response, response()),
+        frames(
+            Kind::ShardAnswer,
+            response().prop_filter_map("a RunShard answer", |r| { ShardAnswer::try_from(r).ok() })
+        ),
+        frames(
+            Kind::RowAnswer,
+            response().prop_filter_map("a FetchRow answer", |r| { RowAnswer::try_from(r).ok() })
+        ),
     ]
 }
 
@@ -509,6 +523,8 @@ proptest! {
             Kind::AgentControl => reencode::<AgentControl>(&stream.frames),
             Kind::Request => reencode::<Request>(&stream.frames),
             Kind::Response => reencode::<Response>(&stream.frames),
+            Kind::ShardAnswer => reencode::<ShardAnswer>(&stream.frames),
+            Kind::RowAnswer => reencode::<RowAnswer>(&stream.frames),
         };
         prop_assert_eq!(again, stream.frames);
     }
@@ -617,6 +633,38 @@ proptest! {
                 prop_assert_eq!(decoded.expect("valid"), typed);
             }
             Err(_) => prop_assert!(matches!(decoded, Err(CodecError::Malformed(_)))),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: fuzzing::cases(256),
+        ..ProptestConfig::default()
+    })]
+
+    /// Every `Response` on the wire decodes as the typed answer of the one request it answers (an `Error`
+    /// as either), to the same bytes again; as the other request's answer it does not decode at all.
+    #[test]
+    fn typed_answers_are_responses_of_their_own_request(response in response()) {
+        let frame = codec::encode(&response).expect("encodes");
+        let payload = &frame[LENGTH_PREFIX_BYTES..];
+        let shard = codec::decode_payload::<ShardAnswer>(payload);
+        let row = codec::decode_payload::<RowAnswer>(payload);
+        let (answers_shard, answers_row) = match &response {
+            Response::ShardDone { .. } | Response::ShardFailed { .. } | Response::CheckFailed { .. } => {
+                (true, false)
+            }
+            Response::Row { .. } | Response::RowUnavailable { .. } => (false, true),
+            Response::Error { .. } => (true, true),
+        };
+        prop_assert_eq!(shard.is_ok(), answers_shard, "{:?} as a ShardAnswer: {:?}", response, shard);
+        prop_assert_eq!(row.is_ok(), answers_row, "{:?} as a RowAnswer: {:?}", response, row);
+        if let Ok(shard) = shard {
+            prop_assert_eq!(&codec::encode(&shard).expect("encodes"), &frame);
+        }
+        if let Ok(row) = row {
+            prop_assert_eq!(&codec::encode(&row).expect("encodes"), &frame);
         }
     }
 }
