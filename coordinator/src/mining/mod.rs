@@ -27,6 +27,7 @@ pub use node::{RunError, RunEvent, RunReport, WindowReport, WindowRow, run};
 
 use crate::l1::NodePool;
 use actix::prelude::*;
+use cpc_common::actors::{Subsystem, SubsystemRuntime};
 use cpc_common::{Address, SecretKey};
 use journal::Journal;
 use std::{sync::Arc, time::Duration};
@@ -73,28 +74,24 @@ pub struct Miner {
     pub journal: Journal,
 }
 
-/// A mining loop running on its own thread and actix system, so any caller (the CLI on tokio, a test)
-/// can start and stop it.
+/// A mining loop running on an arbiter of its own on the process's actix system
+/// ([`cpc_common::actors`]), so any caller (the CLI on tokio, a test) can start and stop it.
 #[derive(Debug)]
 pub struct MinerHandle {
     /// The journal (for reports and tests).
     pub journal: Journal,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    subsystem: Option<Subsystem>,
 }
 
 impl MinerHandle {
-    /// Stops the actors and waits for the thread to end.
+    /// Stops the actors and waits for their arbiter to stop.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(subsystem) = self.subsystem.take() {
+            subsystem.stop();
         }
     }
 }
@@ -105,23 +102,20 @@ impl Drop for MinerHandle {
     }
 }
 
-/// Starts the mining loop on a thread of its own.
+/// Starts the mining loop on an arbiter of its own.
 pub fn spawn(
     settings: MinerSettings,
     identities: Vec<Identity>,
     journal: Journal,
     compute: Arc<dyn compute::ComputeService>,
 ) -> std::io::Result<MinerHandle> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let shared = journal.clone();
-    let thread = std::thread::Builder::new().name("cpc-miner".into()).spawn(move || {
-        let system = actix_rt::System::new();
-        system.block_on(async move {
-            let _miner = start(&settings, identities, shared, compute);
-            let _ = stop_rx.await;
-        });
+    let subsystem = Subsystem::start(SubsystemRuntime::CurrentThread, move || async move {
+        let _miner = start(&settings, identities, shared, compute);
+        // The actors run until the handle stops the arbiter.
+        std::future::pending::<()>().await;
     })?;
-    Ok(MinerHandle { journal, stop: Some(stop_tx), thread: Some(thread) })
+    Ok(MinerHandle { journal, subsystem: Some(subsystem) })
 }
 
 /// Starts the actors (inside a running actix system).
