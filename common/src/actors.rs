@@ -56,7 +56,8 @@ impl SubsystemRuntime {
     }
 }
 
-/// One subsystem's arbiter on the process's actix system. Dropping it stops the arbiter without waiting.
+/// One subsystem's arbiter on the process's actix system. Dropping it detaches the subsystem: it runs until
+/// its `main` returns.
 #[derive(Debug)]
 pub struct Subsystem {
     arbiter: Option<Arbiter>,
@@ -116,14 +117,6 @@ impl Subsystem {
             && std::thread::current().id() != self.thread
         {
             let _ = arbiter.join();
-        }
-    }
-}
-
-impl Drop for Subsystem {
-    fn drop(&mut self) {
-        if let Some(arbiter) = &self.arbiter {
-            arbiter.stop();
         }
     }
 }

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// Version 3: [`DeviceAdvert::concurrent_shards`] and [`DeviceAdvert::row_capacity`] (the device, not the
 /// coordinator, says how many rows it holds at each size and how many shards it runs at once).
+///
+/// Still version 3: [`RunShard::challenge`] and the typed answers ([`ShardAnswer`], [`RowAnswer`]) encode
+/// to exactly the bytes of the loose fields and the [`Response`] variants they replaced.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN protocol id of the farm's QUIC connections.

@@ -2,8 +2,8 @@
 //! on all of them, each answering the same `result_hash` as a single machine would.
 //!
 //! [`start`] binds the QUIC endpoint and starts the actors on an arbiter of their own on the process's one
-//! actix system ([`cpc_common::actors`]), so that any caller (the CLI, the mining loop, a test on any tokio runtime) drives the farm through the
-//! cheap, clonable [`FarmHandle`]:
+//! actix system ([`cpc_common::actors`]), so that any caller (the CLI, the mining loop, a test on any
+//! tokio runtime) drives the farm through the cheap, clonable [`FarmHandle`]:
 //!
 //! - [`server`]: the endpoint, the handshake (protocol version, constant-time join-token check) and one
 //!   control task per agent connection;
