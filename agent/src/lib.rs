@@ -23,7 +23,7 @@
 //! [`open_devices`] opens what `--backend` and `--devices` name (a clear error, naming `--backend cpu`, where
 //! CUDA cannot run), [`open_simulated`] the simulated devices; [`run`] is the whole agent (reconnecting with
 //! exponential backoff and jitter until told to drain);
-//! [`AgentThread`] runs one on its own thread and actix system, for tests, benches and embedding.
+//! [`AgentThread`] runs one on an arbiter of its own on the process's one actix system, for tests, benches and embedding.
 //!
 //! # Feature flags
 //! - `cuda`: run shards on NVIDIA GPUs (enables `cpc-kernels/cuda`); without it `--backend cuda` exits with
@@ -37,6 +37,7 @@ pub mod simulated;
 pub mod telemetry;
 pub mod tls;
 
+use cpc_common::actors::{Subsystem, SubsystemRuntime};
 use cpc_kernels::{Backend, BackendError, BackendKind, CudaBackend};
 use rand::Rng as _;
 use std::{
@@ -465,12 +466,14 @@ pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
     exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
-/// An agent on its own thread and actix system.
+/// An agent on an arbiter of its own on the process's one actix system ([`cpc_common::actors`]): a test or
+/// a bench starts many in one process.
 #[derive(Debug)]
 pub struct AgentThread {
     shutdown: watch::Sender<bool>,
     kill: Option<oneshot::Sender<()>>,
-    join: Option<std::thread::JoinHandle<Result<(), AgentError>>>,
+    outcome: std::sync::mpsc::Receiver<Result<(), AgentError>>,
+    subsystem: Option<Subsystem>,
 }
 
 impl AgentThread {
@@ -478,23 +481,23 @@ impl AgentThread {
     pub fn spawn(config: AgentConfig, devices: Vec<DeviceSpec>) -> Self {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (kill, kill_rx) = oneshot::channel::<()>();
-        let name = format!("cpc-agent-{}", config.name);
-        let join = std::thread::Builder::new().name(name).spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                tokio::select! {
-                    r = run(config, devices, shutdown_rx) => r,
-                    _ = kill_rx => Err(AgentError::Killed),
-                }
-            })
+        let (outcome_tx, outcome) = std::sync::mpsc::channel();
+        let name = config.name.clone();
+        let started = Subsystem::start(SubsystemRuntime::CurrentThread, move || async move {
+            let ended = tokio::select! {
+                r = run(config, devices, shutdown_rx) => r,
+                _ = kill_rx => Err(AgentError::Killed),
+            };
+            let _ = outcome_tx.send(ended);
         });
-        let join = match join {
-            Ok(j) => Some(j),
+        let subsystem = match started {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!("cannot spawn an agent thread: {e}");
+                tracing::error!(agent = %name, "cannot start an agent's arbiter: {e}");
                 None
             }
         };
-        Self { shutdown, kill: Some(kill), join }
+        Self { shutdown, kill: Some(kill), outcome, subsystem }
     }
 
     /// Asks the agent to drain (as SIGTERM does).
@@ -511,25 +514,28 @@ impl AgentThread {
 
     /// Whether the agent has stopped.
     pub fn is_finished(&self) -> bool {
-        self.join.as_ref().is_none_or(std::thread::JoinHandle::is_finished)
+        self.subsystem.as_ref().is_none_or(Subsystem::is_finished)
     }
 
     /// Waits for the agent to stop; answers why it did.
     pub fn join(mut self) -> Result<(), AgentError> {
-        match self.join.take() {
-            Some(j) => {
-                j.join().map_err(|_| AgentError::Setup("the agent thread panicked".into()))?
+        match self.subsystem.take() {
+            Some(subsystem) => {
+                subsystem.join();
+                self.outcome
+                    .try_recv()
+                    .map_err(|_| AgentError::Setup("the agent panicked".into()))?
             }
-            None => Err(AgentError::Setup("the agent thread never started".into())),
+            None => Err(AgentError::Setup("the agent's arbiter never started".into())),
         }
     }
 }
 
 impl Drop for AgentThread {
     fn drop(&mut self) {
-        if let Some(j) = self.join.take() {
+        if let Some(subsystem) = self.subsystem.take() {
             self.kill();
-            let _ = j.join();
+            subsystem.join();
         }
     }
 }

@@ -30,7 +30,7 @@ impl Backend for NoopBackend {
 
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         shard.validate()?;
-        let n = shard.challenge.matrix_size as usize;
+        let n = shard.challenge.matrix_size() as usize;
         let leaf = sha256(vec![0u8; 4 * n]);
         let rows = shard.row_count() as usize;
         Ok(ShardOutput {

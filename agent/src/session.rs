@@ -20,8 +20,8 @@ use cpc_common::{
     codec::FrameDecoder,
     quic::{FrameIoError, read_frame, write_frame},
     wire::{
-        AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request, Response,
-        SHARD_CANCELLED,
+        AgentControl, DeviceAdvert, FetchRow, Hello, HelloReply, PROTOCOL_VERSION, Request,
+        Response, RowAnswer, SHARD_CANCELLED, ShardAnswer,
     },
 };
 use std::{
@@ -314,22 +314,20 @@ async fn fetch_row(
     cache: &Mutex<RowCache>,
     key: ShardKey,
     row: u32,
-) -> Response {
+) -> RowAnswer {
     let shard_id = key.shard_id;
     let source = cache.lock().map_or(RowSource::Unknown, |c| c.source(key, row));
     match source {
-        RowSource::Held(values) => Response::Row { values },
+        RowSource::Held(values) => RowAnswer::Row { values },
         RowSource::Recompute { device, shard } => match devices.0.get(&device) {
             Some((_, addr)) => {
                 addr.send(RecomputeRow { shard_id, shard }).await.unwrap_or_else(|_| {
-                    Response::RowUnavailable { reason: format!("device {device}'s actor stopped") }
+                    RowAnswer::Unavailable { reason: format!("device {device}'s actor stopped") }
                 })
             }
-            None => {
-                Response::RowUnavailable { reason: format!("no device {device} on this agent") }
-            }
+            None => RowAnswer::Unavailable { reason: format!("no device {device} on this agent") },
         },
-        RowSource::Unknown => Response::RowUnavailable {
+        RowSource::Unknown => RowAnswer::Unavailable {
             reason: format!(
                 "row {row} of shard {shard_id} is not held (evicted: raise --row-cache-mib)"
             ),
@@ -373,20 +371,20 @@ async fn serve_request(
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(FrameIoError::Codec(e)) => {
-            let _ = write_frame(&mut send, &Response::Error { reason: e.to_string() }).await;
-            let _ = send.finish();
+            answer(&mut send, &Response::Error { reason: e.to_string() }).await;
             return;
         }
         Err(_) => return,
     };
-    let response = match request {
-        Request::FetchRow { shard_id, row } => {
-            fetch_row(&devices, &cache, ShardKey { session, shard_id }, row).await
+    match request {
+        Request::FetchRow(FetchRow { shard_id, row }) => {
+            let row = fetch_row(&devices, &cache, ShardKey { session, shard_id }, row).await;
+            answer(&mut send, &row).await;
         }
         Request::RunShard(req) => {
             let shard_id = req.shard_id;
-            if draining.load(Ordering::Relaxed) {
-                Response::ShardFailed { shard_id, reason: "the agent is draining".into() }
+            let shard = if draining.load(Ordering::Relaxed) {
+                ShardAnswer::Failed { shard_id, reason: "the agent is draining".into() }
             } else if let Some((_, addr)) = devices.0.get(&req.device) {
                 m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
                 let cancel = ShardCancel::default();
@@ -410,19 +408,24 @@ async fn serve_request(
                     let _ = send.reset(quinn::VarInt::from_u32(SHARD_CANCELLED));
                     return;
                 }
-                answer.unwrap_or_else(|_| Response::ShardFailed {
+                answer.unwrap_or_else(|_| ShardAnswer::Failed {
                     shard_id,
                     reason: "device actor stopped".into(),
                 })
             } else {
-                Response::ShardFailed {
+                ShardAnswer::Failed {
                     shard_id,
                     reason: format!("no device {} on this agent", req.device),
                 }
-            }
+            };
+            answer(&mut send, &shard).await;
         }
-    };
-    if write_frame(&mut send, &response).await.is_ok() {
+    }
+}
+
+/// Writes a request's one answer and finishes the stream (a coordinator that has gone away reads nothing).
+async fn answer<T: serde::Serialize>(send: &mut quinn::SendStream, answer: &T) {
+    if write_frame(send, answer).await.is_ok() {
         let _ = send.finish();
     }
 }

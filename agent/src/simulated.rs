@@ -50,14 +50,14 @@ impl SimulatedBackend {
 
     /// How long the device holds `shard`: `2·rows·n² / (T·10¹²)`.
     pub fn shard_time(&self, shard: &Shard) -> Duration {
-        let n = f64::from(shard.challenge.matrix_size);
+        let n = f64::from(shard.challenge.matrix_size());
         let ops = 2.0 * f64::from(shard.row_count()) * n * n;
         Duration::try_from_secs_f64(ops / (self.tera_ops_per_sec * 1e12)).unwrap_or(Duration::MAX)
     }
 
     /// The answer: the right number of leaves, each the hash of an all-zero row (and zero rows when kept).
     fn output(shard: &Shard, keep_rows: bool) -> ShardOutput {
-        let n = shard.challenge.matrix_size as usize;
+        let n = shard.challenge.matrix_size() as usize;
         let rows = shard.row_count() as usize;
         let leaf = sha256(vec![0u8; 4 * n]);
         ShardOutput {

@@ -175,7 +175,10 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{DeviceAdvert, Hello, Request, Response, RowCapacity, RunShard};
+    use crate::{
+        synthetic::Challenge,
+        wire::{DeviceAdvert, FetchRow, Hello, Request, Response, RowCapacity, RunShard},
+    };
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn hello() -> Hello {
@@ -200,15 +203,13 @@ mod tests {
         let msgs = vec![
             Request::RunShard(RunShard {
                 shard_id: 7,
-                seed: "abc".into(),
-                matrix_size: 512,
-                iterations: 2,
+                challenge: Challenge::new("abc", 512, 2).expect("valid"),
                 iteration: 1,
                 rows: (3, 99),
                 device: 0,
                 check_seed: u64::MAX - 5,
             }),
-            Request::FetchRow { shard_id: 7, row: 12 },
+            Request::FetchRow(FetchRow { shard_id: 7, row: 12 }),
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(|m| encode(m).expect("encodes")).collect();
         for chunk in [1, 3, 7, bytes.len()] {
@@ -267,7 +268,8 @@ mod tests {
 
     #[test]
     fn trailing_bytes_and_truncation_are_errors() {
-        let mut frame = encode(&Request::FetchRow { shard_id: 1, row: 2 }).expect("encodes");
+        let mut frame =
+            encode(&Request::FetchRow(FetchRow { shard_id: 1, row: 2 })).expect("encodes");
         frame.push(0);
         let len = u32::try_from(frame.len() - 4).expect("small");
         frame[..4].copy_from_slice(&len.to_be_bytes());

@@ -21,9 +21,12 @@
 //! - `metrics-endpoint`: the `metrics_endpoint` module, the Prometheus recorder and the `/metrics`,
 //!   `/healthz`, `/readyz` HTTP endpoint shared by the agent and the coordinator.
 //! - `service`: the `service` module, systemd readiness and watchdog notifications for the binaries.
+//! - `actors`: the `actors` module, the process's one actix system and an arbiter on it per subsystem.
 //!
 //! Everything here is checked against `../shared/vectors` by the conformance tests in `tests/it`.
 
+#[cfg(feature = "actors")]
+pub mod actors;
 pub mod address;
 pub mod block;
 pub mod codec;

@@ -1,7 +1,10 @@
 //! Frames over QUIC streams: the async glue between [`crate::codec`]'s sans-IO decoder and quinn, shared by
 //! the agent and the coordinator. Behind the `quic` feature, so the protocol itself stays free of I/O.
 
-use crate::codec::{self, CodecError, FrameDecoder};
+use crate::{
+    codec::{self, CodecError, FrameDecoder},
+    wire::{Request, WireRequest},
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Largest chunk read from a stream at once.
@@ -51,4 +54,18 @@ pub async fn write_frame<T: Serialize>(
     let frame = codec::encode(msg)?;
     send.write_all(&frame).await?;
     Ok(())
+}
+
+/// Makes `request` on a fresh request stream: writes it as the stream's one frame, finishes the send half,
+/// and reads the one answer, typed by the request (a [`crate::wire::Response`] of another request's kind is
+/// a [`CodecError::Malformed`]). `Ok(None)` when the stream ends without an answer.
+pub async fn call<R: WireRequest>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    request: R,
+) -> Result<Option<R::Answer>, FrameIoError> {
+    let request: Request = request.into();
+    write_frame(send, &request).await?;
+    send.finish()?;
+    read_frame::<R::Answer>(recv, &mut FrameDecoder::new()).await
 }

@@ -136,18 +136,36 @@ pub fn matrix_ids(iteration: u32) -> (u32, u32) {
 }
 
 /// A synthetic-v1 challenge: a seed string, a size and a number of iterations.
+///
+/// Valid by construction: [`Challenge::new`] checks the spec's bounds (1 ≤ n ≤ [`MAX_MATRIX_SIZE`],
+/// iterations ≥ 1), the fields are private, and deserialisation goes through the same check, so code that
+/// holds a `Challenge` never checks it again.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "ChallengeFields")]
 pub struct Challenge {
-    /// The seed string (block tasks: `sha256_hex(block_hash + worker_address)`).
-    pub seed: String,
-    /// n: the matrices are n × n.
-    pub matrix_size: u32,
-    /// Number of independent products; the result is the Merkle root over their roots when > 1.
-    pub iterations: u32,
+    seed: String,
+    matrix_size: u32,
+    iterations: u32,
+}
+
+/// A challenge's fields as they travel, before [`Challenge::new`] has checked them.
+#[derive(serde::Deserialize)]
+struct ChallengeFields {
+    seed: String,
+    matrix_size: u32,
+    iterations: u32,
+}
+
+impl TryFrom<ChallengeFields> for Challenge {
+    type Error = SyntheticError;
+
+    fn try_from(fields: ChallengeFields) -> Result<Self, Self::Error> {
+        Self::new(fields.seed, fields.matrix_size, fields.iterations)
+    }
 }
 
 impl Challenge {
-    /// Checks the bounds the spec sets.
+    /// A challenge, checked against the bounds the spec sets.
     pub fn new(
         seed: impl Into<String>,
         matrix_size: u32,
@@ -160,6 +178,22 @@ impl Challenge {
             return Err(SyntheticError::Iterations);
         }
         Ok(Self { seed: seed.into(), matrix_size, iterations })
+    }
+
+    /// The seed string (block tasks: `sha256_hex(block_hash + worker_address)`).
+    pub fn seed(&self) -> &str {
+        &self.seed
+    }
+
+    /// n: the matrices are n × n, 1 ≤ n ≤ [`MAX_MATRIX_SIZE`].
+    pub fn matrix_size(&self) -> u32 {
+        self.matrix_size
+    }
+
+    /// Number of independent products (at least 1); the result is the Merkle root over their roots when
+    /// there are more than one.
+    pub fn iterations(&self) -> u32 {
+        self.iterations
     }
 
     /// The key material of the seed.
@@ -233,6 +267,30 @@ mod tests {
         assert_eq!(Challenge::new("s", 65_537, 1), Err(SyntheticError::MatrixSize(65_537)));
         assert_eq!(Challenge::new("s", 4, 0), Err(SyntheticError::Iterations));
         assert!(task_id("not hex").is_err());
+    }
+
+    #[test]
+    fn deserialisation_checks_the_bounds_too() {
+        let ok = Challenge::new("s", 4, 2).expect("valid");
+        let json = serde_json::to_string(&ok).expect("serialises");
+        assert_eq!(json, r#"{"seed":"s","matrix_size":4,"iterations":2}"#);
+        assert_eq!(serde_json::from_str::<Challenge>(&json).expect("valid"), ok);
+        for bad in [
+            r#"{"seed":"s","matrix_size":0,"iterations":1}"#,
+            r#"{"seed":"s","matrix_size":65537,"iterations":1}"#,
+            r#"{"seed":"s","matrix_size":4,"iterations":0}"#,
+        ] {
+            assert!(serde_json::from_str::<Challenge>(bad).is_err(), "{bad}");
+        }
+        let frame = crate::codec::encode(&ok).expect("encodes");
+        let payload = &frame[crate::codec::LENGTH_PREFIX_BYTES..];
+        assert_eq!(crate::codec::decode_payload::<Challenge>(payload).expect("valid"), ok);
+        let zero = crate::codec::encode(&("s", 0u32, 1u32)).expect("encodes");
+        assert!(
+            crate::codec::decode_payload::<Challenge>(&zero[crate::codec::LENGTH_PREFIX_BYTES..])
+                .is_err(),
+            "n = 0 over the wire"
+        );
     }
 
     #[test]

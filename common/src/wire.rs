@@ -2,9 +2,13 @@
 //!
 //! Each message travels as one frame of [`crate::codec`]. A connection has one control stream, opened by the
 //! agent (`Hello` → `Welcome`|`Refused`, then heartbeats, `DeviceQuarantined` and `Draining`), and one bidirectional stream per
-//! request the coordinator makes of an agent (`RunShard` → `ShardDone`|`ShardFailed`|`CheckFailed`,
-//! `FetchRow` → `Row`|`RowUnavailable`). Types here are plain data: no I/O, no runtime.
+//! request the coordinator makes of an agent. Each request type names its own answer type through
+//! [`WireRequest`] ([`RunShard`] → [`ShardAnswer`], [`FetchRow`] → [`RowAnswer`]), so a caller reads the
+//! answer of its own request or a decoding error, never another request's answer. On the wire every answer
+//! is one [`Response`] (the envelope protocol version 3 defined); the typed answers encode to exactly its
+//! bytes. Types here are plain data: no I/O, no runtime.
 
+use crate::synthetic::Challenge;
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol, sent in [`Hello`]; a coordinator refuses agents that speak another.
@@ -19,6 +23,8 @@ use serde::{Deserialize, Serialize};
 /// Version 4: [`AgentControl::DeviceReport`] (per-device counters and NVML readings). Nothing else changed,
 /// so a version-4 coordinator still admits version-3 agents ([`MIN_PROTOCOL_VERSION`]): they simply send
 /// no reports. Upgrade the coordinator first: a version-3 coordinator refuses version-4 agents.
+/// [`RunShard::challenge`] and the typed answers ([`ShardAnswer`], [`RowAnswer`]) changed no byte: they
+/// encode to exactly the bytes of the loose fields and the [`Response`] variants they replaced.
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest agent protocol version a coordinator admits.
@@ -171,14 +177,12 @@ pub const MAX_QUARANTINE_REASON_BYTES: usize = 1024;
 /// A shard to run: rows `rows.0 .. rows.1` of iteration `iteration` of the challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunShard {
-    /// The coordinator's id of this dispatch (unique per coordinator run), used by [`Request::FetchRow`].
+    /// The coordinator's id of this dispatch (unique per coordinator run), used by [`FetchRow`].
     pub shard_id: u64,
-    /// The challenge's seed string.
-    pub seed: String,
-    /// n.
-    pub matrix_size: u32,
-    /// The challenge's iteration count.
-    pub iterations: u32,
+    /// The challenge (seed, n, iteration count), checked as it is decoded: a frame with n or the iteration
+    /// count out of the spec's bounds does not decode. On the wire it is the three fields in this order,
+    /// exactly as protocol version 3 first sent them loose in `RunShard`.
+    pub challenge: Challenge,
     /// Which product.
     pub iteration: u32,
     /// Rows `start .. end` of C.
@@ -200,21 +204,211 @@ pub struct CheckTiming {
     pub shard_micros: u64,
 }
 
-/// Coordinator → agent, the one frame of a request stream.
+/// Answer row `row` (an absolute row index) of a shard this agent ran, for a spot check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRow {
+    /// The shard's id.
+    pub shard_id: u64,
+    /// Absolute row index of C.
+    pub row: u32,
+}
+
+/// Coordinator → agent, the one frame of a request stream: the envelope an agent decodes before it knows
+/// which request it got. A coordinator sends a [`WireRequest`] and reads its [`WireRequest::Answer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Run a shard and answer its leaves.
     RunShard(RunShard),
-    /// Answer row `row` (an absolute row index) of a shard this agent ran, for a spot check.
-    FetchRow {
+    /// Answer a row of a shard this agent ran.
+    FetchRow(FetchRow),
+}
+
+/// A request the coordinator makes of an agent on a stream of its own, and the one type that answers it.
+pub trait WireRequest: Into<Request> {
+    /// What the agent answers (it travels as a [`Response`], and decodes only from the variants that
+    /// belong to this request).
+    type Answer: Serialize + serde::de::DeserializeOwned;
+}
+
+impl From<RunShard> for Request {
+    fn from(request: RunShard) -> Self {
+        Self::RunShard(request)
+    }
+}
+
+impl From<FetchRow> for Request {
+    fn from(request: FetchRow) -> Self {
+        Self::FetchRow(request)
+    }
+}
+
+impl WireRequest for RunShard {
+    type Answer = ShardAnswer;
+}
+
+impl WireRequest for FetchRow {
+    type Answer = RowAnswer;
+}
+
+/// Agent → coordinator, the answer to a [`RunShard`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Response")]
+pub enum ShardAnswer {
+    /// The leaves of the shard, in row order ([`Response::ShardDone`] on the wire).
+    Done {
         /// The shard's id.
         shard_id: u64,
-        /// Absolute row index of C.
-        row: u32,
+        /// `sha256` of each row of C, rows `start .. end`.
+        leaves: Vec<[u8; 32]>,
+        /// What the Freivalds check cost, when the device ran one (none: its backend does not check).
+        check: Option<CheckTiming>,
+    },
+    /// The shard could not run ([`Response::ShardFailed`]).
+    Failed {
+        /// The shard's id.
+        shard_id: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The device computed the shard, but the product failed its Freivalds check
+    /// ([`Response::CheckFailed`]).
+    CheckFailed {
+        /// The shard's id.
+        shard_id: u64,
+        /// Which rows failed, on which device.
+        reason: String,
+    },
+    /// The request could not be decoded or understood ([`Response::Error`]).
+    Refused {
+        /// What was wrong with it.
+        reason: String,
     },
 }
 
-/// Agent → coordinator, the one frame answering a [`Request`].
+/// Agent → coordinator, the answer to a [`FetchRow`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Response")]
+pub enum RowAnswer {
+    /// `C[row][0..n]` ([`Response::Row`] on the wire).
+    Row {
+        /// The row's n values.
+        values: Vec<i32>,
+    },
+    /// The row is not (or no longer) held ([`Response::RowUnavailable`]).
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be decoded or understood ([`Response::Error`]).
+    Refused {
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// A [`Response`] that answers another request than the one asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{answer} does not answer {request}")]
+pub struct MismatchedAnswer {
+    /// The request asked.
+    pub request: &'static str,
+    /// The variant that came back.
+    pub answer: &'static str,
+}
+
+impl Response {
+    /// The variant's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ShardDone { .. } => "ShardDone",
+            Self::ShardFailed { .. } => "ShardFailed",
+            Self::Row { .. } => "Row",
+            Self::RowUnavailable { .. } => "RowUnavailable",
+            Self::Error { .. } => "Error",
+            Self::CheckFailed { .. } => "CheckFailed",
+        }
+    }
+}
+
+impl TryFrom<Response> for ShardAnswer {
+    type Error = MismatchedAnswer;
+
+    fn try_from(response: Response) -> Result<Self, Self::Error> {
+        Ok(match response {
+            Response::ShardDone { shard_id, leaves, check } => {
+                Self::Done { shard_id, leaves, check }
+            }
+            Response::ShardFailed { shard_id, reason } => Self::Failed { shard_id, reason },
+            Response::CheckFailed { shard_id, reason } => Self::CheckFailed { shard_id, reason },
+            Response::Error { reason } => Self::Refused { reason },
+            other @ (Response::Row { .. } | Response::RowUnavailable { .. }) => {
+                return Err(MismatchedAnswer { request: "RunShard", answer: other.name() });
+            }
+        })
+    }
+}
+
+impl TryFrom<Response> for RowAnswer {
+    type Error = MismatchedAnswer;
+
+    fn try_from(response: Response) -> Result<Self, Self::Error> {
+        Ok(match response {
+            Response::Row { values } => Self::Row { values },
+            Response::RowUnavailable { reason } => Self::Unavailable { reason },
+            Response::Error { reason } => Self::Refused { reason },
+            other @ (Response::ShardDone { .. }
+            | Response::ShardFailed { .. }
+            | Response::CheckFailed { .. }) => {
+                return Err(MismatchedAnswer { request: "FetchRow", answer: other.name() });
+            }
+        })
+    }
+}
+
+/// [`Response`] borrowed: the typed answers serialise through it, so they write [`Response`]'s exact bytes
+/// without copying their leaves or values. Variant for variant, in [`Response`]'s order.
+#[derive(Serialize)]
+#[serde(rename = "Response")]
+enum ResponseRef<'a> {
+    ShardDone { shard_id: u64, leaves: &'a [[u8; 32]], check: Option<CheckTiming> },
+    ShardFailed { shard_id: u64, reason: &'a str },
+    Row { values: &'a [i32] },
+    RowUnavailable { reason: &'a str },
+    Error { reason: &'a str },
+    CheckFailed { shard_id: u64, reason: &'a str },
+}
+
+impl Serialize for ShardAnswer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Done { shard_id, leaves, check } => {
+                ResponseRef::ShardDone { shard_id: *shard_id, leaves, check: *check }
+            }
+            Self::Failed { shard_id, reason } => {
+                ResponseRef::ShardFailed { shard_id: *shard_id, reason }
+            }
+            Self::CheckFailed { shard_id, reason } => {
+                ResponseRef::CheckFailed { shard_id: *shard_id, reason }
+            }
+            Self::Refused { reason } => ResponseRef::Error { reason },
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Serialize for RowAnswer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Row { values } => ResponseRef::Row { values },
+            Self::Unavailable { reason } => ResponseRef::RowUnavailable { reason },
+            Self::Refused { reason } => ResponseRef::Error { reason },
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Agent → coordinator, the one frame answering a [`Request`]: the envelope of [`ShardAnswer`] and
+/// [`RowAnswer`], and what an agent answers a request it could not decode ([`Response::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The leaves of a shard, in row order.

@@ -193,7 +193,7 @@ impl BackendError {
     ) -> Self {
         Self::FreivaldsMismatch {
             device: device.to_owned(),
-            n: shard.challenge.matrix_size,
+            n: shard.challenge.matrix_size(),
             iteration: shard.iteration,
             first_row: shard.rows.start,
             rows: shard.row_count(),

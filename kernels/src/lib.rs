@@ -29,11 +29,7 @@
 //!   without CUDA support: rebuild with --features cuda"), so callers never write `#[cfg(feature = "cuda")]`
 //!   themselves.
 
-use cpc_common::{
-    hashing::Digest32,
-    merkle::merkle_root,
-    synthetic::{Challenge, MAX_MATRIX_SIZE},
-};
+use cpc_common::{hashing::Digest32, merkle::merkle_root, synthetic::Challenge};
 use std::{fmt, ops::Range, str::FromStr};
 
 pub mod bench;
@@ -90,18 +86,15 @@ impl Shard {
 
     /// Every row of one iteration.
     pub fn whole(challenge: Challenge, iteration: u32) -> Result<Self, BackendError> {
-        let n = challenge.matrix_size;
+        let n = challenge.matrix_size();
         Self::new(challenge, iteration, 0..n)
     }
 
-    /// Checks the bounds [`Shard::new`] checks (the fields are public, so backends check again).
+    /// Checks the bounds [`Shard::new`] checks (the fields are public, so backends check again). The
+    /// challenge itself is valid by construction ([`Challenge::new`]); the rows and iteration are checked
+    /// against it.
     pub fn validate(&self) -> Result<(), BackendError> {
-        let n = self.challenge.matrix_size;
-        if n == 0 || n > MAX_MATRIX_SIZE {
-            return Err(BackendError::InvalidShard(format!(
-                "matrix_size {n} is outside 1..={MAX_MATRIX_SIZE}"
-            )));
-        }
+        let n = self.challenge.matrix_size();
         if self.rows.start >= self.rows.end {
             return Err(BackendError::InvalidShard(format!("rows {:?} are empty", self.rows)));
         }
@@ -111,10 +104,11 @@ impl Shard {
                 self.rows
             )));
         }
-        if self.iteration >= self.challenge.iterations {
+        if self.iteration >= self.challenge.iterations() {
             return Err(BackendError::InvalidShard(format!(
                 "iteration {} is not below the challenge's {} iterations",
-                self.iteration, self.challenge.iterations
+                self.iteration,
+                self.challenge.iterations()
             )));
         }
         Ok(())
@@ -127,7 +121,7 @@ impl Shard {
 
     /// Bytes this shard needs on a device (see [`shard_memory_bytes`]).
     pub fn memory_bytes(&self) -> u64 {
-        shard_memory_bytes(self.challenge.matrix_size, self.row_count())
+        shard_memory_bytes(self.challenge.matrix_size(), self.row_count())
     }
 }
 
@@ -291,10 +285,10 @@ pub fn max_rows_for_memory(n: u32, memory_bytes: u64) -> u32 {
 /// with more than one iteration the Merkle root over the roots. Each iteration runs as one shard, or as
 /// several when the device cannot hold all n rows at once ([`Backend::max_rows`]).
 pub fn result_hash(backend: &dyn Backend, challenge: &Challenge) -> Result<Digest32, BackendError> {
-    let n = challenge.matrix_size;
+    let n = challenge.matrix_size();
     let step = backend.max_rows(n).max(1);
-    let mut roots = Vec::with_capacity(challenge.iterations as usize);
-    for iteration in 0..challenge.iterations {
+    let mut roots = Vec::with_capacity(challenge.iterations() as usize);
+    for iteration in 0..challenge.iterations() {
         let mut leaves = Vec::with_capacity(n as usize);
         let mut r0 = 0;
         while r0 < n {

@@ -64,9 +64,9 @@ impl TestJob {
     /// The job frame.
     pub fn frame(&self) -> String {
         let mut payload = json!({
-            "seed": self.challenge.seed,
-            "matrix_size": self.challenge.matrix_size,
-            "iterations": self.challenge.iterations,
+            "seed": self.challenge.seed(),
+            "matrix_size": self.challenge.matrix_size(),
+            "iterations": self.challenge.iterations(),
         });
         if let Some(n) = self.nonce {
             payload["nonce"] = json!(n);

@@ -95,7 +95,7 @@ impl Backend for HeldBackend {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if shard.challenge.seed == self.seed {
+        if shard.challenge.seed() == self.seed {
             if let Some(tx) = self.started.lock().expect("lock").take() {
                 let _ = tx.send(());
             }
@@ -286,7 +286,7 @@ impl Backend for HangsOnce {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if shard.challenge.seed == self.seed
+        if shard.challenge.seed() == self.seed
             && !self.hung.swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             std::thread::sleep(Duration::from_secs(30));
@@ -365,7 +365,7 @@ impl Backend for LiesOnSeed {
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         let mut out = self.inner.run_shard(shard, keep_rows)?;
-        if shard.challenge.seed.starts_with(self.prefix) {
+        if shard.challenge.seed().starts_with(self.prefix) {
             for leaf in &mut out.leaves {
                 leaf[0] ^= 1;
             }

@@ -107,7 +107,7 @@ impl Backend for GatedBackend {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if shard.challenge.seed == self.seed {
+        if shard.challenge.seed() == self.seed {
             if let Some(tx) = self.started.lock().expect("lock").take() {
                 let _ = tx.send(());
             }
@@ -243,7 +243,7 @@ impl Backend for RowsOnDevice {
             return self.inner.run_shard(shard, keep_rows);
         }
         let mut out = self.inner.run_shard(shard, true)?;
-        let n = shard.challenge.matrix_size as usize;
+        let n = shard.challenge.matrix_size() as usize;
         let mut rows = out.rows.take().unwrap_or_default();
         for (i, row) in rows.chunks_mut(n).enumerate() {
             row[n / 2] = row[n / 2].wrapping_add(1);
@@ -384,8 +384,11 @@ async fn farm_garbage_frames_do_not_disturb_other_agents() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A real encoder's frame of the wrong type.
-    let wrong = codec::encode(&cpc_common::wire::Request::FetchRow { shard_id: 1, row: 2 })
-        .expect("encode");
+    let wrong = codec::encode(&cpc_common::wire::Request::FetchRow(cpc_common::wire::FetchRow {
+        shard_id: 1,
+        row: 2,
+    }))
+    .expect("encode");
     assert!(matches!(raw_hello(&farm, wrong).await, Some(HelloReply::Refused { .. })));
 
     let report = job.await.expect("join").expect("job");
@@ -485,7 +488,7 @@ impl Backend for FaultyDevice {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if !shard.challenge.seed.starts_with(self.seed) {
+        if !shard.challenge.seed().starts_with(self.seed) {
             return self.inner.run_shard(shard, keep_rows);
         }
         match self.fault {
@@ -641,7 +644,7 @@ async fn farm_runs_many_jobs_at_once_over_every_device() {
     let mut devices = std::collections::BTreeSet::new();
     for (c, report) in challenges.iter().zip(reports) {
         let report = report.expect("job");
-        assert_eq!(report.result_hash, expected(c), "{}", c.seed);
+        assert_eq!(report.result_hash, expected(c), "{}", c.seed());
         devices.extend(report.devices.iter().map(|d| d.agent.clone()));
     }
     assert_eq!(devices.len(), 2, "both agents computed: {devices:?}");

@@ -9,10 +9,7 @@ use super::{
 };
 use crate::metrics::{self as m, DeviceLabels};
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
-use cpc_common::{
-    synthetic::Challenge,
-    wire::{CheckTiming, Response, RunShard},
-};
+use cpc_common::wire::{CheckTiming, RowAnswer, RunShard, ShardAnswer};
 use cpc_kernels::{
     Backend, BackendError, CancelToken, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
 };
@@ -155,10 +152,11 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 }
 
-/// Runs a shard that came on connection `session` and answers `ShardDone` or `ShardFailed` (`ShardFailed`
-/// too once `cancel` is set: an answer nobody sends).
+/// Runs a shard that came on connection `session` and answers [`ShardAnswer::Done`],
+/// [`ShardAnswer::Failed`] or [`ShardAnswer::CheckFailed`] (`Failed` too once `cancel` is set: an answer
+/// nobody sends).
 #[derive(Debug, Message)]
-#[rtype(result = "Response")]
+#[rtype(result = "ShardAnswer")]
 pub struct Compute {
     /// The connection the request came on ([`ShardKey::session`]).
     pub session: u64,
@@ -226,7 +224,7 @@ impl CancelledAt {
 }
 
 impl Handler<Compute> for DeviceActor {
-    type Result = ResponseFuture<Response>;
+    type Result = ResponseFuture<ShardAnswer>;
 
     fn handle(&mut self, msg: Compute, _: &mut Self::Context) -> Self::Result {
         let state = self.state.clone();
@@ -236,7 +234,7 @@ impl Handler<Compute> for DeviceActor {
             let key = ShardKey { session, shard_id };
             let failed = |reason: String| {
                 m::shard_done(&state.labels, false, None);
-                Response::ShardFailed { shard_id, reason }
+                ShardAnswer::Failed { shard_id, reason }
             };
             let cancelled = |at: CancelledAt| {
                 m::shard_cancelled(at);
@@ -246,16 +244,13 @@ impl Handler<Compute> for DeviceActor {
                     at = at.as_str(),
                     "shard cancelled"
                 );
-                Response::ShardFailed { shard_id, reason: "cancelled by the coordinator".into() }
+                ShardAnswer::Failed { shard_id, reason: "cancelled by the coordinator".into() }
             };
             let check_seed = CheckSeed(req.check_seed);
-            let shard = match Challenge::new(req.seed, req.matrix_size, req.iterations)
+            let shard = match Shard::new(req.challenge, req.iteration, req.rows.0..req.rows.1)
+                .map(|s| s.with_check(check_seed))
                 .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    Shard::new(c, req.iteration, req.rows.0..req.rows.1)
-                        .map(|s| s.with_check(check_seed))
-                        .map_err(|e| e.to_string())
-                }) {
+            {
                 Ok(s) => s,
                 Err(e) => return failed(e),
             };
@@ -275,7 +270,7 @@ impl Handler<Compute> for DeviceActor {
             }
             let started = Instant::now();
             let (rows, n, first) =
-                (shard.row_count(), shard.challenge.matrix_size, shard.rows.start);
+                (shard.row_count(), shard.challenge.matrix_size(), shard.rows.start);
             let keep_rows = state.keeps_rows;
             let recomputable = (!keep_rows).then(|| shard.clone());
             let token = cancel.token.clone();
@@ -311,7 +306,7 @@ impl Handler<Compute> for DeviceActor {
                         m::freivalds_check(&state.labels, false, None);
                         m::shard_done(&state.labels, false, None);
                         tracing::error!(device = state.index, %reason, "Freivalds check failed");
-                        return Response::CheckFailed { shard_id, reason };
+                        return ShardAnswer::CheckFailed { shard_id, reason };
                     }
                     failed(reason)
                 }
@@ -331,7 +326,7 @@ impl Handler<Compute> for DeviceActor {
                             (None, None) => {}
                         }
                     }
-                    Response::ShardDone { shard_id, leaves, check: check.map(check_timing) }
+                    ShardAnswer::Done { shard_id, leaves, check: check.map(check_timing) }
                 }
             }
         })
@@ -356,10 +351,10 @@ fn record_work(labels: &DeviceLabels, ops: f64, wall_secs: f64, stats: Option<&S
     m::device_work(labels, ops_per_second, joules);
 }
 
-/// Recomputes one row of a shard this device ran without keeping its rows, for a spot check; answers `Row`
-/// or `RowUnavailable`. Runs between shards, under the same watchdog.
+/// Recomputes one row of a shard this device ran without keeping its rows, for a spot check; answers
+/// [`RowAnswer::Row`] or [`RowAnswer::Unavailable`]. Runs between shards, under the same watchdog.
 #[derive(Debug, Message)]
-#[rtype(result = "Response")]
+#[rtype(result = "RowAnswer")]
 pub struct RecomputeRow {
     /// The coordinator's id of the shard the row belongs to (for messages).
     pub shard_id: u64,
@@ -368,14 +363,14 @@ pub struct RecomputeRow {
 }
 
 impl Handler<RecomputeRow> for DeviceActor {
-    type Result = ResponseFuture<Response>;
+    type Result = ResponseFuture<RowAnswer>;
 
     fn handle(&mut self, msg: RecomputeRow, _: &mut Self::Context) -> Self::Result {
         let state = self.state.clone();
         Box::pin(async move {
             let RecomputeRow { shard_id, shard } = msg;
-            let (row, n) = (shard.rows.start, shard.challenge.matrix_size as usize);
-            let unavailable = |reason: String| Response::RowUnavailable { reason };
+            let (row, n) = (shard.rows.start, shard.challenge.matrix_size() as usize);
+            let unavailable = |reason: String| RowAnswer::Unavailable { reason };
             let Ok(_permit) = state.in_flight.acquire().await else {
                 return unavailable("device is shutting down".into());
             };
@@ -391,7 +386,7 @@ impl Handler<RecomputeRow> for DeviceActor {
                     unavailable(reason)
                 }
                 Ok(Ok(ShardOutput { rows: Some(values), .. })) if values.len() == n => {
-                    Response::Row { values }
+                    RowAnswer::Row { values }
                 }
                 Ok(Ok(_)) => {
                     unavailable(format!("{}: {what}: the backend kept no row", state.name))

@@ -4,7 +4,7 @@
 use super::*;
 use cpc_common::{
     synthetic::Challenge,
-    wire::{Response, RunShard},
+    wire::{RowAnswer, RunShard, ShardAnswer},
 };
 use cpc_kernels::{Backend, BackendError, Shard, ShardOutput};
 use std::{
@@ -49,7 +49,7 @@ impl Backend for Faulty {
         self.inner.info()
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
-        if !shard.challenge.seed.starts_with(self.seed) {
+        if !shard.challenge.seed().starts_with(self.seed) {
             return self.inner.run_shard(shard, keep_rows);
         }
         match self.fault {
@@ -70,7 +70,7 @@ impl Backend for Faulty {
                 reason: "an illegal memory access was encountered".into(),
             }),
             Fault::TooLarge => Err(BackendError::ShardTooLarge {
-                n: shard.challenge.matrix_size,
+                n: shard.challenge.matrix_size(),
                 rows: shard.row_count(),
                 needed: 2,
                 available: 1,
@@ -85,9 +85,7 @@ fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
         session: 0,
         request: RunShard {
             shard_id,
-            seed: seed.into(),
-            matrix_size: 32,
-            iterations: 1,
+            challenge: Challenge::new(seed, 32, 1).expect("challenge"),
             iteration: 0,
             rows: (0, 16),
             device,
@@ -127,7 +125,7 @@ fn a_hung_call_quarantines_its_device_and_not_the_other() {
 
         let t = Instant::now();
         let answer = hung.addr.send(run_shard(1, "hang-1", 10)).await.expect("answer");
-        let Response::ShardFailed { shard_id: 1, reason } = answer else {
+        let ShardAnswer::Failed { shard_id: 1, reason } = answer else {
             panic!("expected ShardFailed, got {answer:?}")
         };
         assert!(reason.contains("did not finish") && reason.contains("watchdog"), "{reason}");
@@ -137,12 +135,12 @@ fn a_hung_call_quarantines_its_device_and_not_the_other() {
         // Refused at once from now on, even for work it could do.
         let answer = hung.addr.send(run_shard(2, "fine", 10)).await.expect("answer");
         assert!(
-            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            matches!(&answer, ShardAnswer::Failed { reason, .. } if reason.contains("quarantined")),
             "{answer:?}"
         );
         // The other device (same faulty kind, its own thread) keeps serving.
         let answer = good.addr.send(run_shard(3, "fine", 11)).await.expect("answer");
-        let Response::ShardDone { shard_id: 3, leaves, check } = answer else {
+        let ShardAnswer::Done { shard_id: 3, leaves, check } = answer else {
             panic!("expected ShardDone, got {answer:?}")
         };
         assert_eq!(leaves, reference_leaves("fine"));
@@ -177,17 +175,17 @@ fn a_watchdog_firing_restarts_the_worker_until_the_cap_then_gives_the_device_up(
         );
 
         let answer = device.addr.send(run_shard(1, "hang-1", 12)).await.expect("answer");
-        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        let ShardAnswer::Failed { reason, .. } = answer else { panic!("{answer:?}") };
         assert!(reason.contains("restarted") && reason.contains("restart 1 of 1"), "{reason}");
         assert!(health.reason(12).is_none(), "not given up after one firing");
         // The restarted worker serves.
         let answer = device.addr.send(run_shard(2, "fine", 12)).await.expect("answer");
-        let Response::ShardDone { leaves, .. } = answer else { panic!("{answer:?}") };
+        let ShardAnswer::Done { leaves, .. } = answer else { panic!("{answer:?}") };
         assert_eq!(leaves, reference_leaves("fine"));
 
         // The cap is reached: the next firing gives the device up.
         let answer = device.addr.send(run_shard(3, "hang-2", 12)).await.expect("answer");
-        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        let ShardAnswer::Failed { reason, .. } = answer else { panic!("{answer:?}") };
         assert!(reason.contains("given up after 1 worker restarts"), "{reason}");
         assert_eq!(health.reason(12).as_deref(), Some(reason.as_str()));
         let report = health.reports().get(&12).cloned().expect("report");
@@ -204,14 +202,14 @@ fn a_failed_check_answers_check_failed_and_quarantines_the_device() {
         let opts = options(Duration::from_secs(60));
         let device = start(50, backend, cache(), health.clone(), &opts).await.expect("start");
         let answer = device.addr.send(run_shard(1, "flip", 50)).await.expect("answer");
-        let Response::CheckFailed { shard_id: 1, reason } = answer else {
+        let ShardAnswer::CheckFailed { shard_id: 1, reason } = answer else {
             panic!("expected CheckFailed, got {answer:?}")
         };
         assert!(reason.contains("Freivalds") && reason.contains("[5]"), "{reason}");
         assert_eq!(health.reason(50).as_deref(), Some(reason.as_str()));
         let answer = device.addr.send(run_shard(2, "flip", 50)).await.expect("answer");
         assert!(
-            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            matches!(&answer, ShardAnswer::Failed { reason, .. } if reason.contains("quarantined")),
             "{answer:?}"
         );
     });
@@ -231,18 +229,18 @@ fn a_fatal_error_quarantines_and_a_shard_error_does_not() {
                 .expect("start");
 
         let answer = large.addr.send(run_shard(1, "big", 21)).await.expect("answer");
-        assert!(matches!(answer, Response::ShardFailed { .. }), "{answer:?}");
+        assert!(matches!(answer, ShardAnswer::Failed { .. }), "{answer:?}");
         assert_eq!(health.reason(21), None, "a shard too large is not the device's fault");
         let answer = large.addr.send(run_shard(2, "ok", 21)).await.expect("answer");
-        assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+        assert!(matches!(answer, ShardAnswer::Done { .. }), "{answer:?}");
 
         let answer = fatal.addr.send(run_shard(3, "bad", 20)).await.expect("answer");
-        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        let ShardAnswer::Failed { reason, .. } = answer else { panic!("{answer:?}") };
         assert!(reason.contains("illegal memory access"), "{reason}");
         assert!(health.reason(20).is_some_and(|r| r.contains("illegal memory access")));
         let answer = fatal.addr.send(run_shard(4, "ok", 20)).await.expect("answer");
         assert!(
-            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            matches!(&answer, ShardAnswer::Failed { reason, .. } if reason.contains("quarantined")),
             "{answer:?}"
         );
     });
@@ -265,19 +263,22 @@ fn out_of_memory_keeps_the_device_and_a_lost_context_asks_for_a_restart() {
             .expect("start");
 
         let answer = squeezed.addr.send(run_shard(1, "oom", 30)).await.expect("answer");
-        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
-        assert!(reason.contains("out of memory") && reason.contains("stays in service"), "{reason}");
+        let ShardAnswer::Failed { reason, .. } = answer else { panic!("{answer:?}") };
+        assert!(
+            reason.contains("out of memory") && reason.contains("stays in service"),
+            "{reason}"
+        );
         assert_eq!(health.reason(30), None, "out of memory must not quarantine");
         let answer = squeezed.addr.send(run_shard(2, "ok", 30)).await.expect("answer");
-        assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+        assert!(matches!(answer, ShardAnswer::Done { .. }), "{answer:?}");
 
         let answer = lost.addr.send(run_shard(3, "xid", 31)).await.expect("answer");
-        let Response::ShardFailed { reason, .. } = answer else { panic!("{answer:?}") };
+        let ShardAnswer::Failed { reason, .. } = answer else { panic!("{answer:?}") };
         assert!(reason.contains("needs a process restart"), "{reason}");
         assert!(health.reason(31).is_some_and(|r| r.contains("needs a process restart")));
         let answer = lost.addr.send(run_shard(4, "ok", 31)).await.expect("answer");
         assert!(
-            matches!(&answer, Response::ShardFailed { reason, .. } if reason.contains("quarantined")),
+            matches!(&answer, ShardAnswer::Failed { reason, .. } if reason.contains("quarantined")),
             "{answer:?}"
         );
     });
@@ -321,7 +322,7 @@ impl Backend for DeviceMemoryBackend {
         {
             // A flipped bit in one element, and the leaf hashed from the wrong row, as a GPU would.
             let mut rows = self.inner.run_shard(shard, true)?.rows.expect("rows");
-            let n = shard.challenge.matrix_size as usize;
+            let n = shard.challenge.matrix_size() as usize;
             let i = (r - shard.rows.start) as usize;
             rows[i * n + 3] ^= 1 << 9;
             let bytes: Vec<u8> =
@@ -349,7 +350,7 @@ fn a_device_that_keeps_no_rows_recomputes_the_row_a_spot_check_asks_for() {
             .await
             .expect("start");
         let answer = device.addr.send(run_shard(7, "gpu-like", 30)).await.expect("answer");
-        let Response::ShardDone { leaves, .. } = answer else { panic!("{answer:?}") };
+        let ShardAnswer::Done { leaves, .. } = answer else { panic!("{answer:?}") };
         assert_eq!(
             backend.runs.lock().expect("runs").as_slice(),
             [(0..16, false)],
@@ -371,7 +372,7 @@ fn a_device_that_keeps_no_rows_recomputes_the_row_a_spot_check_asks_for() {
             assert_eq!(shard.rows, row..row + 1);
             let answer =
                 device.addr.send(RecomputeRow { shard_id: 7, shard }).await.expect("answer");
-            let Response::Row { values } = answer else { panic!("row {row}: {answer:?}") };
+            let RowAnswer::Row { values } = answer else { panic!("row {row}: {answer:?}") };
             let i = row as usize;
             assert_eq!(values, want_rows[i * 32..(i + 1) * 32], "row {row} is the true row");
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -443,7 +444,7 @@ fn a_device_that_overlaps_shards_gets_two_at_once() {
             device.addr.send(run_shard(2, "overlap-b", 40)),
         );
         for answer in [a.expect("a"), b.expect("b")] {
-            assert!(matches!(answer, Response::ShardDone { .. }), "{answer:?}");
+            assert!(matches!(answer, ShardAnswer::Done { .. }), "{answer:?}");
         }
         assert_eq!(backend.inside.lock().expect("lock").1, 2, "both shards ran at once");
     });

@@ -9,7 +9,8 @@ use cpc_agent::{AgentConfig, AgentThread, DeviceSpec, simulated::SimulatedBacken
 use cpc_common::{
     codec::FrameDecoder,
     quic::{read_frame, write_frame},
-    wire::{ALPN, Hello, HelloReply, Request, Response, RunShard, SHARD_CANCELLED},
+    synthetic::Challenge,
+    wire::{ALPN, Hello, HelloReply, Request, RunShard, SHARD_CANCELLED, ShardAnswer},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::{
@@ -73,9 +74,7 @@ async fn send_shard(
     let (mut send, recv) = conn.open_bi().await.expect("open");
     let req = RunShard {
         shard_id,
-        seed: format!("cancel-{shard_id}"),
-        matrix_size: n,
-        iterations: 1,
+        challenge: Challenge::new(format!("cancel-{shard_id}"), n, 1).expect("challenge"),
         iteration: 0,
         rows: (0, rows),
         device: 0,
@@ -146,7 +145,7 @@ async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
     // with SHARD_CANCELLED instead of answered.
     send_1.reset(quinn::VarInt::from_u32(SHARD_CANCELLED)).expect("reset shard 1");
     let mut dec = FrameDecoder::new();
-    let answer = tokio::time::timeout(STEP_LIMIT, read_frame::<Response>(&mut recv_1, &mut dec))
+    let answer = tokio::time::timeout(STEP_LIMIT, read_frame::<ShardAnswer>(&mut recv_1, &mut dec))
         .await
         .expect("shard 1's stream ends");
     match answer {
@@ -163,12 +162,12 @@ async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
     // The device is free again: a small shard (half a millisecond at this speed) is answered.
     let (_send_3, mut recv_3) = send_shard(&conn, 3, 16, 1, true).await;
     let mut dec = FrameDecoder::new();
-    let answer = tokio::time::timeout(STEP_LIMIT, read_frame::<Response>(&mut recv_3, &mut dec))
+    let answer = tokio::time::timeout(STEP_LIMIT, read_frame::<ShardAnswer>(&mut recv_3, &mut dec))
         .await
         .expect("shard 3 answered")
         .expect("read")
         .expect("a frame");
-    let Response::ShardDone { shard_id: 3, leaves, .. } = answer else {
+    let ShardAnswer::Done { shard_id: 3, leaves, .. } = answer else {
         panic!("expected ShardDone for shard 3, got {answer:?}")
     };
     assert_eq!(leaves.len(), 1);

@@ -10,9 +10,10 @@
 use cpc_common::{
     codec::{self, CodecError, FrameDecoder, LENGTH_PREFIX_BYTES, MAX_FRAME_BYTES},
     fuzzing,
+    synthetic::{Challenge, MAX_MATRIX_SIZE},
     wire::{
-        AgentControl, CheckTiming, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request,
-        Response, RowCapacity, RunShard,
+        AgentControl, CheckTiming, DeviceAdvert, FetchRow, Hello, HelloReply, PROTOCOL_VERSION,
+        Request, Response, RowAnswer, RowCapacity, RunShard, ShardAnswer,
     },
 };
 use proptest::{collection::vec, prelude::*};
@@ -108,6 +109,8 @@ enum Kind {
     AgentControl,
     Request,
     Response,
+    ShardAnswer,
+    RowAnswer,
 }
 
 fn any_kind() -> impl Strategy<Value = Kind> {
@@ -117,6 +120,8 @@ fn any_kind() -> impl Strategy<Value = Kind> {
         Just(Kind::AgentControl),
         Just(Kind::Request),
         Just(Kind::Response),
+        Just(Kind::ShardAnswer),
+        Just(Kind::RowAnswer),
     ]
 }
 
@@ -140,6 +145,8 @@ fn feed(
         Kind::AgentControl => feed_as::<AgentControl>(bytes, chunk, limit),
         Kind::Request => feed_as::<Request>(bytes, chunk, limit),
         Kind::Response => feed_as::<Response>(bytes, chunk, limit),
+        Kind::ShardAnswer => feed_as::<ShardAnswer>(bytes, chunk, limit),
+        Kind::RowAnswer => feed_as::<RowAnswer>(bytes, chunk, limit),
     }
 }
 
@@ -269,34 +276,47 @@ fn agent_control() -> impl Strategy<Value = AgentControl> {
     ]
 }
 
+/// A valid challenge (the only kind a [`RunShard`] can hold).
+fn challenge() -> impl Strategy<Value = Challenge> {
+    (text(), 1..=MAX_MATRIX_SIZE, 1..=u32::MAX).prop_map(|(seed, n, iterations)| {
+        Challenge::new(seed, n, iterations).expect("within the spec's bounds")
+    })
+}
+
+/// `RunShard` as protocol version 3 first laid it out, with the challenge's fields loose.
+#[derive(Serialize)]
+struct LooseRunShard {
+    shard_id: u64,
+    seed: String,
+    matrix_size: u32,
+    iterations: u32,
+    iteration: u32,
+    rows: (u32, u32),
+    device: u32,
+    check_seed: u64,
+}
+
+/// `Request` with the loose `RunShard`, variant for variant.
+#[derive(Serialize)]
+enum LooseRequest {
+    RunShard(LooseRunShard),
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (
-            any::<u64>(),
-            text(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<(u32, u32)>(),
-            any::<u32>(),
-            any::<u64>()
-        )
-            .prop_map(
-                |(shard_id, seed, matrix_size, iterations, iteration, rows, device, check_seed)| {
-                    Request::RunShard(RunShard {
-                        shard_id,
-                        seed,
-                        matrix_size,
-                        iterations,
-                        iteration,
-                        rows,
-                        device,
-                        check_seed,
-                    })
-                }
-            ),
+        (any::<u64>(), challenge(), any::<u32>(), any::<(u32, u32)>(), any::<u32>(), any::<u64>())
+            .prop_map(|(shard_id, challenge, iteration, rows, device, check_seed)| {
+                Request::RunShard(RunShard {
+                    shard_id,
+                    challenge,
+                    iteration,
+                    rows,
+                    device,
+                    check_seed,
+                })
+            }),
         (any::<u64>(), any::<u32>())
-            .prop_map(|(shard_id, row)| Request::FetchRow { shard_id, row }),
+            .prop_map(|(shard_id, row)| Request::FetchRow(FetchRow { shard_id, row })),
     ]
 }
 
@@ -344,6 +364,14 @@ fn any_stream() -> impl Strategy<Value = Stream> {
         frames(Kind::AgentControl, agent_control()),
         frames(Kind::Request, request()),
         frames(Kind::Response, response()),
+        frames(
+            Kind::ShardAnswer,
+            response().prop_filter_map("a RunShard answer", |r| { ShardAnswer::try_from(r).ok() })
+        ),
+        frames(
+            Kind::RowAnswer,
+            response().prop_filter_map("a FetchRow answer", |r| { RowAnswer::try_from(r).ok() })
+        ),
     ]
 }
 
@@ -517,6 +545,8 @@ proptest! {
             Kind::AgentControl => reencode::<AgentControl>(&stream.frames),
             Kind::Request => reencode::<Request>(&stream.frames),
             Kind::Response => reencode::<Response>(&stream.frames),
+            Kind::ShardAnswer => reencode::<ShardAnswer>(&stream.frames),
+            Kind::RowAnswer => reencode::<RowAnswer>(&stream.frames),
         };
         prop_assert_eq!(again, stream.frames);
     }
@@ -578,6 +608,85 @@ fn valid_messages_decode_at_every_limit_step() {
                     .unwrap_or_else(|e| panic!("a {payload_len}-byte payload: {e}"));
                 assert_eq!(back, msg);
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: fuzzing::cases(256),
+        ..ProptestConfig::default()
+    })]
+
+    /// A `RunShard` holding a `Challenge` is the same bytes as the loose fields it replaced, and a frame
+    /// whose n or iteration count breaks the spec's bounds does not decode at all.
+    #[test]
+    fn run_shard_keeps_its_layout_and_refuses_invalid_challenges(
+        shard_id in any::<u64>(),
+        seed in text(),
+        matrix_size in prop_oneof![0..=MAX_MATRIX_SIZE + 1, any::<u32>()],
+        iterations in prop_oneof![Just(0u32), any::<u32>()],
+        iteration in any::<u32>(),
+        rows in any::<(u32, u32)>(),
+    ) {
+        let loose = LooseRequest::RunShard(LooseRunShard {
+            shard_id,
+            seed: seed.clone(),
+            matrix_size,
+            iterations,
+            iteration,
+            rows,
+            device: 3,
+            check_seed: 9,
+        });
+        let frame = codec::encode(&loose).expect("encodes");
+        let decoded = codec::decode_payload::<Request>(&frame[LENGTH_PREFIX_BYTES..]);
+        match Challenge::new(seed, matrix_size, iterations) {
+            Ok(challenge) => {
+                let typed = Request::RunShard(RunShard {
+                    shard_id,
+                    challenge,
+                    iteration,
+                    rows,
+                    device: 3,
+                    check_seed: 9,
+                });
+                prop_assert_eq!(&codec::encode(&typed).expect("encodes"), &frame);
+                prop_assert_eq!(decoded.expect("valid"), typed);
+            }
+            Err(_) => prop_assert!(matches!(decoded, Err(CodecError::Malformed(_)))),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: fuzzing::cases(256),
+        ..ProptestConfig::default()
+    })]
+
+    /// Every `Response` on the wire decodes as the typed answer of the one request it answers (an `Error`
+    /// as either), to the same bytes again; as the other request's answer it does not decode at all.
+    #[test]
+    fn typed_answers_are_responses_of_their_own_request(response in response()) {
+        let frame = codec::encode(&response).expect("encodes");
+        let payload = &frame[LENGTH_PREFIX_BYTES..];
+        let shard = codec::decode_payload::<ShardAnswer>(payload);
+        let row = codec::decode_payload::<RowAnswer>(payload);
+        let (answers_shard, answers_row) = match &response {
+            Response::ShardDone { .. } | Response::ShardFailed { .. } | Response::CheckFailed { .. } => {
+                (true, false)
+            }
+            Response::Row { .. } | Response::RowUnavailable { .. } => (false, true),
+            Response::Error { .. } => (true, true),
+        };
+        prop_assert_eq!(shard.is_ok(), answers_shard, "{:?} as a ShardAnswer: {:?}", response, shard);
+        prop_assert_eq!(row.is_ok(), answers_row, "{:?} as a RowAnswer: {:?}", response, row);
+        if let Ok(shard) = shard {
+            prop_assert_eq!(&codec::encode(&shard).expect("encodes"), &frame);
+        }
+        if let Ok(row) = row {
+            prop_assert_eq!(&codec::encode(&row).expect("encodes"), &frame);
         }
     }
 }

@@ -241,7 +241,7 @@ fn check_rows(gpu: &dyn Backend, n: u32) -> anyhow::Result<Vec<Range<u32>>> {
             anyhow::bail!(
                 "the GPU's leaves of rows {range:?} at n = {n} differ from the CPU's (seed {}): the CUDA \
                  backend computes wrong results on this host; do not mine with it",
-                challenge.seed
+                challenge.seed()
             );
         }
     }

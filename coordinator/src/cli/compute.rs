@@ -87,7 +87,7 @@ pub(crate) async fn task(g: &GlobalArgs, mut args: TaskArgs) -> anyhow::Result<E
     if g.json {
         print_json(&json!({
             "task_id": task.task_id.to_string(),
-            "seed": task.challenge.seed,
+            "seed": task.challenge.seed(),
             "matrix_size": args.matrix_size,
             "height": task.height,
             "result_hash": result_hash,
@@ -98,7 +98,7 @@ pub(crate) async fn task(g: &GlobalArgs, mut args: TaskArgs) -> anyhow::Result<E
         }))?;
     } else {
         println!("task_id      {}", task.task_id);
-        println!("seed         {}", task.challenge.seed);
+        println!("seed         {}", task.challenge.seed());
         println!("matrix_size  {}", args.matrix_size);
         println!("result_hash  {result_hash}");
         println!("backend      {}", backend.name());

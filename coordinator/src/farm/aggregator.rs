@@ -31,14 +31,27 @@ pub enum AggregateError {
 #[derive(Debug, Clone)]
 pub struct JobLeaves {
     n: u32,
-    iterations: Vec<Vec<Option<Digest32>>>,
+    iterations: Vec<IterationLeaves>,
+}
+
+/// One iteration's leaves. A shard that covers the whole iteration (every small job: it runs whole on one
+/// device) hands its vector over as it is, so placing it copies nothing and no slot vector is ever made;
+/// shards of a split job fill slots.
+#[derive(Debug, Clone)]
+enum IterationLeaves {
+    /// Nothing placed yet.
+    Empty,
+    /// Every row, from one shard.
+    Whole(Vec<Digest32>),
+    /// Some rows, by slot.
+    Slots(Vec<Option<Digest32>>),
 }
 
 impl JobLeaves {
     /// Empty slots for every row of every iteration of `challenge`.
     pub fn new(challenge: &Challenge) -> Self {
-        let n = challenge.matrix_size;
-        let iterations = (0..challenge.iterations).map(|_| vec![None; n as usize]).collect();
+        let n = challenge.matrix_size();
+        let iterations = (0..challenge.iterations()).map(|_| IterationLeaves::Empty).collect();
         Self { n, iterations }
     }
 
@@ -49,29 +62,46 @@ impl JobLeaves {
         first: u32,
         leaves: Vec<Digest32>,
     ) -> Result<(), AggregateError> {
+        let n = self.n as usize;
         let end = u64::from(first) + leaves.len() as u64;
         let out_of_range = AggregateError::OutOfRange { iteration, first, end, n: self.n };
         if end > u64::from(self.n) {
             return Err(out_of_range);
         }
-        let Some(slots) = self.iterations.get_mut(iteration as usize) else {
+        let Some(placed) = self.iterations.get_mut(iteration as usize) else {
             return Err(out_of_range);
+        };
+        if first == 0 && leaves.len() == n {
+            *placed = IterationLeaves::Whole(leaves);
+            return Ok(());
+        }
+        let mut slots = match std::mem::replace(placed, IterationLeaves::Empty) {
+            IterationLeaves::Empty => vec![None; n],
+            IterationLeaves::Whole(all) => all.into_iter().map(Some).collect(),
+            IterationLeaves::Slots(slots) => slots,
         };
         for (slot, leaf) in slots[first as usize..].iter_mut().zip(leaves) {
             *slot = Some(leaf);
         }
+        *placed = IterationLeaves::Slots(slots);
         Ok(())
     }
 
     /// The result: the Merkle root of each iteration's leaves, combined over iterations as the spec says.
     pub fn root(self) -> Result<Digest32, AggregateError> {
         let mut roots = Vec::with_capacity(self.iterations.len());
-        for slots in self.iterations {
-            let missing = slots.iter().filter(|s| s.is_none()).count() as u64;
-            if missing > 0 {
-                return Err(AggregateError::Missing(missing));
-            }
-            let leaves: Vec<Digest32> = slots.into_iter().flatten().collect();
+        for placed in self.iterations {
+            let leaves: Vec<Digest32> = match placed {
+                IterationLeaves::Empty => return Err(AggregateError::Missing(self.n.into())),
+                IterationLeaves::Whole(leaves) => leaves,
+                IterationLeaves::Slots(slots) => {
+                    let missing = slots.iter().filter(|s| s.is_none()).count() as u64;
+                    if missing > 0 {
+                        return Err(AggregateError::Missing(missing));
+                    }
+                    slots.into_iter().flatten().collect()
+                }
+            };
             roots.push(merkle_root(&leaves));
         }
         Ok(Challenge::combine_iterations(&roots))
@@ -96,6 +126,23 @@ mod tests {
         assert!(job.place(0, 4, leaves[..2].to_vec()).is_err());
         assert!(job.place(2, 0, leaves[..1].to_vec()).is_err());
         assert_eq!(job.root(), Ok(expect));
+    }
+
+    #[test]
+    fn a_whole_iteration_and_slots_mix() {
+        let challenge = Challenge::new("agg", 4, 2).expect("challenge");
+        let leaves: Vec<Digest32> = (0u8..8).map(|i| sha256([i])).collect();
+        let expect =
+            Challenge::combine_iterations(&[merkle_root(&leaves[..4]), merkle_root(&leaves[4..])]);
+        let mut job = JobLeaves::new(&challenge);
+        // Iteration 0 whole, then one row of it again (a twin's answer); iteration 1 in two shards.
+        job.place(0, 0, leaves[..4].to_vec()).expect("whole");
+        job.place(0, 2, leaves[2..3].to_vec()).expect("one row over a whole iteration");
+        job.place(1, 2, leaves[6..].to_vec()).expect("placed");
+        assert_eq!(job.clone().root(), Err(AggregateError::Missing(2)));
+        job.place(1, 0, leaves[4..6].to_vec()).expect("placed");
+        assert_eq!(job.root(), Ok(expect));
+        assert_eq!(JobLeaves::new(&challenge).root(), Err(AggregateError::Missing(4)));
     }
 
     #[test]

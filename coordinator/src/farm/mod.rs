@@ -1,9 +1,9 @@
 //! The farm: a pool of devices on many hosts, reached over QUIC, that runs many synthetic-v1 jobs at once
 //! on all of them, each answering the same `result_hash` as a single machine would.
 //!
-//! [`start`] binds the QUIC endpoint and starts the actors on a dedicated thread with its own actix system,
-//! so that any caller (the CLI, the mining loop, a test on any tokio runtime) drives the farm through the
-//! cheap, clonable [`FarmHandle`]:
+//! [`start`] binds the QUIC endpoint and starts the actors on an arbiter of their own on the process's one
+//! actix system ([`cpc_common::actors`]), so that any caller (the CLI, the mining loop, a test on any
+//! tokio runtime) drives the farm through the cheap, clonable [`FarmHandle`]:
 //!
 //! - [`server`]: the endpoint, the handshake (protocol version, constant-time join-token check) and one
 //!   control task per agent connection;
@@ -36,7 +36,11 @@ mod shard;
 pub mod spot_check;
 
 use actix::{Actor as _, Addr};
-use cpc_common::{hashing::Digest32, synthetic::Challenge};
+use cpc_common::{
+    actors::{Subsystem, SubsystemRuntime},
+    hashing::Digest32,
+    synthetic::Challenge,
+};
 use serde::Serialize;
 use std::{
     fmt,
@@ -173,7 +177,7 @@ pub enum FarmError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The farm's thread could not be started or died while starting.
+    /// The farm's arbiter could not be started or stopped while starting.
     #[error("farm runtime: {0}")]
     Runtime(String),
 }
@@ -186,9 +190,6 @@ pub enum JobError {
         "no usable device for {0:?}: start agents with the command `cpc-coordinator serve` prints, or check quarantined devices"
     )]
     NoDevices(Duration),
-    /// The challenge breaks the spec's bounds.
-    #[error("invalid challenge: {0}")]
-    InvalidChallenge(String),
     /// The farm has shut down.
     #[error("the farm has shut down")]
     Shutdown,
@@ -320,7 +321,7 @@ struct Inner {
     registry: Addr<registry::Registry>,
     next_job: AtomicU64,
     stop: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    subsystem: Mutex<Option<Subsystem>>,
 }
 
 impl Drop for Inner {
@@ -448,18 +449,16 @@ impl FarmHandle {
         }
     }
 
-    /// Stops the farm (closes every agent connection) and waits for its thread.
+    /// Stops the farm (closes every agent connection) and waits for its arbiter to stop.
     pub fn shutdown(&self) {
         if let Ok(mut stop) = self.inner.stop.lock()
             && let Some(tx) = stop.take()
         {
             let _ = tx.send(());
         }
-        let thread = self.inner.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(t) = thread
-            && t.thread().id() != std::thread::current().id()
-        {
-            let _ = t.join();
+        let subsystem = self.inner.subsystem.lock().ok().and_then(|mut s| s.take());
+        if let Some(subsystem) = subsystem {
+            subsystem.join();
         }
     }
 }
@@ -478,49 +477,36 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Starts a farm on its own thread and actix system.
+/// Starts a farm on an arbiter of its own (on the process's actix system).
 pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("cpc-farm".into())
-        .spawn(move || {
-            // The actors run on this thread; QUIC and the shard I/O tasks (`tokio::spawn`) on a few worker
-            // threads, so that encryption and spot checks of thousands of shards a second do not queue
-            // behind the scheduler.
-            let system = actix_rt::System::with_tokio_rt(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(farm_io_threads())
-                    .thread_name("cpc-farm-io")
-                    .enable_all()
-                    .build()
-                    .unwrap_or_else(|e| panic!("cannot build the farm's runtime: {e}"))
-            });
-            system.block_on(async move {
-                let started = start_in_system(config).await;
-                let (endpoint, stopping) = match started {
-                    Ok((parts, endpoint)) => {
-                        let scheduler = parts.4.clone();
-                        let _ = ready_tx.send(Ok(parts));
-                        (endpoint, Some(scheduler))
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = stop_rx.await;
-                if let Some(scheduler) = &stopping {
-                    scheduler.do_send(scheduler::Stop);
-                }
-                endpoint.close(0u32.into(), b"coordinator shutting down");
-                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-            });
-        })
-        .map_err(|e| FarmError::Runtime(format!("cannot spawn the farm thread: {e}")))?;
+    // The actors run on the arbiter's thread; QUIC and the shard I/O tasks (`tokio::spawn`) on a few
+    // worker threads, so that encryption and spot checks of thousands of shards a second do not queue
+    // behind the scheduler.
+    let runtime = SubsystemRuntime::MultiThread { workers: farm_io_threads(), name: "cpc-farm-io" };
+    let subsystem = Subsystem::start(runtime, move || async move {
+        let (endpoint, scheduler) = match start_actors(config).await {
+            Ok((parts, endpoint)) => {
+                let scheduler = parts.4.clone();
+                let _ = ready_tx.send(Ok(parts));
+                (endpoint, scheduler)
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = stop_rx.await;
+        // Every waiting job is answered `Shutdown` before the arbiter (and every actor on it) stops.
+        scheduler.do_send(scheduler::Stop);
+        endpoint.close(0u32.into(), b"coordinator shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    })
+    .map_err(|e| FarmError::Runtime(format!("cannot start the farm's arbiter: {e}")))?;
     let parts = ready_rx
         .recv()
-        .map_err(|_| FarmError::Runtime("the farm thread died while starting".into()))??;
+        .map_err(|_| FarmError::Runtime("the farm's arbiter stopped while starting".into()))??;
     let (local_addr, metrics_addr, fingerprint, token, scheduler, registry) = parts;
     Ok(FarmHandle {
         inner: Arc::new(Inner {
@@ -532,7 +518,7 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
             registry,
             next_job: AtomicU64::new(1),
             stop: Mutex::new(Some(stop_tx)),
-            thread: Mutex::new(Some(thread)),
+            subsystem: Mutex::new(Some(subsystem)),
         }),
     })
 }
@@ -546,7 +532,7 @@ type Parts = (
     Addr<registry::Registry>,
 );
 
-async fn start_in_system(config: FarmConfig) -> Result<(Parts, quinn::Endpoint), FarmError> {
+async fn start_actors(config: FarmConfig) -> Result<(Parts, quinn::Endpoint), FarmError> {
     let config = Arc::new(config);
     let farm_metrics = metrics::FarmMetrics::with_readiness(Arc::clone(&config.readiness));
     let metrics_addr = match config.metrics_listen {

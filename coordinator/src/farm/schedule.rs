@@ -370,7 +370,7 @@ struct Job {
 
 impl Job {
     fn n(&self) -> u32 {
-        self.spec.challenge.matrix_size
+        self.spec.challenge.matrix_size()
     }
 
     fn can_use(&self, d: &Device) -> bool {
@@ -478,14 +478,6 @@ impl Schedule {
     /// A job to run.
     pub fn submit(&mut self, now: Instant, job: JobId, spec: JobSpec) -> Vec<Action> {
         let mut out = Vec::new();
-        let c = &spec.challenge;
-        if let Err(e) = Challenge::new(c.seed.clone(), c.matrix_size, c.iterations) {
-            out.push(Action::Finished {
-                job,
-                result: Err(JobError::InvalidChallenge(e.to_string())),
-            });
-            return out;
-        }
         self.submit_seq += 1;
         let key = JobKey {
             class: match (self.policy.ordering, spec.priority) {
@@ -760,7 +752,7 @@ impl Schedule {
         let whole = shard_ops(n, n) / fastest.ops_per_sec;
         let mut units = Vec::new();
         if whole <= self.policy.split.small_job.as_secs_f64() {
-            for iteration in 0..j.spec.challenge.iterations {
+            for iteration in 0..j.spec.challenge.iterations() {
                 let mut r0 = 0;
                 while r0 < n {
                     let r1 = r0.saturating_add(fastest.max_rows.max(1)).min(n);
@@ -776,7 +768,7 @@ impl Schedule {
                 .filter(|d| j.can_use(d))
                 .map(caps)
                 .collect();
-            for iteration in 0..j.spec.challenge.iterations {
+            for iteration in 0..j.spec.challenge.iterations() {
                 let Ok(plan) = split_rows(n, &all, &self.policy.split) else { return false };
                 units
                     .extend(plan.into_iter().map(|a| Unit::new(iteration, a.rows, Some(a.device))));
@@ -1215,15 +1207,15 @@ fn report(job_id: JobId, j: &Job, makespan: Duration) -> JobReport {
         .collect();
     JobReport {
         job_id,
-        seed: j.spec.challenge.seed.clone(),
+        seed: j.spec.challenge.seed().to_owned(),
         matrix_size: n,
-        iterations: j.spec.challenge.iterations,
+        iterations: j.spec.challenge.iterations(),
         result_hash: [0; 32],
         makespan_seconds: makespan.as_secs_f64(),
         achieved_ops_per_sec: if makespan.is_zero() {
             0.0
         } else {
-            shard_ops(n, n) * f64::from(j.spec.challenge.iterations) / makespan.as_secs_f64()
+            shard_ops(n, n) * f64::from(j.spec.challenge.iterations()) / makespan.as_secs_f64()
         },
         shards_dispatched: t.dispatched,
         shards_reassigned: t.reassigned,

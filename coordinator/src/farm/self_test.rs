@@ -8,11 +8,10 @@
 //! [`SELF_TEST_TIMEOUT`] refuses the readmission with the reason.
 
 use cpc_common::{
-    codec::FrameDecoder,
     hashing::Digest32,
-    quic::{read_frame, write_frame},
+    quic::call,
     synthetic::Challenge,
-    wire::{DeviceAdvert, Request, Response, RunShard},
+    wire::{DeviceAdvert, RunShard, ShardAnswer},
 };
 use cpc_kernels::{Backend as _, CpuBackend, Shard};
 use rand::{Rng as _, RngCore as _};
@@ -60,9 +59,7 @@ pub async fn run(
     let request = RunShard {
         // Above the scheduler's shard ids (below 2^62), so the agent's row cache never confuses the two.
         shard_id: rand::thread_rng().gen_range(1u64 << 62..1u64 << 63),
-        seed: seed.clone(),
-        matrix_size: n,
-        iterations: 1,
+        challenge: challenge.clone(),
         iteration: 0,
         rows: (0, rows),
         device: advert.index,
@@ -91,24 +88,21 @@ pub async fn run(
 async fn ask(conn: &quinn::Connection, request: &RunShard) -> Result<Vec<Digest32>, String> {
     let (mut send, mut recv) =
         conn.open_bi().await.map_err(|e| format!("cannot reach the agent: {e}"))?;
-    write_frame(&mut send, &Request::RunShard(request.clone()))
-        .await
-        .map_err(|e| format!("cannot send the shard: {e}"))?;
-    send.finish().map_err(|e| format!("cannot send the shard: {e}"))?;
-    let mut dec = FrameDecoder::new();
-    match read_frame::<Response>(&mut recv, &mut dec).await {
-        Ok(Some(Response::ShardDone { shard_id, leaves, .. })) if shard_id == request.shard_id => {
+    match call(&mut send, &mut recv, request.clone()).await {
+        Ok(Some(ShardAnswer::Done { shard_id, leaves, .. })) if shard_id == request.shard_id => {
             Ok(leaves)
         }
-        Ok(Some(Response::CheckFailed { reason, .. })) => {
+        Ok(Some(ShardAnswer::Done { shard_id, .. })) => {
+            Err(format!("the agent answered shard {shard_id}, not {}", request.shard_id))
+        }
+        Ok(Some(ShardAnswer::CheckFailed { reason, .. })) => {
             Err(format!("the device failed its Freivalds check: {reason}"))
         }
-        Ok(Some(Response::ShardFailed { reason, .. } | Response::Error { reason })) => {
+        Ok(Some(ShardAnswer::Failed { reason, .. } | ShardAnswer::Refused { reason })) => {
             Err(format!("the device could not run the shard: {reason}"))
         }
-        Ok(Some(_)) => Err("the agent answered something other than the shard's leaves".into()),
         Ok(None) => Err("the agent closed the stream without an answer".into()),
-        Err(e) => Err(format!("reading the answer: {e}")),
+        Err(e) => Err(format!("the shard's stream failed: {e}")),
     }
 }
 

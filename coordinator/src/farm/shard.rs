@@ -11,13 +11,11 @@ use super::{
     spot_check::{ShardUnderCheck, SpotCheckConfig, Verdict, check_shard},
 };
 use cpc_common::{
-    codec::FrameDecoder,
     hashing::Digest32,
-    quic::{FrameIoError, read_frame, write_frame},
-    wire::{CheckTiming, Request, Response, RunShard, SHARD_CANCELLED},
+    quic::{FrameIoError, call},
+    wire::{CheckTiming, RunShard, SHARD_CANCELLED, ShardAnswer},
 };
 use rand::RngCore as _;
-use std::fmt;
 use tokio::sync::oneshot;
 
 /// Where a shard's outcome goes (the scheduler actor).
@@ -41,9 +39,7 @@ pub(crate) async fn run(
 ) {
     let req = RunShard {
         shard_id: dispatch.shard_id,
-        seed: dispatch.challenge.seed.clone(),
-        matrix_size: dispatch.challenge.matrix_size,
-        iterations: dispatch.challenge.iterations,
+        challenge: dispatch.challenge.clone(),
         iteration: dispatch.iteration,
         rows: (dispatch.rows.start, dispatch.rows.end),
         device: dispatch.device.index,
@@ -57,12 +53,7 @@ pub(crate) async fn run(
             return;
         }
     };
-    let answer = async {
-        let t = |e: &dyn fmt::Display| ShardError::Transport(e.to_string());
-        write_frame(&mut send, &Request::RunShard(req.clone())).await.map_err(|e| t(&e))?;
-        send.finish().map_err(|e| t(&e))?;
-        read_answer(&mut recv, req.shard_id).await
-    };
+    let answer = async { read_answer(call(&mut send, &mut recv, req.clone()).await, req.shard_id) };
     let answered = tokio::select! {
         answered = answer => answered,
         _ = cancel => {
@@ -75,24 +66,24 @@ pub(crate) async fn run(
     sink(dispatch.shard_id, outcome);
 }
 
-async fn read_answer(
-    recv: &mut quinn::RecvStream,
+/// What the agent's answer means for shard `shard_id`.
+fn read_answer(
+    answer: Result<Option<ShardAnswer>, FrameIoError>,
     shard_id: u64,
 ) -> Result<(Vec<Digest32>, Option<CheckTiming>), ShardError> {
-    let mut dec = FrameDecoder::new();
-    match read_frame::<Response>(recv, &mut dec).await {
-        Ok(Some(Response::ShardDone { shard_id: id, leaves, check })) if id == shard_id => {
+    match answer {
+        Ok(Some(ShardAnswer::Done { shard_id: id, leaves, check })) if id == shard_id => {
             Ok((leaves, check))
         }
-        Ok(Some(Response::CheckFailed { shard_id: id, reason })) if id == shard_id => {
+        Ok(Some(ShardAnswer::CheckFailed { shard_id: id, reason })) if id == shard_id => {
             Err(ShardError::CheckFailed(reason))
         }
-        Ok(Some(Response::ShardFailed { reason, .. } | Response::Error { reason })) => {
+        Ok(Some(ShardAnswer::Failed { reason, .. } | ShardAnswer::Refused { reason })) => {
             Err(ShardError::Device(reason))
         }
-        Ok(Some(_)) => {
-            Err(ShardError::Wrong("answered something other than its shard's leaves".into()))
-        }
+        Ok(Some(
+            ShardAnswer::Done { shard_id: id, .. } | ShardAnswer::CheckFailed { shard_id: id, .. },
+        )) => Err(ShardError::Wrong(format!("answered for shard {id}, not its own {shard_id}"))),
         Ok(None) => Err(ShardError::Transport("stream closed without an answer".into())),
         Err(FrameIoError::Codec(e)) => Err(ShardError::Wrong(format!("undecodable answer: {e}"))),
         Err(e) => Err(ShardError::Transport(e.to_string())),

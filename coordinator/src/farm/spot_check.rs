@@ -4,12 +4,11 @@
 //! group on the CPU's fastest Philox path). A device that lies about a row, cannot produce it, or computed
 //! it wrong fails, and the scheduler quarantines it.
 
-use cpc_common::quic::{read_frame, write_frame};
 use cpc_common::{
-    codec::FrameDecoder,
     hashing::{Digest32, sha256},
+    quic::call,
     synthetic::Challenge,
-    wire::{Request, Response},
+    wire::{FetchRow, RowAnswer},
 };
 use rand::{SeedableRng as _, rngs::StdRng, seq::index::sample};
 use std::time::Duration;
@@ -84,7 +83,7 @@ pub(crate) async fn check_shard(
         }
         None => StdRng::from_entropy(),
     };
-    let n = shard.challenge.matrix_size;
+    let n = shard.challenge.matrix_size();
     let mut passed = 0;
     for offset in sample(&mut rng, rows, want) {
         let row = shard.first_row + offset as u32;
@@ -160,32 +159,15 @@ async fn fetch_row(
 ) -> Result<Vec<i32>, FetchError> {
     let t = |e: &dyn std::fmt::Display| FetchError::Transport(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| t(&e))?;
-    write_frame(&mut send, &Request::FetchRow { shard_id, row }).await.map_err(|e| t(&e))?;
-    send.finish().map_err(|e| t(&e))?;
-    let mut dec = FrameDecoder::new();
-    match read_frame::<Response>(&mut recv, &mut dec).await {
-        Ok(Some(Response::Row { values })) => Ok(values),
-        Ok(Some(Response::RowUnavailable { reason } | Response::Error { reason })) => {
+    match call(&mut send, &mut recv, FetchRow { shard_id, row }).await {
+        Ok(Some(RowAnswer::Row { values })) => Ok(values),
+        Ok(Some(RowAnswer::Unavailable { reason } | RowAnswer::Refused { reason })) => {
             Err(FetchError::Refused(reason))
-        }
-        Ok(Some(other)) => {
-            Err(FetchError::Refused(format!("answered {} to FetchRow", response_name(&other))))
         }
         Ok(None) => Err(FetchError::Transport("stream closed without an answer".into())),
         Err(cpc_common::quic::FrameIoError::Codec(e)) => {
             Err(FetchError::Refused(format!("undecodable answer: {e}")))
         }
         Err(e) => Err(t(&e)),
-    }
-}
-
-fn response_name(r: &Response) -> &'static str {
-    match r {
-        Response::ShardDone { .. } => "ShardDone",
-        Response::ShardFailed { .. } => "ShardFailed",
-        Response::Row { .. } => "Row",
-        Response::RowUnavailable { .. } => "RowUnavailable",
-        Response::Error { .. } => "Error",
-        Response::CheckFailed { .. } => "CheckFailed",
     }
 }

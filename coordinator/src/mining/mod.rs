@@ -30,6 +30,7 @@ pub use node::{RunError, RunEvent, RunReport, WindowReport, WindowRow, run, run_
 
 use crate::l1::NodePool;
 use actix::prelude::*;
+use cpc_common::actors::{Subsystem, SubsystemRuntime};
 use cpc_common::{Address, SecretKey};
 use journal::Journal;
 use std::{sync::Arc, time::Duration};
@@ -81,15 +82,14 @@ pub struct Miner {
     pub nodes: NodePool,
 }
 
-/// A mining loop running on its own thread and actix system, so any caller (the CLI on tokio, a test)
-/// can start and stop it.
+/// A mining loop running on an arbiter of its own on the process's actix system
+/// ([`cpc_common::actors`]), so any caller (the CLI on tokio, a test) can start and stop it.
 #[derive(Debug)]
 pub struct MinerHandle {
     /// The journal (for reports and tests).
     pub journal: Journal,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// The mining loop's actix system (a reload starts submitters there) and what a reload changes.
+    subsystem: Option<Subsystem>,
+    /// The mining loop's arbiter (a reload starts submitters there) and what a reload changes.
     live: Option<(actix::dev::ArbiterHandle, Arc<std::sync::Mutex<Live>>)>,
 }
 
@@ -202,17 +202,15 @@ impl MinerHandle {
         done_rx.await.map_err(|_| MinerStopped)
     }
 
-    /// Stops the actors and waits for the thread to end.
+    /// Stops the actors and waits for their arbiter to stop.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.live = None;
+        if let Some(subsystem) = self.subsystem.take() {
+            subsystem.stop();
         }
     }
 }
@@ -223,41 +221,37 @@ impl Drop for MinerHandle {
     }
 }
 
-/// Starts the mining loop on a thread of its own.
+/// Starts the mining loop on an arbiter of its own.
 pub fn spawn(
     settings: MinerSettings,
     identities: Vec<Identity>,
     journal: Journal,
     compute: Arc<dyn compute::ComputeService>,
 ) -> std::io::Result<MinerHandle> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let (live_tx, live_rx) = std::sync::mpsc::channel();
     let shared = journal.clone();
-    let thread = std::thread::Builder::new().name("cpc-miner".into()).spawn(move || {
-        let system = actix_rt::System::new();
-        system.block_on(async move {
-            let miner = start(&settings, identities.clone(), shared, compute);
-            let live = Live {
-                nodes: miner.nodes.clone(),
-                submitters: identities
-                    .iter()
-                    .map(|id| id.name.clone())
-                    .zip(miner.submitters.iter().cloned())
-                    .collect(),
-                planner: miner.planner.clone(),
-                watcher: miner.watcher.clone(),
-                journal: miner.journal.clone(),
-                settings,
-                identities,
-            };
-            let _ =
-                live_tx.send((actix::Arbiter::current(), Arc::new(std::sync::Mutex::new(live))));
-            let _miner = miner;
-            let _ = stop_rx.await;
-        });
+    let subsystem = Subsystem::start(SubsystemRuntime::CurrentThread, move || async move {
+        let miner = start(&settings, identities.clone(), shared, compute);
+        let live = Live {
+            nodes: miner.nodes.clone(),
+            submitters: identities
+                .iter()
+                .map(|id| id.name.clone())
+                .zip(miner.submitters.iter().cloned())
+                .collect(),
+            planner: miner.planner.clone(),
+            watcher: miner.watcher.clone(),
+            journal: miner.journal.clone(),
+            settings,
+            identities,
+        };
+        let _ = live_tx.send((actix::Arbiter::current(), Arc::new(std::sync::Mutex::new(live))));
+        let _miner = miner;
+        // The actors run until the handle stops the arbiter.
+        std::future::pending::<()>().await;
     })?;
     let live = live_rx.recv().ok();
-    Ok(MinerHandle { journal, stop: Some(stop_tx), thread: Some(thread), live })
+    Ok(MinerHandle { journal, subsystem: Some(subsystem), live })
 }
 
 /// Starts the actors (inside a running actix system).

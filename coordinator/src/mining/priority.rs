@@ -206,7 +206,7 @@ mod tests {
                 use std::sync::atomic::Ordering::SeqCst;
                 assert_eq!(me.running.fetch_add(1, SeqCst), 0, "one challenge at a time");
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                me.order.lock().expect("lock").push(challenge.seed.clone());
+                me.order.lock().expect("lock").push(challenge.seed().to_owned());
                 me.running.fetch_sub(1, SeqCst);
                 Ok([0u8; 32])
             })

@@ -349,7 +349,7 @@ impl Client {
                     self.fail(&job.job_id, &error);
                     return self.answer(&job.job_id, ws, false).await;
                 }
-                tracing::info!(validator = %self.settings.url, job_id = %job.job_id, n = job.challenge.matrix_size, iterations = job.challenge.iterations, "validator job received");
+                tracing::info!(validator = %self.settings.url, job_id = %job.job_id, n = job.challenge.matrix_size(), iterations = job.challenge.iterations(), "validator job received");
                 self.start_job(record);
                 Ok(())
             }
@@ -593,8 +593,8 @@ fn submit_to_l1(
         return;
     };
     let Ok(challenge) = cpc_common::synthetic::Challenge::new(
-        rec.challenge.seed.clone(),
-        rec.challenge.matrix_size,
+        rec.challenge.seed().to_owned(),
+        rec.challenge.matrix_size(),
         1,
     ) else {
         return;

@@ -87,8 +87,8 @@ fn parse_checked(text: &str) -> Result<Result<super::protocol::Job, ParseError>,
         (Ok(job), Some(v)) => {
             prop_assert_eq!(Some(job.job_id.clone()), readable_job_id(v));
             prop_assert_eq!(Some(&json!(job.task_id)), v.get("task_id"));
-            prop_assert!(job.challenge.matrix_size <= MAX_SIZE);
-            prop_assert!((1..=MAX_ITERATIONS).contains(&job.challenge.iterations));
+            prop_assert!(job.challenge.matrix_size() <= MAX_SIZE);
+            prop_assert!((1..=MAX_ITERATIONS).contains(&job.challenge.iterations()));
         }
         (_, None) => prop_assert!(false, "not JSON, yet {:?}", parsed),
     }
@@ -248,8 +248,8 @@ proptest! {
             Ok(ok) => ok,
             Err(e) => return Err(TestCaseError::fail(format!("valid job refused: {e}"))),
         };
-        prop_assert_eq!(&ok.challenge.seed, &job.seed);
-        prop_assert_eq!(ok.challenge.matrix_size, job.matrix_size);
+        prop_assert_eq!(ok.challenge.seed(), job.seed.as_str());
+        prop_assert_eq!(ok.challenge.matrix_size(), job.matrix_size);
 
         let mut mutated = frame.clone();
         edit(&mut mutated, which, replacement.clone());

@@ -330,7 +330,7 @@ mod tests {
             "payload": {"seed": "ab", "matrix_size": 8, "iterations": 3, "nonce": "12", "deadline": 10.5}}))
         .expect("job");
         assert_eq!(job.job_id, "17");
-        assert_eq!(job.challenge.iterations, 3);
+        assert_eq!(job.challenge.iterations(), 3);
         assert_eq!(job.nonce, PyInt::from(12i64));
         assert_eq!(job.deadline, Some(SystemTime::UNIX_EPOCH + Duration::from_millis(10_500)));
     }

@@ -17,7 +17,7 @@ use cpc_common::synthetic::{COLUMNS_PER_GROUP, Challenge, matrix_ids};
 pub fn c_elements(challenge: &Challenge, iteration: u32, row: u32, cols: &[u32]) -> Vec<i32> {
     let km = challenge.key_material();
     let (a_id, b_id) = matrix_ids(iteration);
-    let n = challenge.matrix_size;
+    let n = challenge.matrix_size();
     let path = Path::for_kernel(Kernel::detect());
     let mut a_row = vec![0i8; n as usize];
     fill_row(path, &km, a_id, row, &mut a_row);

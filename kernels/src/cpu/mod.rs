@@ -271,7 +271,7 @@ impl CpuBackend {
     /// they came from (no bounds checks: callers validate the shard first). `ordinal` counts this backend's
     /// `run_shard` calls, for [`BitFlip`].
     fn product_rows(&self, shard: &Shard, ordinal: u64) -> (PackedA, PackedB, Vec<i32>) {
-        let n = shard.challenge.matrix_size;
+        let n = shard.challenge.matrix_size();
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
         let (a, b) = rayon::join(
@@ -293,7 +293,7 @@ impl CpuBackend {
         b: &PackedB,
         c: &[i32],
     ) -> Result<(Vec<Digest32>, Option<Duration>), BackendError> {
-        let n = shard.challenge.matrix_size as usize;
+        let n = shard.challenge.matrix_size() as usize;
         let Some(seed) = shard.check else {
             return Ok((hash_rows(c, n), None));
         };
@@ -326,7 +326,7 @@ impl CpuBackend {
 
     /// The test-only faults: one element off by one every k rows, and the one-bit flip.
     fn inject_faults(&self, shard: &Shard, ordinal: u64, c: &mut [i32]) {
-        let n = shard.challenge.matrix_size;
+        let n = shard.challenge.matrix_size();
         if let Some(k) = self.fault_every {
             for (r, row) in shard.rows.clone().zip(c.chunks_mut(n as usize)) {
                 if r % k.get() == 0 {
@@ -370,7 +370,7 @@ impl Backend for CpuBackend {
         let needed = shard.memory_bytes();
         if needed > info.memory_bytes {
             return Err(BackendError::ShardTooLarge {
-                n: shard.challenge.matrix_size,
+                n: shard.challenge.matrix_size(),
                 rows: shard.row_count(),
                 needed,
                 available: info.memory_bytes,

@@ -31,7 +31,7 @@ impl CudaBackend {
         if let Some(reason) = self.quarantined() {
             return Err(BackendError::Quarantined { device: self.name.clone(), reason });
         }
-        let (n, rows) = (shard.challenge.matrix_size, shard.row_count());
+        let (n, rows) = (shard.challenge.matrix_size(), shard.row_count());
         let d = Dims::new(n, rows);
         let deadline = Instant::now() + self.timeout;
         let energy_before = self.monitor.as_ref().and_then(GpuMonitor::energy_joules);

@@ -421,7 +421,7 @@ impl Slot {
         fallbacks: &FallbackLog,
     ) -> Result<RunOutput, Fail> {
         let started = Instant::now();
-        let d = Dims::new(shard.challenge.matrix_size, shard.row_count());
+        let d = Dims::new(shard.challenge.matrix_size(), shard.row_count());
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
         let key = BKey { km, matrix_id: b_id, n: d.n };

@@ -10,12 +10,12 @@ fn task_derivation_and_samples() {
     for v in &vectors {
         let ch = &v.challenge;
         if let Some((block_hash, worker, id)) = &v.block {
-            assert_eq!(task_seed(block_hash, worker), ch.seed, "seed of {block_hash}");
+            assert_eq!(task_seed(block_hash, worker), ch.seed(), "seed of {block_hash}");
             assert_eq!(
-                task_id(&ch.seed).expect("hex seed").to_string(),
+                task_id(ch.seed()).expect("hex seed").to_string(),
                 *id,
                 "task id of {}",
-                ch.seed
+                ch.seed()
             );
         }
         let km = ch.key_material();
@@ -27,7 +27,7 @@ fn task_derivation_and_samples() {
                 "A[{}][{}] n={}",
                 s.row,
                 s.col,
-                ch.matrix_size
+                ch.matrix_size()
             );
             assert_eq!(
                 km.element(b_id, s.row, s.col),
@@ -35,7 +35,7 @@ fn task_derivation_and_samples() {
                 "B[{}][{}] n={}",
                 s.row,
                 s.col,
-                ch.matrix_size
+                ch.matrix_size()
             );
             assert_eq!(
                 ch.c_element(0, s.row, s.col),
@@ -43,7 +43,7 @@ fn task_derivation_and_samples() {
                 "C[{}][{}] n={}",
                 s.row,
                 s.col,
-                ch.matrix_size
+                ch.matrix_size()
             );
         }
     }
@@ -57,7 +57,7 @@ fn result_hash_and_leaves_every_kernel() {
             CpuBackend::new(0).expect("thread pool").with_kernel(kernel).expect("available");
         for v in &vectors {
             let ch = &v.challenge;
-            if kernel == Kernel::Scalar && ch.matrix_size > 256 {
+            if kernel == Kernel::Scalar && ch.matrix_size() > 256 {
                 continue; // the scalar kernel is covered by parity tests; keep the suite fast
             }
             v.check(&backend);
@@ -68,7 +68,7 @@ fn result_hash_and_leaves_every_kernel() {
 #[test]
 fn result_hash_splits_when_memory_is_short() {
     let Some(vectors) = vectors::load() else { return };
-    let v = vectors.iter().find(|v| v.challenge.matrix_size == 100).expect("an n=100 vector");
+    let v = vectors.iter().find(|v| v.challenge.matrix_size() == 100).expect("an n=100 vector");
     // Room for B and 7 rows: result_hash must cut every iteration into shards and still agree.
     let limit = cpc_kernels::shard_memory_bytes(100, 7);
     let backend = CpuBackend::new(2).expect("thread pool").with_memory_limit(limit);

@@ -32,7 +32,7 @@ fn cpu() -> &'static CpuBackend {
 }
 
 fn assert_same(shard: &Shard, got: &ShardOutput, want: &ShardOutput, what: &str) {
-    let n = shard.challenge.matrix_size;
+    let n = shard.challenge.matrix_size();
     assert_eq!(
         got.leaves.len(),
         want.leaves.len(),
@@ -158,7 +158,7 @@ fn cuda_consecutive_shards_overlap_and_recombine() {
         let leaves: Vec<_> =
             outs.iter().skip(parity).step_by(2).flat_map(|o| o.leaves.clone()).collect();
         let cpu_root = result_hash(cpu(), ch).expect("CPU");
-        assert_eq!(merkle_root(&leaves), cpu_root, "{}", ch.seed);
+        assert_eq!(merkle_root(&leaves), cpu_root, "{}", ch.seed());
     }
     // Stats are kept per calling thread (run_shards ran its own): none here until this thread runs one.
     assert!(gpu.last_stats().is_none());

@@ -87,7 +87,7 @@ fn kernel_leaves(exe: &Path, shard: &Shard, gemm: Gemm, chunk: u32) -> Vec<Strin
     let km = shard.challenge.key_material();
     let (a_id, b_id) = matrix_ids(shard.iteration);
     let args = [
-        shard.challenge.matrix_size,
+        shard.challenge.matrix_size(),
         shard.rows.start,
         shard.rows.end,
         km.key[0],
@@ -202,7 +202,7 @@ fn kernel_sums(
     let (a_id, b_id) = matrix_ids(shard.iteration);
     let flip = flip.unwrap_or(Flip { row: 0, col: 0, bit: 32 });
     let args = [
-        shard.challenge.matrix_size,
+        shard.challenge.matrix_size(),
         shard.rows.start,
         shard.rows.end,
         km.key[0],
@@ -242,7 +242,7 @@ fn kernel_sums(
 /// The CPU's row sums for the same shard, vector and flip: the plain definition and the fast path, which
 /// must agree with each other before they are compared with the kernels.
 fn cpu_sums(shard: &Shard, r: &[i32], flip: Option<Flip>) -> Vec<RowSums> {
-    let n = shard.challenge.matrix_size;
+    let n = shard.challenge.matrix_size();
     let km = shard.challenge.key_material();
     let (a_id, b_id) = matrix_ids(shard.iteration);
     let cpu = CpuBackend::new(0).expect("cpu backend");

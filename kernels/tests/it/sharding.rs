@@ -33,7 +33,7 @@ fn sharded_hash(
 ) -> (Vec<cpc_common::hashing::Digest32>, [u8; 32]) {
     let mut roots = Vec::new();
     let mut first = Vec::new();
-    for t in 0..ch.iterations {
+    for t in 0..ch.iterations() {
         let mut leaves = Vec::new();
         for r in ranges {
             let shard = Shard::new(ch.clone(), t, r.clone()).expect("valid shard");
@@ -56,9 +56,9 @@ proptest! {
     fn any_row_split_gives_the_vector(index in 0usize..64, fractions in prop::collection::vec(0.0f64..1.0, 0..8)) {
         let Some(vectors) = all() else { return Ok(()) };
         let v = &vectors[index % vectors.len()];
-        let ranges = cuts(v.challenge.matrix_size, &fractions);
+        let ranges = cuts(v.challenge.matrix_size(), &fractions);
         let (leaves, hash) = sharded_hash(&v.challenge, &ranges);
-        prop_assert_eq!(hex::encode(hash), hex::encode(v.result_hash), "n={} ranges={:?}", v.challenge.matrix_size, ranges);
+        prop_assert_eq!(hex::encode(hash), hex::encode(v.result_hash), "n={} ranges={:?}", v.challenge.matrix_size(), ranges);
         if let Some(want) = &v.row_leaves {
             prop_assert_eq!(&leaves, want);
         }
@@ -68,8 +68,8 @@ proptest! {
 #[test]
 fn one_row_shards_match_whole() {
     let Some(vectors) = all() else { return };
-    for v in vectors.iter().filter(|v| v.challenge.matrix_size <= 64) {
-        let n = v.challenge.matrix_size;
+    for v in vectors.iter().filter(|v| v.challenge.matrix_size() <= 64) {
+        let n = v.challenge.matrix_size();
         let ranges: Vec<_> = (0..n).map(|r| r..r + 1).collect();
         assert_eq!(sharded_hash(&v.challenge, &ranges).1, v.result_hash, "n={n}");
     }

@@ -86,16 +86,16 @@ impl Vector {
     /// Answers that shard's output, for callers that compare it further.
     pub(crate) fn check(&self, backend: &dyn Backend) -> ShardOutput {
         let ch = &self.challenge;
-        let what = format!("{} n={} t={}", backend.name(), ch.matrix_size, ch.iterations);
+        let what = format!("{} n={} t={}", backend.name(), ch.matrix_size(), ch.iterations());
         let got = result_hash(backend, ch).expect("result hash");
         assert_eq!(hex::encode(got), hex::encode(self.result_hash), "result_hash, {what}");
         let shard = Shard::whole(ch.clone(), 0).expect("shard");
         let out = backend.run_shard(&shard, true).expect("whole shard");
-        assert_eq!(out.leaves.len(), ch.matrix_size as usize, "{what}");
+        assert_eq!(out.leaves.len(), ch.matrix_size() as usize, "{what}");
         if let Some(leaves) = &self.row_leaves {
             assert_eq!(&out.leaves, leaves, "row leaves, {what}");
         }
-        let n = ch.matrix_size as usize;
+        let n = ch.matrix_size() as usize;
         let rows = out.rows.as_ref().expect("rows kept");
         for s in &self.samples {
             assert_eq!(

@@ -52,14 +52,15 @@ fn leaf(seed: &str, iteration: u32, row: u32) -> Digest32 {
 }
 
 fn honest(d: &Dispatch) -> ShardOutcome {
-    let leaves = d.rows.clone().map(|r| leaf(&d.challenge.seed, d.iteration, r)).collect();
+    let leaves = d.rows.clone().map(|r| leaf(d.challenge.seed(), d.iteration, r)).collect();
     ShardOutcome::Verified { leaves, checked: 1, check: None }
 }
 
 fn expected_root(c: &Challenge) -> Digest32 {
-    let roots: Vec<Digest32> = (0..c.iterations)
+    let roots: Vec<Digest32> = (0..c.iterations())
         .map(|i| {
-            let leaves: Vec<Digest32> = (0..c.matrix_size).map(|r| leaf(&c.seed, i, r)).collect();
+            let leaves: Vec<Digest32> =
+                (0..c.matrix_size()).map(|r| leaf(c.seed(), i, r)).collect();
             merkle_root(&leaves)
         })
         .collect();

@@ -120,7 +120,7 @@ mod tests {
             db.execute(
                 "INSERT INTO tasks (identity, task_id, height, block_hash, worker_address, seed, matrix_size, state, created_ms)
                  VALUES ('w', ?1, 3, ?2, ?3, ?4, 8, 'planned', 0)",
-                params![task.task_id.to_string(), task.block_hash, task.worker_address, task.challenge.seed],
+                params![task.task_id.to_string(), task.block_hash, task.worker_address, task.challenge.seed()],
             )
             .expect("old row");
         }

@@ -109,8 +109,8 @@ impl Batch<'_> {
                 task.height as i64,
                 task.block_hash,
                 task.worker_address,
-                task.challenge.seed,
-                task.challenge.matrix_size,
+                task.challenge.seed(),
+                task.challenge.matrix_size(),
                 now_ms()
             ],
         )?;
@@ -155,8 +155,8 @@ impl Batch<'_> {
                 task.height as i64,
                 task.block_hash,
                 task.worker_address,
-                task.challenge.seed,
-                task.challenge.matrix_size,
+                task.challenge.seed(),
+                task.challenge.matrix_size(),
                 result_hash,
                 now_ms()
             ],
