@@ -386,13 +386,26 @@ async fn probation_readmits_a_device_the_farm_quarantined_after_the_cool_down() 
     });
     let liar: Arc<dyn Backend> =
         Arc::new(LiesOnSeed { inner: CpuBackend::new(1).expect("cpu"), prefix: "admin-it-liar" });
-    let agents = [
-        AgentThread::spawn(agent_config(&farm, "liar"), one_device(liar)),
-        AgentThread::spawn(agent_config(&farm, "steady"), one_device(cpu())),
-    ];
-    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    // The liar alone first, so that it computes the job (a small job runs whole on one device), and the
+    // steady device only once the liar was caught, to recompute what it gave.
+    let liar_agent = AgentThread::spawn(agent_config(&farm, "liar"), one_device(liar));
+    farm.wait_for_agents(1, Duration::from_secs(60)).await.expect("the liar's agent");
     let challenge = Challenge::new("admin-it-liar", 256, 1).expect("challenge");
-    let report = farm.run_job(challenge.clone()).await.expect("job");
+    let job = tokio::spawn({
+        let (farm, challenge) = (farm.clone(), challenge.clone());
+        async move { farm.run_job(challenge).await }
+    });
+    let mut caught = false;
+    for _ in 0..600 {
+        if device_of(&client, "liar").await.quarantined {
+            caught = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(caught, "the liar was quarantined within 30 s");
+    let agents = [liar_agent, AgentThread::spawn(agent_config(&farm, "steady"), one_device(cpu()))];
+    let report = job.await.expect("job task").expect("job");
     assert_eq!(report.result_hash, expected(&challenge));
     assert_eq!(report.quarantined.len(), 1, "the liar was caught: {report:#?}");
     // Readmitted by probation (polled; a bound on a hang, not a measurement).

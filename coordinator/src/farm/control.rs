@@ -4,7 +4,7 @@
 
 use super::{
     DeviceId, DeviceStatus, FarmHandle,
-    registry::{Lookup, OperatorDrain, Quarantine, Readmit},
+    registry::{DeviceLookup, Lookup, OperatorDrain, Quarantine, Readmit},
     scheduler::InFlightByDevice,
     self_test::{self, SelfTestReport},
 };
@@ -124,16 +124,20 @@ impl FarmHandle {
             .map_err(ControlError::NotFound)
     }
 
-    /// Quarantines `device` on the operator's word: it gets no more shards, and the answers of those it
-    /// holds are not accepted (their rows are computed elsewhere). Lifted by [`FarmHandle::readmit`].
-    pub async fn quarantine(&self, device: DeviceId, reason: &str) -> Result<(), ControlError> {
-        let found = self
-            .inner
+    /// What the registry knows of `device`, which must be connected.
+    async fn connected(&self, device: DeviceId) -> Result<DeviceLookup, ControlError> {
+        self.inner
             .registry
             .send(Lookup { device })
             .await
             .map_err(|_| ControlError::Shutdown)?
-            .ok_or_else(|| ControlError::NotFound(format!("{device} is not connected")))?;
+            .ok_or_else(|| ControlError::NotFound(format!("{device} is not connected")))
+    }
+
+    /// Quarantines `device` on the operator's word: it gets no more shards, and the answers of those it
+    /// holds are not accepted (their rows are computed elsewhere). Lifted by [`FarmHandle::readmit`].
+    pub async fn quarantine(&self, device: DeviceId, reason: &str) -> Result<(), ControlError> {
+        let found = self.connected(device).await?;
         if let Some(why) = found.quarantine_reason {
             return Err(ControlError::Conflict(format!("{device} is already quarantined: {why}")));
         }
@@ -150,13 +154,7 @@ impl FarmHandle {
     /// Lifts `device`'s quarantine once it passed the known-answer self-test ([`self_test`]); refuses with
     /// the test's reason otherwise, and the device stays quarantined.
     pub async fn readmit(&self, device: DeviceId) -> Result<SelfTestReport, ControlError> {
-        let found = self
-            .inner
-            .registry
-            .send(Lookup { device })
-            .await
-            .map_err(|_| ControlError::Shutdown)?
-            .ok_or_else(|| ControlError::NotFound(format!("{device} is not connected")))?;
+        let found = self.connected(device).await?;
         if found.quarantine_reason.is_none() {
             return Err(ControlError::Conflict(format!("{device} is not quarantined")));
         }
