@@ -356,6 +356,26 @@ fn read_address(child: &mut Child, timeout: Duration) -> Result<SocketAddr, Harn
     addr.parse().map_err(|e| HarnessError::NoAddress(format!("{addr}: {e}")))
 }
 
+/// A loopback TCP port free at the time of asking (for a listener a test passes to a process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `cpc-coordinator --json farm ARGS` with `HOME` at `home`, so that no admin token file of the machine's
+/// user is found by default, and no admin URL or token file from the environment.
+pub fn farm_admin_command(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = coordinator_command();
+    cmd.env("HOME", home)
+        .env_remove("CPC_ADMIN_URL")
+        .env_remove("CPC_ADMIN_TOKEN_FILE")
+        .args(["--json", "farm"])
+        .args(args);
+    cmd
+}
+
 /// A `cpc-coordinator` command (`$CPC_COORDINATOR_BIN`, or the binary next to the test executable), with
 /// the caller's `CPC_NODE`, `CPC_KEYSTORE` and `CPC_VALIDATORS` removed so a test only talks to what it
 /// started.

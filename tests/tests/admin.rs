@@ -492,22 +492,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
-}
-
-/// `cpc-coordinator farm ARGS --json` with `HOME` at `home` (so no default token file is found unless
-/// given); answers the exit status, stdout and stderr.
+/// `cpc-coordinator farm ARGS` ([`cpc_tests::harness::farm_admin_command`]); answers the exit status,
+/// stdout and stderr.
 fn farm_cli(home: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = cpc_tests::harness::coordinator_command()
-        .env("HOME", home)
-        .env_remove("CPC_ADMIN_URL")
-        .env_remove("CPC_ADMIN_TOKEN_FILE")
-        .arg("farm")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("cpc-coordinator farm");
+    let out =
+        cpc_tests::harness::farm_admin_command(home, args).output().expect("cpc-coordinator farm");
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     (out.status.success(), text(out.stdout), text(out.stderr))
 }
@@ -525,7 +514,7 @@ fn the_farm_commands_drive_a_served_farm() {
         "127.0.0.1:{}",
         std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("udp").port()
     );
-    let admin = format!("127.0.0.1:{}", free_tcp_port());
+    let admin = format!("127.0.0.1:{}", cpc_tests::harness::free_port());
     let url = format!("http://{admin}");
     let _serve = KillOnDrop(
         coordinator_command()

@@ -10,17 +10,11 @@ use std::{
 };
 use support::{Farm, KillOnDrop, free_port};
 
-/// `cpc-coordinator farm ARGS --json` with `HOME` at `home`; answers the parsed JSON, or the stderr.
+/// `cpc-coordinator farm ARGS` ([`cpc_tests::harness::farm_admin_command`]); answers the parsed JSON, or
+/// the stderr.
 fn farm_cli(home: &Path, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = cpc_tests::harness::coordinator_command()
-        .env("HOME", home)
-        .env_remove("CPC_ADMIN_URL")
-        .env_remove("CPC_ADMIN_TOKEN_FILE")
-        .arg("farm")
-        .args(args)
-        .arg("--json")
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out =
+        cpc_tests::harness::farm_admin_command(home, args).output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }

@@ -370,15 +370,10 @@ async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
     tokio::task::block_in_place(|| check_chain(&farm));
 }
 
-/// `cpc-coordinator farm ARGS` against the admin API at `url` (HOME is the test's folder, so no token
-/// file of the machine's user is picked up by default).
+/// `cpc-coordinator farm ARGS --admin URL` ([`cpc_tests::harness::farm_admin_command`], HOME the test's
+/// folder).
 fn farm_admin(farm: &Farm, url: &str, args: &[&str]) -> std::process::Output {
-    coordinator_command()
-        .args(["--json", "farm"])
-        .args(args)
-        .args(["--admin", url])
-        .env("HOME", farm.dir.path())
-        .env_remove("CPC_ADMIN_TOKEN_FILE")
+    cpc_tests::harness::farm_admin_command(farm.dir.path(), &[args, &["--admin", url]].concat())
         .output()
         .expect("spawn cpc-coordinator farm")
 }

@@ -6,7 +6,7 @@
 
 use cpc_tests::{
     devnet::chain::FAUCET_PRIVATE_KEY,
-    harness::{DevnetOptions, DevnetProcess, coordinator_command},
+    harness::{DevnetOptions, DevnetProcess, coordinator_command, free_port},
     proxy::{Proxy, TestCa},
 };
 use std::{
@@ -106,13 +106,6 @@ fn sigterm(child: &Child) {
 
 fn wait_exit(child: &mut Child) -> ExitStatus {
     wait_until("the process to exit", || child.try_wait().expect("try_wait"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// The body of `GET /metrics` on `addr`, if it answers.

@@ -114,11 +114,6 @@ impl NodeClient {
         }
     }
 
-    /// The deadline the next request gets.
-    pub fn request_deadline(&self) -> Duration {
-        self.deadline.current()
-    }
-
     /// The node's base URL.
     pub fn url(&self) -> &str {
         &self.base

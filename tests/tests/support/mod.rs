@@ -7,6 +7,10 @@
 
 pub(crate) mod load;
 
+/// Every test binary finds a free port the same way (re-exported so `support::free_port` keeps working).
+#[allow(unused_imports)]
+pub(crate) use cpc_tests::harness::free_port;
+
 use cpc_common::{Block, ComputeResult, TxType, synthetic::BlockTask};
 use cpc_coordinator::{farm::Identity, mining::journal::Journal};
 use cpc_tests::{
@@ -418,13 +422,6 @@ pub(crate) fn last_height(report: &Value) -> u64 {
         .filter_map(|r| r["height"].as_u64())
         .max()
         .expect("some rows")
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// Resident memory of a process in KiB (`VmRSS` in /proc/PID/status), where the system has /proc.
