@@ -123,6 +123,7 @@ fn transport(idle: Duration) -> quinn::TransportConfig {
     t.keep_alive_interval(Some(idle / 3));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    cpc_common::quic::farm_transport_defaults(&mut t);
     t
 }
 
@@ -139,8 +140,15 @@ pub async fn run(
         .map_err(|e| AgentError::Setup(format!("{e}")))?;
     let (client, verifier) = crate::tls::client_config(ctx.pinned, transport(cfg.idle_timeout))
         .map_err(AgentError::Setup)?;
-    let endpoint = quinn::Endpoint::client(bind)
+    let socket = cpc_common::quic::FarmSocket::bind(bind)
         .map_err(|e| AgentError::Setup(format!("cannot open a UDP socket: {e}")))?;
+    if let Some(warning) = socket.small_buffers() {
+        tracing::warn!("{warning}");
+    }
+    let runtime = std::sync::Arc::new(quinn::TokioRuntime);
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket.socket, runtime)
+            .map_err(|e| AgentError::Setup(format!("cannot open a UDP socket: {e}")))?;
     let result = session(ctx, &endpoint, client, &verifier, addr, shutdown, welcomed).await;
     ctx.ready.store(false, Ordering::Relaxed);
     m::connected(false);

@@ -1,6 +1,9 @@
-//! Signing and verification throughput (signatures per second) and transaction hashing.
+//! Signing and verification throughput (signatures per second), transaction hashing, and the Merkle
+//! root a coordinator builds for every finished job (n leaves, n - 1 parents).
 
-use cpc_common::{SecretKey, Transaction, TxType, hashing::sha256, tx::MIN_GAS_PRICE};
+use cpc_common::{
+    SecretKey, Transaction, TxType, hashing::sha256, merkle::merkle_root, tx::MIN_GAS_PRICE,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -33,6 +36,14 @@ fn crypto(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("hash", |b| b.iter(|| black_box(&tx).hash()));
     g.bench_function("check_stateless", |b| b.iter(|| black_box(&tx).check_stateless()));
+    g.finish();
+
+    let mut g = c.benchmark_group("merkle_root");
+    for n in [1024u32, 16384] {
+        let leaves: Vec<_> = (0..n).map(|i| sha256(i.to_le_bytes())).collect();
+        g.throughput(Throughput::Elements(u64::from(n)));
+        g.bench_function(format!("{n}"), |b| b.iter(|| merkle_root(black_box(&leaves))));
+    }
     g.finish();
 }
 

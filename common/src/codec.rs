@@ -233,15 +233,35 @@ mod tests {
     #[test]
     fn leaves_round_trip() {
         let check = Some(crate::wire::CheckTiming { check_micros: 1_234, shard_micros: 987_654 });
-        let resp = Response::ShardDone { shard_id: 1, leaves: vec![[7u8; 32]; 100], check };
+        let resp = Response::ShardLeaves { shard_id: 1, leaves: vec![[7u8; 32]; 100], check };
         let frame = encode(&resp).expect("encodes");
-        assert!(frame.len() < 100 * 33 + 24, "leaves are packed: {}", frame.len());
+        assert!(frame.len() < 100 * 32 + 24, "leaves are packed: {}", frame.len());
+        let old = Response::ShardDone { shard_id: 1, leaves: vec![[7u8; 32]; 100], check };
+        assert_eq!(
+            encode(&old).expect("encodes").len(),
+            frame.len() - 2,
+            "the same bytes but the variant and the length: 100 leaves (1 byte), not 3,200 bytes (3)"
+        );
         let failed = Response::CheckFailed { shard_id: 2, reason: "rows [5]".into() };
         let mut dec = FrameDecoder::new();
         dec.push(&frame);
         dec.push(&encode(&failed).expect("encodes"));
         assert_eq!(dec.next_message::<Response>().expect("decodes"), Some(resp));
         assert_eq!(dec.next_message::<Response>().expect("decodes"), Some(failed));
+    }
+
+    #[test]
+    fn leaf_bytes_of_a_partial_leaf_are_malformed() {
+        // Response::ShardLeaves (variant 6), shard_id 1, a byte string of 33 bytes, no check timing.
+        let mut payload = vec![6, 1, 33];
+        payload.extend([0u8; 33]);
+        payload.push(0);
+        let err = decode_payload::<Response>(&payload).expect_err("33 bytes are not whole leaves");
+        assert!(matches!(err, CodecError::Malformed(_)), "{err}");
+        payload[2] = 32;
+        payload.remove(3);
+        let ok = decode_payload::<Response>(&payload).expect("one whole leaf");
+        assert_eq!(ok, Response::ShardLeaves { shard_id: 1, leaves: vec![[0; 32]], check: None });
     }
 
     #[test]

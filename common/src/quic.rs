@@ -10,6 +10,79 @@ use serde::{Serialize, de::DeserializeOwned};
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Bytes a connection may have in flight before its first acknowledgements: quinn's default is 14,720
+/// (ten 1,472-byte datagrams), and a connection that only answers shards is "application limited" between
+/// answers, so its window never grows past that. A 32 KiB answer then waits for acknowledgements twice,
+/// each up to the peer's 25 ms acknowledgement delay. A farm's agents sit on the coordinator's own network,
+/// where a window the size of the largest common answer (a whole n = 16,384 job: 512 KiB of leaves) is sent
+/// at once.
+pub const INITIAL_WINDOW_BYTES: u64 = 1024 * 1024;
+
+/// Kernel buffer a farm UDP socket asks for, each way. The kernel's default (about 208 KiB) overflowed on
+/// loopback when 64 answers arrived at once, and every datagram dropped there costs its stream a probe
+/// timeout (at least 25 ms); the kernel grants at most `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A UDP socket for a farm endpoint, and the buffers the kernel granted it.
+#[derive(Debug)]
+pub struct FarmSocket {
+    /// The bound socket, non-blocking, for `quinn::Endpoint::new`.
+    pub socket: std::net::UdpSocket,
+    /// Receive buffer the kernel granted, in bytes (Linux reports twice what it counts as payload).
+    pub receive_buffer: usize,
+    /// Send buffer the kernel granted, in bytes.
+    pub send_buffer: usize,
+}
+
+impl FarmSocket {
+    /// Binds `addr` and asks for [`SOCKET_BUFFER_BYTES`] each way (a refusal is not an error: the socket
+    /// keeps the kernel's size, which [`FarmSocket::small_buffers`] reports).
+    pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        let receive_buffer = socket.recv_buffer_size()?;
+        let send_buffer = socket.send_buffer_size()?;
+        Ok(Self { socket: socket.into(), receive_buffer, send_buffer })
+    }
+
+    /// What to tell the operator when the kernel granted less than half of [`SOCKET_BUFFER_BYTES`] either
+    /// way (bursts of answers may then be dropped and resent late); `None` when the buffers are large.
+    pub fn small_buffers(&self) -> Option<String> {
+        let enough = SOCKET_BUFFER_BYTES / 2;
+        (self.receive_buffer < enough || self.send_buffer < enough).then(|| {
+            format!(
+                "the kernel granted UDP buffers of {} KiB (receive) and {} KiB (send), not the {} KiB asked: \
+                 bursts of shards may lose datagrams; raise net.core.rmem_max and net.core.wmem_max \
+                 (sysctl -w net.core.rmem_max={SOCKET_BUFFER_BYTES} net.core.wmem_max={SOCKET_BUFFER_BYTES})",
+                self.receive_buffer / 1024,
+                self.send_buffer / 1024,
+                SOCKET_BUFFER_BYTES / 1024
+            )
+        })
+    }
+}
+
+/// The transport settings both ends of a farm connection share, on top of their own stream limits and
+/// timers:
+/// - the path MTU search goes up to the largest UDP payload (65,527 bytes) instead of quinn's default
+///   1,452, so a farm on jumbo frames (9,000) or on one host (loopback) sends an answer in a few datagrams
+///   instead of one per 1,452 bytes (each a system call and a decryption at both ends); the search starts
+///   at the safe 1,200 bytes and keeps only what the path acknowledged, so a 1,500-byte network loses
+///   nothing;
+/// - the congestion window starts at [`INITIAL_WINDOW_BYTES`].
+pub fn farm_transport_defaults(transport: &mut quinn::TransportConfig) {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(u16::MAX);
+    transport.mtu_discovery_config(Some(mtu));
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(INITIAL_WINDOW_BYTES);
+    transport.congestion_controller_factory(std::sync::Arc::new(cubic));
+}
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameIoError {

@@ -25,7 +25,13 @@ use serde::{Deserialize, Serialize};
 /// no reports. Upgrade the coordinator first: a version-3 coordinator refuses version-4 agents.
 /// [`RunShard::challenge`] and the typed answers ([`ShardAnswer`], [`RowAnswer`]) changed no byte: they
 /// encode to exactly the bytes of the loose fields and the [`Response`] variants they replaced.
-pub const PROTOCOL_VERSION: u16 = 4;
+///
+/// Version 5: an agent answers a shard with [`Response::ShardLeaves`] (the leaves as one byte string,
+/// copied in one piece) instead of [`Response::ShardDone`] (a sequence of 32-byte arrays, which bincode's
+/// serde path reads and writes a byte at a time: the larger part of a coordinator's CPU per shard). The
+/// variant is appended last, so the others keep their encoding and a version-5 coordinator still admits
+/// version-3 and version-4 agents and reads their `ShardDone`.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest agent protocol version a coordinator admits.
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
@@ -254,7 +260,8 @@ impl WireRequest for FetchRow {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Response")]
 pub enum ShardAnswer {
-    /// The leaves of the shard, in row order ([`Response::ShardDone`] on the wire).
+    /// The leaves of the shard, in row order ([`Response::ShardLeaves`] on the wire; read from a version 3
+    /// or 4 agent's [`Response::ShardDone`] too).
     Done {
         /// The shard's id.
         shard_id: u64,
@@ -326,6 +333,7 @@ impl Response {
             Self::RowUnavailable { .. } => "RowUnavailable",
             Self::Error { .. } => "Error",
             Self::CheckFailed { .. } => "CheckFailed",
+            Self::ShardLeaves { .. } => "ShardLeaves",
         }
     }
 }
@@ -335,7 +343,8 @@ impl TryFrom<Response> for ShardAnswer {
 
     fn try_from(response: Response) -> Result<Self, Self::Error> {
         Ok(match response {
-            Response::ShardDone { shard_id, leaves, check } => {
+            Response::ShardDone { shard_id, leaves, check }
+            | Response::ShardLeaves { shard_id, leaves, check } => {
                 Self::Done { shard_id, leaves, check }
             }
             Response::ShardFailed { shard_id, reason } => Self::Failed { shard_id, reason },
@@ -357,6 +366,7 @@ impl TryFrom<Response> for RowAnswer {
             Response::RowUnavailable { reason } => Self::Unavailable { reason },
             Response::Error { reason } => Self::Refused { reason },
             other @ (Response::ShardDone { .. }
+            | Response::ShardLeaves { .. }
             | Response::ShardFailed { .. }
             | Response::CheckFailed { .. }) => {
                 return Err(MismatchedAnswer { request: "FetchRow", answer: other.name() });
@@ -370,19 +380,45 @@ impl TryFrom<Response> for RowAnswer {
 #[derive(Serialize)]
 #[serde(rename = "Response")]
 enum ResponseRef<'a> {
-    ShardDone { shard_id: u64, leaves: &'a [[u8; 32]], check: Option<CheckTiming> },
-    ShardFailed { shard_id: u64, reason: &'a str },
-    Row { values: &'a [i32] },
-    RowUnavailable { reason: &'a str },
-    Error { reason: &'a str },
-    CheckFailed { shard_id: u64, reason: &'a str },
+    #[expect(
+        dead_code,
+        reason = "holds Response::ShardDone's place, so the variants after keep their index"
+    )]
+    ShardDone {
+        shard_id: u64,
+        leaves: &'a [[u8; 32]],
+        check: Option<CheckTiming>,
+    },
+    ShardFailed {
+        shard_id: u64,
+        reason: &'a str,
+    },
+    Row {
+        values: &'a [i32],
+    },
+    RowUnavailable {
+        reason: &'a str,
+    },
+    Error {
+        reason: &'a str,
+    },
+    CheckFailed {
+        shard_id: u64,
+        reason: &'a str,
+    },
+    ShardLeaves {
+        shard_id: u64,
+        #[serde(serialize_with = "leaf_bytes::serialize")]
+        leaves: &'a [[u8; 32]],
+        check: Option<CheckTiming>,
+    },
 }
 
 impl Serialize for ShardAnswer {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Done { shard_id, leaves, check } => {
-                ResponseRef::ShardDone { shard_id: *shard_id, leaves, check: *check }
+                ResponseRef::ShardLeaves { shard_id: *shard_id, leaves, check: *check }
             }
             Self::Failed { shard_id, reason } => {
                 ResponseRef::ShardFailed { shard_id: *shard_id, reason }
@@ -411,7 +447,8 @@ impl Serialize for RowAnswer {
 /// [`RowAnswer`], and what an agent answers a request it could not decode ([`Response::Error`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The leaves of a shard, in row order.
+    /// The leaves of a shard, in row order, as versions 3 and 4 send them (version 5 sends
+    /// [`Response::ShardLeaves`]).
     ShardDone {
         /// The shard's id.
         shard_id: u64,
@@ -450,6 +487,53 @@ pub enum Response {
         /// Which rows failed, on which device.
         reason: String,
     },
+    /// The leaves of a shard, in row order, as one byte string of 32 bytes a leaf (version 5).
+    ShardLeaves {
+        /// The shard's id.
+        shard_id: u64,
+        /// `sha256` of each row of C, rows `start .. end`.
+        #[serde(with = "leaf_bytes")]
+        leaves: Vec<[u8; 32]>,
+        /// What the Freivalds check cost, when the device ran one (none: its backend does not check).
+        check: Option<CheckTiming>,
+    },
+}
+
+/// Leaves as one byte string (a length, then 32 bytes a leaf), which an encoder copies in one piece.
+mod leaf_bytes {
+    use serde::{Deserializer, Serializer, de};
+    use std::fmt;
+
+    pub(super) fn serialize<S: Serializer>(
+        leaves: &[[u8; 32]],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(leaves.as_flattened())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<[u8; 32]>, D::Error> {
+        deserializer.deserialize_bytes(LeafBytes)
+    }
+
+    struct LeafBytes;
+
+    impl de::Visitor<'_> for LeafBytes {
+        type Value = Vec<[u8; 32]>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("leaves: a byte string of 32 bytes a leaf")
+        }
+
+        fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Self::Value, E> {
+            let (leaves, rest) = bytes.as_chunks::<32>();
+            if !rest.is_empty() {
+                return Err(E::invalid_length(bytes.len(), &self));
+            }
+            Ok(leaves.to_vec())
+        }
+    }
 }
 
 #[cfg(test)]

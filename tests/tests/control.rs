@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 use support::{Farm, KillOnDrop, MATRIX_SIZE, check_chain, mined_heights};
+use tokio_util::sync::CancellationToken;
 
 /// Longest any wait may take before the test is declared hung (a liveness bound, not a measurement).
 const HANG: Duration = Duration::from_secs(90);
@@ -303,8 +304,8 @@ async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
     let sources = Sources::read(flags.clone(), Layer::default()).expect("config");
     let settings = Settings::resolve(&sources).expect("valid settings");
     let (control, inbox) = control::channel(Some((flags, Layer::default())));
-    let stop = tokio::sync::Notify::new();
-    let node = mining::run_controlled(settings, inbox, stop.notified(), |_: RunEvent<'_>| {});
+    let stop = CancellationToken::new();
+    let node = mining::run_controlled(settings, inbox, stop.clone(), |_: RunEvent<'_>| {});
 
     let drive = async {
         let included = |report: &IdentitiesReport, name: &str| {
@@ -363,7 +364,7 @@ async fn the_mining_control_handle_reports_identities_and_reloads_in_place() {
             assert!(Instant::now() < deadline, "w1's journaled results did not settle");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stop.notify_one();
+        stop.cancel();
     };
     let (report, ()) = tokio::join!(node, drive);
     assert_eq!(report.expect("run"), RunReport::Stopped);

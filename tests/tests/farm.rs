@@ -8,12 +8,15 @@ use cpc_common::{
     synthetic::Challenge,
     wire::{ALPN, HelloReply},
 };
-use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, Identity, SplitPolicy, SpotCheckConfig};
+use cpc_coordinator::farm::{
+    self, FarmConfig, FarmHandle, Identity, JobError, SplitPolicy, SpotCheckConfig,
+};
 use cpc_kernels::{Backend, BackendError, CpuBackend, DeviceInfo, Shard, ShardOutput};
 use std::{
     sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
+use tokio_util::sync::CancellationToken;
 
 fn farm_config() -> FarmConfig {
     let mut c = FarmConfig::new(
@@ -650,4 +653,36 @@ async fn farm_runs_many_jobs_at_once_over_every_device() {
     assert_eq!(devices.len(), 2, "both agents computed: {devices:?}");
     drop(agents);
     shutdown(farm).await;
+}
+
+/// A farm stops when the process's shutdown token (its config's) is cancelled, answering a waiting job
+/// `Shutdown`; a farm's own `shutdown` cancels only its child of that token, so a second farm sharing the
+/// token keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_stops_on_the_process_token_and_its_own_shutdown_stops_only_itself() {
+    let process = CancellationToken::new();
+    let sharing = || FarmConfig { shutdown: process.clone(), ..farm_config() };
+    let waiting_farm = farm::start(sharing()).expect("farm");
+    let other = farm::start(sharing()).expect("farm");
+    // No device: the job waits (`no_device_wait` is 30 s).
+    let challenge = Challenge::new("farm-it-token", 64, 1).expect("challenge");
+    let mut waiting = tokio::spawn({
+        let farm = waiting_farm.clone();
+        async move { farm.run_job(challenge).await }
+    });
+
+    shutdown(other).await;
+    assert!(!process.is_cancelled(), "a farm's own shutdown cancels only its child token");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(),
+        "the other farm's shutdown left this farm's job waiting"
+    );
+
+    process.cancel();
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the process token stops the farm, which answers its waiting job")
+        .expect("join");
+    assert!(matches!(answer, Err(JobError::Shutdown)), "{answer:?}");
+    shutdown(waiting_farm).await;
 }

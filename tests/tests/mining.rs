@@ -9,6 +9,7 @@ mod support;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::{Farm, check_chain, check_journal, finish, free_port, last_height};
+use tokio_util::sync::CancellationToken;
 
 /// The whole product: the coordinator computes every block on two real agents over QUIC.
 #[test]
@@ -150,7 +151,8 @@ async fn the_library_run_mines_a_bounded_window_and_stops_on_its_shutdown_signal
     let settings =
         Settings::resolve(&Sources { flags, ..Sources::default() }).expect("valid settings");
 
-    let report = mining::run(settings.clone(), std::future::pending(), |_| {}).await.expect("run");
+    let never = CancellationToken::new();
+    let report = mining::run(settings.clone(), never, |_| {}).await.expect("run");
     let RunReport::Window(window) = report else { panic!("a bounded run reports its window") };
     assert_eq!(window.last - window.first, 2, "{window:?}");
     assert_eq!(window.rows.len(), 6, "two identities at three blocks: {window:?}");
@@ -164,15 +166,16 @@ async fn the_library_run_mines_a_bounded_window_and_stops_on_its_shutdown_signal
         check_journal(&farm, window.last);
     });
 
-    // Unbounded: runs until the signal, which here comes once the node says it is ready.
-    let ready = tokio::sync::Notify::new();
+    // Unbounded: runs until the process's token is cancelled, which here happens once the node says it is
+    // ready.
+    let shutdown = CancellationToken::new();
     let unbounded = Settings { stop_after_blocks: 0, ..settings };
     let on_event = |event: RunEvent<'_>| {
         if matches!(event, RunEvent::Ready) {
-            ready.notify_one();
+            shutdown.cancel();
         }
     };
-    let report = mining::run(unbounded, ready.notified(), on_event).await.expect("run");
+    let report = mining::run(unbounded, shutdown.clone(), on_event).await.expect("run");
     assert_eq!(report, RunReport::Stopped);
     drop(DataDirLock::acquire(&farm.data_dir()).expect("the run released the data dir"));
 }

@@ -372,20 +372,21 @@ async fn wait_for_devices(
 
 /// Runs `bench farm` and prints as it goes, or one JSON document at the end with `--json`.
 pub(crate) async fn run(g: &GlobalArgs, args: FarmBenchArgs) -> anyhow::Result<ExitCode> {
-    let interrupted = super::shutdown_signal();
+    let shutdown = super::shutdown_token();
     if g.node.is_some() {
         eprintln!("note: bench farm never talks to a chain: --node (or CPC_NODE) is ignored");
     }
     let agent_bin = locate_agent(args.agent_bin.as_deref())?;
     let loopback = "127.0.0.1:0".parse().context("loopback address")?;
     let mut config = FarmConfig::new(loopback, Identity::generate()?);
+    config.shutdown = shutdown.clone();
     // Simulated devices answer wrong leaves: a spot check would quarantine every one of them.
     config.spot_check = SpotCheckConfig { rows_per_shard: 0, ..SpotCheckConfig::default() };
     let farm = farm::start(config)?;
     let mut agents = AgentProcesses::default();
     let result = tokio::select! {
         r = bench(&farm, &args, &agent_bin, &mut agents, g.json) => r,
-        () = interrupted => Err(anyhow::anyhow!("interrupted: the agents are stopped")),
+        () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted: the agents are stopped")),
     };
     agents.kill_all();
     tokio::task::spawn_blocking({

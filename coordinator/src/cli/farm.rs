@@ -10,6 +10,7 @@ use cpc_coordinator::{
     farm::{self, FarmConfig, FarmHandle, JobReport},
 };
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use tokio_util::sync::CancellationToken;
 
 /// Default time `job` waits for agents.
 const DEFAULT_WAIT_SECS: u64 = 120;
@@ -76,13 +77,15 @@ pub(crate) struct JobArgs {
     pub(crate) farm: FarmArgs,
 }
 
-fn start(args: &FarmArgs) -> anyhow::Result<(FarmHandle, String)> {
+/// Starts the farm; it stops when `shutdown` (the process's token) is cancelled or its handle says so.
+fn start(args: &FarmArgs, shutdown: &CancellationToken) -> anyhow::Result<(FarmHandle, String)> {
     let dir = super::data_dir_or_default(args.data_dir.clone())?;
     let (identity, token_file) =
         cpc_coordinator::data_dir::load_farm_identity(&dir, args.identity_dir.as_deref())?;
     let mut config = FarmConfig::new(args.listen, identity);
     config.metrics_listen = args.metrics;
     config.shard_timeout = Duration::from_secs(args.shard_timeout.max(1));
+    config.shutdown = shutdown.clone();
     let handle = farm::start(config)?;
     let public = args.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());
     if let Some(m) = handle.metrics_addr() {
@@ -118,15 +121,15 @@ async fn start_admin(
 }
 
 pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let shutdown = super::shutdown_signal();
-    let (handle, command) = start(&args.farm)?;
+    let shutdown = super::shutdown_token();
+    let (handle, command) = start(&args.farm, &shutdown)?;
     let _admin = start_admin(&args.farm, &handle).await?;
     let _probation = start_probation(&args.farm, &handle);
     // For scripts on this host: the command line with this host's token file.
     println!("{command}");
     cpc_common::service::notify_ready();
     cpc_common::service::spawn_watchdog();
-    shutdown.await;
+    shutdown.cancelled().await;
     cpc_common::service::notify_stopping();
     eprintln!("shutting down");
     tokio::task::spawn_blocking(move || handle.shutdown()).await?;
@@ -135,7 +138,7 @@ pub(crate) async fn serve(_g: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Ex
 
 pub(crate) async fn job(g: &GlobalArgs, args: JobArgs) -> anyhow::Result<ExitCode> {
     let challenge = Challenge::new(args.seed.clone(), args.matrix_size, args.iterations)?;
-    let (handle, _) = start(&args.farm)?;
+    let (handle, _) = start(&args.farm, &super::shutdown_token())?;
     let _admin = start_admin(&args.farm, &handle).await?;
     let _probation = start_probation(&args.farm, &handle);
     let agents =

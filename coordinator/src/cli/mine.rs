@@ -176,7 +176,7 @@ pub(crate) async fn run(
     matches: &ArgMatches,
 ) -> anyhow::Result<ExitCode> {
     // Installed first: from here on SIGINT and SIGTERM stop the run gracefully.
-    let shutdown = super::shutdown_signal();
+    let shutdown = super::shutdown_token();
     let settings = resolve(g, &args, matches)?;
     // SIGHUP re-reads the config file with these same flags and environment (they keep winning).
     let (control, inbox) = mining::control::channel(Some(layers(g, &args, matches)));

@@ -17,6 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use cpc_common::keystore::Keystore;
 use cpc_coordinator::l1::NodeClient;
 use std::{path::PathBuf, process::ExitCode};
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use cpc_coordinator::l1::DEFAULT_NODE_URL;
 
@@ -174,10 +175,24 @@ pub(crate) fn data_dir_or_default(given: Option<PathBuf>) -> anyhow::Result<Path
     }
 }
 
-/// Completes on the first SIGINT (Ctrl-C) or SIGTERM (what systemd and Kubernetes send): every
-/// long-running command stops gracefully on either. The handlers are installed when this is called (not
-/// when first polled), so call it early: from then on neither signal kills the process outright.
-pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// The process's one shutdown token, cancelled on the first SIGINT (Ctrl-C) or SIGTERM (what systemd and
+/// Kubernetes send): every long-running command hands it (or children of it) to what it starts, so all of
+/// it stops gracefully on either signal. The handlers are installed when this is called, so call it early:
+/// from then on neither signal kills the process outright.
+pub(crate) fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let signal = shutdown_signal();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        signal.await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Completes on the first SIGINT or SIGTERM (see [`shutdown_token`]); the handlers are installed when this
+/// is called, not when first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let streams = {
         use tokio::signal::unix::{SignalKind, signal};

@@ -52,6 +52,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 pub use control::{ControlError, FarmStatus, Target};
 pub use identity::Identity;
@@ -131,6 +132,10 @@ pub struct FarmConfig {
     /// What `/readyz` requires besides a started farm (nothing by default; `run` adds an L1, funded
     /// identities and, in farm mode, a usable device).
     pub readiness: Arc<crate::readiness::Readiness>,
+    /// The farm stops when this is cancelled: a child of the process's one shutdown token (`run` passes
+    /// the node's), so a signal stops it with everything else. [`FarmHandle::shutdown`] cancels it too,
+    /// which stops this farm alone. A fresh token by default.
+    pub shutdown: CancellationToken,
 }
 
 impl FarmConfig {
@@ -152,6 +157,7 @@ impl FarmConfig {
             scheduling: SchedulingPolicy::default(),
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             readiness: Arc::default(),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -320,17 +326,13 @@ struct Inner {
     scheduler: Addr<scheduler::Scheduler>,
     registry: Addr<registry::Registry>,
     next_job: AtomicU64,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+    stop: CancellationToken,
     subsystem: Mutex<Option<Subsystem>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut stop) = self.stop.lock()
-            && let Some(tx) = stop.take()
-        {
-            let _ = tx.send(());
-        }
+        self.stop.cancel();
     }
 }
 
@@ -449,13 +451,10 @@ impl FarmHandle {
         }
     }
 
-    /// Stops the farm (closes every agent connection) and waits for its arbiter to stop.
+    /// Stops the farm (closes every agent connection) and waits for its arbiter to stop. The farm also
+    /// stops by itself when its config's shutdown token is cancelled; this then only waits.
     pub fn shutdown(&self) {
-        if let Ok(mut stop) = self.inner.stop.lock()
-            && let Some(tx) = stop.take()
-        {
-            let _ = tx.send(());
-        }
+        self.inner.stop.cancel();
         let subsystem = self.inner.subsystem.lock().ok().and_then(|mut s| s.take());
         if let Some(subsystem) = subsystem {
             subsystem.join();
@@ -480,7 +479,9 @@ impl Drop for CancelOnDrop {
 /// Starts a farm on an arbiter of its own (on the process's actix system).
 pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // Its own child: `FarmHandle::shutdown` stops this farm, not whatever else shares the parent.
+    let stop = config.shutdown.child_token();
+    let stopped = stop.clone();
     // The actors run on the arbiter's thread; QUIC and the shard I/O tasks (`tokio::spawn`) on a few
     // worker threads, so that encryption and spot checks of thousands of shards a second do not queue
     // behind the scheduler.
@@ -497,7 +498,7 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
                 return;
             }
         };
-        let _ = stop_rx.await;
+        stopped.cancelled().await;
         // Every waiting job is answered `Shutdown` before the arbiter (and every actor on it) stops.
         scheduler.do_send(scheduler::Stop);
         endpoint.close(0u32.into(), b"coordinator shutting down");
@@ -517,7 +518,7 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
             scheduler,
             registry,
             next_job: AtomicU64::new(1),
-            stop: Mutex::new(Some(stop_tx)),
+            stop,
             subsystem: Mutex::new(Some(subsystem)),
         }),
     })

@@ -98,9 +98,12 @@ pub(crate) fn bind(config: &FarmConfig) -> Result<quinn::Endpoint, FarmError> {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
     let bind_err = |source| FarmError::Bind { addr: config.listen, source };
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let socket = cpc_common::quic::FarmSocket::bind(config.listen).map_err(bind_err)?;
+    if let Some(warning) = socket.small_buffers() {
+        tracing::warn!(listen = %config.listen, "{warning}");
+    }
     let runtime = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)
+    quinn::Endpoint::new(endpoint_config, Some(server), socket.socket, runtime).map_err(bind_err)
 }
 
 /// Transport parameters shared by both ends.
@@ -110,6 +113,7 @@ fn transport(idle: Duration, keep_alive: Duration) -> quinn::TransportConfig {
     t.keep_alive_interval(Some(keep_alive.min(idle / 2)));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    cpc_common::quic::farm_transport_defaults(&mut t);
     t
 }
 

@@ -23,6 +23,10 @@ pub enum ComputeError {
     /// The job's deadline passed before it could start.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The compute service is shutting down (the process is stopping): the job was not run, and is no
+    /// failure of its task.
+    #[error("the farm is shutting down")]
+    Stopped,
 }
 
 /// A boxed computation.
@@ -83,6 +87,7 @@ impl ComputeService for crate::farm::FarmHandle {
             match farm.run(spec).await {
                 Ok(report) => Ok(report.result_hash),
                 Err(JobError::DeadlineExceeded) => Err(ComputeError::DeadlineExceeded),
+                Err(JobError::Shutdown) => Err(ComputeError::Stopped),
                 Err(e) => Err(ComputeError::Farm(e.to_string())),
             }
         })

@@ -34,6 +34,7 @@ use cpc_common::actors::{Subsystem, SubsystemRuntime};
 use cpc_common::{Address, SecretKey};
 use journal::Journal;
 use std::{sync::Arc, time::Duration};
+use tokio_util::sync::CancellationToken;
 
 /// A worker identity the farm mines for.
 #[derive(Debug, Clone)]
@@ -65,6 +66,9 @@ pub struct MinerSettings {
     /// Where the planner publishes the highest block whose tasks it has journaled (validator clients hold
     /// an answer until it covers the job's nonce: see [`crate::validator`]).
     pub planned_height: tokio::sync::watch::Sender<u64>,
+    /// The mining loop stops when this is cancelled (the node passes the process's one shutdown token);
+    /// [`MinerHandle::stop`] stops it alone.
+    pub shutdown: CancellationToken,
 }
 
 /// Handles of a running mining loop's actors.
@@ -89,6 +93,8 @@ pub struct MinerHandle {
     /// The journal (for reports and tests).
     pub journal: Journal,
     subsystem: Option<Subsystem>,
+    /// A child of the settings' token, which this handle alone cancels.
+    stop: CancellationToken,
     /// The mining loop's arbiter (a reload starts submitters there) and what a reload changes.
     live: Option<(actix::dev::ArbiterHandle, Arc<std::sync::Mutex<Live>>)>,
 }
@@ -209,8 +215,9 @@ impl MinerHandle {
 
     fn shutdown(&mut self) {
         self.live = None;
+        self.stop.cancel();
         if let Some(subsystem) = self.subsystem.take() {
-            subsystem.stop();
+            subsystem.join();
         }
     }
 }
@@ -230,6 +237,8 @@ pub fn spawn(
 ) -> std::io::Result<MinerHandle> {
     let (live_tx, live_rx) = std::sync::mpsc::channel();
     let shared = journal.clone();
+    let stop = settings.shutdown.child_token();
+    let stopped = stop.clone();
     let subsystem = Subsystem::start(SubsystemRuntime::CurrentThread, move || async move {
         let miner = start(&settings, identities.clone(), shared, compute);
         let live = Live {
@@ -247,11 +256,11 @@ pub fn spawn(
         };
         let _ = live_tx.send((actix::Arbiter::current(), Arc::new(std::sync::Mutex::new(live))));
         let _miner = miner;
-        // The actors run until the handle stops the arbiter.
-        std::future::pending::<()>().await;
+        // The actors run until the token is cancelled; the arbiter (and every actor on it) then stops.
+        stopped.cancelled().await;
     })?;
     let live = live_rx.recv().ok();
-    Ok(MinerHandle { journal, subsystem: Some(subsystem), live })
+    Ok(MinerHandle { journal, subsystem: Some(subsystem), stop, live })
 }
 
 /// Starts the actors (inside a running actix system).

@@ -29,14 +29,13 @@ use cpc_common::{
 };
 use cpc_kernels::{BackendError, BackendKind};
 use std::{
-    future::Future,
     net::SocketAddr,
     ops::RangeInclusive,
     path::Path,
-    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
+use tokio_util::sync::CancellationToken;
 
 /// How long the farm waits for `min_agents` before giving up.
 const AGENT_WAIT: Duration = Duration::from_secs(300);
@@ -193,11 +192,18 @@ pub struct WindowRow {
     pub reason: Option<String>,
 }
 
-/// Runs the mining node until `shutdown` completes or, with `stop_after_blocks`, until that many blocks
+/// Runs the mining node until `shutdown` is cancelled or, with `stop_after_blocks`, until that many blocks
 /// are mined and settled. `on_event` hears what the operator should see.
+///
+/// `shutdown` is the process's one shutdown token (the binary cancels it on SIGTERM or SIGINT). The farm,
+/// the mining loop and the validator clients each stop on a child of it, all at once, and this waits for
+/// them: the validator clients close their connections (jobs still computing stay `received` and are
+/// computed again on the next start), the mining loop's actors stop (a task the farm was still
+/// computing is neither a result nor a miss: it stays `planned`), and the farm closes every agent
+/// connection.
 pub async fn run(
     settings: Settings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
     on_event: impl Fn(RunEvent<'_>),
 ) -> Result<RunReport, RunError> {
     run_controlled(settings, ControlInbox::detached(), shutdown, on_event).await
@@ -208,10 +214,9 @@ pub async fn run(
 pub async fn run_controlled(
     settings: Settings,
     inbox: ControlInbox,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
     on_event: impl Fn(RunEvent<'_>),
 ) -> Result<RunReport, RunError> {
-    tokio::pin!(shutdown);
     let mut inbox = inbox;
     let keystore = settings.keystore();
     let identities = load_identities(&keystore, &settings.identities)?;
@@ -233,7 +238,7 @@ pub async fn run_controlled(
         readiness.require_device();
     }
     // The farm also serves the metrics endpoint; in local mode it simply has no agents.
-    let (farm, token_file) = start_farm(&settings, &readiness)?;
+    let (farm, token_file) = start_farm(&settings, &readiness, &shutdown)?;
     if let Some(addr) = farm.metrics_addr() {
         on_event(RunEvent::MetricsListening(addr));
     }
@@ -250,7 +255,7 @@ pub async fn run_controlled(
                 waited = farm.wait_for_agents(settings.min_agents, AGENT_WAIT) => {
                     waited?;
                 }
-                () = &mut shutdown => {
+                () = shutdown.cancelled() => {
                     on_event(RunEvent::StoppingBeforeMining);
                     farm.shutdown();
                     return Ok(RunReport::Stopped);
@@ -261,7 +266,7 @@ pub async fn run_controlled(
     let compute = compute_service(settings.compute, &farm, settings.scheduling)?;
     // A bounded run's window starts at the head: wait for a node rather than take height 0.
     let start_height = if settings.stop_after_blocks > 0 {
-        match wait_for_head(&settings.nodes, shutdown.as_mut(), &on_event).await {
+        match wait_for_head(&settings.nodes, &shutdown, &on_event).await {
             Some(height) => height,
             None => {
                 farm.shutdown();
@@ -291,21 +296,34 @@ pub async fn run_controlled(
         recover_from_chain: opened.created,
         readiness,
         planned_height,
+        shutdown: shutdown.clone(),
     };
     let miner = super::spawn(miner_settings, identities, journal.clone(), Arc::clone(&compute))?;
     for validator in &validators {
         on_event(RunEvent::TakingValidatorJobs { validator, scheduling: settings.scheduling });
     }
-    let validator_clients =
-        validator::start(validators.clone(), journal.clone(), Arc::clone(&compute), chain.clone())?;
+    let validator_clients = validator::start(
+        validators.clone(),
+        journal.clone(),
+        Arc::clone(&compute),
+        chain.clone(),
+        &shutdown,
+    )?;
     on_event(RunEvent::Ready);
 
     if settings.stop_after_blocks == 0 {
-        let mut node =
-            LiveNode { settings, validators, validator_clients, compute, journal, chain };
+        let mut node = LiveNode {
+            settings,
+            validators,
+            validator_clients,
+            compute,
+            journal,
+            chain,
+            shutdown: shutdown.clone(),
+        };
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                () = shutdown.cancelled() => break,
                 Some(request) = inbox.rx.recv() => node.serve(request, &inbox, &miner).await,
             }
         }
@@ -319,7 +337,7 @@ pub async fn run_controlled(
     // takes no control requests: they are answered `NotRunning` at once rather than left waiting.
     drop(inbox);
     let last = start_height + settings.stop_after_blocks - 1;
-    let waited = wait_for_window(&settings, &journal, start_height..=last, shutdown).await;
+    let waited = wait_for_window(&settings, &journal, start_height..=last, &shutdown).await;
     validator_clients.stop().await;
     miner.stop();
     farm.shutdown();
@@ -342,6 +360,8 @@ struct LiveNode {
     /// What the validator clients (restarted by a reload) know of the planner's progress.
     chain: validator::ChainView,
     journal: Journal,
+    /// The process's shutdown token, whose children the restarted validator clients get.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for LiveNode {
@@ -420,9 +440,16 @@ impl LiveNode {
             let journal = self.journal.clone();
             let compute = Arc::clone(&self.compute);
             let chain = self.chain.clone();
+            let shutdown = self.shutdown.clone();
             let start = |list: Vec<ValidatorSettings>| {
-                validator::start(list, journal.clone(), Arc::clone(&compute), chain.clone())
-                    .map_err(|e| ReloadError::Validators(e.to_string()))
+                validator::start(
+                    list,
+                    journal.clone(),
+                    Arc::clone(&compute),
+                    chain.clone(),
+                    &shutdown,
+                )
+                .map_err(|e| ReloadError::Validators(e.to_string()))
             };
             let stopped = std::mem::replace(&mut self.validator_clients, start(Vec::new())?);
             stopped.stop().await;
@@ -517,6 +544,7 @@ fn validator_settings(
 fn start_farm(
     settings: &Settings,
     readiness: &Arc<Readiness>,
+    shutdown: &CancellationToken,
 ) -> Result<(FarmHandle, std::path::PathBuf), RunError> {
     let (farm_identity, token_file) =
         data_dir::load_farm_identity(&settings.data_dir, settings.identity_dir.as_deref())?;
@@ -524,6 +552,7 @@ fn start_farm(
     config.metrics_listen = settings.metrics;
     config.readiness = Arc::clone(readiness);
     config.scheduling = settings.scheduling;
+    config.shutdown = shutdown.clone();
     farm::metrics::init_identity_series(settings.identities.iter().map(String::as_str));
     Ok((farm::start(config)?, token_file))
 }
@@ -531,7 +560,7 @@ fn start_farm(
 /// The node's head, waiting (and saying so once) while no node answers; `None` when interrupted.
 async fn wait_for_head(
     nodes: &[String],
-    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    shutdown: &CancellationToken,
     on_event: &impl Fn(RunEvent<'_>),
 ) -> Option<u64> {
     let pool = NodePool::new(nodes);
@@ -546,7 +575,7 @@ async fn wait_for_head(
             Err(_) => {}
         }
         tokio::select! {
-            () = &mut shutdown => return None,
+            () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(NODE_WAIT_POLL) => {}
         }
     }
@@ -558,16 +587,15 @@ async fn wait_for_window(
     settings: &Settings,
     journal: &Journal,
     window: RangeInclusive<u64>,
-    shutdown: Pin<&mut impl Future<Output = ()>>,
+    shutdown: &CancellationToken,
 ) -> Result<u64, RunError> {
     let (start, last) = (*window.start(), *window.end());
     let pool = NodePool::new(&settings.nodes);
     let mut head = start;
     let mut settle_deadline: Option<Instant> = None;
-    let mut shutdown = shutdown;
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
             () = tokio::time::sleep(WINDOW_POLL) => {}
         }
         if let Ok(status) = pool.status().await {

@@ -11,7 +11,7 @@
 
 use super::{
     Identity,
-    compute::ComputeService,
+    compute::{ComputeError, ComputeService},
     journal::{Journal, MissCause, TaskState},
     submitter::{Submitter, TaskComputed},
     watcher::{BlockRef, NewBlock},
@@ -160,6 +160,11 @@ impl Planner {
                         ctx.run_later(std::time::Duration::ZERO, |act, _| act.journal_results());
                     }
                     act.computed.push(Computed { identity: i, task, result_hash: hex::encode(root), seen_at });
+                }
+                // The process is stopping (the farm saw the shutdown token before this loop did): the task
+                // stays planned, neither a result nor a miss.
+                Err(ComputeError::Stopped) => {
+                    tracing::debug!(identity = %identity.name, %task_id, "task not computed: shutting down");
                 }
                 Err(e) => {
                     metrics::counter!("cpcfarm_tasks_failed_total").increment(1);

@@ -32,14 +32,12 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::{
-    net::TcpStream,
-    sync::{mpsc, watch},
-};
+use tokio::{net::TcpStream, sync::mpsc};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
     tungstenite::{Message, protocol::WebSocketConfig},
 };
+use tokio_util::sync::CancellationToken;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -129,8 +127,8 @@ impl Client {
         &self.settings.identity.name
     }
 
-    /// Connects, serves, reconnects, until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Connects, serves, reconnects, until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
         // The transport reads up to TRANSPORT_LIMIT_BYTES so that a message over the protocol's own limit
         // can still be answered with a `job_error` and the connection kept.
@@ -138,7 +136,7 @@ impl Client {
             .max_message_size(Some(TRANSPORT_LIMIT_BYTES))
             .max_frame_size(Some(TRANSPORT_LIMIT_BYTES));
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return;
             }
             let attempt = tokio::time::timeout(
@@ -151,7 +149,7 @@ impl Client {
             );
             let attempt = tokio::select! {
                 r = attempt => r,
-                _ = shutdown.changed() => return,
+                () = shutdown.cancelled() => return,
             };
             match attempt {
                 Ok(Ok((ws, _))) => {
@@ -159,7 +157,7 @@ impl Client {
                     let gauge = metrics::gauge!("cpcfarm_validator_connections_up", "validator" => self.label.clone());
                     gauge.increment(1.0);
                     let since = Instant::now();
-                    let end = self.serve(ws, &mut shutdown).await;
+                    let end = self.serve(ws, &shutdown).await;
                     gauge.decrement(1.0);
                     match end {
                         End::Shutdown => return,
@@ -182,12 +180,12 @@ impl Client {
             tracing::debug!(validator = %self.settings.url, ?delay, "reconnecting after a delay");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return,
+                () = shutdown.cancelled() => return,
             }
         }
     }
 
-    async fn serve(&mut self, mut ws: Ws, shutdown: &mut watch::Receiver<bool>) -> End {
+    async fn serve(&mut self, mut ws: Ws, shutdown: &CancellationToken) -> End {
         if let Err(e) = self.recover(&mut ws).await {
             return End::Lost(e);
         }
@@ -248,7 +246,7 @@ impl Client {
                     ws.send(Message::Ping(Default::default())).await.map_err(|e| format!("ping failed: {e}"))
                 }
                 () = pong_wait => Err(format!("no pong within {:?}", self.settings.pong_timeout)),
-                _ = shutdown.changed() => {
+                () = shutdown.cancelled() => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                     return End::Shutdown;
                 }

@@ -32,6 +32,7 @@ pub mod protocol;
 use crate::mining::{Identity, compute::ComputeService, journal::Journal};
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 /// How far the mining loop has planned, as the validator clients need it.
 #[derive(Debug, Clone)]
@@ -147,19 +148,22 @@ impl ValidatorSettings {
 /// The running validator connections.
 #[derive(Debug)]
 pub struct ValidatorClients {
-    shutdown: watch::Sender<bool>,
+    /// A child of the token `start` was given, which [`ValidatorClients::stop`] alone cancels.
+    shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts one client per entry of `validators` on the current tokio runtime.
+/// Starts one client per entry of `validators` on the current tokio runtime; they stop when `shutdown` is
+/// cancelled (the node passes the process's one shutdown token) or [`ValidatorClients::stop`] is called.
 pub fn start(
     validators: Vec<ValidatorSettings>,
     journal: Journal,
     compute: Arc<dyn ComputeService>,
     chain: ChainView,
+    shutdown: &CancellationToken,
 ) -> Result<ValidatorClients, ValidatorError> {
     describe_metrics();
-    let (shutdown, rx) = watch::channel(false);
+    let shutdown = shutdown.child_token();
     let mut clients = Vec::with_capacity(validators.len());
     for settings in validators {
         clients.push(client::Client::new(
@@ -169,7 +173,7 @@ pub fn start(
             chain.clone(),
         )?);
     }
-    let tasks = clients.into_iter().map(|c| tokio::spawn(c.run(rx.clone()))).collect();
+    let tasks = clients.into_iter().map(|c| tokio::spawn(c.run(shutdown.clone()))).collect();
     Ok(ValidatorClients { shutdown, tasks })
 }
 
@@ -177,7 +181,7 @@ impl ValidatorClients {
     /// Closes every connection (a close frame where one is up) and waits for the clients to end. Jobs
     /// still computing stay `received` in the journal and are computed again on the next start.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
