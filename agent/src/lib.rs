@@ -269,7 +269,7 @@ pub async fn run(
     let ctx = session::SessionCtx {
         config: config.clone(),
         pinned,
-        devices: actors,
+        devices: Arc::new(actors),
         cache,
         ready,
         health,

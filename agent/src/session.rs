@@ -72,7 +72,9 @@ impl Devices {
 pub struct SessionCtx {
     pub(crate) config: AgentConfig,
     pub(crate) pinned: [u8; 32],
-    pub(crate) devices: Devices,
+    /// Shared by every request task (one per shard: a clone of the map itself was most of an agent's time
+    /// per shard with a hundred devices).
+    pub(crate) devices: Arc<Devices>,
     pub(crate) cache: Arc<Mutex<RowCache>>,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) health: Health,
@@ -369,7 +371,7 @@ async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     session: u64,
-    devices: Devices,
+    devices: Arc<Devices>,
     cache: Arc<Mutex<RowCache>>,
     draining: Arc<AtomicBool>,
     activity: Arc<Activity>,

@@ -192,6 +192,13 @@ pub(crate) struct FarmBenchReport {
     all_ready_p50_seconds: f64,
     /// 99th percentile over blocks.
     all_ready_p99_seconds: f64,
+    /// Shards dispatched over all blocks, divided by the sum of the blocks' times until every result
+    /// was ready.
+    shards_per_second: f64,
+    /// Median shard round trip over every shard of every block.
+    round_trip_p50_seconds: f64,
+    /// 99th percentile shard round trip over every shard of every block.
+    round_trip_p99_seconds: f64,
     /// CPU time this process spent over all blocks.
     coordinator_cpu_seconds: Option<f64>,
     /// Highest resident memory of this process (VmHWM).
@@ -432,6 +439,7 @@ async fn bench(
     let addresses: Vec<String> = (0..args.identities).map(made_up_address).collect();
     let start = ProcessUsage::read();
     let mut per_block = Vec::with_capacity(args.blocks as usize);
+    let mut every_trip = Vec::new();
     for block in 1..=args.blocks {
         let block_hash = made_up_block_hash(block);
         let tasks = addresses
@@ -451,6 +459,7 @@ async fn bench(
         let mut ready_seconds = Vec::with_capacity(outcomes.len());
         for (identity, (report, ready)) in outcomes.into_iter().enumerate() {
             let report = report.with_context(|| format!("block {block}, identity {identity}"))?;
+            every_trip.extend(report.shard_round_trips.iter().map(Duration::as_secs_f64));
             reports.push(report);
             ready_seconds.push(ready.as_secs_f64());
         }
@@ -474,6 +483,9 @@ async fn bench(
     }
     let end = ProcessUsage::read();
     let all_ready = sorted(per_block.iter().map(|b| b.all_ready_seconds).collect());
+    let every_trip = sorted(every_trip);
+    let shards: u64 = per_block.iter().map(|b| b.shards_dispatched).sum();
+    let busy: f64 = per_block.iter().map(|b| b.all_ready_seconds).sum();
     Ok(FarmBenchReport {
         agents: args.agents,
         devices_per_agent: args.devices_per_agent,
@@ -486,6 +498,9 @@ async fn bench(
         per_block,
         all_ready_p50_seconds: percentile(&all_ready, 50),
         all_ready_p99_seconds: percentile(&all_ready, 99),
+        shards_per_second: shards as f64 / busy.max(1e-9),
+        round_trip_p50_seconds: percentile(&every_trip, 50),
+        round_trip_p99_seconds: percentile(&every_trip, 99),
         coordinator_cpu_seconds: start.zip(end).map(|(s, e)| e.cpu_seconds - s.cpu_seconds),
         coordinator_peak_rss_bytes: end.map(|e| e.peak_rss_bytes),
     })
@@ -573,10 +588,14 @@ fn print_block(b: &BlockReport, blocks: u32) {
 
 fn print_summary(r: &FarmBenchReport) {
     println!(
-        "all results ready: p50 {}, p99 {} over {} blocks; coordinator CPU {} in all, peak RSS {}",
+        "all results ready: p50 {}, p99 {} over {} blocks; {:.0} shards/s; round trip p50 {} p99 {} over \
+         every shard; coordinator CPU {} in all, peak RSS {}",
         show_seconds(r.all_ready_p50_seconds),
         show_seconds(r.all_ready_p99_seconds),
         r.blocks,
+        r.shards_per_second,
+        show_seconds(r.round_trip_p50_seconds),
+        show_seconds(r.round_trip_p99_seconds),
         show_cpu(r.coordinator_cpu_seconds),
         show_mib(r.coordinator_peak_rss_bytes),
     );

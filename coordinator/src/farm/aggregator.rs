@@ -87,6 +87,11 @@ impl JobLeaves {
         Ok(())
     }
 
+    /// Leaves of the whole job (`n × iterations`): the parents its root takes to build.
+    pub fn rows(&self) -> u64 {
+        u64::from(self.n) * self.iterations.len() as u64
+    }
+
     /// The result: the Merkle root of each iteration's leaves, combined over iterations as the spec says.
     pub fn root(self) -> Result<Digest32, AggregateError> {
         let mut roots = Vec::with_capacity(self.iterations.len());
