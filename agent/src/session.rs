@@ -125,7 +125,6 @@ fn transport(idle: Duration) -> quinn::TransportConfig {
     t.keep_alive_interval(Some(idle / 3));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    cpc_common::quic::farm_transport_defaults(&mut t);
     t
 }
 

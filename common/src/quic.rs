@@ -10,14 +10,6 @@ use serde::{Serialize, de::DeserializeOwned};
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// Bytes a connection may have in flight before its first acknowledgements: quinn's default is 14,720
-/// (ten 1,472-byte datagrams), and a connection that only answers shards is "application limited" between
-/// answers, so its window never grows past that. A 32 KiB answer then waits for acknowledgements twice,
-/// each up to the peer's 25 ms acknowledgement delay. A farm's agents sit on the coordinator's own network,
-/// where a window the size of the largest common answer (a whole n = 16,384 job: 512 KiB of leaves) is sent
-/// at once.
-pub const INITIAL_WINDOW_BYTES: u64 = 1024 * 1024;
-
 /// Kernel buffer a farm UDP socket asks for, each way. The kernel's default (about 208 KiB) overflowed on
 /// loopback when 64 answers arrived at once, and every datagram dropped there costs its stream a probe
 /// timeout (at least 25 ms); the kernel grants at most `net.core.rmem_max` / `wmem_max`.
@@ -64,23 +56,6 @@ impl FarmSocket {
             )
         })
     }
-}
-
-/// The transport settings both ends of a farm connection share, on top of their own stream limits and
-/// timers:
-/// - the path MTU search goes up to the largest UDP payload (65,527 bytes) instead of quinn's default
-///   1,452, so a farm on jumbo frames (9,000) or on one host (loopback) sends an answer in a few datagrams
-///   instead of one per 1,452 bytes (each a system call and a decryption at both ends); the search starts
-///   at the safe 1,200 bytes and keeps only what the path acknowledged, so a 1,500-byte network loses
-///   nothing;
-/// - the congestion window starts at [`INITIAL_WINDOW_BYTES`].
-pub fn farm_transport_defaults(transport: &mut quinn::TransportConfig) {
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(u16::MAX);
-    transport.mtu_discovery_config(Some(mtu));
-    let mut cubic = quinn::congestion::CubicConfig::default();
-    cubic.initial_window(INITIAL_WINDOW_BYTES);
-    transport.congestion_controller_factory(std::sync::Arc::new(cubic));
 }
 
 /// Why a frame could not be read or written.
@@ -141,4 +116,25 @@ pub async fn call<R: WireRequest>(
     write_frame(send, &request).await?;
     send.finish()?;
     read_frame::<R::Answer>(recv, &mut FrameDecoder::new()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_farm_socket_binds_and_reports_what_the_kernel_granted() {
+        let bound = FarmSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        assert_ne!(bound.socket.local_addr().expect("local addr").port(), 0);
+        assert!(bound.receive_buffer > 0 && bound.send_buffer > 0, "{bound:?}");
+        let warning = bound.small_buffers();
+        assert_eq!(
+            warning.is_some(),
+            bound.receive_buffer.min(bound.send_buffer) < SOCKET_BUFFER_BYTES / 2,
+            "{warning:?}"
+        );
+        let small = FarmSocket { receive_buffer: 425_984, send_buffer: 16 << 20, ..bound };
+        let warning = small.small_buffers().expect("a 416 KiB receive buffer is small");
+        assert!(warning.contains("416 KiB (receive)") && warning.contains("net.core.rmem_max"));
+    }
 }

@@ -113,7 +113,6 @@ fn transport(idle: Duration, keep_alive: Duration) -> quinn::TransportConfig {
     t.keep_alive_interval(Some(keep_alive.min(idle / 2)));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    cpc_common::quic::farm_transport_defaults(&mut t);
     t
 }
 
