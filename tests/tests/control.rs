@@ -8,7 +8,9 @@
 //!   `underfunded` for an identity with no funds, `no_device` for blocks superseded while the farm had no
 //!   agent, after which the agent's blocks are included;
 //! - the admin API (`run --admin`) does the same: `farm reload` adds an identity, `farm identities` lists
-//!   it, and a reload without the admin token, or with a wrong one, is refused and changes nothing.
+//!   it, and a reload without the admin token, or with a wrong one, is refused and changes nothing;
+//! - SIGTERM while a validator job computes on the farm leaves the job for the next start, which answers
+//!   it.
 
 mod support;
 
@@ -433,4 +435,60 @@ fn the_admin_api_reloads_and_lists_identities_and_a_reload_needs_the_token() {
     let w2 = &report["identities"][1];
     assert!(w2["included"].as_u64().is_some_and(|n| n >= 1), "w2 included a result: {w2}");
     stop(miner);
+}
+
+/// A validator job still computing on the farm when the coordinator gets SIGTERM is not journaled as failed
+/// (the stopping farm answers it `Shutdown`, which is no failure of the job): it stays `received`, and the
+/// restarted coordinator computes it and answers the validator with the right result.
+#[test]
+fn a_validator_job_computing_at_sigterm_is_answered_after_the_restart() {
+    use cpc_common::keystore::Keystore;
+    use cpc_coordinator::mining::journal::{Journal, ValidatorJobState};
+    use cpc_tests::validator::{TestJob, TestValidator};
+
+    let farm = Farm::new(300, false, &["w1", "w2"]);
+    let validator = TestValidator::start().expect("validator");
+    let to_validator = format!("{}=w1", validator.url());
+    let extra = ["--validator", &to_validator, "--max-validator-matrix-size", "2048"];
+    let endpoint = farm.farm_endpoint();
+    let miner = KillOnDrop(farm.farm_coordinator(&endpoint, 1, &extra, "run-1.log"));
+    let _agent = farm.agent(&endpoint, 0, &[]);
+    validator.wait_for_connection(1, HANG).expect("the coordinator connects to the validator");
+
+    // Heavy for one CPU agent (two n = 2048 products), so that SIGTERM lands while it computes.
+    let job = TestJob::new("at-sigterm", "computing when SIGTERM comes", 2048, 2);
+    validator.send_job(&job);
+    let journal_path = farm.data_dir().join("journal.sqlite");
+    let journaled = |journal: &Journal| {
+        journal
+            .validator_jobs()
+            .expect("validator jobs")
+            .into_iter()
+            .find(|j| j.job_id == "at-sigterm")
+            .map(|j| j.state)
+    };
+    let deadline = Instant::now() + HANG;
+    loop {
+        let journal = Journal::open(&journal_path).expect("journal");
+        if journaled(&journal).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job was never journaled:\n{}",
+            farm.log("run-1.log")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop(miner);
+    let state = journaled(&Journal::open(&journal_path).expect("journal"));
+    eprintln!("job state after SIGTERM: {state:?}");
+    assert_ne!(state, Some(ValidatorJobState::Failed), "{}", farm.log("run-1.log"));
+    assert_ne!(state, Some(ValidatorJobState::Answered), "stopped too late to test the restart");
+
+    let _miner = KillOnDrop(farm.farm_coordinator(&endpoint, 1, &extra, "run-2.log"));
+    let answer = validator.wait_for_answer("at-sigterm", HANG).expect("answered after the restart");
+    assert_eq!(answer.connection, 2, "answered by the restarted coordinator");
+    let worker = Keystore::new(farm.keystore()).load("w1").expect("w1").secret.public_key();
+    job.check(&answer.value, &worker).expect("the right result, signed by w1");
 }

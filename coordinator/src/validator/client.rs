@@ -20,7 +20,7 @@ use super::{
 use crate::{
     farm::{JobSpec, Priority},
     mining::{
-        compute::ComputeService,
+        compute::{ComputeError, ComputeService},
         journal::{self, Journal, ValidatorJobRecord, ValidatorJobState, ValidatorTaskOutcome},
     },
 };
@@ -431,6 +431,8 @@ impl Client {
                             }
                         })
                 }
+                // The process is stopping: the job stays `received`, to be computed on the next start.
+                Err(ComputeError::Stopped) => Ok(()),
                 Err(e) => journal.fail_validator_job(
                     &rec.validator,
                     &rec.identity,
@@ -444,6 +446,9 @@ impl Client {
                 }
                 (Ok(root), Ok(())) => {
                     tracing::info!(validator = %rec.validator, job_id = %rec.job_id, result_hash = %hex::encode(root), "validator job computed")
+                }
+                (Err(ComputeError::Stopped), Ok(())) => {
+                    tracing::info!(validator = %rec.validator, job_id = %rec.job_id, "validator job left for the next start: shutting down")
                 }
                 (Err(e), Ok(())) => {
                     tracing::warn!(validator = %rec.validator, job_id = %rec.job_id, error = %e, "validator job failed")
