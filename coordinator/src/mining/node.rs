@@ -1,9 +1,9 @@
-//! The mining node as a library call: [`run`] takes resolved [`Settings`] and a shutdown signal, and
-//! wires what `cpc-coordinator run` runs: the identities' keys, the data dir's lock and journal, the farm
-//! (QUIC agents and the metrics endpoint), the compute service, the mining loop ([`super::spawn`]) and the
-//! PoC validator clients. It stops everything it started before it returns.
+//! The mining node as a library call: [`run`] takes resolved [`Settings`] and the process's shutdown
+//! token, and wires what `cpc-coordinator run` runs: the identities' keys, the data dir's lock and journal,
+//! the farm (QUIC agents and the metrics endpoint), the compute service, the mining loop
+//! ([`super::spawn`]) and the PoC validator clients. It stops everything it started before it returns.
 //!
-//! A run is unbounded (until the shutdown signal), or bounded (`stop_after_blocks`): then it waits for a
+//! A run is unbounded (until the token is cancelled), or bounded (`stop_after_blocks`): then it waits for a
 //! node, mines that many new blocks, waits for their submissions to settle, and answers a [`RunReport`]
 //! with every (block, identity) of the window. What an operator should see on the way comes out as
 //! [`RunEvent`]s; the caller prints them (the CLI) or ignores them (a test).
