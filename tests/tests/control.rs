@@ -14,7 +14,6 @@
 
 mod support;
 
-use cpc_tests::harness::coordinator_command;
 use serde_json::Value;
 use std::{
     collections::BTreeSet,
@@ -40,18 +39,11 @@ fn configured_miner(farm: &Farm, config: &Path, log: &str) -> KillOnDrop {
 fn configured_miner_with(farm: &Farm, config: &Path, log: &str, extra: &[&str]) -> KillOnDrop {
     let log = std::fs::File::create(farm.dir.path().join(log)).expect("log file");
     KillOnDrop(
-        coordinator_command()
-            .args(["--node", &farm.devnet.url(), "--keystore"])
-            .arg(farm.keystore())
-            .args(["run", "--config"])
+        farm.run_base()
+            .arg("--config")
             .arg(config)
-            .arg("--data-dir")
-            .arg(farm.data_dir())
             .args(["--compute", "local", "--listen", "127.0.0.1:0"])
-            .args(["--matrix-size", &MATRIX_SIZE.to_string(), "--poll-interval-ms", "40"])
             .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -174,10 +174,18 @@ impl Farm {
     /// `cpc-coordinator run --identity {identities}` against this farm's node, keystore and data dir (with
     /// the test's block task settings); the caller adds the rest.
     pub(crate) fn run_command(&self, identities: &str) -> Command {
+        let mut cmd = self.run_base();
+        cmd.args(["--identity", identities]);
+        cmd
+    }
+
+    /// `cpc-coordinator run` against this farm's node, keystore and data dir with the test's block task
+    /// settings, and no identity: the caller names them (`--identity`, or a `--config` that lists them).
+    pub(crate) fn run_base(&self) -> Command {
         let mut cmd = coordinator_command();
         cmd.args(["--node", &self.devnet.url(), "--keystore"])
             .arg(self.keystore())
-            .args(["run", "--identity", identities, "--data-dir"])
+            .args(["run", "--data-dir"])
             .arg(self.data_dir())
             .args(["--matrix-size", &MATRIX_SIZE.to_string(), "--poll-interval-ms", "40"])
             .env("RUST_LOG", "info")
