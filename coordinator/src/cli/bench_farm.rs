@@ -391,9 +391,16 @@ pub(crate) async fn run(g: &GlobalArgs, args: FarmBenchArgs) -> anyhow::Result<E
     config.spot_check = SpotCheckConfig { rows_per_shard: 0, ..SpotCheckConfig::default() };
     let farm = farm::start(config)?;
     let mut agents = AgentProcesses::default();
+    // The farm stops on the same token, so its jobs may fail with "shut down" in the same instant:
+    // the token is polled first, and an interrupted bench says so whichever branch finished.
     let result = tokio::select! {
-        r = bench(&farm, &args, &agent_bin, &mut agents, g.json) => r,
+        biased;
         () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted: the agents are stopped")),
+        r = bench(&farm, &args, &agent_bin, &mut agents, g.json) => r,
+    };
+    let result = match result {
+        Err(e) if shutdown.is_cancelled() => Err(e.context("interrupted: the agents are stopped")),
+        other => other,
     };
     agents.kill_all();
     tokio::task::spawn_blocking({
