@@ -11,7 +11,8 @@
 use crate::{
     AgentConfig, AgentError,
     device::{
-        Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource, ShardCancel, ShardKey,
+        AnswerWith, Compute, DeviceActor, Health, RecomputeRow, RowCache, RowSource, ShardCancel,
+        ShardKey,
     },
     metrics as m,
 };
@@ -20,8 +21,8 @@ use cpc_common::{
     codec::FrameDecoder,
     quic::{FrameIoError, read_frame, write_frame},
     wire::{
-        AgentControl, DeviceAdvert, FetchRow, Hello, HelloReply, PROTOCOL_VERSION, Request,
-        Response, RowAnswer, SHARD_CANCELLED, ShardAnswer,
+        AgentControl, DeviceAdvert, FetchRow, FetchRowProof, Hello, HelloReply, PROTOCOL_VERSION,
+        Request, Response, RowAnswer, RunShardRoot, SHARD_CANCELLED, ShardAnswer,
     },
 };
 use std::{
@@ -344,6 +345,30 @@ async fn fetch_row(
     }
 }
 
+/// A row with its Merkle path, for a spot check of a shard answered by its root: the row as [`fetch_row`]
+/// finds it, the path from the shard's tree.
+async fn fetch_row_proof(
+    devices: &Devices,
+    cache: &Mutex<RowCache>,
+    key: ShardKey,
+    row: u32,
+) -> RowAnswer {
+    let path = cache.lock().ok().and_then(|c| c.path(key, row));
+    let Some(path) = path else {
+        return RowAnswer::Unavailable {
+            reason: format!(
+                "no Merkle path of row {row} of shard {} is held (not answered by its root here, or \
+                 evicted)",
+                key.shard_id
+            ),
+        };
+    };
+    match fetch_row(devices, cache, key, row).await {
+        RowAnswer::Row { values } => RowAnswer::Proof { values, path },
+        other => other,
+    }
+}
+
 /// Completes when the coordinator gives up on a request: it stopped the answer half of the stream
 /// ([`SHARD_CANCELLED`], or any code: a dropped stream stops with 0) or reset the request half, or the
 /// connection is gone. Either way nobody will read the answer.
@@ -385,51 +410,58 @@ async fn serve_request(
         }
         Err(_) => return,
     };
-    match request {
+    let (req, answer_with) = match request {
         Request::FetchRow(FetchRow { shard_id, row }) => {
             let row = fetch_row(&devices, &cache, ShardKey { session, shard_id }, row).await;
             answer(&mut send, &row).await;
+            return;
         }
-        Request::RunShard(req) => {
-            let shard_id = req.shard_id;
-            let shard = if draining.load(Ordering::Relaxed) {
-                ShardAnswer::Failed { shard_id, reason: "the agent is draining".into() }
-            } else if let Some((_, addr)) = devices.0.get(&req.device) {
-                m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
-                let cancel = ShardCancel::default();
-                let compute = addr.send(Compute { session, request: req, cancel: cancel.clone() });
-                tokio::pin!(compute);
-                let answer = tokio::select! {
-                    biased;
-                    r = &mut compute => r,
-                    () = abandoned(&send, &mut recv) => {
-                        // The device drops or stops the shard; waiting for it keeps it in hand (a drain
-                        // waits for it) until the device is free again.
-                        cancel.cancel();
-                        (&mut compute).await
-                    }
-                };
-                m::shards_in_hand(
-                    activity.in_hand.fetch_sub(1, Ordering::Relaxed).saturating_sub(1),
-                );
-                activity.touch();
-                if cancel.is_cancelled() {
-                    let _ = send.reset(quinn::VarInt::from_u32(SHARD_CANCELLED));
-                    return;
-                }
-                answer.unwrap_or_else(|_| ShardAnswer::Failed {
-                    shard_id,
-                    reason: "device actor stopped".into(),
-                })
-            } else {
-                ShardAnswer::Failed {
-                    shard_id,
-                    reason: format!("no device {} on this agent", req.device),
-                }
-            };
-            answer(&mut send, &shard).await;
+        Request::FetchRowProof(FetchRowProof(FetchRow { shard_id, row })) => {
+            let key = ShardKey { session, shard_id };
+            let proof = fetch_row_proof(&devices, &cache, key, row).await;
+            answer(&mut send, &proof).await;
+            return;
         }
-    }
+        Request::RunShard(req) => (req, AnswerWith::Leaves),
+        Request::RunShardRoot(RunShardRoot(req)) => (req, AnswerWith::Root),
+    };
+    let shard_id = req.shard_id;
+    let shard = if draining.load(Ordering::Relaxed) {
+        ShardAnswer::Failed { shard_id, reason: "the agent is draining".into() }
+    } else if let Some((_, addr)) = devices.0.get(&req.device) {
+        m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
+        let cancel = ShardCancel::default();
+        let compute = addr.send(Compute {
+            session,
+            request: req,
+            answer: answer_with,
+            cancel: cancel.clone(),
+        });
+        tokio::pin!(compute);
+        let answer = tokio::select! {
+            biased;
+            r = &mut compute => r,
+            () = abandoned(&send, &mut recv) => {
+                // The device drops or stops the shard; waiting for it keeps it in hand (a drain
+                // waits for it) until the device is free again.
+                cancel.cancel();
+                (&mut compute).await
+            }
+        };
+        m::shards_in_hand(activity.in_hand.fetch_sub(1, Ordering::Relaxed).saturating_sub(1));
+        activity.touch();
+        if cancel.is_cancelled() {
+            let _ = send.reset(quinn::VarInt::from_u32(SHARD_CANCELLED));
+            return;
+        }
+        answer.unwrap_or_else(|_| ShardAnswer::Failed {
+            shard_id,
+            reason: "device actor stopped".into(),
+        })
+    } else {
+        ShardAnswer::Failed { shard_id, reason: format!("no device {} on this agent", req.device) }
+    };
+    answer(&mut send, &shard).await;
 }
 
 /// Writes a request's one answer and finishes the stream (a coordinator that has gone away reads nothing).

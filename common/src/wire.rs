@@ -3,7 +3,8 @@
 //! Each message travels as one frame of [`crate::codec`]. A connection has one control stream, opened by the
 //! agent (`Hello` → `Welcome`|`Refused`, then heartbeats, `DeviceQuarantined` and `Draining`), and one bidirectional stream per
 //! request the coordinator makes of an agent. Each request type names its own answer type through
-//! [`WireRequest`] ([`RunShard`] → [`ShardAnswer`], [`FetchRow`] → [`RowAnswer`]), so a caller reads the
+//! [`WireRequest`] ([`RunShard`] and [`RunShardRoot`] → [`ShardAnswer`], [`FetchRow`] and [`FetchRowProof`] →
+//! [`RowAnswer`]), so a caller reads the
 //! answer of its own request or a decoding error, never another request's answer. On the wire every answer
 //! is one [`Response`] (the envelope protocol version 3 defined); the typed answers encode to exactly its
 //! bytes. Types here are plain data: no I/O, no runtime.
@@ -31,7 +32,18 @@ use serde::{Deserialize, Serialize};
 /// serde path reads and writes a byte at a time: the larger part of a coordinator's CPU per shard). The
 /// variant is appended last, so the others keep their encoding and a version-5 coordinator still admits
 /// version-3 and version-4 agents and reads their `ShardDone`.
-pub const PROTOCOL_VERSION: u16 = 5;
+///
+/// Version 6: [`Request::RunShardRoot`] and [`Request::FetchRowProof`], with their answers
+/// [`Response::ShardRoot`] and [`Response::RowProof`], appended last. A shard that covers a whole iteration
+/// (every small job runs whole on one device) can be answered by its Merkle root alone, 32 bytes instead of
+/// 32 a row, built by the agent, whose CPU idles while its device computes; a spot check then fetches a row
+/// with its Merkle path and checks it against that root. A coordinator sends them only to agents of version
+/// [`ROOT_ANSWERS_SINCE`] or later, and still admits version 3 to 5.
+pub const PROTOCOL_VERSION: u16 = 6;
+
+/// The first agent protocol version that understands [`Request::RunShardRoot`] and
+/// [`Request::FetchRowProof`].
+pub const ROOT_ANSWERS_SINCE: u16 = 6;
 
 /// The oldest agent protocol version a coordinator admits.
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
@@ -219,6 +231,17 @@ pub struct FetchRow {
     pub row: u32,
 }
 
+/// Run a shard that covers a whole iteration (rows `0 .. n`) and answer the Merkle root of its leaves
+/// ([`ShardAnswer::Root`]) instead of the leaves; keep the leaves, so that [`FetchRowProof`] can show any
+/// row with its path (protocol version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunShardRoot(pub RunShard);
+
+/// Answer row `row` of a shard answered by its root ([`RunShardRoot`]), with the row's Merkle path
+/// ([`RowAnswer::Proof`]; protocol version 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRowProof(pub FetchRow);
+
 /// Coordinator → agent, the one frame of a request stream: the envelope an agent decodes before it knows
 /// which request it got. A coordinator sends a [`WireRequest`] and reads its [`WireRequest::Answer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +250,11 @@ pub enum Request {
     RunShard(RunShard),
     /// Answer a row of a shard this agent ran.
     FetchRow(FetchRow),
+    /// Run a whole-iteration shard and answer its root (version 6; appended, so the variants before keep
+    /// their encoding).
+    RunShardRoot(RunShardRoot),
+    /// Answer a row with its Merkle path (version 6).
+    FetchRowProof(FetchRowProof),
 }
 
 /// A request the coordinator makes of an agent on a stream of its own, and the one type that answers it.
@@ -248,11 +276,31 @@ impl From<FetchRow> for Request {
     }
 }
 
+impl From<RunShardRoot> for Request {
+    fn from(request: RunShardRoot) -> Self {
+        Self::RunShardRoot(request)
+    }
+}
+
+impl From<FetchRowProof> for Request {
+    fn from(request: FetchRowProof) -> Self {
+        Self::FetchRowProof(request)
+    }
+}
+
 impl WireRequest for RunShard {
     type Answer = ShardAnswer;
 }
 
 impl WireRequest for FetchRow {
+    type Answer = RowAnswer;
+}
+
+impl WireRequest for RunShardRoot {
+    type Answer = ShardAnswer;
+}
+
+impl WireRequest for FetchRowProof {
     type Answer = RowAnswer;
 }
 
@@ -290,9 +338,18 @@ pub enum ShardAnswer {
         /// What was wrong with it.
         reason: String,
     },
+    /// The Merkle root of the shard's leaves ([`Response::ShardRoot`]): the answer to a [`RunShardRoot`].
+    Root {
+        /// The shard's id.
+        shard_id: u64,
+        /// The root of `sha256` of each row of C, rows `0 .. n`, built as the spec builds a result.
+        root: [u8; 32],
+        /// What the Freivalds check cost, when the device ran one.
+        check: Option<CheckTiming>,
+    },
 }
 
-/// Agent → coordinator, the answer to a [`FetchRow`].
+/// Agent → coordinator, the answer to a [`FetchRow`] or a [`FetchRowProof`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Response")]
 pub enum RowAnswer {
@@ -310,6 +367,14 @@ pub enum RowAnswer {
     Refused {
         /// What was wrong with it.
         reason: String,
+    },
+    /// `C[row][0..n]` and the Merkle path of its leaf ([`Response::RowProof`]): the answer to a
+    /// [`FetchRowProof`].
+    Proof {
+        /// The row's n values.
+        values: Vec<i32>,
+        /// The siblings from the leaf up (`cpc_common::merkle::merkle_path`).
+        path: Vec<[u8; 32]>,
     },
 }
 
@@ -334,6 +399,8 @@ impl Response {
             Self::Error { .. } => "Error",
             Self::CheckFailed { .. } => "CheckFailed",
             Self::ShardLeaves { .. } => "ShardLeaves",
+            Self::ShardRoot { .. } => "ShardRoot",
+            Self::RowProof { .. } => "RowProof",
         }
     }
 }
@@ -350,7 +417,10 @@ impl TryFrom<Response> for ShardAnswer {
             Response::ShardFailed { shard_id, reason } => Self::Failed { shard_id, reason },
             Response::CheckFailed { shard_id, reason } => Self::CheckFailed { shard_id, reason },
             Response::Error { reason } => Self::Refused { reason },
-            other @ (Response::Row { .. } | Response::RowUnavailable { .. }) => {
+            Response::ShardRoot { shard_id, root, check } => Self::Root { shard_id, root, check },
+            other @ (Response::Row { .. }
+            | Response::RowUnavailable { .. }
+            | Response::RowProof { .. }) => {
                 return Err(MismatchedAnswer { request: "RunShard", answer: other.name() });
             }
         })
@@ -365,8 +435,10 @@ impl TryFrom<Response> for RowAnswer {
             Response::Row { values } => Self::Row { values },
             Response::RowUnavailable { reason } => Self::Unavailable { reason },
             Response::Error { reason } => Self::Refused { reason },
+            Response::RowProof { values, path } => Self::Proof { values, path },
             other @ (Response::ShardDone { .. }
             | Response::ShardLeaves { .. }
+            | Response::ShardRoot { .. }
             | Response::ShardFailed { .. }
             | Response::CheckFailed { .. }) => {
                 return Err(MismatchedAnswer { request: "FetchRow", answer: other.name() });
@@ -412,6 +484,16 @@ enum ResponseRef<'a> {
         leaves: &'a [[u8; 32]],
         check: Option<CheckTiming>,
     },
+    ShardRoot {
+        shard_id: u64,
+        root: &'a [u8; 32],
+        check: Option<CheckTiming>,
+    },
+    RowProof {
+        values: &'a [i32],
+        #[serde(serialize_with = "leaf_bytes::serialize")]
+        path: &'a [[u8; 32]],
+    },
 }
 
 impl Serialize for ShardAnswer {
@@ -427,6 +509,9 @@ impl Serialize for ShardAnswer {
                 ResponseRef::CheckFailed { shard_id: *shard_id, reason }
             }
             Self::Refused { reason } => ResponseRef::Error { reason },
+            Self::Root { shard_id, root, check } => {
+                ResponseRef::ShardRoot { shard_id: *shard_id, root, check: *check }
+            }
         }
         .serialize(serializer)
     }
@@ -438,6 +523,7 @@ impl Serialize for RowAnswer {
             Self::Row { values } => ResponseRef::Row { values },
             Self::Unavailable { reason } => ResponseRef::RowUnavailable { reason },
             Self::Refused { reason } => ResponseRef::Error { reason },
+            Self::Proof { values, path } => ResponseRef::RowProof { values, path },
         }
         .serialize(serializer)
     }
@@ -496,6 +582,24 @@ pub enum Response {
         leaves: Vec<[u8; 32]>,
         /// What the Freivalds check cost, when the device ran one (none: its backend does not check).
         check: Option<CheckTiming>,
+    },
+    /// The Merkle root of a whole-iteration shard's leaves (version 6, the answer to
+    /// [`Request::RunShardRoot`]).
+    ShardRoot {
+        /// The shard's id.
+        shard_id: u64,
+        /// The root.
+        root: [u8; 32],
+        /// What the Freivalds check cost, when the device ran one.
+        check: Option<CheckTiming>,
+    },
+    /// A row of C and its leaf's Merkle path (version 6, the answer to [`Request::FetchRowProof`]).
+    RowProof {
+        /// `C[row][0..n]`.
+        values: Vec<i32>,
+        /// The siblings from the leaf up, as one byte string of 32 bytes a node.
+        #[serde(with = "leaf_bytes")]
+        path: Vec<[u8; 32]>,
     },
 }
 

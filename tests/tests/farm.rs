@@ -291,6 +291,57 @@ async fn farm_spot_checks_devices_that_keep_no_rows_by_recomputing_them() {
     shutdown(farm).await;
 }
 
+/// Small jobs run whole, and an agent answers each by its iteration's Merkle root (protocol version 6), so
+/// the coordinator never receives their leaves; its spot checks fetch rows with their Merkle paths. An
+/// honest device's rows prove against its roots; a device whose roots were built from wrong rows (one
+/// wrong element a row, the rows it shows recomputed right) fails the path check, is quarantined, and its
+/// jobs are recomputed elsewhere: every result is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_whole_jobs_are_answered_by_their_root_and_spot_checked_by_merkle_paths() {
+    let mut config = farm_config();
+    config.split = SplitPolicy { small_job: Duration::from_secs(3600), min_shard_rows: 8 };
+    let farm = farm::start(config).expect("farm");
+    let device = |flip| -> Arc<dyn Backend> {
+        Arc::new(RowsOnDevice { inner: CpuBackend::new(1).expect("cpu"), flip })
+    };
+    let agents = [
+        AgentThread::spawn(agent_config(&farm, "gpu-ok"), one_device(device(false))),
+        AgentThread::spawn(agent_config(&farm, "gpu-flaky"), one_device(device(true))),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    // At once, so that both devices get a job in the first round.
+    let challenges: Vec<Challenge> = (0..6)
+        .map(|i| Challenge::new(format!("farm-it-roots-{i}"), 64, 1).expect("challenge"))
+        .collect();
+    let reports = futures_util::future::join_all(challenges.iter().map(|c| {
+        let (farm, c) = (farm.clone(), c.clone());
+        async move { farm.run_job(c).await }
+    }))
+    .await;
+    let (mut passed, mut failed) = (0, 0);
+    for (challenge, report) in challenges.iter().zip(reports) {
+        let report = report.expect("job");
+        assert_eq!(report.result_hash, expected(challenge), "{report:#?}");
+        assert_eq!(
+            report.shards_dispatched,
+            1 + report.shards_reassigned,
+            "ran whole: {report:#?}"
+        );
+        passed += report.spot_checks_passed;
+        failed += report.spot_checks_failed;
+    }
+    assert!(passed >= 1 && failed >= 1, "spot checks: {passed} passed, {failed} failed");
+    let devices = farm.devices().await.expect("devices");
+    let quarantined: Vec<&str> =
+        devices.iter().filter(|d| d.quarantined).map(|d| d.agent.as_str()).collect();
+    assert_eq!(quarantined, ["gpu-flaky"], "{devices:#?}");
+    let flaky = devices.iter().find(|d| d.quarantined).expect("quarantined");
+    let reason = flaky.quarantine_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("Merkle path"), "{reason}");
+    drop(agents);
+    shutdown(farm).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farm_refuses_a_wrong_token_with_a_clear_message() {
     let farm = farm::start(farm_config()).expect("farm");

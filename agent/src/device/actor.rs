@@ -152,9 +152,9 @@ impl Actor for DeviceActor {
     type Context = Context<Self>;
 }
 
-/// Runs a shard that came on connection `session` and answers [`ShardAnswer::Done`],
-/// [`ShardAnswer::Failed`] or [`ShardAnswer::CheckFailed`] (`Failed` too once `cancel` is set: an answer
-/// nobody sends).
+/// Runs a shard that came on connection `session` and answers [`ShardAnswer::Done`] (or
+/// [`ShardAnswer::Root`], as `answer` asks), [`ShardAnswer::Failed`] or [`ShardAnswer::CheckFailed`]
+/// (`Failed` too once `cancel` is set: an answer nobody sends).
 #[derive(Debug, Message)]
 #[rtype(result = "ShardAnswer")]
 pub struct Compute {
@@ -162,8 +162,20 @@ pub struct Compute {
     pub session: u64,
     /// The request.
     pub request: RunShard,
+    /// What the answer carries.
+    pub answer: AnswerWith,
     /// Set when the coordinator no longer wants the shard.
     pub cancel: ShardCancel,
+}
+
+/// What a shard's answer carries: what the coordinator asked for (`RunShard` or `RunShardRoot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerWith {
+    /// Every leaf ([`ShardAnswer::Done`]).
+    Leaves,
+    /// The Merkle root of the leaves ([`ShardAnswer::Root`]), built on the device's worker thread; the tree
+    /// is kept for the spot checks' row proofs.
+    Root,
 }
 
 /// A shard's cancellation, shared by the session that watches the shard's request stream and the device
@@ -229,7 +241,7 @@ impl Handler<Compute> for DeviceActor {
     fn handle(&mut self, msg: Compute, _: &mut Self::Context) -> Self::Result {
         let state = self.state.clone();
         Box::pin(async move {
-            let Compute { session, request: req, cancel } = msg;
+            let Compute { session, request: req, answer: answer_with, cancel } = msg;
             let shard_id = req.shard_id;
             let key = ShardKey { session, shard_id };
             let failed = |reason: String| {
@@ -279,6 +291,12 @@ impl Handler<Compute> for DeviceActor {
                 .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
                     let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
                     let stats = if out.is_ok() { backend.last_stats() } else { None };
+                    // One SHA-256 per leaf: here, on the device's thread, not the agent's I/O threads.
+                    let out = out.map(|mut output| {
+                        let tree = (answer_with == AnswerWith::Root)
+                            .then(|| backend.merkle_tree(std::mem::take(&mut output.leaves)));
+                        (output, tree)
+                    });
                     (out, stats, backend.gpu_status())
                 })
                 .await;
@@ -310,7 +328,7 @@ impl Handler<Compute> for DeviceActor {
                     }
                     failed(reason)
                 }
-                Ok((Ok(output), stats, _)) => {
+                Ok((Ok((output, tree)), stats, _)) => {
                     let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
                     m::shard_done(&state.labels, true, Some((secs, ops)));
                     record_work(&state.labels, ops, secs, stats.as_ref());
@@ -319,14 +337,23 @@ impl Handler<Compute> for DeviceActor {
                         let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
                         m::freivalds_check(&state.labels, true, Some((c, s)));
                     }
-                    if let Ok(mut c) = state.cache.lock() {
-                        match (values, recomputable) {
-                            (Some(values), _) => c.insert(key, first, n, values),
-                            (None, Some(shard)) => c.insert_recomputable(key, state.index, shard),
-                            (None, None) => {}
-                        }
+                    let check = check.map(check_timing);
+                    // Plain data: a panic elsewhere while it was held leaves nothing half-done in it.
+                    let mut c =
+                        state.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match (values, recomputable) {
+                        (Some(values), _) => c.insert(key, first, n, values),
+                        (None, Some(shard)) => c.insert_recomputable(key, state.index, shard),
+                        (None, None) => {}
                     }
-                    ShardAnswer::Done { shard_id, leaves, check: check.map(check_timing) }
+                    match tree {
+                        Some(tree) => {
+                            let root = tree.root();
+                            c.insert_tree(key, first, tree);
+                            ShardAnswer::Root { shard_id, root, check }
+                        }
+                        None => ShardAnswer::Done { shard_id, leaves, check },
+                    }
                 }
             }
         })

@@ -68,7 +68,7 @@ mod start;
 mod tests;
 mod worker;
 
-pub use actor::{CancelledAt, Compute, DeviceActor, RecomputeRow, ShardCancel};
+pub use actor::{AnswerWith, CancelledAt, Compute, DeviceActor, RecomputeRow, ShardCancel};
 pub use health::Health;
 pub use row_cache::{RowCache, RowSource, ShardKey};
 pub use start::{DeviceOptions, Started, measure, start};

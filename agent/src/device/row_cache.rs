@@ -1,13 +1,19 @@
-//! Rows of C kept for spot checks, bounded by bytes, and the shards whose rows a device did not keep but can
-//! recompute: what a `FetchRow` is answered from. Keyed by connection as well as shard id, because a
-//! coordinator numbers its shards per run.
+//! Rows of C kept for spot checks, bounded by bytes, the shards whose rows a device did not keep but can
+//! recompute, and the Merkle trees of shards answered by their root: what a `FetchRow` or a
+//! `FetchRowProof` is answered from. Keyed by connection as well as shard id, because a coordinator
+//! numbers its shards per run.
 
 use crate::metrics as m;
+use cpc_common::{hashing::Digest32, merkle::MerkleTree};
 use cpc_kernels::Shard;
 use std::collections::VecDeque;
 
 /// Shards remembered for recomputing rows (descriptions only, a few hundred bytes each).
 const MAX_RECOMPUTABLE_SHARDS: usize = 4096;
+
+/// Bytes of Merkle trees kept for row proofs (the newest tree is always kept): about 64 bytes a row, so
+/// 1,024 shards at n = 1024. A coordinator fetches its proofs right after the answer.
+const MAX_TREE_BYTES: u64 = 64 << 20;
 
 /// Rows of C kept for spot checks, bounded by bytes (the newest shard is always kept), and the shards whose
 /// rows were not kept but can be recomputed on their device.
@@ -22,6 +28,8 @@ pub struct RowCache {
     session: u64,
     shards: VecDeque<CachedShard>,
     recomputable: VecDeque<(ShardKey, u32, Shard)>,
+    trees: VecDeque<(ShardKey, u32, MerkleTree)>,
+    tree_bytes: u64,
 }
 
 /// A shard as this agent knows it: the connection it came on and the coordinator's id for it.
@@ -60,7 +68,15 @@ struct CachedShard {
 impl RowCache {
     /// A cache holding at most `budget` bytes of rows (plus the newest shard if it alone is larger).
     pub fn new(budget: u64) -> Self {
-        Self { budget, used: 0, session: 0, shards: VecDeque::new(), recomputable: VecDeque::new() }
+        Self {
+            budget,
+            used: 0,
+            session: 0,
+            shards: VecDeque::new(),
+            recomputable: VecDeque::new(),
+            trees: VecDeque::new(),
+            tree_bytes: 0,
+        }
     }
 
     /// A new connection begins: every row of the previous one is forgotten (nobody can ask for it any more,
@@ -69,6 +85,8 @@ impl RowCache {
         self.session = session;
         self.shards.clear();
         self.recomputable.clear();
+        self.trees.clear();
+        self.tree_bytes = 0;
         self.used = 0;
         m::row_cache_bytes(0);
     }
@@ -82,6 +100,27 @@ impl RowCache {
         while self.recomputable.len() > MAX_RECOMPUTABLE_SHARDS {
             self.recomputable.pop_front();
         }
+    }
+
+    /// Keeps the Merkle tree of a shard answered by its root (its leaves are rows `first_row ..`), evicting
+    /// the oldest trees beyond [`MAX_TREE_BYTES`]. Trees of an earlier connection are dropped.
+    pub fn insert_tree(&mut self, key: ShardKey, first_row: u32, tree: MerkleTree) {
+        if key.session != self.session {
+            return;
+        }
+        self.tree_bytes += tree.bytes();
+        self.trees.push_back((key, first_row, tree));
+        while self.tree_bytes > MAX_TREE_BYTES && self.trees.len() > 1 {
+            if let Some((_, _, old)) = self.trees.pop_front() {
+                self.tree_bytes -= old.bytes();
+            }
+        }
+    }
+
+    /// The Merkle path of row `row` (absolute) of shard `key`, if its tree is still held.
+    pub fn path(&self, key: ShardKey, row: u32) -> Option<Vec<Digest32>> {
+        let (_, first_row, tree) = self.trees.iter().rev().find(|(k, _, _)| *k == key)?;
+        tree.path(row.checked_sub(*first_row)? as usize)
     }
 
     /// Where row `row` (absolute) of shard `key` can be had.
@@ -171,5 +210,23 @@ mod tests {
         assert_eq!(c.used_bytes(), 0);
         c.insert(new, 0, 2, vec![5, 6, 7, 8]);
         assert_eq!(c.get(new, 1), Some(vec![7, 8]));
+    }
+
+    #[test]
+    fn trees_give_paths_of_their_own_connection_and_rows() {
+        let leaves: Vec<Digest32> = (0u8..5).map(|i| [i; 32]).collect();
+        let tree = MerkleTree::new(leaves.clone());
+        let mut c = RowCache::new(0);
+        c.begin_session(1);
+        let key = ShardKey { session: 1, shard_id: 7 };
+        c.insert_tree(key, 10, tree.clone());
+        assert_eq!(c.path(key, 13), tree.path(3));
+        assert_eq!(c.path(key, 9), None);
+        assert_eq!(c.path(key, 15), None);
+        assert_eq!(c.path(ShardKey { session: 1, shard_id: 8 }, 10), None);
+        c.begin_session(2);
+        assert_eq!(c.path(ShardKey { session: 2, shard_id: 7 }, 13), None);
+        c.insert_tree(key, 10, tree);
+        assert_eq!(c.path(key, 13), None, "a late shard of the old connection is not kept");
     }
 }

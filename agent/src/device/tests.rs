@@ -91,6 +91,7 @@ fn run_shard(shard_id: u64, seed: &str, device: u32) -> Compute {
             device,
             check_seed: shard_id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
         },
+        answer: AnswerWith::Leaves,
         cancel: ShardCancel::default(),
     }
 }
@@ -107,6 +108,50 @@ fn reference_leaves(seed: &str) -> Vec<[u8; 32]> {
 
 fn cache() -> Arc<Mutex<RowCache>> {
     Arc::new(Mutex::new(RowCache::new(1 << 20)))
+}
+
+/// A shard answered by its root: the root is that of the leaves the same shard answers, and the tree kept
+/// for spot checks gives every row a path to it; a shard answered by its leaves keeps no tree.
+#[test]
+fn a_root_answer_is_its_leaves_root_and_its_tree_shows_every_row() {
+    use cpc_common::merkle::{merkle_root, root_from_path};
+    actix_rt::System::new().block_on(async {
+        let rows = cache();
+        let opts = options(Duration::from_secs(60));
+        let device = start(
+            12,
+            Faulty::backend("never", Fault::Hang),
+            rows.clone(),
+            Health::default(),
+            &opts,
+        )
+        .await
+        .expect("start");
+        let whole = |shard_id, answer| {
+            let mut compute = run_shard(shard_id, "root", 12);
+            compute.request.rows = (0, 32);
+            compute.answer = answer;
+            compute
+        };
+        let ShardAnswer::Done { leaves, .. } =
+            device.addr.send(whole(1, AnswerWith::Leaves)).await.expect("answer")
+        else {
+            panic!("expected the leaves")
+        };
+        assert_eq!(leaves.len(), 32);
+        let answer = device.addr.send(whole(2, AnswerWith::Root)).await.expect("answer");
+        let ShardAnswer::Root { shard_id: 2, root, check } = answer else {
+            panic!("expected the root, got {answer:?}")
+        };
+        assert_eq!(root, merkle_root(&leaves));
+        assert!(check.is_some(), "the Freivalds check ran");
+        let rows = rows.lock().expect("cache");
+        for (row, leaf) in leaves.iter().enumerate() {
+            let path = rows.path(ShardKey { session: 0, shard_id: 2 }, row as u32).expect("path");
+            assert_eq!(root_from_path(leaf, row, 32, &path), Some(root), "row {row}");
+        }
+        assert_eq!(rows.path(ShardKey { session: 0, shard_id: 1 }, 0), None);
+    });
 }
 
 #[test]

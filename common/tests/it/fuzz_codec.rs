@@ -12,8 +12,9 @@ use cpc_common::{
     fuzzing,
     synthetic::{Challenge, MAX_MATRIX_SIZE},
     wire::{
-        AgentControl, CheckTiming, DeviceAdvert, FetchRow, Hello, HelloReply, PROTOCOL_VERSION,
-        Request, Response, RowAnswer, RowCapacity, RunShard, ShardAnswer,
+        AgentControl, CheckTiming, DeviceAdvert, FetchRow, FetchRowProof, Hello, HelloReply,
+        PROTOCOL_VERSION, Request, Response, RowAnswer, RowCapacity, RunShard, RunShardRoot,
+        ShardAnswer,
     },
 };
 use proptest::{collection::vec, prelude::*};
@@ -303,20 +304,24 @@ enum LooseRequest {
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    prop_oneof![
+    let run_shard = || {
         (any::<u64>(), challenge(), any::<u32>(), any::<(u32, u32)>(), any::<u32>(), any::<u64>())
-            .prop_map(|(shard_id, challenge, iteration, rows, device, check_seed)| {
-                Request::RunShard(RunShard {
-                    shard_id,
-                    challenge,
-                    iteration,
-                    rows,
-                    device,
-                    check_seed,
-                })
-            }),
-        (any::<u64>(), any::<u32>())
-            .prop_map(|(shard_id, row)| Request::FetchRow(FetchRow { shard_id, row })),
+            .prop_map(|(shard_id, challenge, iteration, rows, device, check_seed)| RunShard {
+                shard_id,
+                challenge,
+                iteration,
+                rows,
+                device,
+                check_seed,
+            })
+    };
+    let fetch_row =
+        || (any::<u64>(), any::<u32>()).prop_map(|(shard_id, row)| FetchRow { shard_id, row });
+    prop_oneof![
+        run_shard().prop_map(Request::RunShard),
+        fetch_row().prop_map(Request::FetchRow),
+        run_shard().prop_map(|r| Request::RunShardRoot(RunShardRoot(r))),
+        fetch_row().prop_map(|r| Request::FetchRowProof(FetchRowProof(r))),
     ]
 }
 
@@ -343,6 +348,15 @@ fn response() -> impl Strategy<Value = Response> {
         vec(any::<i32>(), 0..600).prop_map(|values| Response::Row { values }),
         text().prop_map(|reason| Response::RowUnavailable { reason }),
         text().prop_map(|reason| Response::Error { reason }),
+        (any::<u64>(), any::<[u8; 32]>(), any::<Option<(u64, u64)>>()).prop_map(
+            move |(shard_id, root, check)| Response::ShardRoot {
+                shard_id,
+                root,
+                check: timing(check),
+            }
+        ),
+        (vec(any::<i32>(), 0..600), vec(any::<[u8; 32]>(), 0..17))
+            .prop_map(|(values, path)| Response::RowProof { values, path }),
     ]
 }
 
@@ -683,9 +697,12 @@ proptest! {
         let (answers_shard, answers_row) = match &response {
             Response::ShardDone { .. }
             | Response::ShardLeaves { .. }
+            | Response::ShardRoot { .. }
             | Response::ShardFailed { .. }
             | Response::CheckFailed { .. } => (true, false),
-            Response::Row { .. } | Response::RowUnavailable { .. } => (false, true),
+            Response::Row { .. } | Response::RowUnavailable { .. } | Response::RowProof { .. } => {
+                (false, true)
+            }
             Response::Error { .. } => (true, true),
         };
         prop_assert_eq!(shard.is_ok(), answers_shard, "{:?} as a ShardAnswer: {:?}", response, shard);

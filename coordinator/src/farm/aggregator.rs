@@ -1,9 +1,12 @@
 //! A job's leaves, placed at their row indices as verified shards come in, and the Merkle root built from
 //! them once every row of every iteration is in: the result does not depend on how the job was split, in
-//! which order its shards answered or who computed what.
+//! which order its shards answered or who computed what. A shard that covered a whole iteration may have
+//! answered that iteration's root instead of its leaves (its agent built it; the spot checks proved rows
+//! against it), which is placed as it is.
 //!
 //! Plain data owned by the job it belongs to (`schedule.rs`); building the root is the only costly step
-//! (one SHA-256 per leaf), so the scheduler actor hands a finished [`JobLeaves`] to a blocking thread.
+//! (one SHA-256 per leaf still to hash), so the scheduler actor hands a finished [`JobLeaves`] with many
+//! of them to a blocking thread.
 
 use cpc_common::{hashing::Digest32, merkle::merkle_root, synthetic::Challenge};
 
@@ -25,6 +28,23 @@ pub enum AggregateError {
     /// Rows without a leaf at the end.
     #[error("{0} rows have no leaf")]
     Missing(u64),
+    /// A root offered for part of an iteration.
+    #[error("a root for rows {first}.. of iteration {iteration}: only a whole iteration has one")]
+    RootOfPart {
+        /// Iteration.
+        iteration: u32,
+        /// First row.
+        first: u32,
+    },
+}
+
+/// What a verified shard gives its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardResult {
+    /// `sha256` of each of its rows, in row order.
+    Leaves(Vec<Digest32>),
+    /// The Merkle root of a whole iteration's leaves.
+    Root(Digest32),
 }
 
 /// One job's leaves: `iterations × n` slots, each empty until a verified shard fills it.
@@ -35,12 +55,14 @@ pub struct JobLeaves {
 }
 
 /// One iteration's leaves. A shard that covers the whole iteration (every small job: it runs whole on one
-/// device) hands its vector over as it is, so placing it copies nothing and no slot vector is ever made;
-/// shards of a split job fill slots.
+/// device) hands over its root, or its vector as it is, so placing it copies nothing and no slot vector is
+/// ever made; shards of a split job fill slots.
 #[derive(Debug, Clone)]
 enum IterationLeaves {
     /// Nothing placed yet.
     Empty,
+    /// The iteration's root, from one shard.
+    Root(Digest32),
     /// Every row, from one shard.
     Whole(Vec<Digest32>),
     /// Some rows, by slot.
@@ -55,13 +77,29 @@ impl JobLeaves {
         Self { n, iterations }
     }
 
-    /// Places the leaves of rows `first..first + leaves.len()` of `iteration` (replacing any placed before).
+    /// Places what a shard of `iteration` starting at row `first` gave: its leaves, rows
+    /// `first..first + leaves.len()`, or the whole iteration's root (`first` 0). Replaces whatever was placed
+    /// for those rows before.
     pub fn place(
         &mut self,
         iteration: u32,
         first: u32,
-        leaves: Vec<Digest32>,
+        result: ShardResult,
     ) -> Result<(), AggregateError> {
+        let leaves = match result {
+            ShardResult::Leaves(leaves) => leaves,
+            ShardResult::Root(root) => {
+                if first != 0 {
+                    return Err(AggregateError::RootOfPart { iteration, first });
+                }
+                let Some(placed) = self.iterations.get_mut(iteration as usize) else {
+                    let n = self.n;
+                    return Err(AggregateError::OutOfRange { iteration, first, end: n.into(), n });
+                };
+                *placed = IterationLeaves::Root(root);
+                return Ok(());
+            }
+        };
         let n = self.n as usize;
         let end = u64::from(first) + leaves.len() as u64;
         let out_of_range = AggregateError::OutOfRange { iteration, first, end, n: self.n };
@@ -76,7 +114,9 @@ impl JobLeaves {
             return Ok(());
         }
         let mut slots = match std::mem::replace(placed, IterationLeaves::Empty) {
-            IterationLeaves::Empty => vec![None; n],
+            // Rows of an iteration placed whole by its root are not known one by one: the new rows begin
+            // the slots again (a job's units never mix the two: an iteration is one unit or many).
+            IterationLeaves::Empty | IterationLeaves::Root(_) => vec![None; n],
             IterationLeaves::Whole(all) => all.into_iter().map(Some).collect(),
             IterationLeaves::Slots(slots) => slots,
         };
@@ -87,9 +127,14 @@ impl JobLeaves {
         Ok(())
     }
 
-    /// Leaves of the whole job (`n × iterations`): the parents its root takes to build.
-    pub fn rows(&self) -> u64 {
-        u64::from(self.n) * self.iterations.len() as u64
+    /// Leaves still to be hashed into the job's root (about as many parents to build): none for an
+    /// iteration placed by its root.
+    pub fn leaves_to_hash(&self) -> u64 {
+        let per_iteration = |placed: &IterationLeaves| match placed {
+            IterationLeaves::Root(_) => 0,
+            _ => u64::from(self.n),
+        };
+        self.iterations.iter().map(per_iteration).sum()
     }
 
     /// The result: the Merkle root of each iteration's leaves, combined over iterations as the spec says.
@@ -98,6 +143,10 @@ impl JobLeaves {
         for placed in self.iterations {
             let leaves: Vec<Digest32> = match placed {
                 IterationLeaves::Empty => return Err(AggregateError::Missing(self.n.into())),
+                IterationLeaves::Root(root) => {
+                    roots.push(root);
+                    continue;
+                }
                 IterationLeaves::Whole(leaves) => leaves,
                 IterationLeaves::Slots(slots) => {
                     let missing = slots.iter().filter(|s| s.is_none()).count() as u64;
@@ -126,10 +175,11 @@ mod tests {
             Challenge::combine_iterations(&[merkle_root(&leaves[..5]), merkle_root(&leaves[5..])]);
         let mut job = JobLeaves::new(&challenge);
         for (iteration, first, range) in [(1, 3, 8..10), (0, 0, 0..2), (1, 0, 5..8), (0, 2, 2..5)] {
-            job.place(iteration, first, leaves[range].to_vec()).expect("placed");
+            job.place(iteration, first, ShardResult::Leaves(leaves[range].to_vec()))
+                .expect("placed");
         }
-        assert!(job.place(0, 4, leaves[..2].to_vec()).is_err());
-        assert!(job.place(2, 0, leaves[..1].to_vec()).is_err());
+        assert!(job.place(0, 4, ShardResult::Leaves(leaves[..2].to_vec())).is_err());
+        assert!(job.place(2, 0, ShardResult::Leaves(leaves[..1].to_vec())).is_err());
         assert_eq!(job.root(), Ok(expect));
     }
 
@@ -141,20 +191,43 @@ mod tests {
             Challenge::combine_iterations(&[merkle_root(&leaves[..4]), merkle_root(&leaves[4..])]);
         let mut job = JobLeaves::new(&challenge);
         // Iteration 0 whole, then one row of it again (a twin's answer); iteration 1 in two shards.
-        job.place(0, 0, leaves[..4].to_vec()).expect("whole");
-        job.place(0, 2, leaves[2..3].to_vec()).expect("one row over a whole iteration");
-        job.place(1, 2, leaves[6..].to_vec()).expect("placed");
+        job.place(0, 0, ShardResult::Leaves(leaves[..4].to_vec())).expect("whole");
+        job.place(0, 2, ShardResult::Leaves(leaves[2..3].to_vec()))
+            .expect("one row over a whole iteration");
+        job.place(1, 2, ShardResult::Leaves(leaves[6..].to_vec())).expect("placed");
         assert_eq!(job.clone().root(), Err(AggregateError::Missing(2)));
-        job.place(1, 0, leaves[4..6].to_vec()).expect("placed");
+        job.place(1, 0, ShardResult::Leaves(leaves[4..6].to_vec())).expect("placed");
         assert_eq!(job.root(), Ok(expect));
         assert_eq!(JobLeaves::new(&challenge).root(), Err(AggregateError::Missing(4)));
+    }
+
+    /// An iteration answered by its root is placed as it is; roots of parts of an iteration are refused.
+    #[test]
+    fn a_whole_iteration_s_root_needs_no_hashing() {
+        let challenge = Challenge::new("agg", 4, 2).expect("challenge");
+        let leaves: Vec<Digest32> = (0u8..8).map(|i| sha256([i])).collect();
+        let roots = [merkle_root(&leaves[..4]), merkle_root(&leaves[4..])];
+        let mut job = JobLeaves::new(&challenge);
+        assert_eq!(job.leaves_to_hash(), 8);
+        job.place(0, 0, ShardResult::Root(roots[0])).expect("root");
+        assert_eq!(job.leaves_to_hash(), 4);
+        assert_eq!(
+            job.place(1, 2, ShardResult::Root(roots[1])),
+            Err(AggregateError::RootOfPart { iteration: 1, first: 2 })
+        );
+        assert!(job.place(2, 0, ShardResult::Root(roots[1])).is_err());
+        job.place(1, 0, ShardResult::Leaves(leaves[4..].to_vec())).expect("leaves");
+        assert_eq!(job.clone().root(), Ok(Challenge::combine_iterations(&roots)));
+        job.place(1, 0, ShardResult::Root(roots[1])).expect("root over leaves");
+        assert_eq!(job.leaves_to_hash(), 0);
+        assert_eq!(job.root(), Ok(Challenge::combine_iterations(&roots)));
     }
 
     #[test]
     fn holes_are_reported() {
         let challenge = Challenge::new("agg", 4, 1).expect("challenge");
         let mut job = JobLeaves::new(&challenge);
-        job.place(0, 0, vec![[0; 32]; 3]).expect("placed");
+        job.place(0, 0, ShardResult::Leaves(vec![[0; 32]; 3])).expect("placed");
         assert_eq!(job.root(), Err(AggregateError::Missing(1)));
     }
 }

@@ -10,7 +10,7 @@ use super::{
     scheduler::{DeviceDown, DeviceReadmitted, DeviceUp},
 };
 use actix::{Actor, AsyncContext as _, Context, Handler, Message, Recipient};
-use cpc_common::wire::{DeviceAdvert, DeviceReport};
+use cpc_common::wire::{DeviceAdvert, DeviceReport, ROOT_ANSWERS_SINCE};
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant, SystemTime},
@@ -19,15 +19,39 @@ use std::{
 /// Application close code for an agent that stopped sending heartbeats.
 const CLOSE_HEARTBEAT: u32 = 3;
 
+/// An agent's connection and the protocol version it speaks: what sending it a shard takes.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// The version its `Hello` named.
+    pub protocol_version: u16,
+}
+
+impl AgentLink {
+    /// Whether the agent answers a whole-iteration shard by its root and shows rows with their Merkle
+    /// paths (`RunShardRoot`, `FetchRowProof`: protocol version 6 and later).
+    pub fn answers_roots(&self) -> bool {
+        self.protocol_version >= ROOT_ANSWERS_SINCE
+    }
+}
+
 #[derive(Debug)]
 struct AgentEntry {
     name: String,
     conn: quinn::Connection,
+    protocol_version: u16,
     devices: Vec<DeviceAdvert>,
     last_heartbeat: Instant,
     draining: bool,
     /// The last [`DeviceReport`] of each device (agents of protocol version 4 and later).
     reports: BTreeMap<u32, DeviceReport>,
+}
+
+impl AgentEntry {
+    fn link(&self) -> AgentLink {
+        AgentLink { conn: self.conn.clone(), protocol_version: self.protocol_version }
+    }
 }
 
 /// The registry actor.
@@ -78,7 +102,7 @@ impl Registry {
             let id = DeviceId { agent, index: d.index };
             if !self.quarantined.contains_key(&id) && !self.drained.contains(&id) {
                 let entry = DeviceEntry { id, agent_name: a.name.clone(), advert: d.clone() };
-                s.up.do_send(DeviceUp { entry, conn: a.conn.clone() });
+                s.up.do_send(DeviceUp { entry, link: a.link() });
             }
         }
     }
@@ -154,6 +178,8 @@ pub struct Register {
     pub devices: Vec<DeviceAdvert>,
     /// Its connection.
     pub conn: quinn::Connection,
+    /// The protocol version of its `Hello`.
+    pub protocol_version: u16,
 }
 
 impl Handler<Register> for Registry {
@@ -167,6 +193,7 @@ impl Handler<Register> for Registry {
             AgentEntry {
                 name: msg.name,
                 conn: msg.conn,
+                protocol_version: msg.protocol_version,
                 devices: msg.devices,
                 last_heartbeat: Instant::now(),
                 draining: false,
@@ -462,7 +489,7 @@ impl Handler<Readmit> for Registry {
             && !self.drained.contains(&id)
         {
             let entry = DeviceEntry { id, agent_name: a.name.clone(), advert };
-            s.readmitted.do_send(DeviceReadmitted { entry, conn: a.conn.clone() });
+            s.readmitted.do_send(DeviceReadmitted { entry, link: a.link() });
         }
         self.publish();
         Ok(())

@@ -28,12 +28,11 @@
 
 use super::{
     DeviceId, DeviceReport, JobError, JobReport,
-    aggregator::JobLeaves,
+    aggregator::{JobLeaves, ShardResult},
     metrics::FarmMetrics,
     plan::{DeviceCapacity, SplitPolicy, StragglerPolicy, shard_ops, split_rows},
 };
 use cpc_common::{
-    hashing::Digest32,
     synthetic::Challenge,
     wire::{CheckTiming, DeviceAdvert},
 };
@@ -158,8 +157,8 @@ pub enum Removal {
 pub enum ShardOutcome {
     /// Answered, and its spot check passed.
     Verified {
-        /// The leaves, in row order.
-        leaves: Vec<Digest32>,
+        /// Its leaves in row order, or the root of the whole iteration it covered.
+        result: ShardResult,
         /// Rows spot-checked.
         checked: u32,
         /// The Freivalds check's cost, when the device ran one.
@@ -1010,7 +1009,7 @@ impl Schedule {
                 tracing::warn!(job, %device, "an answer of a quarantined device is not accepted: its rows go back in the queue");
                 self.requeue(job, f.unit);
             }
-            ShardOutcome::Verified { leaves, checked, check } => {
+            ShardOutcome::Verified { result, checked, check } => {
                 self.metrics.spot_checks(checked, false);
                 self.metrics.freivalds_check(check.as_ref(), true);
                 let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -1029,7 +1028,7 @@ impl Schedule {
                 }
                 let (iteration, first, rows) =
                     (unit.iteration, unit.rows.start, unit.rows.len() as u64);
-                if let Err(e) = j.leaves.place(iteration, first, leaves) {
+                if let Err(e) = j.leaves.place(iteration, first, result) {
                     self.fail_job(now, job, JobError::Internal(e.to_string()), out);
                     return;
                 }

@@ -10,7 +10,7 @@
 use super::{
     DeviceId, FarmConfig, JobError, JobReport,
     metrics::FarmMetrics,
-    registry::{Quarantine, Registry},
+    registry::{AgentLink, Quarantine, Registry},
     schedule::{
         Action, DeviceEntry, Dispatch, FinishedJob, JobId, JobSpec, Removal, Schedule,
         SchedulePolicy, ShardId, ShardOutcome,
@@ -54,8 +54,8 @@ pub struct Cancel {
 pub struct DeviceUp {
     /// The device.
     pub entry: DeviceEntry,
-    /// Its agent's connection.
-    pub conn: quinn::Connection,
+    /// Its agent's connection and protocol version.
+    pub link: AgentLink,
 }
 
 /// A device stops taking shards.
@@ -75,8 +75,8 @@ pub struct DeviceDown {
 pub struct DeviceReadmitted {
     /// The device.
     pub entry: DeviceEntry,
-    /// Its agent's connection.
-    pub conn: quinn::Connection,
+    /// Its agent's connection and protocol version.
+    pub link: AgentLink,
 }
 
 /// Shards in flight per device, for `farm status`.
@@ -102,7 +102,7 @@ pub struct Scheduler {
     schedule: Schedule,
     config: Arc<FarmConfig>,
     registry: Addr<Registry>,
-    conns: HashMap<DeviceId, quinn::Connection>,
+    links: HashMap<DeviceId, AgentLink>,
     /// Per shard in flight: the sender that aborts its I/O task.
     aborts: HashMap<ShardId, oneshot::Sender<()>>,
     waiters: HashMap<JobId, oneshot::Sender<JobResult>>,
@@ -114,7 +114,7 @@ impl std::fmt::Debug for Scheduler {
         f.debug_struct("Scheduler")
             .field("jobs", &self.schedule.jobs())
             .field("in_flight", &self.schedule.in_flight())
-            .field("devices", &self.conns.len())
+            .field("devices", &self.links.len())
             .finish_non_exhaustive()
     }
 }
@@ -133,7 +133,7 @@ impl Scheduler {
             schedule: Schedule::new(policy, metrics, first_shard_id()),
             config,
             registry,
-            conns: HashMap::new(),
+            links: HashMap::new(),
             aborts: HashMap::new(),
             waiters: HashMap::new(),
             wake: None,
@@ -162,7 +162,7 @@ impl Scheduler {
     fn send_shard(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
         let shard = dispatch.shard_id;
         let addr = ctx.address();
-        let Some(conn) = self.conns.get(&dispatch.device).cloned() else {
+        let Some(link) = self.links.get(&dispatch.device).cloned() else {
             // The device left between the decision and now: the answer is a lost shard.
             ctx.notify(ShardAnswered {
                 shard,
@@ -177,7 +177,7 @@ impl Scheduler {
         self.aborts.insert(shard, abort);
         let sink: shard::OutcomeSink =
             Box::new(move |shard, outcome| addr.do_send(ShardAnswered { shard, outcome }));
-        tokio::spawn(shard::run(conn, dispatch, self.config.spot_check.clone(), cancel, sink));
+        tokio::spawn(shard::run(link, dispatch, self.config.spot_check.clone(), cancel, sink));
     }
 
     fn finished(&mut self, job: JobId, result: Result<Box<FinishedJob>, JobError>) {
@@ -191,7 +191,7 @@ impl Scheduler {
                 // INLINE_ROOT_ROWS leaves, under half a millisecond) on the farm's I/O workers, where a
                 // blocking thread's hand-off would cost about as much as the hashing; a larger one on a
                 // blocking thread, so that it holds up no QUIC stream.
-                let small = done.leaves.rows() <= INLINE_ROOT_ROWS;
+                let small = done.leaves.leaves_to_hash() <= INLINE_ROOT_ROWS;
                 let build = move || {
                     let FinishedJob { leaves, mut report } = *done;
                     let answer = match leaves.root() {
@@ -279,7 +279,7 @@ impl Handler<DeviceUp> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceUp, ctx: &mut Self::Context) {
-        self.conns.insert(msg.entry.id, msg.conn);
+        self.links.insert(msg.entry.id, msg.link);
         let actions = self.schedule.add_device(Instant::now(), msg.entry);
         self.apply(actions, ctx);
     }
@@ -290,7 +290,7 @@ impl Handler<DeviceDown> for Scheduler {
 
     fn handle(&mut self, msg: DeviceDown, ctx: &mut Self::Context) {
         if msg.why != Removal::Draining {
-            self.conns.remove(&msg.device);
+            self.links.remove(&msg.device);
         }
         let actions = self.schedule.remove_device(Instant::now(), msg.device, msg.why);
         self.apply(actions, ctx);
@@ -301,7 +301,7 @@ impl Handler<DeviceReadmitted> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceReadmitted, ctx: &mut Self::Context) {
-        self.conns.insert(msg.entry.id, msg.conn);
+        self.links.insert(msg.entry.id, msg.link);
         let actions = self.schedule.readmit_device(Instant::now(), msg.entry);
         self.apply(actions, ctx);
     }

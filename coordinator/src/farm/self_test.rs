@@ -95,6 +95,9 @@ async fn ask(conn: &quinn::Connection, request: &RunShard) -> Result<Vec<Digest3
         Ok(Some(ShardAnswer::Done { shard_id, .. })) => {
             Err(format!("the agent answered shard {shard_id}, not {}", request.shard_id))
         }
+        Ok(Some(ShardAnswer::Root { .. })) => {
+            Err("the agent answered a root where the self-test asked for every leaf".into())
+        }
         Ok(Some(ShardAnswer::CheckFailed { reason, .. })) => {
             Err(format!("the device failed its Freivalds check: {reason}"))
         }

@@ -191,7 +191,12 @@ async fn serve_connection(
     }
     let agent_name = hello.agent_name.clone();
     let agent_id = registry
-        .send(Register { name: hello.agent_name, devices: hello.devices, conn: conn.clone() })
+        .send(Register {
+            name: hello.agent_name,
+            devices: hello.devices,
+            conn: conn.clone(),
+            protocol_version: hello.protocol_version,
+        })
         .await
         .map_err(|_| "registry stopped".to_owned())?;
     let interval_ms = u32::try_from(config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);

@@ -5,15 +5,21 @@
 //! checks it (`spot_check.rs`), and reports a [`ShardOutcome`] to the actor. Aborted by the actor (a
 //! superseded or cancelled job, a twin that lost, a lost device), it tells the agent with
 //! [`SHARD_CANCELLED`] so a shard still waiting there never runs.
+//!
+//! A shard that covers a whole iteration (every small job) goes to an agent that can as a `RunShardRoot`:
+//! the agent answers the iteration's Merkle root, 32 bytes instead of 32 a row, and the spot checks fetch
+//! rows with their paths. The coordinator then neither receives nor hashes the leaves of small jobs, which
+//! were most of its CPU time per shard.
 
 use super::{
+    aggregator::ShardResult,
+    registry::AgentLink,
     schedule::{Dispatch, ShardId, ShardOutcome},
-    spot_check::{ShardUnderCheck, SpotCheckConfig, Verdict, check_shard},
+    spot_check::{Committed, ShardUnderCheck, SpotCheckConfig, Verdict, check_shard},
 };
 use cpc_common::{
-    hashing::Digest32,
     quic::{FrameIoError, call},
-    wire::{CheckTiming, RunShard, SHARD_CANCELLED, ShardAnswer},
+    wire::{CheckTiming, RunShard, RunShardRoot, SHARD_CANCELLED, ShardAnswer},
 };
 use rand::RngCore as _;
 use tokio::sync::oneshot;
@@ -28,10 +34,10 @@ enum ShardError {
     Wrong(String),
 }
 
-/// Runs `dispatch` on `conn`'s device (its agent's index `device_index`) and hands the outcome to `sink`;
-/// when `cancel` fires first, stops the request stream with [`SHARD_CANCELLED`] and reports nothing.
+/// Runs `dispatch` on its device over `link` and hands the outcome to `sink`; when `cancel` fires first,
+/// stops the request stream with [`SHARD_CANCELLED`] and reports nothing.
 pub(crate) async fn run(
-    conn: quinn::Connection,
+    link: AgentLink,
     dispatch: Dispatch,
     spot: SpotCheckConfig,
     cancel: oneshot::Receiver<()>,
@@ -45,6 +51,8 @@ pub(crate) async fn run(
         device: dispatch.device.index,
         check_seed: rand::rngs::OsRng.next_u64(),
     };
+    let by_root = link.answers_roots() && dispatch.rows == (0..dispatch.challenge.matrix_size());
+    let conn = link.conn;
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(streams) => streams,
         Err(e) => {
@@ -53,7 +61,14 @@ pub(crate) async fn run(
             return;
         }
     };
-    let answer = async { read_answer(call(&mut send, &mut recv, req.clone()).await, req.shard_id) };
+    let answer = async {
+        let answer = if by_root {
+            call(&mut send, &mut recv, RunShardRoot(req.clone())).await
+        } else {
+            call(&mut send, &mut recv, req.clone()).await
+        };
+        read_answer(answer, req.shard_id, by_root)
+    };
     let answered = tokio::select! {
         answered = answer => answered,
         _ = cancel => {
@@ -66,14 +81,24 @@ pub(crate) async fn run(
     sink(dispatch.shard_id, outcome);
 }
 
-/// What the agent's answer means for shard `shard_id`.
+/// What the agent's answer means for shard `shard_id` (asked for its root when `by_root`; its leaves are
+/// a right answer to that too).
 fn read_answer(
     answer: Result<Option<ShardAnswer>, FrameIoError>,
     shard_id: u64,
-) -> Result<(Vec<Digest32>, Option<CheckTiming>), ShardError> {
+    by_root: bool,
+) -> Result<(ShardResult, Option<CheckTiming>), ShardError> {
     match answer {
         Ok(Some(ShardAnswer::Done { shard_id: id, leaves, check })) if id == shard_id => {
-            Ok((leaves, check))
+            Ok((ShardResult::Leaves(leaves), check))
+        }
+        Ok(Some(ShardAnswer::Root { shard_id: id, root, check })) if id == shard_id => {
+            if !by_root {
+                return Err(ShardError::Wrong(
+                    "answered a root where its leaves were asked".into(),
+                ));
+            }
+            Ok((ShardResult::Root(root), check))
         }
         Ok(Some(ShardAnswer::CheckFailed { shard_id: id, reason })) if id == shard_id => {
             Err(ShardError::CheckFailed(reason))
@@ -82,7 +107,9 @@ fn read_answer(
             Err(ShardError::Device(reason))
         }
         Ok(Some(
-            ShardAnswer::Done { shard_id: id, .. } | ShardAnswer::CheckFailed { shard_id: id, .. },
+            ShardAnswer::Done { shard_id: id, .. }
+            | ShardAnswer::Root { shard_id: id, .. }
+            | ShardAnswer::CheckFailed { shard_id: id, .. },
         )) => Err(ShardError::Wrong(format!("answered for shard {id}, not its own {shard_id}"))),
         Ok(None) => Err(ShardError::Transport("stream closed without an answer".into())),
         Err(FrameIoError::Codec(e)) => Err(ShardError::Wrong(format!("undecodable answer: {e}"))),
@@ -94,7 +121,7 @@ async fn judge(
     conn: &quinn::Connection,
     req: &RunShard,
     dispatch: &Dispatch,
-    answered: Result<(Vec<Digest32>, Option<CheckTiming>), ShardError>,
+    answered: Result<(ShardResult, Option<CheckTiming>), ShardError>,
     spot: &SpotCheckConfig,
 ) -> ShardOutcome {
     let rows = dispatch.rows.len();
@@ -103,20 +130,24 @@ async fn judge(
         Err(ShardError::Device(reason)) => ShardOutcome::Failed { reason, transport: false },
         Err(ShardError::CheckFailed(reason)) => ShardOutcome::CheckFailed { reason },
         Err(ShardError::Wrong(reason)) => ShardOutcome::Wrong { passed: 0, reason },
-        Ok((leaves, _)) if leaves.len() != rows => ShardOutcome::Wrong {
+        Ok((ShardResult::Leaves(leaves), _)) if leaves.len() != rows => ShardOutcome::Wrong {
             passed: 0,
             reason: format!("{} leaves for {rows} rows", leaves.len()),
         },
-        Ok((leaves, check)) => {
+        Ok((result, check)) => {
+            let answer = match &result {
+                ShardResult::Leaves(leaves) => Committed::Leaves(leaves),
+                ShardResult::Root(root) => Committed::Root { root: *root, rows: rows as u32 },
+            };
             let shard = ShardUnderCheck {
                 shard_id: req.shard_id,
                 challenge: &dispatch.challenge,
                 iteration: req.iteration,
                 first_row: req.rows.0,
-                leaves: &leaves,
+                answer,
             };
             match check_shard(conn, shard, spot).await {
-                Verdict::Passed { rows } => ShardOutcome::Verified { leaves, checked: rows, check },
+                Verdict::Passed { rows } => ShardOutcome::Verified { result, checked: rows, check },
                 Verdict::Failed { passed, reason } => ShardOutcome::Wrong { passed, reason },
                 Verdict::Inconclusive(reason) => ShardOutcome::Failed { reason, transport: true },
             }

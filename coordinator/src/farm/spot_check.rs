@@ -1,14 +1,16 @@
 //! Spot checks: for every shard a device returns, fetch a few random rows from the device, check each row
-//! hashes to the leaf it sent, and recompute a few of the row's elements on the CPU from the definition
-//! (`cpc_kernels::cpu::c_elements`: the values of `Challenge::c_element`, O(n) per distinct 16-column
-//! group on the CPU's fastest Philox path). A device that lies about a row, cannot produce it, or computed
-//! it wrong fails, and the scheduler quarantines it.
+//! hashes to the leaf it sent (or, for a shard it answered by its root, that the row's leaf and the Merkle
+//! path the device shows with it give that root), and recompute a few of the row's elements on the CPU
+//! from the definition (`cpc_kernels::cpu::c_elements`: the values of `Challenge::c_element`, O(n) per
+//! distinct 16-column group on the CPU's fastest Philox path). A device that lies about a row, cannot
+//! produce it, or computed it wrong fails, and the scheduler quarantines it.
 
 use cpc_common::{
     hashing::{Digest32, sha256},
+    merkle::root_from_path,
     quic::call,
     synthetic::Challenge,
-    wire::{FetchRow, RowAnswer},
+    wire::{FetchRow, FetchRowProof, RowAnswer},
 };
 use rand::{SeedableRng as _, rngs::StdRng, seq::index::sample};
 use std::time::Duration;
@@ -63,7 +65,30 @@ pub(crate) struct ShardUnderCheck<'a> {
     pub(crate) challenge: &'a Challenge,
     pub(crate) iteration: u32,
     pub(crate) first_row: u32,
-    pub(crate) leaves: &'a [Digest32],
+    pub(crate) answer: Committed<'a>,
+}
+
+/// What the device answered, that every fetched row must agree with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Committed<'a> {
+    /// The leaf of every row.
+    Leaves(&'a [Digest32]),
+    /// The Merkle root of `rows` leaves (a whole iteration): rows come with their paths.
+    Root {
+        /// The root.
+        root: Digest32,
+        /// How many leaves it covers.
+        rows: u32,
+    },
+}
+
+impl Committed<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Self::Leaves(leaves) => leaves.len(),
+            Self::Root { rows, .. } => *rows as usize,
+        }
+    }
 }
 
 /// Checks one shard by fetching rows over `conn`.
@@ -72,7 +97,7 @@ pub(crate) async fn check_shard(
     shard: ShardUnderCheck<'_>,
     cfg: &SpotCheckConfig,
 ) -> Verdict {
-    let rows = shard.leaves.len();
+    let rows = shard.answer.rows();
     let want = (cfg.rows_per_shard as usize).min(rows);
     if want == 0 {
         return Verdict::Passed { rows: 0 };
@@ -87,20 +112,19 @@ pub(crate) async fn check_shard(
     let mut passed = 0;
     for offset in sample(&mut rng, rows, want) {
         let row = shard.first_row + offset as u32;
-        let values =
-            match tokio::time::timeout(cfg.fetch_timeout, fetch_row(conn, shard.shard_id, row))
-                .await
-            {
-                Err(_) => return Verdict::Inconclusive(format!("fetching row {row} timed out")),
-                Ok(Err(FetchError::Transport(e))) => return Verdict::Inconclusive(e),
-                Ok(Err(FetchError::Refused(reason))) => {
-                    return Verdict::Failed {
-                        passed,
-                        reason: format!("row {row} not shown: {reason}"),
-                    };
-                }
-                Ok(Ok(values)) => values,
-            };
+        let with_path = matches!(shard.answer, Committed::Root { .. });
+        let fetch = fetch_row(conn, shard.shard_id, row, with_path);
+        let (values, path) = match tokio::time::timeout(cfg.fetch_timeout, fetch).await {
+            Err(_) => return Verdict::Inconclusive(format!("fetching row {row} timed out")),
+            Ok(Err(FetchError::Transport(e))) => return Verdict::Inconclusive(e),
+            Ok(Err(FetchError::Refused(reason))) => {
+                return Verdict::Failed {
+                    passed,
+                    reason: format!("row {row} not shown: {reason}"),
+                };
+            }
+            Ok(Ok(values)) => values,
+        };
         if values.len() != n as usize {
             return Verdict::Failed {
                 passed,
@@ -108,10 +132,25 @@ pub(crate) async fn check_shard(
             };
         }
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        if sha256(&bytes) != shard.leaves[offset] {
+        let leaf = sha256(&bytes);
+        let agrees = match shard.answer {
+            Committed::Leaves(leaves) => leaves[offset] == leaf,
+            Committed::Root { root, .. } => {
+                root_from_path(&leaf, offset, rows, &path) == Some(root)
+            }
+        };
+        if !agrees {
             return Verdict::Failed {
                 passed,
-                reason: format!("row {row} does not hash to the leaf the device sent"),
+                reason: match shard.answer {
+                    Committed::Leaves(_) => {
+                        format!("row {row} does not hash to the leaf the device sent")
+                    }
+                    Committed::Root { .. } => format!(
+                        "row {row} and the Merkle path shown with it do not give the root the device \
+                         sent"
+                    ),
+                },
             };
         }
         let cols: Vec<u32> = if cfg.elements_per_row >= n {
@@ -152,15 +191,27 @@ enum FetchError {
     Refused(String),
 }
 
+/// Row `row` of the shard, with its Merkle path when `with_path` (empty otherwise).
 async fn fetch_row(
     conn: &quinn::Connection,
     shard_id: u64,
     row: u32,
-) -> Result<Vec<i32>, FetchError> {
+    with_path: bool,
+) -> Result<(Vec<i32>, Vec<Digest32>), FetchError> {
     let t = |e: &dyn std::fmt::Display| FetchError::Transport(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| t(&e))?;
-    match call(&mut send, &mut recv, FetchRow { shard_id, row }).await {
-        Ok(Some(RowAnswer::Row { values })) => Ok(values),
+    let request = FetchRow { shard_id, row };
+    let answer = if with_path {
+        call(&mut send, &mut recv, FetchRowProof(request)).await
+    } else {
+        call(&mut send, &mut recv, request).await
+    };
+    match answer {
+        Ok(Some(RowAnswer::Proof { values, path })) => Ok((values, path)),
+        Ok(Some(RowAnswer::Row { .. })) if with_path => {
+            Err(FetchError::Refused("the row came without its Merkle path".into()))
+        }
+        Ok(Some(RowAnswer::Row { values })) => Ok((values, Vec::new())),
         Ok(Some(RowAnswer::Unavailable { reason } | RowAnswer::Refused { reason })) => {
             Err(FetchError::Refused(reason))
         }
