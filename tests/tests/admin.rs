@@ -140,6 +140,7 @@ async fn a_device_drained_mid_job_finishes_its_shard_and_gets_nothing_new() {
     assert_eq!(drained.devices, vec![target.clone()]);
     let during = device_of(&client, "held").await;
     assert!(during.drained && !during.quarantined, "{during:?}");
+    assert_eq!(during.protocol_version, cpc_common::wire::PROTOCOL_VERSION, "{during:?}");
     assert!(during.shards_in_flight >= 1, "its shard is still in flight: {during:?}");
 
     release_tx.send(()).expect("release");

@@ -3,6 +3,7 @@
 
 use super::{GlobalArgs, output::print_json};
 use clap::{Args, Subcommand};
+use cpc_common::wire::{PROTOCOL_VERSION, ROOT_ANSWERS_SINCE};
 use cpc_coordinator::{
     admin::{self, AdminClient, AdminToken},
     farm::{DeviceStatus, FarmStatus},
@@ -205,6 +206,13 @@ fn print_status(status: &FarmStatus) {
                 r.watchdog_firings,
                 r.xid_errors,
                 r.last_xid.map_or_else(String::new, |x| format!(" (last Xid {x})"))
+            );
+        }
+        if d.protocol_version != 0 && d.protocol_version < ROOT_ANSWERS_SINCE {
+            println!(
+                "  agent speaks farm protocol {}: it sends every leaf of every job (upgrade it to {} to \
+                 answer whole jobs by their Merkle root)",
+                d.protocol_version, PROTOCOL_VERSION
             );
         }
         if let Some(reason) = &d.quarantine_reason {

@@ -316,6 +316,9 @@ pub struct DeviceStatus {
     /// The agent's last report of the device: UUID, temperature, power, restarts, watchdog firings, Xid
     /// errors (none from an agent older than protocol version 4, or before its first report).
     pub report: Option<cpc_common::wire::DeviceReport>,
+    /// The farm protocol version its agent speaks (0 from a coordinator that did not say).
+    #[serde(default)]
+    pub protocol_version: u16,
 }
 
 struct Inner {

@@ -154,6 +154,7 @@ mod tests {
             ),
             shards_in_flight: 0,
             report: None,
+            protocol_version: cpc_common::wire::PROTOCOL_VERSION,
         }
     }
 

@@ -363,6 +363,7 @@ impl Handler<ListDevices> for Registry {
                     }),
                     shards_in_flight: 0,
                     report: a.reports.get(&d.index).cloned(),
+                    protocol_version: a.protocol_version,
                 });
             }
         }
