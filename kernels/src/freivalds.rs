@@ -1,6 +1,6 @@
 //! Freivalds' check of a shard's product, shared by every backend: a device that just computed rows
-//! `C_rows = A_rows · B` checks `C_rows · r == A_rows · (B · r)` for a random vector `r` before it hashes
-//! the rows, so that a single wrong element (a flipped bit in memory without ECC, a broken GEMM) fails the
+//! `C_rows = A_rows · B` checks `C_rows · r == A_rows · (B · r)` for a random vector `r` before any leaf of
+//! the rows leaves it, so that a single wrong element (a flipped bit in memory without ECC, a broken GEMM) fails the
 //! shard instead of reaching the chain. `docs/VERIFICATION.md` states the model; this module holds what
 //! every backend must agree on:
 //!

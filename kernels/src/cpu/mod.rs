@@ -284,8 +284,11 @@ impl CpuBackend {
     }
 
     /// The leaves of `c`, after Freivalds' check ([`freivalds`]) when the shard carries a seed: the inputs'
-    /// side first, then each row's product side right before the row is hashed (one pass over C for both).
-    /// Answers the leaves and the check's time, or the error naming the failing rows (no leaf is returned).
+    /// side first, then each row's product side right after the row is hashed, while it is in cache (one
+    /// pass over C for both). Answers the leaves and the check's time, or the error naming the failing rows
+    /// (no leaf is returned). The time is what the check adds: its inputs' side, and its product side on
+    /// rows the hashing already brought in (timed per row, so loading C is the hashing's cost, as it would
+    /// be without a check).
     fn checked_leaves(
         &self,
         shard: &Shard,
@@ -305,11 +308,12 @@ impl CpuBackend {
         let (leaves, products): (Vec<Digest32>, Vec<u64>) = c
             .par_chunks(n.max(1))
             .map(|row| {
+                let leaf = hash_row(row);
                 let t = Instant::now();
                 let product = freivalds::c_times_r(row, &r);
                 let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 product_nanos.fetch_add(nanos, Ordering::Relaxed);
-                (hash_row(row), product)
+                (leaf, product)
             })
             .unzip();
         let sums: Vec<RowSums> = products

@@ -10,10 +10,11 @@
 //!
 //! - the inputs' side `A_rows · (B · r)`, after the GEMM, in the GEMM's own packing: [`Packing::Quads`]
 //!   (the VNNI kernels) with AVX-512 `vpdpbusd` on byte digits of r and of `B·r` (`avx512`), or portable
-//!   loops (`quads`); [`Packing::Pairs`] (AVX2 and scalar kernels) with AVX2 `vpmulld`/`vpmaddwd` or
-//!   portable loops (`pairs`);
+//!   loops (`quads`); [`Packing::Pairs`] (AVX2 and scalar kernels) with AVX2 `vpmaddwd` on 16-bit digits
+//!   of r and of `B·r`, or portable loops (`pairs`);
 //! - the product's side `C·r`, `i32 × i32 → i64` (`vpmuldq`, 512- or 256-bit) summed modulo 2⁶⁴, one row
-//!   at a time right before the backend hashes that row, so that C is read from memory once for both.
+//!   at a time right after the backend hashed that row, while it is in cache, so that C is read from
+//!   memory once for both (no leaf leaves the backend before every row passed).
 //!
 //! Everything runs in parallel on the backend's pool (over blocks of rows of B, then over the GEMM's row
 //! groups, then over the rows of C).
@@ -73,7 +74,7 @@ impl CheckLoops {
 
 /// The row sums of a shard: `c` holds its `a.rows()` rows of C (row-major, n each), `r` the check vector
 /// (n entries). Runs on the current rayon pool, with the fastest loops this CPU has. (The backend computes
-/// the two sides apart: [`input_sums`] after the GEMM, [`c_times_r`] on each row just before it hashes it,
+/// the two sides apart: [`input_sums`] after the GEMM, [`c_times_r`] on each row right after it hashes it,
 /// while the row is in cache.)
 ///
 /// # Panics
@@ -163,14 +164,37 @@ fn c_times_r_avx512(c: &[i32], r: &[i32]) -> u64 {
     c_times_r_body(c, r)
 }
 
+/// `c_times_r` on AVX2: `vpmuldq` multiplies the even `i32` lanes of two vectors of eight into exact
+/// `i64` products, and again after a 32-bit shift of each 64-bit lane brings the odd ones down (two loads,
+/// two shifts, two multiplies per eight elements, where the compiler's loop widened each operand with
+/// `vpmovzxdq` first). Summed modulo 2⁶⁴ (wrapping `vpaddq`); the last `len mod 8` in plain Rust.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn c_times_r_avx2(c: &[i32], r: &[i32]) -> u64 {
-    c_times_r_body(c, r)
+    use std::arch::x86_64::*;
+    let len = c.len().min(r.len());
+    let blocks = len / 8;
+    let mut acc = [_mm256_setzero_si256(); 2];
+    let (c8, r8) = (c[..8 * blocks].as_chunks::<8>().0, r[..8 * blocks].as_chunks::<8>().0);
+    for (c8, r8) in c8.iter().zip(r8) {
+        // SAFETY: `c8` and `r8` hold 8 i32: one unaligned 32-byte load each.
+        let (cv, rv) = unsafe {
+            (_mm256_loadu_si256(c8.as_ptr().cast()), _mm256_loadu_si256(r8.as_ptr().cast()))
+        };
+        acc[0] = _mm256_add_epi64(acc[0], _mm256_mul_epi32(cv, rv));
+        let (c_odd, r_odd) = (_mm256_srli_epi64::<32>(cv), _mm256_srli_epi64::<32>(rv));
+        acc[1] = _mm256_add_epi64(acc[1], _mm256_mul_epi32(c_odd, r_odd));
+    }
+    let mut lanes = [0u64; 4];
+    let total = acc.into_iter().fold(_mm256_setzero_si256(), |s, a| _mm256_add_epi64(s, a));
+    // SAFETY: `lanes` holds 4 u64: one unaligned 32-byte store.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), total) };
+    let tail = c_times_r_body(&c[8 * blocks..len], &r[8 * blocks..len]);
+    lanes.into_iter().fold(tail, u64::wrapping_add)
 }
 
-/// `i32 × i32` products (the compiler's `vpmuldq` in the AVX2 and AVX-512 builds, where both operands are
-/// sign-extended 32-bit values), summed modulo 2⁶⁴.
+/// `i32 × i32` products (the compiler's `vpmuldq` in the AVX-512 build, where both operands are
+/// sign-extended 32-bit values), summed modulo 2⁶⁴: the portable loop, and the AVX2 loop's tail.
 #[inline(always)]
 fn c_times_r_body(c: &[i32], r: &[i32]) -> u64 {
     c.iter().zip(r).fold(0i64, |s, (&x, &y)| s.wrapping_add(i64::from(x) * i64::from(y))) as u64
@@ -265,6 +289,79 @@ mod tests {
                     assert_eq!(fast, row_sums_plain(&a_plain, &b_plain, &c, &r, n), "{loops:?}");
                     assert_eq!(compare(&fast), Ok(()), "{loops:?}");
                 }
+            }
+        }
+    }
+
+    /// r at and around the edges of its 16-bit digits (the AVX2 pairs loops' `lo`/`hi` split, whose `hi`
+    /// wraps for r in `[2³¹ − 2¹⁵, 2³¹)`), and r small or zero (so that `B·r` needs one or two 16-bit
+    /// digits, not three or four), on shapes that are not whole panels, blocks or tasks.
+    #[test]
+    fn r_at_its_digit_edges_stays_exact() {
+        const EDGES: [i32; 16] = [
+            i32::MIN,
+            i32::MIN + 1,
+            -0x8001,
+            -0x8000,
+            -1,
+            0,
+            1,
+            0x7FFF,
+            0x8000,
+            0xFFFF,
+            0x1_0000,
+            i32::MAX - 0x8000,
+            i32::MAX - 0x7FFF,
+            i32::MAX - 0x7FFE,
+            i32::MAX - 1,
+            i32::MAX,
+        ];
+        let km = KeyMaterial::from_seed("freivalds-edges");
+        for (n, rows) in [(1u32, 0..1u32), (15, 2..9), (33, 0..7), (47, 5..18), (300, 1..14)] {
+            let len = n as usize;
+            let vectors = [
+                (0..len).map(|j| EDGES[j % EDGES.len()]).collect::<Vec<_>>(),
+                (0..len).map(|j| EDGES[(j * 7 + 3) % EDGES.len()]).collect(),
+                vec![i32::MAX - 0x7FFF; len],
+                vec![0; len],
+                (0..len).map(|j| (j % 7) as i32 - 3).collect(),
+                (0..len).map(|j| ((j * 37 % 1001) as i32 - 500) << 6).collect(),
+            ];
+            for packed_for in Kernel::available() {
+                let a = PackedA::generate(&km, 0, rows.clone(), n, packed_for);
+                let b = PackedB::generate(&km, 1, n, packed_for);
+                let c = gemm(&a, &b, packed_for);
+                let (a_plain, b_plain) =
+                    (generate_rows(&km, 0, rows.clone(), n), generate_rows(&km, 1, 0..n, n));
+                for (v, r) in vectors.iter().enumerate() {
+                    let plain = row_sums_plain(&a_plain, &b_plain, &c, r, len);
+                    for loops in loops() {
+                        let fast = row_sums_with(&a, &b, &c, r, loops);
+                        assert_eq!(fast, plain, "n={n} {packed_for} {loops:?} vector {v}");
+                        assert_eq!(
+                            compare(&fast),
+                            Ok(()),
+                            "n={n} {packed_for} {loops:?} vector {v}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The product's side alone on every length up to a few vectors, C and r at their extremes.
+    #[test]
+    fn c_times_r_matches_the_plain_sum() {
+        let edges =
+            [i32::MIN, i32::MIN + 1, -0x8000, -1, 0, 1, 0x7FFF, 0x8000, i32::MAX - 1, i32::MAX];
+        for len in 0..40usize {
+            let c: Vec<i32> = (0..len).map(|j| edges[(j * 3 + len) % edges.len()]).collect();
+            let r: Vec<i32> = (0..len).map(|j| edges[(j * 7 + 1) % edges.len()]).collect();
+            let plain = c.iter().zip(&r).fold(0u64, |s, (&x, &y)| {
+                s.wrapping_add((i64::from(x) as u64).wrapping_mul(i64::from(y) as u64))
+            });
+            for loops in loops() {
+                assert_eq!(c_times_r_with(&c, &r, loops), plain, "len={len} {loops:?}");
             }
         }
     }
