@@ -152,7 +152,10 @@ mod tests {
         assert_eq!(sim.max_rows(65_536), 65_536, "holds a whole product at the largest n");
         assert_eq!(sim.kind_name(), "simulated");
         let whole = sim.run_shard(&shard(64, 0..64), false).expect("run").leaves;
-        assert_eq!(sim.merkle_tree(whole.clone()), MerkleTree::new(whole), "the same tree");
+        let (cheap, built) = (sim.merkle_tree(whole.clone()), MerkleTree::new(whole));
+        assert_eq!(cheap.root(), built.root(), "the same tree");
+        assert!((0..64).all(|row| cheap.path(row) == built.path(row)), "the same paths");
+        assert_eq!(cheap.bytes(), 7 * 32, "one node a level");
         assert!(sim.info().name.contains("WRONG"), "{}", sim.info().name);
     }
 

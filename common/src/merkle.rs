@@ -34,11 +34,19 @@ pub fn merkle_root(leaves: &[Digest32]) -> Digest32 {
 
 /// A Merkle tree with every level kept (the same tree as [`merkle_root`]): what an agent holds for a shard
 /// it answered by its root alone, so that a spot check's row path ([`MerkleTree::path`]) is read off in
-/// `log₂ n` steps instead of a rebuild of the tree. About twice the leaves' bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `log₂ n` steps instead of a rebuild of the tree. About twice the leaves' bytes; a tree of equal leaves
+/// ([`MerkleTree::uniform`]) keeps one node per level.
+#[derive(Debug, Clone)]
 pub struct MerkleTree {
+    shape: Shape,
+}
+
+#[derive(Debug, Clone)]
+enum Shape {
     /// `levels[0]` the leaves, each next level the parents of the one before, the last the root alone.
-    levels: Vec<Vec<Digest32>>,
+    Levels(Vec<Vec<Digest32>>),
+    /// `count` equal leaves: every node of level `h` is `nodes[h]`.
+    Uniform { count: usize, nodes: Vec<Digest32> },
 }
 
 impl MerkleTree {
@@ -52,36 +60,49 @@ impl MerkleTree {
                 .collect();
             levels.push(parents);
         }
-        Self { levels }
+        Self { shape: Shape::Levels(levels) }
     }
 
-    /// The tree of `count` copies of `leaf`, in `log₂ count` hashes: every level's nodes are equal (an odd
-    /// level's last node pairs with its equal self). The same tree [`MerkleTree::new`] builds from
-    /// `vec![leaf; count]` in `count − 1`.
+    /// The tree of `count` copies of `leaf`, in `log₂ count` hashes and as many nodes: every level's nodes
+    /// are equal (an odd level's last node pairs with its equal self). The same root and paths as
+    /// [`MerkleTree::new`] of `vec![leaf; count]`.
     pub fn uniform(leaf: Digest32, count: usize) -> Self {
-        let mut levels = vec![vec![leaf; count]];
+        let mut nodes = vec![leaf];
         let (mut node, mut width) = (leaf, count);
         while width > 1 {
             node = hash_pair(&node, &node);
             width = width.div_ceil(2);
-            levels.push(vec![node; width]);
+            nodes.push(node);
         }
-        Self { levels }
+        Self { shape: Shape::Uniform { count, nodes } }
     }
 
     /// The root: 32 zero bytes without leaves, a single leaf itself.
     pub fn root(&self) -> Digest32 {
-        self.levels.last().and_then(|top| top.first()).copied().unwrap_or([0u8; 32])
+        if self.leaf_count() == 0 {
+            return [0u8; 32];
+        }
+        let top = match &self.shape {
+            Shape::Levels(levels) => levels.last().and_then(|top| top.first()),
+            Shape::Uniform { nodes, .. } => nodes.last(),
+        };
+        top.copied().unwrap_or([0u8; 32])
     }
 
     /// How many leaves.
     pub fn leaf_count(&self) -> usize {
-        self.levels.first().map_or(0, Vec::len)
+        match &self.shape {
+            Shape::Levels(levels) => levels.first().map_or(0, Vec::len),
+            Shape::Uniform { count, .. } => *count,
+        }
     }
 
     /// Bytes the tree holds.
     pub fn bytes(&self) -> u64 {
-        self.levels.iter().map(|l| l.len() as u64 * 32).sum()
+        match &self.shape {
+            Shape::Levels(levels) => levels.iter().map(|l| l.len() as u64 * 32).sum(),
+            Shape::Uniform { nodes, .. } => nodes.len() as u64 * 32,
+        }
     }
 
     /// The Merkle path of leaf `index`: the sibling of its node on every level, leaf level first (on an
@@ -92,12 +113,17 @@ impl MerkleTree {
         if index >= self.leaf_count() {
             return None;
         }
-        let below_root = &self.levels[..self.levels.len() - 1];
-        let path = below_root.iter().enumerate().map(|(height, level)| {
-            let at = index >> height;
-            level.get(at ^ 1).copied().unwrap_or(level[at])
-        });
-        Some(path.collect())
+        Some(match &self.shape {
+            Shape::Levels(levels) => {
+                let below_root = &levels[..levels.len() - 1];
+                let path = below_root.iter().enumerate().map(|(height, level)| {
+                    let at = index >> height;
+                    level.get(at ^ 1).copied().unwrap_or(level[at])
+                });
+                path.collect()
+            }
+            Shape::Uniform { nodes, .. } => nodes[..nodes.len() - 1].to_vec(),
+        })
     }
 }
 
@@ -258,11 +284,14 @@ mod tests {
     fn a_uniform_tree_is_the_tree_of_equal_leaves() {
         let leaf = sha256(b"zero row");
         for count in 0..70 {
-            assert_eq!(
-                MerkleTree::uniform(leaf, count),
-                MerkleTree::new(vec![leaf; count]),
-                "{count}"
-            );
+            let (uniform, built) =
+                (MerkleTree::uniform(leaf, count), MerkleTree::new(vec![leaf; count]));
+            assert_eq!(uniform.root(), built.root(), "{count}");
+            assert_eq!(uniform.leaf_count(), count);
+            for index in 0..=count {
+                assert_eq!(uniform.path(index), built.path(index), "{index} of {count}");
+            }
+            assert!(uniform.bytes() <= 32 * 8, "{count}: one node a level");
         }
     }
 
