@@ -261,20 +261,35 @@ impl Backend for RowsOnDevice {
     }
 }
 
+/// Two agents of one [`RowsOnDevice`] each, `gpu-ok` honest and `gpu-flaky` lying, once both joined.
+async fn honest_and_flaky_rows_on_device(farm: &FarmHandle) -> [AgentThread; 2] {
+    let device = |flip| -> Arc<dyn Backend> {
+        Arc::new(RowsOnDevice { inner: CpuBackend::new(1).expect("cpu"), flip })
+    };
+    let agents = [
+        AgentThread::spawn(agent_config(farm, "gpu-ok"), one_device(device(false))),
+        AgentThread::spawn(agent_config(farm, "gpu-flaky"), one_device(device(true))),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    agents
+}
+
+/// The farm's devices, after checking that `gpu-flaky`'s alone is quarantined.
+async fn only_the_flaky_device_is_quarantined(farm: &FarmHandle) -> Vec<farm::DeviceStatus> {
+    let devices = farm.devices().await.expect("devices");
+    let quarantined: Vec<&str> =
+        devices.iter().filter(|d| d.quarantined).map(|d| d.agent.as_str()).collect();
+    assert_eq!(quarantined, ["gpu-flaky"], "{devices:#?}");
+    devices
+}
+
 /// GPU-like devices are spot-checked through recomputed rows: an honest one passes, and one whose shards
 /// each carry a single wrong element per row is caught by the leaf check alone (the 8 sampled elements of a
 /// 256-wide row would miss it most of the time), quarantined, and its rows recomputed elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farm_spot_checks_devices_that_keep_no_rows_by_recomputing_them() {
     let farm = farm::start(farm_config()).expect("farm");
-    let device = |flip| -> Arc<dyn Backend> {
-        Arc::new(RowsOnDevice { inner: CpuBackend::new(1).expect("cpu"), flip })
-    };
-    let agents = [
-        AgentThread::spawn(agent_config(&farm, "gpu-ok"), one_device(device(false))),
-        AgentThread::spawn(agent_config(&farm, "gpu-flaky"), one_device(device(true))),
-    ];
-    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let agents = honest_and_flaky_rows_on_device(&farm).await;
     let challenge = Challenge::new("farm-it-rows-on-device", 256, 1).expect("challenge");
     let report = farm.run_job(challenge.clone()).await.expect("job");
     assert_eq!(report.result_hash, expected(&challenge), "{report:#?}");
@@ -283,10 +298,7 @@ async fn farm_spot_checks_devices_that_keep_no_rows_by_recomputing_them() {
         report.spot_checks_passed >= 1,
         "the honest device's recomputed rows pass: {report:#?}"
     );
-    let devices = farm.devices().await.expect("devices");
-    let quarantined: Vec<&str> =
-        devices.iter().filter(|d| d.quarantined).map(|d| d.agent.as_str()).collect();
-    assert_eq!(quarantined, ["gpu-flaky"], "{devices:#?}");
+    only_the_flaky_device_is_quarantined(&farm).await;
     drop(agents);
     shutdown(farm).await;
 }
@@ -301,14 +313,7 @@ async fn farm_whole_jobs_are_answered_by_their_root_and_spot_checked_by_merkle_p
     let mut config = farm_config();
     config.split = SplitPolicy { small_job: Duration::from_secs(3600), min_shard_rows: 8 };
     let farm = farm::start(config).expect("farm");
-    let device = |flip| -> Arc<dyn Backend> {
-        Arc::new(RowsOnDevice { inner: CpuBackend::new(1).expect("cpu"), flip })
-    };
-    let agents = [
-        AgentThread::spawn(agent_config(&farm, "gpu-ok"), one_device(device(false))),
-        AgentThread::spawn(agent_config(&farm, "gpu-flaky"), one_device(device(true))),
-    ];
-    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let agents = honest_and_flaky_rows_on_device(&farm).await;
     // At once, so that both devices get a job in the first round.
     let challenges: Vec<Challenge> = (0..6)
         .map(|i| Challenge::new(format!("farm-it-roots-{i}"), 64, 1).expect("challenge"))
@@ -331,10 +336,7 @@ async fn farm_whole_jobs_are_answered_by_their_root_and_spot_checked_by_merkle_p
         failed += report.spot_checks_failed;
     }
     assert!(passed >= 1 && failed >= 1, "spot checks: {passed} passed, {failed} failed");
-    let devices = farm.devices().await.expect("devices");
-    let quarantined: Vec<&str> =
-        devices.iter().filter(|d| d.quarantined).map(|d| d.agent.as_str()).collect();
-    assert_eq!(quarantined, ["gpu-flaky"], "{devices:#?}");
+    let devices = only_the_flaky_device_is_quarantined(&farm).await;
     let flaky = devices.iter().find(|d| d.quarantined).expect("quarantined");
     let reason = flaky.quarantine_reason.as_deref().unwrap_or_default();
     assert!(reason.contains("Merkle path"), "{reason}");

@@ -219,6 +219,25 @@ mod tests {
         available
     }
 
+    /// A shard's inputs packed for one kernel, its product, and the inputs in plain row-major form.
+    struct Case {
+        a: PackedA,
+        b: PackedB,
+        c: Vec<i32>,
+        a_plain: Vec<i8>,
+        b_plain: Vec<i8>,
+    }
+
+    impl Case {
+        fn new(km: &KeyMaterial, n: u32, rows: std::ops::Range<u32>, kernel: Kernel) -> Self {
+            let a = PackedA::generate(km, 0, rows.clone(), n, kernel);
+            let b = PackedB::generate(km, 1, n, kernel);
+            let c = gemm(&a, &b, kernel);
+            let (a_plain, b_plain) = (generate_rows(km, 0, rows, n), generate_rows(km, 1, 0..n, n));
+            Self { a, b, c, a_plain, b_plain }
+        }
+    }
+
     /// Each set of loops gives the plain definition's sums, bit for bit, on odd shapes and offset rows, in
     /// every packing, for the true product and for products with one element changed (anywhere, by any
     /// single bit), which fail exactly their row.
@@ -239,11 +258,8 @@ mod tests {
             (2100, 5..12),
         ] {
             for packed_for in Kernel::available() {
-                let a = PackedA::generate(&km, 0, rows.clone(), n, packed_for);
-                let b = PackedB::generate(&km, 1, n, packed_for);
-                let c = gemm(&a, &b, packed_for);
-                let (a_plain, b_plain) =
-                    (generate_rows(&km, 0, rows.clone(), n), generate_rows(&km, 1, 0..n, n));
+                let Case { a, b, c, a_plain, b_plain } =
+                    Case::new(&km, n, rows.clone(), packed_for);
                 for loops in loops() {
                     for seed in [0u64, 1, u64::MAX] {
                         let r = check_vector(CheckSeed(seed), n as usize);
@@ -328,11 +344,8 @@ mod tests {
                 (0..len).map(|j| ((j * 37 % 1001) as i32 - 500) << 6).collect(),
             ];
             for packed_for in Kernel::available() {
-                let a = PackedA::generate(&km, 0, rows.clone(), n, packed_for);
-                let b = PackedB::generate(&km, 1, n, packed_for);
-                let c = gemm(&a, &b, packed_for);
-                let (a_plain, b_plain) =
-                    (generate_rows(&km, 0, rows.clone(), n), generate_rows(&km, 1, 0..n, n));
+                let Case { a, b, c, a_plain, b_plain } =
+                    Case::new(&km, n, rows.clone(), packed_for);
                 for (v, r) in vectors.iter().enumerate() {
                     let plain = row_sums_plain(&a_plain, &b_plain, &c, r, len);
                     for loops in loops() {
