@@ -232,7 +232,7 @@ pub struct FetchRow {
 }
 
 /// Run a shard that covers a whole iteration (rows `0 .. n`) and answer the Merkle root of its leaves
-/// ([`ShardAnswer::Root`]) instead of the leaves; keep the leaves, so that [`FetchRowProof`] can show any
+/// ([`ShardAnswer::Root`]) instead of the leaves; keep the tree, so that [`FetchRowProof`] can show any
 /// row with its path (protocol version 6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunShardRoot(pub RunShard);
