@@ -21,15 +21,20 @@ pub fn merkle_root(leaves: &[Digest32]) -> Digest32 {
             while level.len() > 1 {
                 let parents = level.len().div_ceil(2);
                 for i in 0..parents {
-                    let left = level[2 * i];
-                    let right = level.get(2 * i + 1).copied().unwrap_or(left);
-                    level[i] = hash_pair(&left, &right);
+                    // Reads nodes 2i and 2i + 1, never below i: those are still this level's.
+                    level[i] = parent(&level, i);
                 }
                 level.truncate(parents);
             }
             level[0]
         }
     }
+}
+
+/// The parent of nodes `2i` and `2i + 1` of `level`: the last node of an odd level pairs with itself.
+fn parent(level: &[Digest32], i: usize) -> Digest32 {
+    let left = &level[2 * i];
+    hash_pair(left, level.get(2 * i + 1).unwrap_or(left))
 }
 
 /// A Merkle tree with every level kept (the same tree as [`merkle_root`]): what an agent holds for a shard
@@ -54,10 +59,7 @@ impl MerkleTree {
     pub fn new(leaves: Vec<Digest32>) -> Self {
         let mut levels = vec![leaves];
         while let Some(level) = levels.last().filter(|l| l.len() > 1) {
-            let parents = level
-                .chunks(2)
-                .map(|pair| hash_pair(&pair[0], pair.get(1).unwrap_or(&pair[0])))
-                .collect();
+            let parents = (0..level.len().div_ceil(2)).map(|i| parent(level, i)).collect();
             levels.push(parents);
         }
         Self { shape: Shape::Levels(levels) }

@@ -108,13 +108,10 @@ impl RowCache {
         if key.session != self.session {
             return;
         }
-        self.tree_bytes += tree.bytes();
-        self.trees.push_back((key, first_row, tree));
-        while self.tree_bytes > MAX_TREE_BYTES && self.trees.len() > 1 {
-            if let Some((_, _, old)) = self.trees.pop_front() {
-                self.tree_bytes -= old.bytes();
-            }
-        }
+        let entry = (key, first_row, tree);
+        push_bounded(&mut self.trees, &mut self.tree_bytes, MAX_TREE_BYTES, entry, |(_, _, t)| {
+            t.bytes()
+        });
     }
 
     /// The Merkle path of row `row` (absolute) of shard `key`, if its tree is still held.
@@ -146,13 +143,10 @@ impl RowCache {
         if key.session != self.session {
             return;
         }
-        self.used += rows.len() as u64 * 4;
-        self.shards.push_back(CachedShard { key, first_row, n, rows });
-        while self.used > self.budget && self.shards.len() > 1 {
-            if let Some(old) = self.shards.pop_front() {
-                self.used -= old.rows.len() as u64 * 4;
-            }
-        }
+        let entry = CachedShard { key, first_row, n, rows };
+        push_bounded(&mut self.shards, &mut self.used, self.budget, entry, |s| {
+            s.rows.len() as u64 * 4
+        });
         m::row_cache_bytes(self.used);
     }
 
@@ -167,6 +161,24 @@ impl RowCache {
     /// Bytes held.
     pub fn used_bytes(&self) -> u64 {
         self.used
+    }
+}
+
+/// Appends `entry` to `queue`, whose entries hold `used` bytes in all (`bytes` of each), then drops the
+/// oldest while `used` exceeds `budget`, always keeping the newest.
+fn push_bounded<T>(
+    queue: &mut VecDeque<T>,
+    used: &mut u64,
+    budget: u64,
+    entry: T,
+    bytes: impl Fn(&T) -> u64,
+) {
+    *used += bytes(&entry);
+    queue.push_back(entry);
+    while *used > budget && queue.len() > 1 {
+        if let Some(old) = queue.pop_front() {
+            *used -= bytes(&old);
+        }
     }
 }
 

@@ -86,22 +86,14 @@ impl JobLeaves {
         first: u32,
         result: ShardResult,
     ) -> Result<(), AggregateError> {
-        let leaves = match result {
-            ShardResult::Leaves(leaves) => leaves,
-            ShardResult::Root(root) => {
-                if first != 0 {
-                    return Err(AggregateError::RootOfPart { iteration, first });
-                }
-                let Some(placed) = self.iterations.get_mut(iteration as usize) else {
-                    let n = self.n;
-                    return Err(AggregateError::OutOfRange { iteration, first, end: n.into(), n });
-                };
-                *placed = IterationLeaves::Root(root);
-                return Ok(());
-            }
-        };
         let n = self.n as usize;
-        let end = u64::from(first) + leaves.len() as u64;
+        let end = match &result {
+            ShardResult::Leaves(leaves) => u64::from(first) + leaves.len() as u64,
+            ShardResult::Root(_) if first != 0 => {
+                return Err(AggregateError::RootOfPart { iteration, first });
+            }
+            ShardResult::Root(_) => u64::from(self.n),
+        };
         let out_of_range = AggregateError::OutOfRange { iteration, first, end, n: self.n };
         if end > u64::from(self.n) {
             return Err(out_of_range);
@@ -109,10 +101,17 @@ impl JobLeaves {
         let Some(placed) = self.iterations.get_mut(iteration as usize) else {
             return Err(out_of_range);
         };
-        if first == 0 && leaves.len() == n {
-            *placed = IterationLeaves::Whole(leaves);
-            return Ok(());
-        }
+        let leaves = match result {
+            ShardResult::Root(root) => {
+                *placed = IterationLeaves::Root(root);
+                return Ok(());
+            }
+            ShardResult::Leaves(leaves) if first == 0 && leaves.len() == n => {
+                *placed = IterationLeaves::Whole(leaves);
+                return Ok(());
+            }
+            ShardResult::Leaves(leaves) => leaves,
+        };
         let mut slots = match std::mem::replace(placed, IterationLeaves::Empty) {
             // Rows of an iteration placed whole by its root are not known one by one: the new rows begin
             // the slots again (a job's units never mix the two: an iteration is one unit or many).
