@@ -9,6 +9,8 @@
 //!   (a device that errors fatally or hangs is quarantined, reported, and the others keep serving), a
 //!   bounded row cache;
 //! - [`session`]: one connection's life: handshake, heartbeats, request streams, draining;
+//! - `pipe`: the shard pipe, one stream of many whole-iteration shards and their answers (protocol
+//!   version 7);
 //! - [`tls`]: the pinned-fingerprint certificate verifier;
 //! - [`metrics`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`;
 //! - [`telemetry`]: the per-GPU NVML sampler behind the `cpcfarm_gpu_*` metrics (GPUs only);
@@ -32,6 +34,7 @@
 pub mod device;
 pub mod metrics;
 pub mod noop;
+mod pipe;
 pub mod session;
 pub mod simulated;
 pub mod telemetry;
@@ -99,6 +102,11 @@ pub struct AgentConfig {
     pub watchdog: Duration,
     /// Worker restarts per device after watchdog firings before the agent gives the device up.
     pub max_device_restarts: u32,
+    /// The farm protocol version its `Hello` announces: [`cpc_common::wire::PROTOCOL_VERSION`]. An older
+    /// one (at least [`cpc_common::wire::MIN_PROTOCOL_VERSION`]) makes a coordinator talk to this agent as
+    /// to an agent of that version, which is how a coordinator's support of older agents is tested; the
+    /// agent serves the requests of every version up to its own either way.
+    pub protocol_version: u16,
 }
 
 impl AgentConfig {
@@ -124,6 +132,7 @@ impl AgentConfig {
             handshake_timeout: Duration::from_secs(10),
             watchdog: DEFAULT_WATCHDOG,
             max_device_restarts: DEFAULT_MAX_DEVICE_RESTARTS,
+            protocol_version: cpc_common::wire::PROTOCOL_VERSION,
         }
     }
 }
@@ -363,16 +372,25 @@ pub fn open_simulated(
             "name the simulated devices by index: --devices 0-49 runs 50 of them".into(),
         ));
     };
-    let backend = simulated::SimulatedBackend::new(tera_ops_per_sec)
-        .map_err(|e| AgentError::Simulated(e.to_string()))?;
+    // One backend per device, as real devices are: they share no state (no lock between device threads).
+    let backend = || {
+        simulated::SimulatedBackend::new(tera_ops_per_sec)
+            .map_err(|e| AgentError::Simulated(e.to_string()))
+    };
+    backend()?;
     tracing::warn!(
         devices = indices.len(),
         tera_ops_per_sec,
         "SIMULATED DEVICES: this agent computes nothing and answers WRONG leaves by design; each shard is \
          held for the time a device of this speed would take. For benchmarks of the farm only"
     );
-    let backend: Arc<dyn Backend> = Arc::new(backend);
-    Ok(indices.iter().map(|&index| DeviceSpec { index, backend: backend.clone() }).collect())
+    indices
+        .iter()
+        .map(|&index| {
+            let backend: Arc<dyn Backend> = Arc::new(backend()?);
+            Ok(DeviceSpec { index, backend })
+        })
+        .collect()
 }
 
 /// Opens the devices `--backend kind --devices selection` name. CUDA backends get `watchdog` as their own

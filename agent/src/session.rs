@@ -7,6 +7,11 @@
 //! ([`ShardCancel`]) and its answer is never sent: the agent resets its half of the stream instead. On
 //! shutdown it drains: `Draining` to the coordinator, new shards answered `ShardFailed`, shards in hand
 //! finished, spot checks answered for a grace period, then close.
+//!
+//! A request stream whose first frame is `OpenShardPipe` (protocol version 7) is the connection's shard
+//! pipe instead: many shards and their answers to a frame, cancelled by an order rather
+//! than by stopping a stream (the `pipe` module). Each shard, on its own stream or on the pipe, runs the
+//! same way (`ConnState::run_on_device`).
 
 use crate::{
     AgentConfig, AgentError,
@@ -18,11 +23,11 @@ use crate::{
 };
 use actix::Addr;
 use cpc_common::{
-    codec::FrameDecoder,
+    codec::{CodecError, FrameDecoder, LENGTH_PREFIX_BYTES, decode_payload},
     quic::{FrameIoError, read_frame, write_frame},
     wire::{
-        AgentControl, DeviceAdvert, FetchRow, FetchRowProof, Hello, HelloReply, PROTOCOL_VERSION,
-        Request, Response, RowAnswer, RunShardRoot, SHARD_CANCELLED, ShardAnswer,
+        AgentControl, DeviceAdvert, FetchRow, FetchRowProof, Hello, HelloReply, OpenShardPipe,
+        Request, Response, RowAnswer, RunShard, RunShardRoot, SHARD_CANCELLED, ShardAnswer,
     },
 };
 use std::{
@@ -94,13 +99,13 @@ pub enum End {
 
 /// Shards being computed, and when the last request arrived.
 #[derive(Debug, Default)]
-struct Activity {
+pub(crate) struct Activity {
     in_hand: AtomicUsize,
     last_request: Mutex<Option<Instant>>,
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         if let Ok(mut t) = self.last_request.lock() {
             *t = Some(Instant::now());
         }
@@ -108,6 +113,71 @@ impl Activity {
 
     fn quiet_for(&self) -> Duration {
         self.last_request.lock().ok().and_then(|t| *t).map_or(Duration::MAX, |t| t.elapsed())
+    }
+}
+
+/// What every request stream of one connection shares (one `Arc` of it a stream or a pipe's shard).
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// The connection's number ([`ShardKey::session`]).
+    pub(crate) session: u64,
+    pub(crate) devices: Arc<Devices>,
+    pub(crate) cache: Arc<Mutex<RowCache>>,
+    /// Set once the agent drains: new shards are answered `Failed`.
+    pub(crate) draining: Arc<AtomicBool>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl ConnState {
+    /// Runs a shard as the coordinator asked (`answer_with`): answered `Failed` at once while the agent
+    /// drains or when the device is not this agent's, otherwise computed by its device actor, counted in
+    /// hand meanwhile. `abandoned` completes if the coordinator gives up on the shard in a way the device
+    /// does not see by itself (its request stream stopped or reset): the shard is then cancelled, and still
+    /// awaited, so that it stays in hand (a drain waits for it) until its device lets it go. `None`: the
+    /// shard was cancelled (by `abandoned`, or through a clone of `cancel`), and nothing is to be sent.
+    pub(crate) async fn run_on_device(
+        &self,
+        req: RunShard,
+        answer_with: AnswerWith,
+        cancel: ShardCancel,
+        abandoned: impl Future<Output = ()>,
+    ) -> Option<ShardAnswer> {
+        let shard_id = req.shard_id;
+        if self.draining.load(Ordering::Relaxed) {
+            return Some(ShardAnswer::Failed { shard_id, reason: "the agent is draining".into() });
+        }
+        let Some((_, addr)) = self.devices.0.get(&req.device) else {
+            let reason = format!("no device {} on this agent", req.device);
+            return Some(ShardAnswer::Failed { shard_id, reason });
+        };
+        let activity = &self.activity;
+        m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
+        let compute = addr.send(Compute {
+            session: self.session,
+            request: req,
+            answer: answer_with,
+            cancel: cancel.clone(),
+        });
+        tokio::pin!(compute);
+        let answer = tokio::select! {
+            biased;
+            r = &mut compute => r,
+            () = abandoned => {
+                // The device drops or stops the shard; waiting for it keeps it in hand (a drain
+                // waits for it) until the device is free again.
+                cancel.cancel();
+                (&mut compute).await
+            }
+        };
+        m::shards_in_hand(activity.in_hand.fetch_sub(1, Ordering::Relaxed).saturating_sub(1));
+        activity.touch();
+        if cancel.is_cancelled() {
+            return None;
+        }
+        Some(answer.unwrap_or_else(|_| ShardAnswer::Failed {
+            shard_id,
+            reason: "device actor stopped".into(),
+        }))
     }
 }
 
@@ -194,7 +264,7 @@ async fn session(
         .await
         .map_err(|e| AgentError::Setup(format!("cannot open the control stream: {e}")))?;
     let hello = Hello {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: cfg.protocol_version,
         token: cfg.token.clone(),
         agent_name: cfg.name.clone(),
         devices: ctx.devices.adverts(),
@@ -284,6 +354,13 @@ async fn session(
 
     let activity = Arc::new(Activity::default());
     let draining = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnState {
+        session,
+        devices: ctx.devices.clone(),
+        cache: ctx.cache.clone(),
+        draining: draining.clone(),
+        activity: activity.clone(),
+    });
     let mut drain_started: Option<Instant> = None;
     let mut check = tokio::time::interval(Duration::from_millis(50));
     let end = loop {
@@ -291,9 +368,7 @@ async fn session(
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
                     activity.touch();
-                    let (devices, cache, draining, activity) =
-                        (ctx.devices.clone(), ctx.cache.clone(), draining.clone(), activity.clone());
-                    actix_rt::spawn(serve_request(send, recv, session, devices, cache, draining, activity));
+                    actix_rt::spawn(serve_request(send, recv, state.clone()));
                 }
                 Err(e) => break End::Lost(e.to_string()),
             },
@@ -391,17 +466,37 @@ async fn abandoned(send: &quinn::SendStream, recv: &mut quinn::RecvStream) {
     }
 }
 
+/// Reads a request stream's first frame, and not a byte more: after an `OpenShardPipe` come the pipe's
+/// orders, read by the pipe with its own (larger) frame cap. `Ok(None)` when the stream ends before any
+/// byte.
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<Option<Request>, FrameIoError> {
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => return Err(CodecError::Truncated(n).into()),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_REQUEST_BYTES {
+        return Err(CodecError::FrameTooLarge { len, max: MAX_REQUEST_BYTES }.into());
+    }
+    let mut payload = vec![0u8; len];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => Ok(Some(decode_payload::<Request>(&payload)?)),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            Err(CodecError::Truncated(LENGTH_PREFIX_BYTES + n).into())
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+    }
+}
+
 async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    session: u64,
-    devices: Arc<Devices>,
-    cache: Arc<Mutex<RowCache>>,
-    draining: Arc<AtomicBool>,
-    activity: Arc<Activity>,
+    state: Arc<ConnState>,
 ) {
-    let mut dec = FrameDecoder::with_limit(MAX_REQUEST_BYTES);
-    let request = match read_frame::<Request>(&mut recv, &mut dec).await {
+    let request = match read_request(&mut recv).await {
         Ok(Some(r)) => r,
         Ok(None) => return,
         Err(FrameIoError::Codec(e)) => {
@@ -410,58 +505,35 @@ async fn serve_request(
         }
         Err(_) => return,
     };
+    let session = state.session;
     let (req, answer_with) = match request {
         Request::FetchRow(FetchRow { shard_id, row }) => {
-            let row = fetch_row(&devices, &cache, ShardKey { session, shard_id }, row).await;
+            let key = ShardKey { session, shard_id };
+            let row = fetch_row(&state.devices, &state.cache, key, row).await;
             answer(&mut send, &row).await;
             return;
         }
         Request::FetchRowProof(FetchRowProof(FetchRow { shard_id, row })) => {
             let key = ShardKey { session, shard_id };
-            let proof = fetch_row_proof(&devices, &cache, key, row).await;
+            let proof = fetch_row_proof(&state.devices, &state.cache, key, row).await;
             answer(&mut send, &proof).await;
+            return;
+        }
+        Request::OpenShardPipe(OpenShardPipe) => {
+            crate::pipe::serve(send, recv, state).await;
             return;
         }
         Request::RunShard(req) => (req, AnswerWith::Leaves),
         Request::RunShardRoot(RunShardRoot(req)) => (req, AnswerWith::Root),
     };
-    let shard_id = req.shard_id;
-    let shard = if draining.load(Ordering::Relaxed) {
-        ShardAnswer::Failed { shard_id, reason: "the agent is draining".into() }
-    } else if let Some((_, addr)) = devices.0.get(&req.device) {
-        m::shards_in_hand(activity.in_hand.fetch_add(1, Ordering::Relaxed) + 1);
-        let cancel = ShardCancel::default();
-        let compute = addr.send(Compute {
-            session,
-            request: req,
-            answer: answer_with,
-            cancel: cancel.clone(),
-        });
-        tokio::pin!(compute);
-        let answer = tokio::select! {
-            biased;
-            r = &mut compute => r,
-            () = abandoned(&send, &mut recv) => {
-                // The device drops or stops the shard; waiting for it keeps it in hand (a drain
-                // waits for it) until the device is free again.
-                cancel.cancel();
-                (&mut compute).await
-            }
-        };
-        m::shards_in_hand(activity.in_hand.fetch_sub(1, Ordering::Relaxed).saturating_sub(1));
-        activity.touch();
-        if cancel.is_cancelled() {
+    let cancel = ShardCancel::default();
+    let shard = state.run_on_device(req, answer_with, cancel, abandoned(&send, &mut recv)).await;
+    match shard {
+        Some(shard) => answer(&mut send, &shard).await,
+        None => {
             let _ = send.reset(quinn::VarInt::from_u32(SHARD_CANCELLED));
-            return;
         }
-        answer.unwrap_or_else(|_| ShardAnswer::Failed {
-            shard_id,
-            reason: "device actor stopped".into(),
-        })
-    } else {
-        ShardAnswer::Failed { shard_id, reason: format!("no device {} on this agent", req.device) }
-    };
-    answer(&mut send, &shard).await;
+    }
 }
 
 /// Writes a request's one answer and finishes the stream (a coordinator that has gone away reads nothing).

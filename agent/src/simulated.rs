@@ -1,14 +1,16 @@
 //! Simulated devices, for measuring a farm at a scale nobody has the GPUs for (`cpc-agent --backend
 //! simulated`, what `cpc-coordinator bench farm` starts): each holds a shard for exactly the time a device
-//! of the configured speed would take, `2·rows·n² / (T·10¹²)` seconds, sleeping (not spinning, so hundreds
-//! of them fit on a few cores), and then answers the right number of leaves, each the hash of an all-zero
-//! row. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
+//! of the configured speed would take, `2·rows·n² / (T·10¹²)` seconds, and then answers the right number of
+//! leaves, each the hash of an all-zero row (hashed once per n). A hold of [`SPIN_BELOW`] or more sleeps, so
+//! that hundreds of devices fit on a few cores; a shorter one (a whole n = 1024 product at 660 TOPS is
+//! 3.25 µs) spins on the clock, because a timed sleep would overshoot it many times over and cost two
+//! context switches. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
 //! spot check fails it), never one that submits to a chain; the agent refuses to start one without
 //! `--allow-wrong-results`.
 //!
 //! It advertises its configured speed without measuring ([`Backend::declared_ops_per_sec`]), a memory that
 //! holds every row at every size, and one shard at a time; a shard the coordinator cancels stops sleeping
-//! at once ([`Backend::run_shard_cancellable`]).
+//! at once ([`Backend::run_shard_cancellable`]), and a spinning one at its next look at the clock.
 
 use cpc_common::{
     hashing::{Digest32, sha256},
@@ -17,12 +19,22 @@ use cpc_common::{
 use cpc_kernels::{
     Backend, BackendError, BackendKind, CancelToken, DeviceInfo, Shard, ShardOutput,
 };
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 /// Memory a simulated device claims: 1 TiB, enough for a whole product at the spec's largest n.
 pub const SIMULATED_MEMORY_BYTES: u64 = 1 << 40;
 /// The kind a simulated device advertises (and labels its metrics with).
 pub const SIMULATED_KIND: &str = "simulated";
+/// Holds shorter than this spin instead of sleeping. A timed sleep wakes up to the kernel's timer slack
+/// (50 µs by default on Linux) late and costs two context switches: a device that should hold a shard for
+/// a few microseconds would hold it many times longer, and cost its host more CPU than spinning does. At
+/// 100 µs the overshoot is at most about half the hold, and a device holds at most ten thousand such
+/// shards a second, so their context switches cost little.
+pub const SPIN_BELOW: Duration = Duration::from_micros(100);
 
 /// Why a simulated device could not be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,6 +49,8 @@ pub enum SimulatedError {
 pub struct SimulatedBackend {
     tera_ops_per_sec: f64,
     name: String,
+    /// The leaf of an all-zero row, by n (hashed once: 4·n bytes a shard otherwise).
+    zero_leaves: Arc<Mutex<HashMap<u32, Digest32>>>,
 }
 
 impl SimulatedBackend {
@@ -48,6 +62,7 @@ impl SimulatedBackend {
         Ok(Self {
             tera_ops_per_sec,
             name: format!("simulated {tera_ops_per_sec} TOPS (WRONG RESULTS)"),
+            zero_leaves: Arc::default(),
         })
     }
 
@@ -58,11 +73,35 @@ impl SimulatedBackend {
         Duration::try_from_secs_f64(ops / (self.tera_ops_per_sec * 1e12)).unwrap_or(Duration::MAX)
     }
 
+    /// Holds the device until `duration` after `started`: spins below [`SPIN_BELOW`], sleeps otherwise.
+    /// Answers whether `cancel` ended it early (or was set already).
+    fn hold(started: Instant, duration: Duration, cancel: &CancelToken) -> bool {
+        if duration >= SPIN_BELOW {
+            return cancel.sleep(duration.saturating_sub(started.elapsed()));
+        }
+        loop {
+            if cancel.is_cancelled() {
+                return true;
+            }
+            if started.elapsed() >= duration {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// `sha256` of an all-zero row at size `n`.
+    fn zero_leaf(&self, n: u32) -> Digest32 {
+        // A plain map: a panic elsewhere while it was held leaves nothing half-done in it.
+        let mut leaves = self.zero_leaves.lock().unwrap_or_else(PoisonError::into_inner);
+        *leaves.entry(n).or_insert_with(|| sha256(vec![0u8; 4 * n as usize]))
+    }
+
     /// The answer: the right number of leaves, each the hash of an all-zero row (and zero rows when kept).
-    fn output(shard: &Shard, keep_rows: bool) -> ShardOutput {
+    fn output(&self, shard: &Shard, keep_rows: bool) -> ShardOutput {
         let n = shard.challenge.matrix_size() as usize;
         let rows = shard.row_count() as usize;
-        let leaf = sha256(vec![0u8; 4 * n]);
+        let leaf = self.zero_leaf(shard.challenge.matrix_size());
         ShardOutput {
             leaves: vec![leaf; rows],
             rows: keep_rows.then(|| vec![0; rows * n]),
@@ -96,11 +135,15 @@ impl Backend for SimulatedBackend {
         keep_rows: bool,
         cancel: &CancelToken,
     ) -> Result<ShardOutput, BackendError> {
+        let started = Instant::now();
         shard.validate()?;
-        if cancel.sleep(self.shard_time(shard)) {
+        // The answer is made while the device "computes": it leaves no sooner than the device would
+        // have finished, and the host spends no more than its real agent would.
+        let output = self.output(shard, keep_rows);
+        if Self::hold(started, self.shard_time(shard), cancel) {
             return Err(BackendError::Cancelled);
         }
-        Ok(Self::output(shard, keep_rows))
+        Ok(output)
     }
 
     /// No: rows are never kept (a spot check's row is "recomputed" as zeros, and fails, as it should).
@@ -172,6 +215,55 @@ mod tests {
         };
         cancel.cancel();
         assert!(matches!(running.join().expect("thread"), Err(BackendError::Cancelled)));
+    }
+
+    #[test]
+    fn a_short_shard_is_held_at_least_its_time_and_answered() {
+        // 2 · 64 · 64² ≈ 5.2·10⁵ ops at 10¹⁰ ops/s: 52 µs, a hold that spins.
+        let sim = SimulatedBackend::new(0.01).expect("sim");
+        let short = shard(64, 0..64);
+        let time = sim.shard_time(&short);
+        assert!(!time.is_zero() && time < SPIN_BELOW, "{time:?}");
+        let zero_leaf = sha256(vec![0u8; 4 * 64]);
+        for _ in 0..3 {
+            let started = Instant::now();
+            let out =
+                sim.run_shard_cancellable(&short, false, &CancelToken::new()).expect("answered");
+            assert!(started.elapsed() >= time, "held {:?}, not {time:?}", started.elapsed());
+            assert_eq!(out.leaves, vec![zero_leaf; 64], "the leaf of an all-zero row, every time");
+        }
+        // Another size hashes its own zero row.
+        let leaves = sim.run_shard(&shard(16, 0..2), false).expect("run").leaves;
+        assert_eq!(leaves, vec![sha256(vec![0u8; 4 * 16]); 2]);
+    }
+
+    #[test]
+    fn a_cancelled_short_shard_answers_cancelled() {
+        let sim = SimulatedBackend::new(0.01).expect("sim");
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        for short in [shard(64, 0..64), shard(16, 0..1)] {
+            assert!(sim.shard_time(&short) < SPIN_BELOW);
+            let out = sim.run_shard_cancellable(&short, false, &cancel);
+            assert!(matches!(out, Err(BackendError::Cancelled)), "{out:?}");
+        }
+        assert!(
+            SimulatedBackend::hold(Instant::now(), Duration::from_micros(99), &cancel),
+            "spins: cancelled at once"
+        );
+        assert!(
+            SimulatedBackend::hold(Instant::now(), Duration::from_secs(1), &cancel),
+            "sleeps: cancelled at once"
+        );
+        assert!(
+            !SimulatedBackend::hold(Instant::now(), Duration::from_micros(20), &CancelToken::new()),
+            "held to its end"
+        );
+        // A hold counts from when the shard started (its answer was made meanwhile), not from now.
+        let started = Instant::now().checked_sub(Duration::from_secs(30)).expect("30 s ago");
+        let now = Instant::now();
+        assert!(!SimulatedBackend::hold(started, Duration::from_secs(20), &CancelToken::new()));
+        assert!(now.elapsed() < Duration::from_secs(10), "held {:?} more", now.elapsed());
     }
 
     #[test]

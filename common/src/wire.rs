@@ -7,7 +7,8 @@
 //! [`RowAnswer`]), so a caller reads the
 //! answer of its own request or a decoding error, never another request's answer. On the wire every answer
 //! is one [`Response`] (the envelope protocol version 3 defined); the typed answers encode to exactly its
-//! bytes. Types here are plain data: no I/O, no runtime.
+//! bytes. One request stream is different: [`OpenShardPipe`] makes it the connection's shard pipe, which
+//! carries whole-iteration shards and their answers many to a frame (see [`PROTOCOL_VERSION`], version 7). Types here are plain data: no I/O, no runtime.
 
 use crate::synthetic::Challenge;
 use serde::{Deserialize, Serialize};
@@ -39,7 +40,32 @@ use serde::{Deserialize, Serialize};
 /// 32 a row, built by the agent, whose CPU idles while its device computes; a spot check then fetches a row
 /// with its Merkle path and checks it against that root. A coordinator sends them only to agents of version
 /// [`ROOT_ANSWERS_SINCE`] or later, and still admits version 3 to 5.
-pub const PROTOCOL_VERSION: u16 = 6;
+///
+/// Version 7: the shard pipe ([`Request::OpenShardPipe`], appended last). Shards, above all the small jobs
+/// a busy farm runs by the thousand each second, travel on one long-lived stream per connection instead of
+/// a stream each: the coordinator writes [`ShardPipeOrders`] frames (each any number
+/// of shards to run and cancellations), the agent writes [`ShardPipeAnswers`] frames (each any number of
+/// answers, in the order they were ready). Both sides put everything that is waiting into one frame, so a
+/// burst of shards to an agent costs a few packets and wake-ups instead of a stream, a task and a round
+/// of flow-control frames each. Spot checks keep their own streams. A coordinator opens a pipe only to
+/// agents of version
+/// [`SHARD_PIPE_SINCE`] or later, and still admits version 3 to 6.
+pub const PROTOCOL_VERSION: u16 = 7;
+
+/// The first agent protocol version that serves a shard pipe ([`Request::OpenShardPipe`]).
+pub const SHARD_PIPE_SINCE: u16 = 7;
+
+/// Most orders a coordinator puts in one [`ShardPipeOrders`] frame, and most answers an agent puts in
+/// one [`ShardPipeAnswers`] frame (a burst larger than that goes as several frames).
+pub const MAX_PIPE_BATCH: usize = 256;
+
+/// Largest [`ShardPipeOrders`] frame an agent reads (256 orders take about 40 KiB).
+pub const MAX_PIPE_ORDERS_BYTES: usize = 1024 * 1024;
+
+/// Leaf bytes past which an agent starts a new [`ShardPipeAnswers`] frame, so that a frame stays far below
+/// the codec's limit however many large shards finish at once (one answer alone may exceed it: a shard of
+/// 16,384 rows carries 512 KiB of leaves).
+pub const MAX_PIPE_ANSWER_LEAF_BYTES: usize = 4 * 1024 * 1024;
 
 /// The first agent protocol version that understands [`Request::RunShardRoot`] and
 /// [`Request::FetchRowProof`].
@@ -208,8 +234,8 @@ pub struct RunShard {
     /// The agent's device index to run it on.
     pub device: u32,
     /// The seed of the Freivalds check (`C·r == A·(B·r)`) the device runs on the product before hashing it
-    /// (`cpc_kernels::freivalds`): drawn afresh from the coordinator's OS randomness for every dispatch, so
-    /// the device cannot know the vector while it computes.
+    /// (`cpc_kernels::freivalds`): drawn afresh for every dispatch from the coordinator's CSPRNG (seeded
+    /// from the OS), so the device cannot know the vector while it computes.
     pub check_seed: u64,
 }
 
@@ -242,6 +268,88 @@ pub struct RunShardRoot(pub RunShard);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchRowProof(pub FetchRow);
 
+/// Turn this request stream into the connection's shard pipe (version 7): from now on the coordinator
+/// writes [`ShardPipeOrders`] frames on it and the agent answers with [`ShardPipeAnswers`] frames, until
+/// the coordinator finishes its half (the agent then answers the shards in hand and finishes its own) or
+/// the connection ends (the agent drops the shards in hand). A connection has at most one open at a time
+/// in practice; an agent serves as many as it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenShardPipe;
+
+/// One order on the shard pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardPipeOrder {
+    /// Run a shard and answer its leaves, as [`RunShard`] on a stream of its own asks.
+    Run(RunShard),
+    /// Run a shard that covers a whole iteration and answer its Merkle root, as [`RunShardRoot`] asks
+    /// (the agent keeps the tree for [`FetchRowProof`]).
+    RunRoot(RunShard),
+    /// The coordinator no longer wants this shard (superseded, its job done or cancelled, past its
+    /// deadline): the agent drops it if it waits for its device, stops a device that can stop early, and
+    /// never answers it. An order for a shard the agent does not hold (answered already) changes nothing.
+    Cancel {
+        /// The shard's id.
+        shard_id: u64,
+    },
+}
+
+/// Coordinator → agent on the shard pipe: one frame, orders in the order they were given (at most
+/// [`MAX_PIPE_BATCH`]; a frame with more does not decode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPipeOrders(
+    #[serde(deserialize_with = "pipe_batch::deserialize")] pub Vec<ShardPipeOrder>,
+);
+
+/// Agent → coordinator on the shard pipe: one frame, answers in the order they were ready (at most
+/// [`MAX_PIPE_BATCH`], and a new frame past [`MAX_PIPE_ANSWER_LEAF_BYTES`] of leaves). Each is what the
+/// shard's own stream would have carried: [`ShardAnswer::Done`], [`ShardAnswer::Root`],
+/// [`ShardAnswer::Failed`] or [`ShardAnswer::CheckFailed`], named by its shard id;
+/// [`ShardAnswer::Refused`] says the agent could not read an orders frame, and it ends the pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPipeAnswers(
+    #[serde(deserialize_with = "pipe_batch::deserialize")] pub Vec<ShardAnswer>,
+);
+
+/// A pipe frame's list, decoded with the protocol's bound: at most [`MAX_PIPE_BATCH`] items, and room
+/// made only as items arrive, never for the length the frame announces (an item may hold a sequence of
+/// its own, which serde preallocates up to 1 MiB: the two must not add up).
+mod pipe_batch {
+    use super::MAX_PIPE_BATCH;
+    use serde::{Deserialize, Deserializer, de};
+    use std::{fmt, marker::PhantomData};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(Batch(PhantomData))
+    }
+
+    struct Batch<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for Batch<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "at most {MAX_PIPE_BATCH} items")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let announced = seq.size_hint().unwrap_or(0);
+            if announced > MAX_PIPE_BATCH {
+                return Err(de::Error::invalid_length(announced, &self));
+            }
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_PIPE_BATCH {
+                    return Err(de::Error::invalid_length(MAX_PIPE_BATCH + 1, &self));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+}
+
 /// Coordinator → agent, the one frame of a request stream: the envelope an agent decodes before it knows
 /// which request it got. A coordinator sends a [`WireRequest`] and reads its [`WireRequest::Answer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +363,8 @@ pub enum Request {
     RunShardRoot(RunShardRoot),
     /// Answer a row with its Merkle path (version 6).
     FetchRowProof(FetchRowProof),
+    /// Make this stream the shard pipe (version 7; not a request with one answer).
+    OpenShardPipe(OpenShardPipe),
 }
 
 /// A request the coordinator makes of an agent on a stream of its own, and the one type that answers it.
@@ -376,6 +486,28 @@ pub enum RowAnswer {
         /// The siblings from the leaf up (`cpc_common::merkle::merkle_path`).
         path: Vec<[u8; 32]>,
     },
+}
+
+impl ShardAnswer {
+    /// Bytes of leaves it carries (for sizing frames).
+    pub fn leaf_bytes(&self) -> usize {
+        match self {
+            Self::Done { leaves, .. } => leaves.len() * 32,
+            _ => 0,
+        }
+    }
+
+    /// The shard it answers (none for [`ShardAnswer::Refused`], which answers a request that could not
+    /// be read).
+    pub fn shard_id(&self) -> Option<u64> {
+        match self {
+            Self::Done { shard_id, .. }
+            | Self::Failed { shard_id, .. }
+            | Self::CheckFailed { shard_id, .. }
+            | Self::Root { shard_id, .. } => Some(*shard_id),
+            Self::Refused { .. } => None,
+        }
+    }
 }
 
 /// A [`Response`] that answers another request than the one asked.
@@ -657,6 +789,32 @@ mod tests {
                 .map(|&(matrix_size, max_rows)| RowCapacity { matrix_size, max_rows })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_pipe_frame_holds_at_most_a_batch() {
+        let cancels = |count: usize| {
+            ShardPipeOrders(
+                (0..count as u64).map(|shard_id| ShardPipeOrder::Cancel { shard_id }).collect(),
+            )
+        };
+        let full = crate::codec::encode(&cancels(MAX_PIPE_BATCH)).expect("encode");
+        let decoded: ShardPipeOrders =
+            crate::codec::decode_payload(&full[crate::codec::LENGTH_PREFIX_BYTES..])
+                .expect("decode");
+        assert_eq!(decoded, cancels(MAX_PIPE_BATCH));
+        let over = crate::codec::encode(&cancels(MAX_PIPE_BATCH + 1)).expect("encode");
+        let refused = crate::codec::decode_payload::<ShardPipeOrders>(
+            &over[crate::codec::LENGTH_PREFIX_BYTES..],
+        );
+        assert!(refused.is_err(), "{refused:?}");
+        let answers =
+            ShardPipeAnswers(vec![ShardAnswer::Failed { shard_id: 1, reason: "r".into() }]);
+        let bytes = crate::codec::encode(&answers).expect("encode");
+        let back: ShardPipeAnswers =
+            crate::codec::decode_payload(&bytes[crate::codec::LENGTH_PREFIX_BYTES..])
+                .expect("decode");
+        assert_eq!(back, answers);
     }
 
     #[test]

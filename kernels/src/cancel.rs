@@ -1,17 +1,32 @@
 //! Cancelling a shard in flight: the caller (the agent, told by the coordinator that a shard is superseded)
 //! sets a [`CancelToken`], and a backend that can stop early ([`crate::Backend::run_shard_cancellable`])
-//! answers [`crate::BackendError::Cancelled`] instead of finishing. Plain `std` (a mutex and a condition
-//! variable), so that a backend's worker thread can wait on it without an async runtime.
+//! answers [`crate::BackendError::Cancelled`] instead of finishing. Plain `std` (an atomic flag, a mutex and a
+//! condition variable), so that a backend's worker thread can wait on it without an async runtime, and poll
+//! it in a busy loop for the price of one load ([`CancelToken::is_cancelled`]).
 
 use std::{
-    sync::{Arc, Condvar, Mutex, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 /// A one-way flag: once cancelled, cancelled for ever. Clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken {
-    inner: Arc<(Mutex<bool>, Condvar)>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The flag itself.
+    cancelled: AtomicBool,
+    /// Held by a sleeper from its check of the flag to its wait, and by [`CancelToken::cancel`] to notify,
+    /// so that a cancel never falls between the two.
+    lock: Mutex<()>,
+    /// Notified once, when cancelled.
+    changed: Condvar,
 }
 
 impl CancelToken {
@@ -22,23 +37,24 @@ impl CancelToken {
 
     /// Cancels: every [`CancelToken::sleep`] in progress returns, and every later check sees it.
     pub fn cancel(&self) {
-        let (flag, changed) = &*self.inner;
-        *flag.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        changed.notify_all();
+        let inner = &*self.inner;
+        inner.cancelled.store(true, Ordering::Release);
+        let _guard = inner.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.changed.notify_all();
     }
 
-    /// Whether [`CancelToken::cancel`] was called.
+    /// Whether [`CancelToken::cancel`] was called: one atomic load, cheap enough to poll while spinning.
     pub fn is_cancelled(&self) -> bool {
-        *self.inner.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.cancelled.load(Ordering::Acquire)
     }
 
     /// Blocks the calling thread for `duration` unless cancelled first; answers whether it was cancelled
     /// (`true`: it returned early, or the token was cancelled already).
     pub fn sleep(&self, duration: Duration) -> bool {
-        let (flag, changed) = &*self.inner;
+        let inner = &*self.inner;
         let deadline = Instant::now().checked_add(duration);
-        let mut cancelled = flag.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*cancelled {
+        let mut guard = inner.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while !self.is_cancelled() {
             let left = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
                 None => Duration::MAX, // a duration past the end of time: wait for the cancel
@@ -46,8 +62,9 @@ impl CancelToken {
             if left.is_zero() {
                 return false;
             }
-            cancelled = changed
-                .wait_timeout(cancelled, left)
+            guard = inner
+                .changed
+                .wait_timeout(guard, left)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }

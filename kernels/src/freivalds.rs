@@ -29,8 +29,8 @@
 
 use std::time::Duration;
 
-/// The seed of one check's random vector. The coordinator draws it from the operating system's randomness
-/// for every dispatch and sends it with the shard (`RunShard::check_seed`), so it is unknown while the
+/// The seed of one check's random vector. The coordinator draws it from a CSPRNG seeded from the operating
+/// system's randomness for every dispatch and sends it with the shard (`RunShard::check_seed`), so it is unknown while the
 /// device computes and differs between the first run of a shard and any re-run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CheckSeed(pub u64);

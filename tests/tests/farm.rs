@@ -6,10 +6,10 @@ use cpc_agent::{AgentConfig, AgentError, AgentThread, DeviceSpec};
 use cpc_common::{
     codec::{self, FrameDecoder},
     synthetic::Challenge,
-    wire::{ALPN, HelloReply},
+    wire::{ALPN, HelloReply, PROTOCOL_VERSION, SHARD_PIPE_SINCE},
 };
 use cpc_coordinator::farm::{
-    self, FarmConfig, FarmHandle, Identity, JobError, SplitPolicy, SpotCheckConfig,
+    self, FarmConfig, FarmHandle, Identity, JobError, JobSpec, SplitPolicy, SpotCheckConfig,
 };
 use cpc_kernels::{Backend, BackendError, CpuBackend, DeviceInfo, Shard, ShardOutput};
 use std::{
@@ -704,6 +704,52 @@ async fn farm_runs_many_jobs_at_once_over_every_device() {
         devices.extend(report.devices.iter().map(|d| d.agent.clone()));
     }
     assert_eq!(devices.len(), 2, "both agents computed: {devices:?}");
+    drop(agents);
+    shutdown(farm).await;
+}
+
+/// A coordinator serves an agent of the protocol before the shard pipe (a QUIC stream per shard) beside a
+/// current one (every shard on its pipe), jobs handed over together in one `run_all`: small jobs run whole
+/// (answered by their root), a larger one is sharded over both, and every result is right either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_serves_agents_before_the_shard_pipe_beside_current_ones() {
+    let mut config = farm_config();
+    config.split = SplitPolicy { small_job: Duration::from_millis(2), min_shard_rows: 8 };
+    let farm = farm::start(config).expect("farm");
+    let mut older = agent_config(&farm, "older");
+    older.protocol_version = SHARD_PIPE_SINCE - 1;
+    let agents = [
+        AgentThread::spawn(older, one_device(cpu())),
+        AgentThread::spawn(agent_config(&farm, "current"), one_device(cpu())),
+    ];
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
+    let versions: std::collections::BTreeSet<u16> =
+        farm.devices().await.expect("devices").iter().map(|d| d.protocol_version).collect();
+    assert_eq!(versions, [SHARD_PIPE_SINCE - 1, PROTOCOL_VERSION].into(), "{versions:?}");
+
+    let challenges: Vec<Challenge> = (0..24)
+        .map(|i| Challenge::new(format!("pipe-{i}"), 64, 1 + i % 2).expect("challenge"))
+        .collect();
+    let mut runs = farm.run_all(challenges.iter().cloned().map(JobSpec::new).collect());
+    // One dropped before it is ever polled: its job is cancelled, the others go on.
+    let dropped = runs.remove(5);
+    drop(dropped);
+    let large = Challenge::new("pipe-large", 1024, 1).expect("challenge");
+    let (reports, large_report) =
+        tokio::join!(futures_util::future::join_all(runs), farm.run_job(large.clone()));
+    let mut agents_used = std::collections::BTreeSet::new();
+    let kept = challenges.iter().enumerate().filter(|(i, _)| *i != 5).map(|(_, c)| c);
+    for (c, report) in kept.zip(reports) {
+        let report = report.expect("job");
+        assert_eq!(report.result_hash, expected(c), "{}", c.seed());
+        assert!(report.devices.iter().all(|d| d.rows % 64 == 0), "runs whole: {report:#?}");
+        agents_used.extend(report.devices.iter().map(|d| d.agent.clone()));
+    }
+    assert_eq!(agents_used.len(), 2, "both agents computed: {agents_used:?}");
+    let large_report = large_report.expect("large job");
+    assert_eq!(large_report.result_hash, expected(&large));
+    assert_eq!(large_report.devices.len(), 2, "sharded over both: {large_report:#?}");
+    assert_eq!(large_report.spot_checks_failed, 0, "{large_report:#?}");
     drop(agents);
     shutdown(farm).await;
 }

@@ -72,19 +72,24 @@ impl DeviceState {
 
     /// Runs a call under the watchdog. When the watchdog fires, the device's worker is restarted (new
     /// threads, the stuck one abandoned) up to `max_restarts` times; past that, or on a lost worker, the
-    /// device is given up: quarantined until the agent restarts.
+    /// device is given up: quarantined until the agent restarts. `what` names the call in messages; it is
+    /// formatted only when one is needed.
     pub(super) async fn call<T: Send + 'static>(
         &self,
-        what: &str,
+        what: impl Fn() -> String,
         f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
     ) -> Result<T, String> {
-        match self.worker.call(watchdog_deadline(self.watchdog), f).await {
-            Ok(v) => Ok(v),
-            Err(CallError::Panicked(why)) => Err(format!("{what} panicked on the device: {why}")),
-            Err(CallError::Timeout(waited)) => {
+        let error = match self.worker.call(watchdog_deadline(self.watchdog), f).await {
+            Ok(v) => return Ok(v),
+            Err(error) => error,
+        };
+        let what = what();
+        match error {
+            CallError::Panicked(why) => Err(format!("{what} panicked on the device: {why}")),
+            CallError::Timeout(waited) => {
                 self.health.watchdog_fired(self.index);
                 m::watchdog_fired(&self.labels);
-                if let Some(reason) = self.restart_after_watchdog(what, waited) {
+                if let Some(reason) = self.restart_after_watchdog(&what, waited) {
                     return Err(reason);
                 }
                 let reason = format!(
@@ -106,7 +111,7 @@ impl DeviceState {
                 self.quarantine(&reason);
                 Err(reason)
             }
-            Err(CallError::Gone) => {
+            CallError::Gone => {
                 let reason = self.health.reason(self.index).unwrap_or_else(|| {
                     format!("{}: the device's worker thread is gone", self.name)
                 });
@@ -288,17 +293,20 @@ impl Handler<Compute> for DeviceActor {
             let token = cancel.token.clone();
             let running = m::RunningShard::start();
             let out = state
-                .call(&format!("shard {shard_id} ({rows} rows at n={n})"), move |backend| {
-                    let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
-                    let stats = if out.is_ok() { backend.last_stats() } else { None };
-                    // One SHA-256 per leaf: here, on the device's thread, not the agent's I/O threads.
-                    let out = out.map(|mut output| {
-                        let tree = (answer_with == AnswerWith::Root)
-                            .then(|| backend.merkle_tree(std::mem::take(&mut output.leaves)));
-                        (output, tree)
-                    });
-                    (out, stats, backend.gpu_status())
-                })
+                .call(
+                    || format!("shard {shard_id} ({rows} rows at n={n})"),
+                    move |backend| {
+                        let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
+                        let stats = if out.is_ok() { backend.last_stats() } else { None };
+                        // One SHA-256 per leaf: here, on the device's thread, not the agent's I/O threads.
+                        let out = out.map(|mut output| {
+                            let tree = (answer_with == AnswerWith::Root)
+                                .then(|| backend.merkle_tree(std::mem::take(&mut output.leaves)));
+                            (output, tree)
+                        });
+                        (out, stats, backend.gpu_status())
+                    },
+                )
                 .await;
             drop(running);
             let secs = started.elapsed().as_secs_f64();
@@ -405,7 +413,8 @@ impl Handler<RecomputeRow> for DeviceActor {
                 return unavailable(format!("device {} is quarantined ({reason})", state.index));
             }
             let what = format!("recomputing row {row} of shard {shard_id}");
-            match state.call(&what, move |backend| backend.run_shard(&shard, true)).await {
+            match state.call(|| what.clone(), move |backend| backend.run_shard(&shard, true)).await
+            {
                 Err(reason) => unavailable(reason),
                 Ok(Err(e)) => {
                     let reason = format!("{}: {what}: {e}", state.name);

@@ -93,7 +93,11 @@ pub async fn start(
     let n = options.measure_n;
     let measured = match backend.declared_ops_per_sec() {
         Some(ops) => Ok(Ok(ops)),
-        None => state.call("the start-up measurement", move |backend| measure(backend, n)).await,
+        None => {
+            state
+                .call(|| "the start-up measurement".into(), move |backend| measure(backend, n))
+                .await
+        }
     };
     let (ops, quarantined) = match measured {
         Ok(Ok(ops)) => (ops, None),

@@ -5,62 +5,20 @@
 //! is never answered (the agent resets its half with `SHARD_CANCELLED`); the device then serves the next
 //! shard; the agent's metrics count both cancellations by stage.
 
-use cpc_agent::{AgentConfig, AgentThread, DeviceSpec, simulated::SimulatedBackend};
+use crate::harness::{
+    STEP_LIMIT, admit, counter, exclusive_metrics, metric, spawn_agent, test_coordinator, wait_for,
+};
 use cpc_common::{
     codec::FrameDecoder,
     quic::{read_frame, write_frame},
     synthetic::Challenge,
-    wire::{ALPN, Hello, HelloReply, Request, RunShard, SHARD_CANCELLED, ShardAnswer},
+    wire::{Request, RunShard, SHARD_CANCELLED, ShardAnswer},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
 
-/// Longest any step may take before the test fails instead of hanging (a liveness bound, not a timing).
-const STEP_LIMIT: Duration = Duration::from_secs(60);
 /// The simulated device's speed: 10⁶ ops/s, so a whole n = 4096 product takes about 38 hours and one row at
 /// n = 16 half a millisecond.
 const DEVICE_TOPS: f64 = 1e-6;
-
-/// A quinn server with a fresh self-signed certificate and the farm's ALPN.
-fn test_coordinator() -> (quinn::Endpoint, String) {
-    let ck = rcgen::generate_simple_self_signed(vec!["cpc-coordinator".to_owned()]).expect("cert");
-    let cert = ck.cert.der().clone();
-    let fingerprint = hex::encode(cpc_common::sha256(&cert));
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls 1.3")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .expect("server cert");
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
-    let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let endpoint =
-        quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("bind");
-    (endpoint, fingerprint)
-}
-
-/// Accepts the agent's connection, reads its `Hello` and welcomes it; heartbeats are read and dropped.
-async fn admit(endpoint: &quinn::Endpoint) -> (quinn::Connection, Hello) {
-    let conn = endpoint.accept().await.expect("incoming").await.expect("connection");
-    let (mut send, mut recv) = conn.accept_bi().await.expect("control stream");
-    let mut dec = FrameDecoder::new();
-    let hello: Hello = read_frame(&mut recv, &mut dec).await.expect("read").expect("hello");
-    let welcome = HelloReply::Welcome { agent_id: 1, heartbeat_interval_ms: 250 };
-    write_frame(&mut send, &welcome).await.expect("welcome");
-    tokio::spawn(async move {
-        let _keep_open = send;
-        while let Ok(Some(_)) =
-            read_frame::<cpc_common::wire::AgentControl>(&mut recv, &mut dec).await
-        {}
-    });
-    (conn, hello)
-}
 
 /// Sends a `RunShard` of rows `0..rows` at size `n` on a new stream, leaving the request half open when
 /// `finish` is false (so that it can still be reset).
@@ -87,35 +45,11 @@ async fn send_shard(
     (send, recv)
 }
 
-/// The value of one unlabelled series, or of the series with `label` (`name{label} value`).
-fn metric(handle: &PrometheusHandle, name: &str, label: &str) -> Option<f64> {
-    let prefix = if label.is_empty() { format!("{name} ") } else { format!("{name}{{{label}}} ") };
-    handle
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Polls the agent's metrics until `want` holds; fails after [`STEP_LIMIT`].
-async fn wait_for(handle: &PrometheusHandle, what: &str, want: impl Fn(&PrometheusHandle) -> bool) {
-    let deadline = Instant::now() + STEP_LIMIT;
-    while !want(handle) {
-        assert!(Instant::now() < deadline, "never saw {what}:\n{}", handle.render());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
-    let metrics = cpc_agent::metrics::install_recorder();
+    let (metrics, _exclusive) = exclusive_metrics().await;
     let (endpoint, fingerprint) = test_coordinator();
-    let addr = endpoint.local_addr().expect("addr");
-    let mut config = AgentConfig::new(addr.to_string(), "token", fingerprint);
-    config.name = "cancel-test".into();
-    let device = SimulatedBackend::new(DEVICE_TOPS).expect("simulated device");
-    let agent =
-        AgentThread::spawn(config, vec![DeviceSpec { index: 0, backend: Arc::new(device) }]);
+    let agent = spawn_agent(&endpoint, fingerprint, "cancel-test", DEVICE_TOPS, [0]);
     let (conn, hello) = tokio::time::timeout(STEP_LIMIT, admit(&endpoint)).await.expect("admitted");
     assert_eq!(hello.devices.len(), 1);
     assert_eq!(hello.devices[0].kind, "simulated");
@@ -124,8 +58,20 @@ async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
 
     let running = |h: &PrometheusHandle| metric(h, "cpcfarm_agent_shards_running", "");
     let in_hand = |h: &PrometheusHandle| metric(h, "cpcfarm_agent_shards_in_hand", "");
+    // Counters as deltas: other tests of this binary count into the same series.
+    let cancelled_total = |h: &PrometheusHandle, stage: &str| {
+        counter(h, "cpcfarm_agent_shards_cancelled_total", &format!("stage=\"{stage}\""))
+    };
+    let ok_total =
+        |h: &PrometheusHandle| counter(h, "cpcfarm_agent_shards_total", "outcome=\"ok\"");
+    let (queued_0, running_0, ok_0) = (
+        cancelled_total(&metrics, "queued"),
+        cancelled_total(&metrics, "running"),
+        ok_total(&metrics),
+    );
     let cancelled = |h: &PrometheusHandle, stage: &str| {
-        metric(h, "cpcfarm_agent_shards_cancelled_total", &format!("stage=\"{stage}\""))
+        let at_start = if stage == "queued" { queued_0 } else { running_0 };
+        Some(cancelled_total(h, stage) - at_start)
     };
 
     // Shard 1 occupies the device's one slot for hours; its request half stays open.
@@ -173,8 +119,8 @@ async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
     assert_eq!(leaves.len(), 1);
     assert_eq!(cancelled(&metrics, "queued"), Some(1.0));
     assert_eq!(cancelled(&metrics, "running"), Some(1.0));
-    let ok = metric(&metrics, "cpcfarm_agent_shards_total", "outcome=\"ok\"");
-    assert_eq!(ok, Some(1.0), "only shard 3 ran to its end: {}", metrics.render());
+    let ok = ok_total(&metrics) - ok_0;
+    assert_eq!(ok, 1.0, "only shard 3 ran to its end: {}", metrics.render());
 
     conn.close(0u32.into(), b"test over");
     drop(agent);

@@ -1,7 +1,10 @@
 //! The agent as its peers see it: the `cpc-agent` binary as an operator starts it (what it says when the
-//! devices asked for cannot run), and an agent over real loopback QUIC (`cancel`).
+//! devices asked for cannot run), and an agent over real loopback QUIC (`cancel`: shards on streams of their
+//! own; `pipe`: the shard pipe), driven by the test coordinator of `harness`.
 
 mod cancel;
+mod harness;
+mod pipe;
 
 use std::process::Command;
 

@@ -13,8 +13,8 @@ use cpc_common::{
     synthetic::{Challenge, MAX_MATRIX_SIZE},
     wire::{
         AgentControl, CheckTiming, DeviceAdvert, FetchRow, FetchRowProof, Hello, HelloReply,
-        PROTOCOL_VERSION, Request, Response, RowAnswer, RowCapacity, RunShard, RunShardRoot,
-        ShardAnswer,
+        OpenShardPipe, PROTOCOL_VERSION, Request, Response, RowAnswer, RowCapacity, RunShard,
+        RunShardRoot, ShardAnswer, ShardPipeAnswers, ShardPipeOrder, ShardPipeOrders,
     },
 };
 use proptest::{collection::vec, prelude::*};
@@ -112,6 +112,8 @@ enum Kind {
     Response,
     ShardAnswer,
     RowAnswer,
+    PipeOrders,
+    PipeAnswers,
 }
 
 fn any_kind() -> impl Strategy<Value = Kind> {
@@ -123,6 +125,8 @@ fn any_kind() -> impl Strategy<Value = Kind> {
         Just(Kind::Response),
         Just(Kind::ShardAnswer),
         Just(Kind::RowAnswer),
+        Just(Kind::PipeOrders),
+        Just(Kind::PipeAnswers),
     ]
 }
 
@@ -148,6 +152,8 @@ fn feed(
         Kind::Response => feed_as::<Response>(bytes, chunk, limit),
         Kind::ShardAnswer => feed_as::<ShardAnswer>(bytes, chunk, limit),
         Kind::RowAnswer => feed_as::<RowAnswer>(bytes, chunk, limit),
+        Kind::PipeOrders => feed_as::<ShardPipeOrders>(bytes, chunk, limit),
+        Kind::PipeAnswers => feed_as::<ShardPipeAnswers>(bytes, chunk, limit),
     }
 }
 
@@ -303,18 +309,33 @@ enum LooseRequest {
     RunShard(LooseRunShard),
 }
 
+fn run_shard() -> impl Strategy<Value = RunShard> {
+    (any::<u64>(), challenge(), any::<u32>(), any::<(u32, u32)>(), any::<u32>(), any::<u64>())
+        .prop_map(|(shard_id, challenge, iteration, rows, device, check_seed)| RunShard {
+            shard_id,
+            challenge,
+            iteration,
+            rows,
+            device,
+            check_seed,
+        })
+}
+
+fn pipe_orders() -> impl Strategy<Value = ShardPipeOrders> {
+    let order = prop_oneof![
+        run_shard().prop_map(ShardPipeOrder::Run),
+        run_shard().prop_map(ShardPipeOrder::RunRoot),
+        any::<u64>().prop_map(|shard_id| ShardPipeOrder::Cancel { shard_id }),
+    ];
+    vec(order, 0..8).prop_map(ShardPipeOrders)
+}
+
+fn pipe_answers() -> impl Strategy<Value = ShardPipeAnswers> {
+    let answer = response().prop_filter_map("a RunShard answer", |r| ShardAnswer::try_from(r).ok());
+    vec(answer, 0..8).prop_map(ShardPipeAnswers)
+}
+
 fn request() -> impl Strategy<Value = Request> {
-    let run_shard = || {
-        (any::<u64>(), challenge(), any::<u32>(), any::<(u32, u32)>(), any::<u32>(), any::<u64>())
-            .prop_map(|(shard_id, challenge, iteration, rows, device, check_seed)| RunShard {
-                shard_id,
-                challenge,
-                iteration,
-                rows,
-                device,
-                check_seed,
-            })
-    };
     let fetch_row =
         || (any::<u64>(), any::<u32>()).prop_map(|(shard_id, row)| FetchRow { shard_id, row });
     prop_oneof![
@@ -322,6 +343,7 @@ fn request() -> impl Strategy<Value = Request> {
         fetch_row().prop_map(Request::FetchRow),
         run_shard().prop_map(|r| Request::RunShardRoot(RunShardRoot(r))),
         fetch_row().prop_map(|r| Request::FetchRowProof(FetchRowProof(r))),
+        Just(Request::OpenShardPipe(OpenShardPipe)),
     ]
 }
 
@@ -392,6 +414,8 @@ fn any_stream() -> impl Strategy<Value = Stream> {
             Kind::RowAnswer,
             response().prop_filter_map("a FetchRow answer", |r| { RowAnswer::try_from(r).ok() })
         ),
+        frames(Kind::PipeOrders, pipe_orders()),
+        frames(Kind::PipeAnswers, pipe_answers()),
     ]
 }
 
@@ -567,6 +591,8 @@ proptest! {
             Kind::Response => reencode::<Response>(&stream.frames),
             Kind::ShardAnswer => reencode::<ShardAnswer>(&stream.frames),
             Kind::RowAnswer => reencode::<RowAnswer>(&stream.frames),
+            Kind::PipeOrders => reencode::<ShardPipeOrders>(&stream.frames),
+            Kind::PipeAnswers => reencode::<ShardPipeAnswers>(&stream.frames),
         };
         prop_assert_eq!(again, stream.frames);
     }

@@ -16,7 +16,9 @@ use cpc_common::{
     Address, sha256, sha256_hex,
     synthetic::{BlockTask, MAX_MATRIX_SIZE},
 };
-use cpc_coordinator::farm::{self, FarmConfig, FarmHandle, Identity, JobReport, SpotCheckConfig};
+use cpc_coordinator::farm::{
+    self, FarmConfig, FarmHandle, Identity, JobReport, JobSpec, SpotCheckConfig,
+};
 use serde::Serialize;
 use std::{
     path::{Path, PathBuf},
@@ -455,8 +457,11 @@ async fn bench(
             .collect::<Result<Vec<_>, _>>()?;
         let before = ProcessUsage::read();
         let submitted = Instant::now();
-        let outcomes = futures_util::future::join_all(tasks.into_iter().map(|task| async move {
-            let report = farm.run_job(task.challenge).await;
+        // Handed over at once, as the miner's planner hands over a block's tasks.
+        let runs =
+            farm.run_all(tasks.into_iter().map(|task| JobSpec::new(task.challenge)).collect());
+        let outcomes = futures_util::future::join_all(runs.into_iter().map(|run| async move {
+            let report = run.await;
             (report, submitted.elapsed())
         }))
         .await;

@@ -3,7 +3,7 @@
 
 use super::{GlobalArgs, output::print_json};
 use clap::{Args, Subcommand};
-use cpc_common::wire::{PROTOCOL_VERSION, ROOT_ANSWERS_SINCE};
+use cpc_common::wire::{PROTOCOL_VERSION, ROOT_ANSWERS_SINCE, SHARD_PIPE_SINCE};
 use cpc_coordinator::{
     admin::{self, AdminClient, AdminToken},
     farm::{DeviceStatus, FarmStatus},
@@ -212,6 +212,12 @@ fn print_status(status: &FarmStatus) {
             println!(
                 "  agent speaks farm protocol {}: it sends every leaf of every job (upgrade it to {} to \
                  answer whole jobs by their Merkle root)",
+                d.protocol_version, PROTOCOL_VERSION
+            );
+        } else if d.protocol_version != 0 && d.protocol_version < SHARD_PIPE_SINCE {
+            println!(
+                "  agent speaks farm protocol {}: each job it runs travels on a QUIC stream of its own \
+                 (upgrade it to {} to batch them on one shard pipe)",
                 d.protocol_version, PROTOCOL_VERSION
             );
         }

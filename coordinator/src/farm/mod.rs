@@ -25,6 +25,7 @@ pub mod aggregator;
 mod control;
 pub mod identity;
 pub mod metrics;
+mod pipe;
 pub mod plan;
 pub mod probation;
 pub mod registry;
@@ -394,15 +395,39 @@ impl FarmHandle {
     /// waiting, in the order [`SchedulingPolicy`] sets. Dropping the future cancels the job and aborts its
     /// shards in flight.
     pub async fn run(&self, spec: JobSpec) -> Result<JobReport, JobError> {
-        let job = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        let mut guard = CancelOnDrop { scheduler: Some(self.inner.scheduler.clone()), job };
+        let mut runs = self.run_all(vec![spec]);
+        match runs.pop() {
+            Some(run) => run.await,
+            None => Err(JobError::Internal("a submitted job got no answer".into())),
+        }
+    }
+
+    /// Runs jobs handed over together (a block's tasks, one per identity) in one message to the
+    /// scheduler, which places them all before any shard goes out: each agent then gets its share in one
+    /// frame, and the scheduler's thread is woken once instead of once a job. Answers one future per job,
+    /// in the order given, each ready when its job is; dropping one (polled or not) cancels its job.
+    pub fn run_all(
+        &self,
+        specs: Vec<JobSpec>,
+    ) -> Vec<impl Future<Output = Result<JobReport, JobError>> + Send + use<>> {
+        let mut jobs = Vec::with_capacity(specs.len());
+        let mut runs = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let job = self.inner.next_job.fetch_add(1, Ordering::Relaxed);
+            let (reply, answer) = oneshot::channel();
+            jobs.push(scheduler::NewJob { job, spec, reply });
+            let guard = CancelOnDrop { scheduler: Some(self.inner.scheduler.clone()), job };
+            runs.push(async move {
+                let mut guard = guard;
+                let result = answer.await.map_err(|_| JobError::Shutdown);
+                guard.scheduler = None;
+                result?
+            });
+        }
         // `do_send`: a block hands the farm hundreds of jobs at once, past any mailbox bound; a stopped
-        // scheduler drops `reply`, which answers `Shutdown` below.
-        self.inner.scheduler.do_send(scheduler::Submit { job, spec, reply });
-        let result = answer.await.map_err(|_| JobError::Shutdown);
-        guard.scheduler = None;
-        result?
+        // scheduler drops each `reply`, which answers `Shutdown`.
+        self.inner.scheduler.do_send(scheduler::Submit { jobs });
+        runs
     }
 
     /// The devices connected now.

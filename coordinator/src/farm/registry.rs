@@ -10,7 +10,7 @@ use super::{
     scheduler::{DeviceDown, DeviceReadmitted, DeviceUp},
 };
 use actix::{Actor, AsyncContext as _, Context, Handler, Message, Recipient};
-use cpc_common::wire::{DeviceAdvert, DeviceReport, ROOT_ANSWERS_SINCE};
+use cpc_common::wire::{DeviceAdvert, DeviceReport, ROOT_ANSWERS_SINCE, SHARD_PIPE_SINCE};
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant, SystemTime},
@@ -33,6 +33,12 @@ impl AgentLink {
     /// paths (`RunShardRoot`, `FetchRowProof`: protocol version 6 and later).
     pub fn answers_roots(&self) -> bool {
         self.protocol_version >= ROOT_ANSWERS_SINCE
+    }
+
+    /// Whether the agent serves a shard pipe (`OpenShardPipe`: protocol version 7 and later), which
+    /// then carries every shard sent to it.
+    pub fn uses_shard_pipe(&self) -> bool {
+        self.protocol_version >= SHARD_PIPE_SINCE
     }
 }
 

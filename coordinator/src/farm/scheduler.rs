@@ -3,13 +3,15 @@
 //!
 //! Everything reaches it as a typed message the moment it happens: jobs submitted and cancelled through
 //! the [`FarmHandle`](super::FarmHandle), device arrivals, departures, drains and quarantines from the
-//! registry, shard outcomes from the I/O tasks it spawned (`shard.rs`). It sleeps until the schedule's
-//! next timer instead of polling. The only work it does besides bookkeeping is spawning I/O tasks; a
-//! finished job's Merkle root is built on a blocking thread.
+//! registry, shard outcomes from the I/O tasks it spawned: a shard pipe per agent connection of protocol
+//! 7 (`pipe.rs`), a task per shard for older agents (`shard.rs`). It sleeps
+//! until the schedule's next timer instead of polling. The only work it does besides bookkeeping is
+//! handing shards to I/O tasks; a finished job's Merkle root is built off its thread.
 
 use super::{
     DeviceId, FarmConfig, JobError, JobReport,
     metrics::FarmMetrics,
+    pipe::ShardPipe,
     registry::{AgentLink, Quarantine, Registry},
     schedule::{
         Action, DeviceEntry, Dispatch, FinishedJob, JobId, JobSpec, Removal, Schedule,
@@ -28,10 +30,18 @@ const INLINE_ROOT_ROWS: u64 = 4096;
 /// What a job's caller is answered.
 pub type JobResult = Result<JobReport, JobError>;
 
-/// Runs a job; the answer goes to `reply`.
+/// Runs jobs handed over together (one, or a block's tasks): all are queued and placed before any shard
+/// goes out, so each agent gets its share of them in one pipe frame.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Submit {
+    /// The jobs.
+    pub jobs: Vec<NewJob>,
+}
+
+/// One job of a [`Submit`].
+#[derive(Debug)]
+pub struct NewJob {
     /// The farm's id of the job (from [`FarmHandle`](super::FarmHandle)).
     pub job: JobId,
     /// The job.
@@ -84,12 +94,20 @@ pub struct DeviceReadmitted {
 #[rtype(result = "std::collections::BTreeMap<DeviceId, u32>")]
 pub struct InFlightByDevice;
 
-/// A shard's I/O task finished.
+/// Shards' I/O finished: one shard's task, or a frame of answers on a shard pipe.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct ShardAnswered {
-    shard: ShardId,
-    outcome: ShardOutcome,
+pub(crate) struct ShardsAnswered {
+    outcomes: Vec<(ShardId, ShardOutcome)>,
+}
+
+/// How the scheduler stops a shard in flight.
+#[derive(Debug)]
+enum Abort {
+    /// The shard's own stream task: fire this.
+    Stream(oneshot::Sender<()>),
+    /// On the shard pipe of this agent connection ([`DeviceId::agent`]).
+    Pipe(u64),
 }
 
 /// Stops the actor (the farm is shutting down): every waiting job is answered [`JobError::Shutdown`].
@@ -103,8 +121,10 @@ pub struct Scheduler {
     config: Arc<FarmConfig>,
     registry: Addr<Registry>,
     links: HashMap<DeviceId, AgentLink>,
-    /// Per shard in flight: the sender that aborts its I/O task.
-    aborts: HashMap<ShardId, oneshot::Sender<()>>,
+    /// The shard pipe of each agent connection that has one, by [`DeviceId::agent`].
+    pipes: HashMap<u64, ShardPipe>,
+    /// Per shard in flight: how to stop it.
+    aborts: HashMap<ShardId, Abort>,
     waiters: HashMap<JobId, oneshot::Sender<JobResult>>,
     wake: Option<(Instant, SpawnHandle)>,
 }
@@ -134,6 +154,7 @@ impl Scheduler {
             config,
             registry,
             links: HashMap::new(),
+            pipes: HashMap::new(),
             aborts: HashMap::new(),
             waiters: HashMap::new(),
             wake: None,
@@ -145,11 +166,7 @@ impl Scheduler {
         for action in actions {
             match action {
                 Action::Dispatch(dispatch) => self.send_shard(dispatch, ctx),
-                Action::Abort(shard) => {
-                    if let Some(abort) = self.aborts.remove(&shard) {
-                        let _ = abort.send(());
-                    }
-                }
+                Action::Abort(shard) => self.abort(shard),
                 Action::Quarantine { device, reason } => {
                     self.registry.do_send(Quarantine { device, reason });
                 }
@@ -161,23 +178,63 @@ impl Scheduler {
 
     fn send_shard(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
         let shard = dispatch.shard_id;
-        let addr = ctx.address();
         let Some(link) = self.links.get(&dispatch.device).cloned() else {
             // The device left between the decision and now: the answer is a lost shard.
-            ctx.notify(ShardAnswered {
-                shard,
-                outcome: ShardOutcome::Failed {
-                    reason: "the device's agent is gone".into(),
-                    transport: true,
-                },
-            });
+            lost(shard, "the device's agent is gone", ctx);
             return;
         };
+        if link.uses_shard_pipe() {
+            self.send_on_pipe(link, dispatch, ctx);
+            return;
+        }
         let (abort, cancel) = oneshot::channel();
-        self.aborts.insert(shard, abort);
-        let sink: shard::OutcomeSink =
-            Box::new(move |shard, outcome| addr.do_send(ShardAnswered { shard, outcome }));
+        self.aborts.insert(shard, Abort::Stream(abort));
+        let sink = outcome_sink(ctx);
         tokio::spawn(shard::run(link, dispatch, self.config.spot_check.clone(), cancel, sink));
+    }
+
+    /// Sends a shard on its agent's shard pipe, opening one where there is none or the one there has
+    /// failed.
+    fn send_on_pipe(&mut self, link: AgentLink, dispatch: Dispatch, ctx: &mut Context<Self>) {
+        let (shard, agent) = (dispatch.shard_id, dispatch.device.agent);
+        let mut dispatch = Some(dispatch);
+        for _ in 0..2 {
+            let Some(next) = dispatch.take() else { break };
+            let pipe = self.pipes.entry(agent).or_insert_with(|| {
+                ShardPipe::open(
+                    link.conn.clone(),
+                    self.config.spot_check.clone(),
+                    outcome_sink(ctx),
+                )
+            });
+            match pipe.run(next) {
+                Ok(()) => {
+                    self.aborts.insert(shard, Abort::Pipe(agent));
+                    return;
+                }
+                Err(back) => {
+                    // That pipe failed since its last shard: a fresh one gets this shard.
+                    self.pipes.remove(&agent);
+                    dispatch = Some(back);
+                }
+            }
+        }
+        lost(shard, "the shard pipe to the device's agent failed as it opened", ctx);
+    }
+
+    /// Stops a shard in flight (its answer, should one come, is not reported).
+    fn abort(&mut self, shard: ShardId) {
+        match self.aborts.remove(&shard) {
+            Some(Abort::Stream(abort)) => {
+                let _ = abort.send(());
+            }
+            Some(Abort::Pipe(agent)) => {
+                if let Some(pipe) = self.pipes.get(&agent) {
+                    pipe.cancel(shard);
+                }
+            }
+            None => {}
+        }
     }
 
     fn finished(&mut self, job: JobId, result: Result<Box<FinishedJob>, JobError>) {
@@ -190,8 +247,11 @@ impl Scheduler {
                 // About one SHA-256 per leaf, off the actor's thread: a small job's root (at most
                 // INLINE_ROOT_ROWS leaves, under half a millisecond) on the farm's I/O workers, where a
                 // blocking thread's hand-off would cost about as much as the hashing; a larger one on a
-                // blocking thread, so that it holds up no QUIC stream.
-                let small = done.leaves.leaves_to_hash() <= INLINE_ROOT_ROWS;
+                // blocking thread, so that it holds up no QUIC stream. A job whose every iteration came
+                // as a root (every small job on a current agent) has no leaf to hash: its result is
+                // ready here.
+                let to_hash = done.leaves.leaves_to_hash();
+                let small = to_hash <= INLINE_ROOT_ROWS;
                 let build = move || {
                     let FinishedJob { leaves, mut report } = *done;
                     let answer = match leaves.root() {
@@ -203,7 +263,9 @@ impl Scheduler {
                     };
                     let _ = reply.send(answer);
                 };
-                if small {
+                if to_hash == 0 {
+                    build();
+                } else if small {
                     tokio::spawn(async move { build() });
                 } else {
                     tokio::task::spawn_blocking(build);
@@ -233,6 +295,18 @@ impl Scheduler {
     }
 }
 
+/// Where the I/O tasks report shard outcomes: this actor.
+fn outcome_sink(ctx: &Context<Scheduler>) -> shard::OutcomeSink {
+    let addr = ctx.address();
+    Arc::new(move |outcomes| addr.do_send(ShardsAnswered { outcomes }))
+}
+
+/// Reports `shard` lost in transport (it never reached its device).
+fn lost(shard: ShardId, why: &str, ctx: &mut Context<Scheduler>) {
+    let outcome = ShardOutcome::Failed { reason: why.to_owned(), transport: true };
+    ctx.notify(ShardsAnswered { outcomes: vec![(shard, outcome)] });
+}
+
 /// The first shard id of this run: random in the upper half of `u64`'s low 63 bits, so that shard ids of
 /// two coordinator runs do not meet (an agent keys its cached rows by connection as well; this is the
 /// second fence, and it makes ids in logs of different runs tell apart).
@@ -248,9 +322,11 @@ impl Actor for Scheduler {
         for (_, reply) in self.waiters.drain() {
             let _ = reply.send(Err(JobError::Shutdown));
         }
-        for (_, abort) in self.aborts.drain() {
-            let _ = abort.send(());
+        let shards: Vec<ShardId> = self.aborts.keys().copied().collect();
+        for shard in shards {
+            self.abort(shard);
         }
+        self.pipes.clear();
     }
 }
 
@@ -258,9 +334,13 @@ impl Handler<Submit> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        self.waiters.insert(msg.job, msg.reply);
-        let actions = self.schedule.submit(Instant::now(), msg.job, msg.spec);
-        self.apply(actions, ctx);
+        let now = Instant::now();
+        for NewJob { job, spec, reply } in msg.jobs {
+            self.waiters.insert(job, reply);
+            // Each job's shards go out as it is placed: agents start on the first while the rest are.
+            let actions = self.schedule.submit(now, job, spec);
+            self.apply(actions, ctx);
+        }
     }
 }
 
@@ -289,8 +369,12 @@ impl Handler<DeviceDown> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceDown, ctx: &mut Self::Context) {
-        if msg.why != Removal::Draining {
-            self.links.remove(&msg.device);
+        if msg.why != Removal::Draining
+            && self.links.remove(&msg.device).is_some()
+            && !self.links.keys().any(|d| d.agent == msg.device.agent)
+        {
+            // The agent's last device is gone: so is its pipe (shards on it are answered or lost).
+            self.pipes.remove(&msg.device.agent);
         }
         let actions = self.schedule.remove_device(Instant::now(), msg.device, msg.why);
         self.apply(actions, ctx);
@@ -315,12 +399,16 @@ impl Handler<InFlightByDevice> for Scheduler {
     }
 }
 
-impl Handler<ShardAnswered> for Scheduler {
+impl Handler<ShardsAnswered> for Scheduler {
     type Result = ();
 
-    fn handle(&mut self, msg: ShardAnswered, ctx: &mut Self::Context) {
-        self.aborts.remove(&msg.shard);
-        let actions = self.schedule.answer(Instant::now(), msg.shard, msg.outcome);
+    fn handle(&mut self, msg: ShardsAnswered, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        for (shard, outcome) in msg.outcomes {
+            self.aborts.remove(&shard);
+            actions.extend(self.schedule.answer(now, shard, outcome));
+        }
         self.apply(actions, ctx);
     }
 }

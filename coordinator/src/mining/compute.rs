@@ -38,6 +38,12 @@ pub trait ComputeService: Send + Sync + fmt::Debug {
     fn describe(&self) -> String;
     /// Runs `spec`'s challenge in its class, by its deadline; dropping the future cancels it.
     fn run(&self, spec: JobSpec) -> ComputeFuture;
+    /// Runs jobs handed over together (a block's tasks): one future per job, in the order given, each as
+    /// [`ComputeService::run`]'s. By default each job on its own; the farm takes them in one message and
+    /// places them all before it sends any shard.
+    fn run_all(&self, specs: Vec<JobSpec>) -> Vec<ComputeFuture> {
+        specs.into_iter().map(|spec| self.run(spec)).collect()
+    }
     /// Computes `challenge`'s result hash as a block-class job with no deadline.
     fn compute(&self, challenge: Challenge) -> ComputeFuture {
         self.run(JobSpec::new(challenge))
@@ -83,13 +89,23 @@ impl ComputeService for crate::farm::FarmHandle {
 
     fn run(&self, spec: JobSpec) -> ComputeFuture {
         let farm = self.clone();
-        Box::pin(async move {
-            match farm.run(spec).await {
-                Ok(report) => Ok(report.result_hash),
-                Err(JobError::DeadlineExceeded) => Err(ComputeError::DeadlineExceeded),
-                Err(JobError::Shutdown) => Err(ComputeError::Stopped),
-                Err(e) => Err(ComputeError::Farm(e.to_string())),
-            }
-        })
+        Box::pin(async move { farm_answer(farm.run(spec).await) })
+    }
+
+    fn run_all(&self, specs: Vec<JobSpec>) -> Vec<ComputeFuture> {
+        Self::run_all(self, specs)
+            .into_iter()
+            .map(|run| -> ComputeFuture { Box::pin(async move { farm_answer(run.await) }) })
+            .collect()
+    }
+}
+
+/// A farm job's answer as the mining loop and validator clients take it.
+fn farm_answer(answer: Result<crate::farm::JobReport, JobError>) -> Result<Digest32, ComputeError> {
+    match answer {
+        Ok(report) => Ok(report.result_hash),
+        Err(JobError::DeadlineExceeded) => Err(ComputeError::DeadlineExceeded),
+        Err(JobError::Shutdown) => Err(ComputeError::Stopped),
+        Err(e) => Err(ComputeError::Farm(e.to_string())),
     }
 }

@@ -11,7 +11,7 @@
 
 use super::{
     Identity,
-    compute::{ComputeError, ComputeService},
+    compute::{ComputeError, ComputeFuture, ComputeService},
     journal::{Journal, MissCause, TaskState},
     submitter::{Submitter, TaskComputed},
     watcher::{BlockRef, NewBlock},
@@ -137,17 +137,41 @@ impl Planner {
         }
     }
 
-    /// Starts computing identity `i`'s `task` (seen at `seen_at`).
-    fn start(&mut self, i: usize, task: BlockTask, seen_at: Instant, ctx: &mut Context<Self>) {
-        let spec = JobSpec {
-            challenge: task.challenge.clone(),
-            priority: Priority::Block,
-            deadline: None,
-            owner: self.identities[i].name.clone(),
-        };
+    /// Starts computing every `(identity, task)` of `planned` (seen at `seen_at`), handed to the compute
+    /// service together.
+    fn start_all(
+        &mut self,
+        planned: Vec<(usize, BlockTask)>,
+        seen_at: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        let specs = planned
+            .iter()
+            .map(|(i, task)| JobSpec {
+                challenge: task.challenge.clone(),
+                priority: Priority::Block,
+                deadline: None,
+                owner: self.identities[*i].name.clone(),
+            })
+            .collect();
+        let runs = self.compute.run_all(specs);
+        for ((i, task), run) in planned.into_iter().zip(runs) {
+            self.track(i, task, seen_at, run, ctx);
+        }
+    }
+
+    /// Follows identity `i`'s `task` (seen at `seen_at`) while `run` computes it.
+    fn track(
+        &mut self,
+        i: usize,
+        task: BlockTask,
+        seen_at: Instant,
+        run: ComputeFuture,
+        ctx: &mut Context<Self>,
+    ) {
         let task_id = task.task_id.to_string();
         let started = Instant::now();
-        let computing = self.compute.run(spec).into_actor(self).map(move |res, act, ctx| {
+        let computing = run.into_actor(self).map(move |res, act, ctx| {
             let task_id = task.task_id.to_string();
             if let Some(running) = act.running.get_mut(&i) {
                 running.retain(|r| r.task_id != task_id);
@@ -272,9 +296,8 @@ impl Handler<NewBlock> for Planner {
                 });
                 // Every identity's head task before any skipped block's (a stable sort keeps identities in order).
                 planned.sort_by_key(|(order, _, _)| *order);
-                for (_, i, task) in planned {
-                    self.start(i, task, block.seen_at, ctx);
-                }
+                let planned = planned.into_iter().map(|(_, i, task)| (i, task)).collect();
+                self.start_all(planned, block.seen_at, ctx);
             }
             Err(e) => tracing::error!(error = %e, "cannot journal this block's tasks"),
         }
