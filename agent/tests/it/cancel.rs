@@ -6,7 +6,7 @@
 //! shard; the agent's metrics count both cancellations by stage.
 
 use crate::harness::{
-    STEP_LIMIT, admit, counter, exclusive_metrics, metric, spawn_agent, test_coordinator, wait_for,
+    STEP_LIMIT, ShardSeries, admit, exclusive_metrics, spawn_agent, test_coordinator, wait_for,
 };
 use cpc_common::{
     codec::FrameDecoder,
@@ -56,22 +56,14 @@ async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
     assert_eq!(hello.devices[0].measured_ops_per_sec, DEVICE_TOPS * 1e12, "declared, not measured");
     assert_eq!(hello.devices[0].concurrent_shards, 1);
 
-    let running = |h: &PrometheusHandle| metric(h, "cpcfarm_agent_shards_running", "");
-    let in_hand = |h: &PrometheusHandle| metric(h, "cpcfarm_agent_shards_in_hand", "");
-    // Counters as deltas: other tests of this binary count into the same series.
-    let cancelled_total = |h: &PrometheusHandle, stage: &str| {
-        counter(h, "cpcfarm_agent_shards_cancelled_total", &format!("stage=\"{stage}\""))
-    };
-    let ok_total =
-        |h: &PrometheusHandle| counter(h, "cpcfarm_agent_shards_total", "outcome=\"ok\"");
-    let (queued_0, running_0, ok_0) = (
-        cancelled_total(&metrics, "queued"),
-        cancelled_total(&metrics, "running"),
-        ok_total(&metrics),
-    );
+    let series = ShardSeries::start(&metrics);
+    let (running, in_hand) = (ShardSeries::running, ShardSeries::in_hand);
     let cancelled = |h: &PrometheusHandle, stage: &str| {
-        let at_start = if stage == "queued" { queued_0 } else { running_0 };
-        Some(cancelled_total(h, stage) - at_start)
+        Some(if stage == "queued" {
+            series.cancelled_queued(h)
+        } else {
+            series.cancelled_running(h)
+        })
     };
 
     // Shard 1 occupies the device's one slot for hours; its request half stays open.
@@ -119,7 +111,7 @@ async fn cancelled_shards_are_dropped_or_stopped_and_never_answered() {
     assert_eq!(leaves.len(), 1);
     assert_eq!(cancelled(&metrics, "queued"), Some(1.0));
     assert_eq!(cancelled(&metrics, "running"), Some(1.0));
-    let ok = ok_total(&metrics) - ok_0;
+    let ok = series.ok(&metrics);
     assert_eq!(ok, 1.0, "only shard 3 ran to its end: {}", metrics.render());
 
     conn.close(0u32.into(), b"test over");

@@ -118,3 +118,55 @@ pub(crate) async fn wait_for(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The agent's shard series as these tests read them: gauges as they stand, counters as changes since
+/// [`ShardSeries::start`] (other tests of this binary count into the same series).
+pub(crate) struct ShardSeries {
+    queued_0: f64,
+    running_0: f64,
+    ok_0: f64,
+}
+
+impl ShardSeries {
+    /// Notes the counters now.
+    pub(crate) fn start(h: &PrometheusHandle) -> Self {
+        Self {
+            queued_0: Self::cancelled_total(h, "queued"),
+            running_0: Self::cancelled_total(h, "running"),
+            ok_0: Self::ok_total(h),
+        }
+    }
+
+    fn cancelled_total(h: &PrometheusHandle, stage: &str) -> f64 {
+        counter(h, "cpcfarm_agent_shards_cancelled_total", &format!("stage=\"{stage}\""))
+    }
+
+    fn ok_total(h: &PrometheusHandle) -> f64 {
+        counter(h, "cpcfarm_agent_shards_total", "outcome=\"ok\"")
+    }
+
+    /// Shards running on a device now.
+    pub(crate) fn running(h: &PrometheusHandle) -> Option<f64> {
+        metric(h, "cpcfarm_agent_shards_running", "")
+    }
+
+    /// Shards the agent holds now (waiting for their device or running).
+    pub(crate) fn in_hand(h: &PrometheusHandle) -> Option<f64> {
+        metric(h, "cpcfarm_agent_shards_in_hand", "")
+    }
+
+    /// Shards cancelled while waiting for their device, since the start.
+    pub(crate) fn cancelled_queued(&self, h: &PrometheusHandle) -> f64 {
+        Self::cancelled_total(h, "queued") - self.queued_0
+    }
+
+    /// Shards cancelled while running, since the start.
+    pub(crate) fn cancelled_running(&self, h: &PrometheusHandle) -> f64 {
+        Self::cancelled_total(h, "running") - self.running_0
+    }
+
+    /// Shards answered, since the start.
+    pub(crate) fn ok(&self, h: &PrometheusHandle) -> f64 {
+        Self::ok_total(h) - self.ok_0
+    }
+}

@@ -6,7 +6,7 @@
 //! the agent's half; garbage on the pipe is refused and a reset pipe drops its shards.
 
 use crate::harness::{
-    STEP_LIMIT, admit, counter, exclusive_metrics, metric, spawn_agent, test_coordinator, wait_for,
+    STEP_LIMIT, ShardSeries, admit, exclusive_metrics, spawn_agent, test_coordinator, wait_for,
 };
 use cpc_common::{
     codec::{self, FrameDecoder},
@@ -119,10 +119,7 @@ async fn shards_ordered_together_come_back_together_by_their_roots() {
     // The coordinator finishes its half; with nothing in hand the agent finishes its own.
     send.finish().expect("finish");
     assert_eq!(next_answers(&mut recv, &mut dec).await, None, "the pipe ends with no more answers");
-    wait_for(&metrics, "nothing in hand", |h| {
-        metric(h, "cpcfarm_agent_shards_in_hand", "") == Some(0.0)
-    })
-    .await;
+    wait_for(&metrics, "nothing in hand", |h| ShardSeries::in_hand(h) == Some(0.0)).await;
 
     conn.close(0u32.into(), b"test over");
     drop(agent);
@@ -135,21 +132,10 @@ async fn pipe_shards_cancel_finish_and_refuse_garbage() {
     let agent = spawn_agent(&endpoint, fingerprint, "pipe-slow", SLOW_TOPS, [0]);
     let (conn, _) = tokio::time::timeout(STEP_LIMIT, admit(&endpoint)).await.expect("admitted");
 
-    let running = |h: &PrometheusHandle| metric(h, "cpcfarm_agent_shards_running", "");
-    let in_hand = |h: &PrometheusHandle| metric(h, "cpcfarm_agent_shards_in_hand", "");
-    // Counters as deltas: other tests of this binary count into the same series.
-    let cancelled_total = |h: &PrometheusHandle, stage: &str| {
-        counter(h, "cpcfarm_agent_shards_cancelled_total", &format!("stage=\"{stage}\""))
-    };
-    let ok_total =
-        |h: &PrometheusHandle| counter(h, "cpcfarm_agent_shards_total", "outcome=\"ok\"");
-    let (queued_0, running_0, ok_0) = (
-        cancelled_total(&metrics, "queued"),
-        cancelled_total(&metrics, "running"),
-        ok_total(&metrics),
-    );
-    let cancelled_queued = |h: &PrometheusHandle| cancelled_total(h, "queued") - queued_0;
-    let cancelled_running = |h: &PrometheusHandle| cancelled_total(h, "running") - running_0;
+    let series = ShardSeries::start(&metrics);
+    let (running, in_hand) = (ShardSeries::running, ShardSeries::in_hand);
+    let cancelled_queued = |h: &PrometheusHandle| series.cancelled_queued(h);
+    let cancelled_running = |h: &PrometheusHandle| series.cancelled_running(h);
 
     let (mut send, mut recv) = open_pipe(&conn).await;
     let mut dec = FrameDecoder::new();
@@ -199,12 +185,7 @@ async fn pipe_shards_cancel_finish_and_refuse_garbage() {
             ShardAnswer::Root { shard_id: 5, root, check: None },
         ]
     );
-    assert_eq!(
-        ok_total(&metrics) - ok_0,
-        3.0,
-        "shards 3 to 5 ran to their end: {}",
-        metrics.render()
-    );
+    assert_eq!(series.ok(&metrics), 3.0, "shards 3 to 5 ran to their end: {}", metrics.render());
 
     // A second pipe: garbage (a frame whose one order is a variant that does not exist) is refused, the
     // shard in hand cancelled, and the agent finishes its half.
