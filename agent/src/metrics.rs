@@ -12,11 +12,11 @@ use cpc_kernels::{
     Backend,
     gpu::{GpuStatus, GpuTelemetry, dcgm_labels, hostname},
 };
-use metrics::{Label, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, OnceLock, atomic::AtomicBool},
 };
 
 /// Installs the process's Prometheus recorder (shared with a coordinator in the same process) with the
@@ -218,22 +218,67 @@ pub(crate) fn device_measured(labels: &DeviceLabels, ops: f64) {
     gauge!("cpcfarm_device_measured_ops_per_second", labels.get()).set(ops);
 }
 
-pub(crate) fn shard_done(labels: &DeviceLabels, ok: bool, timing: Option<(f64, f64)>) {
-    counter!("cpcfarm_agent_shards_total", "outcome" => if ok { "ok" } else { "failed" })
-        .increment(1);
-    if let Some((secs, ops)) = timing {
-        histogram!("cpcfarm_agent_shard_duration_seconds").record(secs);
-        if secs > 0.0 {
-            gauge!("cpcfarm_device_ops_per_second", labels.get()).set(ops / secs);
-        }
+/// The series a device updates on every shard, each looked up by name and labels once, at its first use
+/// (so that it appears when it first has a value, as a lookup each time made it), instead of on every
+/// shard: with a hundred devices answering thousands of shards a second, cloning the labels and finding
+/// the series again was a noticeable part of an agent's time per shard.
+pub(crate) struct ShardMeters {
+    labels: DeviceLabels,
+    ok: OnceLock<Counter>,
+    failed: OnceLock<Counter>,
+    duration: OnceLock<Histogram>,
+    ops_per_second: OnceLock<Gauge>,
+    achieved_ops_per_second: OnceLock<Gauge>,
+}
+
+impl std::fmt::Debug for ShardMeters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardMeters").field("labels", &self.labels).finish_non_exhaustive()
     }
 }
 
-/// What a shard achieved: ops per second (device time where measured) and, where known, its joules.
-pub(crate) fn device_work(labels: &DeviceLabels, ops_per_second: f64, joules: Option<f64>) {
-    gauge!("cpcfarm_device_achieved_ops_per_second", labels.get()).set(ops_per_second);
-    if let Some(j) = joules {
-        gauge!("cpcfarm_device_joules_per_task", labels.get()).set(j);
+impl ShardMeters {
+    /// The meters of the device labelled `labels`.
+    pub(crate) fn new(labels: DeviceLabels) -> Self {
+        Self {
+            labels,
+            ok: OnceLock::new(),
+            failed: OnceLock::new(),
+            duration: OnceLock::new(),
+            ops_per_second: OnceLock::new(),
+            achieved_ops_per_second: OnceLock::new(),
+        }
+    }
+
+    /// A shard ended, `ok` or not; `timing` is its seconds and operations when it ran.
+    pub(crate) fn done(&self, ok: bool, timing: Option<(f64, f64)>) {
+        let total = |outcome: &'static str| move || counter!("cpcfarm_agent_shards_total", "outcome" => outcome);
+        let counter = if ok {
+            self.ok.get_or_init(total("ok"))
+        } else {
+            self.failed.get_or_init(total("failed"))
+        };
+        counter.increment(1);
+        if let Some((secs, ops)) = timing {
+            self.duration
+                .get_or_init(|| histogram!("cpcfarm_agent_shard_duration_seconds"))
+                .record(secs);
+            if secs > 0.0 {
+                self.ops_per_second
+                    .get_or_init(|| gauge!("cpcfarm_device_ops_per_second", self.labels.get()))
+                    .set(ops / secs);
+            }
+        }
+    }
+
+    /// What a shard achieved: ops per second (device time where measured) and, where known, its joules.
+    pub(crate) fn work(&self, ops_per_second: f64, joules: Option<f64>) {
+        self.achieved_ops_per_second
+            .get_or_init(|| gauge!("cpcfarm_device_achieved_ops_per_second", self.labels.get()))
+            .set(ops_per_second);
+        if let Some(j) = joules {
+            gauge!("cpcfarm_device_joules_per_task", self.labels.get()).set(j);
+        }
     }
 }
 

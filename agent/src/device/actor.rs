@@ -30,6 +30,8 @@ pub(super) struct DeviceState {
     /// Restarts of the worker after a watchdog firing before the device is given up (quarantined).
     pub(super) max_restarts: u32,
     pub(super) labels: DeviceLabels,
+    /// The series every shard updates.
+    pub(super) meters: m::ShardMeters,
     pub(super) cache: Arc<Mutex<RowCache>>,
     /// Calls running on the device at once ([`Backend::concurrent_shards`]).
     pub(super) in_flight: Semaphore,
@@ -250,7 +252,7 @@ impl Handler<Compute> for DeviceActor {
             let shard_id = req.shard_id;
             let key = ShardKey { session, shard_id };
             let failed = |reason: String| {
-                m::shard_done(&state.labels, false, None);
+                state.meters.done(false, None);
                 ShardAnswer::Failed { shard_id, reason }
             };
             let cancelled = |at: CancelledAt| {
@@ -330,7 +332,7 @@ impl Handler<Compute> for DeviceActor {
                     state.backend_failed(&e, &reason);
                     if e.is_failed_check() {
                         m::freivalds_check(&state.labels, false, None);
-                        m::shard_done(&state.labels, false, None);
+                        state.meters.done(false, None);
                         tracing::error!(device = state.index, %reason, "Freivalds check failed");
                         return ShardAnswer::CheckFailed { shard_id, reason };
                     }
@@ -338,8 +340,8 @@ impl Handler<Compute> for DeviceActor {
                 }
                 Ok((Ok((output, tree)), stats, _)) => {
                     let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
-                    m::shard_done(&state.labels, true, Some((secs, ops)));
-                    record_work(&state.labels, ops, secs, stats.as_ref());
+                    state.meters.done(true, Some((secs, ops)));
+                    record_work(&state.meters, ops, secs, stats.as_ref());
                     let ShardOutput { leaves, rows: values, check } = output;
                     if let Some(cost) = check {
                         let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
@@ -376,14 +378,14 @@ fn check_timing(cost: CheckCost) -> CheckTiming {
 
 /// Achieved ops per second and joules of one shard: the backend's own stats (device time, NVML energy) where
 /// it has them, the wall time of the call otherwise.
-fn record_work(labels: &DeviceLabels, ops: f64, wall_secs: f64, stats: Option<&ShardStats>) {
+fn record_work(meters: &m::ShardMeters, ops: f64, wall_secs: f64, stats: Option<&ShardStats>) {
     let wall = if wall_secs > 0.0 { ops / wall_secs } else { 0.0 };
     let (ops_per_second, joules) = match stats {
         Some(s) if s.device_seconds > 0.0 => (s.tera_ops_per_second() * 1e12, s.energy_joules),
         Some(s) => (wall, s.energy_joules),
         None => (wall, None),
     };
-    m::device_work(labels, ops_per_second, joules);
+    meters.work(ops_per_second, joules);
 }
 
 /// Recomputes one row of a shard this device ran without keeping its rows, for a spot check; answers

@@ -80,6 +80,7 @@ pub async fn start(
         health,
         watchdog: options.watchdog,
         max_restarts: options.max_restarts,
+        meters: m::ShardMeters::new(labels.clone()),
         labels,
         cache,
         in_flight: Semaphore::new(backend.concurrent_shards().max(1)),
