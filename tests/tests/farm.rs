@@ -5,8 +5,12 @@
 use cpc_agent::{AgentConfig, AgentError, AgentThread, DeviceSpec};
 use cpc_common::{
     codec::{self, FrameDecoder},
+    quic::{read_frame, write_frame},
     synthetic::Challenge,
-    wire::{ALPN, HelloReply, PROTOCOL_VERSION, SHARD_PIPE_SINCE},
+    wire::{
+        ALPN, AgentControl, DeviceAdvert, Hello, HelloReply, PROTOCOL_VERSION, Request,
+        RowCapacity, SHARD_PIPE_SINCE, ShardPipeOrders, advertised_sizes,
+    },
 };
 use cpc_coordinator::farm::{
     self, FarmConfig, FarmHandle, Identity, JobError, JobSpec, SplitPolicy, SpotCheckConfig,
@@ -408,6 +412,103 @@ async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     reply
+}
+
+/// Joins `farm` as a hand-driven agent of the current protocol, with one device that claims to be very
+/// fast (so that the scheduler picks it first), heartbeats, and answers the first orders on its shard pipe
+/// with `garbage`. Held until the connection is dropped.
+async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connection {
+    let pinned = cpc_agent::tls::parse_fingerprint(farm.fingerprint()).expect("fingerprint");
+    let (client, _) =
+        cpc_agent::tls::client_config(pinned, quinn::TransportConfig::default()).expect("client");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(client);
+    let conn =
+        endpoint.connect(farm.local_addr(), "cpc-coordinator").expect("dial").await.expect("TLS");
+    let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.expect("control stream");
+    let device = DeviceAdvert {
+        index: 0,
+        name: "garbler".into(),
+        kind: "gpu".into(),
+        memory_bytes: 1 << 40,
+        measured_ops_per_sec: 1e15,
+        concurrent_shards: 1,
+        row_capacity: advertised_sizes()
+            .map(|matrix_size| RowCapacity { matrix_size, max_rows: matrix_size })
+            .collect(),
+    };
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: farm.token().to_owned(),
+        agent_name: "garbler".into(),
+        devices: vec![device],
+    };
+    write_frame(&mut ctl_send, &hello).await.expect("hello");
+    let mut dec = FrameDecoder::new();
+    let welcome = read_frame::<HelloReply>(&mut ctl_recv, &mut dec).await.expect("read");
+    let Some(HelloReply::Welcome { heartbeat_interval_ms, .. }) = welcome else {
+        panic!("not welcomed: {welcome:?}");
+    };
+    tokio::spawn(async move {
+        let _endpoint = endpoint;
+        for seq in 0.. {
+            if write_frame(&mut ctl_send, &AgentControl::Heartbeat { seq }).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(heartbeat_interval_ms.into())).await;
+        }
+    });
+    let streams = conn.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut send, mut recv)) = streams.accept_bi().await {
+            let mut dec = FrameDecoder::new();
+            if let Ok(Some(Request::OpenShardPipe(_))) = read_frame(&mut recv, &mut dec).await
+                && let Ok(Some(ShardPipeOrders(_))) = read_frame(&mut recv, &mut dec).await
+            {
+                let _ = send.write_all(&garbage).await;
+            }
+            held.push((send, recv));
+        }
+    });
+    conn
+}
+
+/// An agent whose shard pipe answers do not decode has every shard it held answered wrong: its device is
+/// quarantined with the reason, and the job's result is computed right by the honest device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_quarantines_an_agent_that_garbles_its_shard_pipe() {
+    let mut config = farm_config();
+    config.split = SplitPolicy { small_job: Duration::from_secs(1), min_shard_rows: 8 };
+    let farm = farm::start(config).expect("farm");
+    let honest = AgentThread::spawn(agent_config(&farm, "honest"), one_device(cpu()));
+    farm.wait_for_agents(1, Duration::from_secs(60)).await.expect("honest agent");
+    // A length prefix, then a payload that is no sequence of answers.
+    let garbler = garbling_agent(&farm, vec![0, 0, 0, 2, 0xff, 0xff]).await;
+    farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("both agents");
+
+    let challenge = Challenge::new("garbled-pipe", 64, 1).expect("challenge");
+    let report = farm.run_job(challenge.clone()).await.expect("job");
+    assert_eq!(report.result_hash, expected(&challenge));
+    let rows_by = |agent: &str| -> u64 {
+        report.devices.iter().filter(|d| d.agent == agent).map(|d| d.rows).sum()
+    };
+    assert_eq!((rows_by("honest"), rows_by("garbler")), (64, 0), "{report:#?}");
+    assert_eq!((report.spot_checks_failed, report.shards_reassigned), (1, 1), "{report:#?}");
+    let garbled = farm
+        .devices()
+        .await
+        .expect("devices")
+        .into_iter()
+        .find(|d| d.agent == "garbler")
+        .expect("the garbler is listed");
+    assert!(garbled.quarantined, "{garbled:#?}");
+    let reason = garbled.quarantine_reason.unwrap_or_default();
+    assert!(reason.contains("undecodable answer on the shard pipe"), "{reason}");
+    garbler.close(0u32.into(), b"done");
+    drop(honest);
+    shutdown(farm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

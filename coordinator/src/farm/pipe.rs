@@ -9,9 +9,11 @@
 //! burst of shards costs a few packets, and one message to the scheduler actor per frame of answers.
 //!
 //! Cancelling a shard is an order on the pipe. The pipe keeps the shards it sent until they are answered
-//! or cancelled; when the stream or the connection fails, each of them, and each shard sent to the pipe
-//! after, is a transport failure (the scheduler then opens a new pipe for the next shard). Spot checks of
-//! piped shards fetch their rows on streams of their own, as before.
+//! or cancelled. When the stream or the connection fails, each of them, and each shard sent to the pipe
+//! after, is a transport failure (the scheduler then opens a new pipe for the next shard); when the agent
+//! writes answers that do not decode, each shard it held is answered wrong, as an undecodable answer on a
+//! shard's own stream is, so that its devices are quarantined and the shards recomputed elsewhere. Spot
+//! checks of piped shards fetch their rows on streams of their own, as before.
 
 use super::{
     schedule::{Dispatch, ShardId, ShardOutcome},
@@ -41,6 +43,16 @@ enum Command {
 
 /// Shards sent on a pipe and not yet answered or cancelled, with whether each was asked for its root.
 type InFlight = Arc<Mutex<HashMap<ShardId, (Dispatch, bool)>>>;
+
+/// Why a pipe ended.
+#[derive(Debug)]
+enum PipeEnd {
+    /// The stream or the connection failed, or the agent ended or refused the pipe: nobody's fault that
+    /// shows in a result.
+    Lost(String),
+    /// The agent wrote answers that do not decode.
+    Garbled(String),
+}
 
 /// The scheduler's end of one agent connection's shard pipe. Dropping it finishes the pipe: shards
 /// already sent are still answered (and reported), none can be sent.
@@ -92,17 +104,20 @@ async fn drive(
     let (mut send, recv) = match opened.await {
         Ok(streams) => streams,
         Err(e) => {
-            fail_all(&mut commands, &in_flight, &format!("cannot open the shard pipe: {e}"), &sink);
+            let end = PipeEnd::Lost(format!("cannot open the shard pipe: {e}"));
+            fail_all(&mut commands, &in_flight, &end, &sink);
             return;
         }
     };
     let mut reader = tokio::spawn(read_answers(conn, recv, in_flight.clone(), spot, sink.clone()));
     let mut batch = Vec::with_capacity(MAX_PIPE_BATCH);
-    let why = loop {
+    let end = loop {
         tokio::select! {
             biased;
             ended = &mut reader => {
-                break ended.unwrap_or_else(|e| format!("the shard pipe's reader stopped: {e}"));
+                break ended.unwrap_or_else(|e| {
+                    PipeEnd::Lost(format!("the shard pipe's reader stopped: {e}"))
+                });
             }
             received = commands.recv_many(&mut batch, MAX_PIPE_BATCH) => {
                 if received == 0 {
@@ -118,18 +133,13 @@ async fn drive(
                 }
                 if let Err(e) = write_frame(&mut send, &ShardPipeOrders(orders)).await {
                     reader.abort();
-                    break format!("writing to the shard pipe failed: {e}");
+                    break PipeEnd::Lost(format!("writing to the shard pipe failed: {e}"));
                 }
             }
         }
     };
     let _ = send.reset(0u32.into());
-    fail_all(
-        &mut commands,
-        &in_flight,
-        &format!("the shard pipe to the agent failed: {why}"),
-        &sink,
-    );
+    fail_all(&mut commands, &in_flight, &end, &sink);
 }
 
 /// Turns waiting commands into orders, noting each shard sent as in flight; a cancellation goes out only
@@ -159,56 +169,73 @@ fn orders(batch: &mut Vec<Command>, in_flight: &InFlight) -> Vec<ShardPipeOrder>
     orders
 }
 
-/// The pipe has failed: closes it to new shards and reports every shard in flight, and every one still
-/// waiting to be written, as a transport failure.
+/// The pipe has ended: closes it to new shards and reports every shard in flight as `end` makes it (a
+/// transport failure, or a wrong answer when the agent garbled the pipe), and every one still waiting to
+/// be written, which never reached the agent, as a transport failure.
 fn fail_all(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     in_flight: &InFlight,
-    why: &str,
+    end: &PipeEnd,
     sink: &OutcomeSink,
 ) {
     commands.close();
-    let mut failed: Vec<ShardId> = in_flight
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain()
-        .map(|(shard, _)| shard)
+    let lost = |reason: &str| ShardOutcome::Failed {
+        reason: format!("the shard pipe to the agent failed: {reason}"),
+        transport: true,
+    };
+    let held: Vec<ShardId> =
+        in_flight.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(s, _)| s).collect();
+    let mut ended: Vec<(ShardId, ShardOutcome)> = held
+        .into_iter()
+        .map(|shard| {
+            let outcome = match end {
+                PipeEnd::Lost(reason) => lost(reason),
+                PipeEnd::Garbled(reason) => {
+                    ShardOutcome::Wrong { passed: 0, reason: reason.clone() }
+                }
+            };
+            (shard, outcome)
+        })
         .collect();
     while let Ok(command) = commands.try_recv() {
         if let Command::Run(dispatch) = command {
-            failed.push(dispatch.shard_id);
+            let reason = match end {
+                PipeEnd::Lost(reason) | PipeEnd::Garbled(reason) => reason,
+            };
+            ended.push((dispatch.shard_id, lost(reason)));
         }
     }
-    if failed.is_empty() {
+    if ended.is_empty() {
         return;
     }
-    tracing::debug!(shards = failed.len(), "{why}");
-    let outcome = || ShardOutcome::Failed { reason: why.to_owned(), transport: true };
-    sink(failed.into_iter().map(|shard| (shard, outcome())).collect());
+    tracing::warn!(shards = ended.len(), ?end, "shard pipe ended with shards in flight");
+    sink(ended);
 }
 
 /// The pipe's reader: judges each frame of answers and reports them to the scheduler in one message
-/// (a result to spot check is checked on a task of its own and reported when done). Answers the reason
-/// the pipe ended.
+/// (a result to spot check is checked on a task of its own and reported when done). Answers why the
+/// pipe ended.
 async fn read_answers(
     conn: quinn::Connection,
     mut recv: quinn::RecvStream,
     in_flight: InFlight,
     spot: SpotCheckConfig,
     sink: OutcomeSink,
-) -> String {
+) -> PipeEnd {
     let mut dec = FrameDecoder::new();
     loop {
         let answers = match read_frame::<ShardPipeAnswers>(&mut recv, &mut dec).await {
             Ok(Some(ShardPipeAnswers(answers))) => answers,
-            Ok(None) => return "the agent ended the shard pipe".into(),
-            Err(FrameIoError::Codec(e)) => return format!("undecodable answers: {e}"),
-            Err(e) => return e.to_string(),
+            Ok(None) => return PipeEnd::Lost("the agent ended the shard pipe".into()),
+            Err(FrameIoError::Codec(e)) => {
+                return PipeEnd::Garbled(format!("undecodable answer on the shard pipe: {e}"));
+            }
+            Err(e) => return PipeEnd::Lost(e.to_string()),
         };
         let mut judged = Vec::with_capacity(answers.len());
         for answer in answers {
             let Some(shard_id) = answer.shard_id() else {
-                return format!("the agent refused the pipe's orders: {answer:?}");
+                return PipeEnd::Lost(format!("the agent refused the pipe's orders: {answer:?}"));
             };
             // Not in flight: cancelled (the answer crossed the order) or never sent here; either way
             // nobody waits for it.
