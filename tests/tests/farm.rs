@@ -387,8 +387,8 @@ async fn farm_agent_refuses_an_unpinned_coordinator() {
     shutdown(farm).await;
 }
 
-/// Opens a pinned QUIC connection and sends raw bytes as the first frame; answers the decoded reply.
-async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
+/// A QUIC connection to `farm` that pins its certificate, as an agent's does (and its endpoint).
+async fn pinned_connection(farm: &FarmHandle) -> (quinn::Endpoint, quinn::Connection) {
     let pinned = cpc_agent::tls::parse_fingerprint(farm.fingerprint()).expect("fingerprint");
     let (client, _) =
         cpc_agent::tls::client_config(pinned, quinn::TransportConfig::default()).expect("client");
@@ -397,6 +397,12 @@ async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
     endpoint.set_default_client_config(client);
     let conn =
         endpoint.connect(farm.local_addr(), "cpc-coordinator").expect("dial").await.expect("TLS");
+    (endpoint, conn)
+}
+
+/// Opens a pinned QUIC connection and sends raw bytes as the first frame; answers the decoded reply.
+async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
+    let (endpoint, conn) = pinned_connection(farm).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     send.write_all(&bytes).await.expect("write");
     let _ = send.finish();
@@ -418,14 +424,7 @@ async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
 /// fast (so that the scheduler picks it first), heartbeats, and answers the first orders on its shard pipe
 /// with `garbage`. Held until the connection is dropped.
 async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connection {
-    let pinned = cpc_agent::tls::parse_fingerprint(farm.fingerprint()).expect("fingerprint");
-    let (client, _) =
-        cpc_agent::tls::client_config(pinned, quinn::TransportConfig::default()).expect("client");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(client);
-    let conn =
-        endpoint.connect(farm.local_addr(), "cpc-coordinator").expect("dial").await.expect("TLS");
+    let (endpoint, conn) = pinned_connection(farm).await;
     let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.expect("control stream");
     let device = DeviceAdvert {
         index: 0,
