@@ -69,12 +69,16 @@ impl ShardPipe {
         Self { commands }
     }
 
-    /// Sends `dispatch` on the pipe; gives it back when the pipe has ended (its stream failed).
-    pub(crate) fn run(&self, dispatch: Dispatch) -> Result<(), Dispatch> {
-        match self.commands.send(Command::Run(dispatch)) {
-            Ok(()) | Err(mpsc::error::SendError(Command::Cancel(_))) => Ok(()),
-            Err(mpsc::error::SendError(Command::Run(dispatch))) => Err(dispatch),
-        }
+    /// Sends `dispatch` on the pipe; false when the pipe has ended (its stream failed) and the shard
+    /// did not go.
+    #[must_use]
+    pub(crate) fn run(&self, dispatch: Dispatch) -> bool {
+        self.commands.send(Command::Run(dispatch)).is_ok()
+    }
+
+    /// Whether the pipe has ended (its stream failed): it takes no more shards.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.commands.is_closed()
     }
 
     /// Cancels `shard`: the agent drops or stops it, and its answer, should one cross the order, is not

@@ -197,29 +197,19 @@ impl Scheduler {
     /// failed.
     fn send_on_pipe(&mut self, link: AgentLink, dispatch: Dispatch, ctx: &mut Context<Self>) {
         let (shard, agent) = (dispatch.shard_id, dispatch.device.agent);
-        let mut dispatch = Some(dispatch);
-        for _ in 0..2 {
-            let Some(next) = dispatch.take() else { break };
-            let pipe = self.pipes.entry(agent).or_insert_with(|| {
-                ShardPipe::open(
-                    link.conn.clone(),
-                    self.config.spot_check.clone(),
-                    outcome_sink(ctx),
-                )
-            });
-            match pipe.run(next) {
-                Ok(()) => {
-                    self.aborts.insert(shard, Abort::Pipe(agent));
-                    return;
-                }
-                Err(back) => {
-                    // That pipe failed since its last shard: a fresh one gets this shard.
-                    self.pipes.remove(&agent);
-                    dispatch = Some(back);
-                }
-            }
+        if self.pipes.get(&agent).is_some_and(ShardPipe::has_ended) {
+            // That pipe failed since its last shard: a fresh one takes this shard.
+            self.pipes.remove(&agent);
         }
-        lost(shard, "the shard pipe to the device's agent failed as it opened", ctx);
+        let pipe = self.pipes.entry(agent).or_insert_with(|| {
+            ShardPipe::open(link.conn.clone(), self.config.spot_check.clone(), outcome_sink(ctx))
+        });
+        if pipe.run(dispatch) {
+            self.aborts.insert(shard, Abort::Pipe(agent));
+        } else {
+            // It failed just now: the shard never left.
+            lost(shard, "the shard pipe to the device's agent failed", ctx);
+        }
     }
 
     /// Stops a shard in flight (its answer, should one come, is not reported).
