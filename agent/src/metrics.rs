@@ -250,6 +250,11 @@ impl ShardMeters {
         }
     }
 
+    /// The device's labels.
+    pub(crate) fn labels(&self) -> &DeviceLabels {
+        &self.labels
+    }
+
     /// A shard ended, `ok` or not; `timing` is its seconds and operations when it ran.
     pub(crate) fn done(&self, ok: bool, timing: Option<(f64, f64)>) {
         let total = |outcome: &'static str| move || counter!("cpcfarm_agent_shards_total", "outcome" => outcome);

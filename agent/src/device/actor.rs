@@ -7,7 +7,7 @@ use super::{
     row_cache::{RowCache, ShardKey},
     worker::{CallError, Worker, watchdog_deadline},
 };
-use crate::metrics::{self as m, DeviceLabels};
+use crate::metrics as m;
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use cpc_common::wire::{CheckTiming, RowAnswer, RunShard, ShardAnswer};
 use cpc_kernels::{
@@ -29,8 +29,7 @@ pub(super) struct DeviceState {
     pub(super) watchdog: Duration,
     /// Restarts of the worker after a watchdog firing before the device is given up (quarantined).
     pub(super) max_restarts: u32,
-    pub(super) labels: DeviceLabels,
-    /// The series every shard updates.
+    /// The device's series: its labels, and the series every shard updates.
     pub(super) meters: m::ShardMeters,
     pub(super) cache: Arc<Mutex<RowCache>>,
     /// Calls running on the device at once ([`Backend::concurrent_shards`]).
@@ -44,7 +43,7 @@ impl DeviceState {
     /// counts it when only a process restart brings it back.
     pub(super) fn backend_failed(&self, error: &BackendError, reason: &str) {
         if error.needs_restart() {
-            m::device_restart_needed(&self.labels);
+            m::device_restart_needed(self.meters.labels());
             tracing::error!(
                 device = self.index,
                 name = %self.name,
@@ -61,7 +60,7 @@ impl DeviceState {
     /// Quarantines the device: recorded in [`Health`], worker given up on, metrics and log.
     pub(super) fn quarantine(&self, reason: &str) {
         self.worker.abandon();
-        m::device_healthy(&self.labels, false);
+        m::device_healthy(self.meters.labels(), false);
         if self.health.quarantine(self.index, reason) {
             tracing::error!(
                 device = self.index,
@@ -90,7 +89,7 @@ impl DeviceState {
             CallError::Panicked(why) => Err(format!("{what} panicked on the device: {why}")),
             CallError::Timeout(waited) => {
                 self.health.watchdog_fired(self.index);
-                m::watchdog_fired(&self.labels);
+                m::watchdog_fired(self.meters.labels());
                 if let Some(reason) = self.restart_after_watchdog(&what, waited) {
                     return Err(reason);
                 }
@@ -136,7 +135,7 @@ impl DeviceState {
             return None;
         }
         let restarts = self.health.restarted(self.index);
-        m::device_restarted(&self.labels);
+        m::device_restarted(self.meters.labels());
         let reason = format!(
             "{}: {what} did not finish within {:.1} s (watchdog): the device's worker was restarted \
              (restart {restarts} of {}, --max-device-restarts); the device keeps serving",
@@ -313,7 +312,7 @@ impl Handler<Compute> for DeviceActor {
             drop(running);
             let secs = started.elapsed().as_secs_f64();
             if let Ok((_, _, Some(status))) = &out {
-                m::gpu_status(&state.labels, status);
+                m::gpu_status(state.meters.labels(), status);
             }
             // Cancelled while it ran: whatever came out (a product that finished anyway, or the device's
             // `Cancelled`) is dropped. A device that failed meanwhile is still dealt with below.
@@ -331,7 +330,7 @@ impl Handler<Compute> for DeviceActor {
                     let reason = format!("{}: {e}", state.name);
                     state.backend_failed(&e, &reason);
                     if e.is_failed_check() {
-                        m::freivalds_check(&state.labels, false, None);
+                        m::freivalds_check(state.meters.labels(), false, None);
                         state.meters.done(false, None);
                         tracing::error!(device = state.index, %reason, "Freivalds check failed");
                         return ShardAnswer::CheckFailed { shard_id, reason };
@@ -345,7 +344,7 @@ impl Handler<Compute> for DeviceActor {
                     let ShardOutput { leaves, rows: values, check } = output;
                     if let Some(cost) = check {
                         let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
-                        m::freivalds_check(&state.labels, true, Some((c, s)));
+                        m::freivalds_check(state.meters.labels(), true, Some((c, s)));
                     }
                     let check = check.map(check_timing);
                     // Plain data: a panic elsewhere while it was held leaves nothing half-done in it.

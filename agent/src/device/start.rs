@@ -80,16 +80,15 @@ pub async fn start(
         health,
         watchdog: options.watchdog,
         max_restarts: options.max_restarts,
-        meters: m::ShardMeters::new(labels.clone()),
-        labels,
+        meters: m::ShardMeters::new(labels),
         cache,
         in_flight: Semaphore::new(backend.concurrent_shards().max(1)),
         keeps_rows: backend.keeps_rows_cheaply(),
     });
-    m::device_healthy(&state.labels, true);
+    m::device_healthy(state.meters.labels(), true);
     state.health.register(index);
     if let Some(status) = backend.gpu_status() {
-        m::gpu_status(&state.labels, &status);
+        m::gpu_status(state.meters.labels(), &status);
     }
     let n = options.measure_n;
     let measured = match backend.declared_ops_per_sec() {
@@ -118,7 +117,7 @@ pub async fn start(
             (1.0, Some(reason))
         }
     };
-    m::device_measured(&state.labels, ops);
+    m::device_measured(state.meters.labels(), ops);
     let advert = DeviceAdvert {
         index,
         kind: backend.kind_name().to_owned(),

@@ -183,30 +183,24 @@ fn fail_all(
     sink: &OutcomeSink,
 ) {
     commands.close();
-    let lost = |reason: &str| ShardOutcome::Failed {
+    let (PipeEnd::Lost(reason) | PipeEnd::Garbled(reason)) = end;
+    let lost = || ShardOutcome::Failed {
         reason: format!("the shard pipe to the agent failed: {reason}"),
         transport: true,
     };
-    let held: Vec<ShardId> =
-        in_flight.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(s, _)| s).collect();
-    let mut ended: Vec<(ShardId, ShardOutcome)> = held
-        .into_iter()
-        .map(|shard| {
-            let outcome = match end {
-                PipeEnd::Lost(reason) => lost(reason),
-                PipeEnd::Garbled(reason) => {
-                    ShardOutcome::Wrong { passed: 0, reason: reason.clone() }
-                }
-            };
-            (shard, outcome)
-        })
+    let held = || match end {
+        PipeEnd::Lost(_) => lost(),
+        PipeEnd::Garbled(_) => ShardOutcome::Wrong { passed: 0, reason: reason.clone() },
+    };
+    let mut ended: Vec<(ShardId, ShardOutcome)> = in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+        .map(|(shard, _)| (shard, held()))
         .collect();
     while let Ok(command) = commands.try_recv() {
         if let Command::Run(dispatch) = command {
-            let reason = match end {
-                PipeEnd::Lost(reason) | PipeEnd::Garbled(reason) => reason,
-            };
-            ended.push((dispatch.shard_id, lost(reason)));
+            ended.push((dispatch.shard_id, lost()));
         }
     }
     if ended.is_empty() {
