@@ -28,6 +28,12 @@ impl Backend for NoopBackend {
         "noop"
     }
 
+    /// Up to n = 4096, where the one row it hashes (4·n bytes) takes a few microseconds: less than handing
+    /// the shard to the device's thread and back.
+    fn answers_at_once(&self, shard: &Shard) -> bool {
+        shard.challenge.matrix_size() <= 4096
+    }
+
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         shard.validate()?;
         let n = shard.challenge.matrix_size() as usize;

@@ -4,7 +4,8 @@
 //! leaves, each the hash of an all-zero row (hashed once per n). A hold of [`SPIN_BELOW`] or more sleeps, so
 //! that hundreds of devices fit on a few cores; a shorter one (a whole n = 1024 product at 660 TOPS is
 //! 3.25 µs) spins on the clock, because a timed sleep would overshoot it many times over and cost two
-//! context switches. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
+//! context switches; one under [`AT_ONCE_BELOW`] spins on the agent's own thread, sparing it the hand-off
+//! to the device's. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
 //! spot check fails it), never one that submits to a chain; the agent refuses to start one without
 //! `--allow-wrong-results`.
 //!
@@ -35,6 +36,13 @@ pub const SIMULATED_KIND: &str = "simulated";
 /// 100 µs the overshoot is at most about half the hold, and a device holds at most ten thousand such
 /// shards a second, so their context switches cost little.
 pub const SPIN_BELOW: Duration = Duration::from_micros(100);
+
+/// Holds shorter than this run on the agent's own thread ([`Backend::answers_at_once`]) rather than the
+/// device's: handing a shard to another thread and its answer back costs two thread wake-ups, some
+/// microseconds each (tens in a VM), more than the hold itself. The agent's devices then hold such shards
+/// one after another, which for a hundred devices at n = 1024 and 660 TOPS spreads a burst over about a
+/// third of a millisecond.
+pub const AT_ONCE_BELOW: Duration = Duration::from_micros(10);
 
 /// Why a simulated device could not be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -159,6 +167,11 @@ impl Backend for SimulatedBackend {
         Some(self.tera_ops_per_sec * 1e12)
     }
 
+    /// Holds under [`AT_ONCE_BELOW`].
+    fn answers_at_once(&self, shard: &Shard) -> bool {
+        self.shard_time(shard) < AT_ONCE_BELOW
+    }
+
     /// Its made-up leaves are all equal: their tree takes `log₂ n` hashes instead of `n − 1` (at n = 1024,
     /// 0.1 ms of CPU that a real agent spends on a host of its own, and that a hundred simulated agents
     /// on one benchmark host would take from the coordinator's cores).
@@ -264,6 +277,19 @@ mod tests {
         let now = Instant::now();
         assert!(!SimulatedBackend::hold(started, Duration::from_secs(20), &CancelToken::new()));
         assert!(now.elapsed() < Duration::from_secs(10), "held {:?} more", now.elapsed());
+    }
+
+    #[test]
+    fn only_a_hold_shorter_than_a_hand_off_is_answered_at_once() {
+        let sim = SimulatedBackend::new(660.0).expect("sim");
+        // A whole n = 1024 product at 660 TOPS: 3.25 µs.
+        let whole = shard(1024, 0..1024);
+        assert!(sim.shard_time(&whole) < AT_ONCE_BELOW);
+        assert!(sim.answers_at_once(&whole));
+        // At n = 4096, 208 µs: the device's own thread holds it.
+        let large = shard(4096, 0..4096);
+        assert!(sim.shard_time(&large) >= AT_ONCE_BELOW);
+        assert!(!sim.answers_at_once(&large));
     }
 
     #[test]

@@ -230,6 +230,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn keeps_rows_cheaply(&self) -> bool {
         true
     }
+    /// Whether the backend answers `shard` sooner than handing it to another thread would take (a thread
+    /// wake-up each way, some microseconds): a simulated device's microsecond hold, a device that computes
+    /// nothing. The agent then runs the shard on its own thread instead of the device's worker, with no
+    /// watchdog (nothing in such a call can hang). `false` by default, and for every backend that computes.
+    fn answers_at_once(&self, shard: &Shard) -> bool {
+        let _ = shard;
+        false
+    }
     /// How many `run_shard` calls from different threads the device overlaps usefully: 1 by default (the CPU
     /// backend already uses every core for one shard); [`gpu::SLOTS`] on a GPU, where one shard's generation
     /// and hashing overlap the other's GEMM, each shard within the memory of [`DeviceInfo::memory_bytes`].

@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 
 /// What the actors of one device share with their futures.
 #[derive(Debug)]
@@ -80,18 +80,32 @@ impl DeviceState {
         what: impl Fn() -> String,
         f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
     ) -> Result<T, String> {
-        let error = match self.worker.call(watchdog_deadline(self.watchdog), f).await {
-            Ok(v) => return Ok(v),
-            Err(error) => error,
-        };
-        let what = what();
+        match self.worker.call(watchdog_deadline(self.watchdog), f).await {
+            Ok(v) => Ok(v),
+            Err(error) => Err(self.call_failed(&what(), error)),
+        }
+    }
+
+    /// Runs a call the backend answers at once ([`Backend::answers_at_once`]) on this thread: a hand-off to
+    /// the worker would cost more than the call, and nothing in it can hang for a watchdog to catch.
+    pub(super) fn call_here<T>(
+        &self,
+        what: impl Fn() -> String,
+        f: impl FnOnce(&dyn Backend) -> T,
+    ) -> Result<T, String> {
+        self.worker.run_here(f).map_err(|error| self.call_failed(&what(), error))
+    }
+
+    /// The reason a call on the device failed, and what the failure does to the device: a watchdog firing
+    /// restarts its worker or quarantines it, and a lost worker quarantines it.
+    fn call_failed(&self, what: &str, error: CallError) -> String {
         match error {
-            CallError::Panicked(why) => Err(format!("{what} panicked on the device: {why}")),
+            CallError::Panicked(why) => format!("{what} panicked on the device: {why}"),
             CallError::Timeout(waited) => {
                 self.health.watchdog_fired(self.index);
                 m::watchdog_fired(self.meters.labels());
-                if let Some(reason) = self.restart_after_watchdog(&what, waited) {
-                    return Err(reason);
+                if let Some(reason) = self.restart_after_watchdog(what, waited) {
+                    return reason;
                 }
                 let reason = format!(
                     "{}: {what} did not finish within {:.1} s (watchdog --watchdog-secs {:.1} plus grace): \
@@ -110,14 +124,14 @@ impl DeviceState {
                     }
                 );
                 self.quarantine(&reason);
-                Err(reason)
+                reason
             }
             CallError::Gone => {
                 let reason = self.health.reason(self.index).unwrap_or_else(|| {
                     format!("{}: the device's worker thread is gone", self.name)
                 });
                 self.quarantine(&reason);
-                Err(reason)
+                reason
             }
         }
     }
@@ -188,37 +202,36 @@ pub enum AnswerWith {
 /// that runs it. Once set, a shard still waiting for its device is dropped without running, a device that
 /// can stop early stops ([`Backend::run_shard_cancellable`]), and a product that finishes anyway is neither
 /// kept for spot checks nor answered. Clones share it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ShardCancel {
-    /// What the device's worker thread checks.
+    /// What the device's worker thread checks, and the flag itself.
     token: CancelToken,
-    /// What the actor's futures wait on.
-    set: Arc<watch::Sender<bool>>,
-}
-
-impl Default for ShardCancel {
-    fn default() -> Self {
-        Self { token: CancelToken::new(), set: Arc::new(watch::Sender::new(false)) }
-    }
+    /// What the actor's futures wait on (one small allocation per shard: a shard pipe makes thousands a
+    /// second).
+    woken: Arc<Notify>,
 }
 
 impl ShardCancel {
     /// Cancels the shard.
     pub fn cancel(&self) {
         self.token.cancel();
-        self.set.send_replace(true);
+        self.woken.notify_waiters();
     }
 
     /// Whether the shard was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        *self.set.borrow()
+        self.token.is_cancelled()
     }
 
     /// Completes once the shard is cancelled.
     pub async fn cancelled(&self) {
-        let mut set = self.set.subscribe();
-        // The sender lives in `self`: `wait_for` ends only when the value turns true.
-        let _ = set.wait_for(|cancelled| *cancelled).await;
+        let woken = self.woken.notified();
+        tokio::pin!(woken);
+        // Registered before the flag is read, so a cancel in between still wakes it.
+        woken.as_mut().enable();
+        if !self.is_cancelled() {
+            woken.await;
+        }
     }
 }
 
@@ -293,22 +306,22 @@ impl Handler<Compute> for DeviceActor {
             let recomputable = (!keep_rows).then(|| shard.clone());
             let token = cancel.token.clone();
             let running = m::RunningShard::start();
-            let out = state
-                .call(
-                    || format!("shard {shard_id} ({rows} rows at n={n})"),
-                    move |backend| {
-                        let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
-                        let stats = if out.is_ok() { backend.last_stats() } else { None };
-                        // One SHA-256 per leaf: here, on the device's thread, not the agent's I/O threads.
-                        let out = out.map(|mut output| {
-                            let tree = (answer_with == AnswerWith::Root)
-                                .then(|| backend.merkle_tree(std::mem::take(&mut output.leaves)));
-                            (output, tree)
-                        });
-                        (out, stats, backend.gpu_status())
-                    },
-                )
-                .await;
+            let what = || format!("shard {shard_id} ({rows} rows at n={n})");
+            let at_once = state.worker.answers_at_once(&shard);
+            let run = move |backend: &dyn Backend| {
+                let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
+                let stats = if out.is_ok() { backend.last_stats() } else { None };
+                // One SHA-256 per leaf: here, on the device's thread, not the agent's I/O thread (a
+                // backend that answers at once builds its tree for next to nothing).
+                let out = out.map(|mut output| {
+                    let tree = (answer_with == AnswerWith::Root)
+                        .then(|| backend.merkle_tree(std::mem::take(&mut output.leaves)));
+                    (output, tree)
+                });
+                (out, stats, backend.gpu_status())
+            };
+            let out =
+                if at_once { state.call_here(what, run) } else { state.call(what, run).await };
             drop(running);
             let secs = started.elapsed().as_secs_f64();
             if let Ok((_, _, Some(status))) = &out {

@@ -509,3 +509,102 @@ fn a_device_that_hangs_while_measured_starts_quarantined() {
         assert_eq!(health.reason(30), Some(reason));
     });
 }
+
+/// A CPU backend that answers shards whose seed starts with `now` at once ([`Backend::answers_at_once`]),
+/// panics on those that end in `boom`, and notes the thread every shard ran on.
+#[derive(Debug)]
+struct AtOnce {
+    inner: cpc_kernels::CpuBackend,
+    ran_on: Mutex<Vec<(String, Option<String>)>>,
+}
+
+impl Backend for AtOnce {
+    fn name(&self) -> &str {
+        "at-once"
+    }
+    fn info(&self) -> cpc_kernels::DeviceInfo {
+        self.inner.info()
+    }
+    fn answers_at_once(&self, shard: &Shard) -> bool {
+        shard.challenge.seed().starts_with("now")
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        let seed = shard.challenge.seed().to_owned();
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.ran_on.lock().expect("lock").push((seed.clone(), thread));
+        assert!(!seed.ends_with("boom"), "the backend blew up");
+        self.inner.run_shard(shard, keep_rows)
+    }
+}
+
+/// A shard the backend answers at once runs on the actor's own thread and answers as the worker would; a
+/// panic in it fails that shard only; once the device is given up, nothing runs on it, at once or not.
+#[test]
+fn a_shard_the_backend_answers_at_once_runs_on_the_agents_thread() {
+    let here = std::thread::current().name().map(str::to_owned);
+    actix_rt::System::new().block_on(async {
+        let health = Health::default();
+        let backend = Arc::new(AtOnce {
+            inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+            ran_on: Mutex::default(),
+        });
+        let opts = options(Duration::from_secs(60));
+        let device =
+            start(60, backend.clone(), cache(), health.clone(), &opts).await.expect("start");
+        for (shard_id, seed) in [(1, "now-a"), (2, "later-b")] {
+            let answer = device.addr.send(run_shard(shard_id, seed, 60)).await.expect("answer");
+            let ShardAnswer::Done { leaves, .. } = answer else { panic!("{answer:?}") };
+            assert_eq!(leaves, reference_leaves(seed), "{seed}");
+        }
+        let answer = device.addr.send(run_shard(3, "now-boom", 60)).await.expect("answer");
+        let ShardAnswer::Failed { shard_id: 3, reason } = answer else { panic!("{answer:?}") };
+        assert!(reason.contains("panicked") && reason.contains("blew up"), "{reason}");
+        assert_eq!(health.reason(60), None, "a panic fails the shard, not the device");
+        let answer = device.addr.send(run_shard(4, "now-c", 60)).await.expect("answer");
+        assert!(matches!(answer, ShardAnswer::Done { shard_id: 4, .. }), "{answer:?}");
+
+        health.quarantine(60, "given up by the test");
+        let answer = device.addr.send(run_shard(5, "now-d", 60)).await.expect("answer");
+        assert!(
+            matches!(&answer, ShardAnswer::Failed { reason, .. } if reason.contains("given up by the test")),
+            "{answer:?}"
+        );
+        let ran_on = backend.ran_on.lock().expect("lock").clone();
+        let worker = Some("cpc-device-60-0".to_owned());
+        assert_eq!(
+            ran_on,
+            [
+                ("now-a".to_owned(), here.clone()),
+                ("later-b".to_owned(), worker),
+                ("now-boom".to_owned(), here.clone()),
+                ("now-c".to_owned(), here.clone()),
+            ],
+            "at once on the actor's thread, the rest on the device's worker; nothing once given up"
+        );
+    });
+}
+
+/// A shard's cancellation wakes whoever waits for it, before or after the wait began, and the worker's
+/// token sees it.
+#[test]
+fn a_cancel_wakes_its_waiters_whenever_it_comes() {
+    actix_rt::System::new().block_on(async {
+        let cancel = ShardCancel::default();
+        let waiting = {
+            let cancel = cancel.clone();
+            actix_rt::spawn(async move { cancel.cancelled().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!cancel.is_cancelled() && !waiting.is_finished());
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("woken by the cancel")
+            .expect("waiter");
+        assert!(cancel.is_cancelled());
+        // Cancelled already: a new wait ends at once.
+        tokio::time::timeout(Duration::from_secs(10), cancel.cancelled())
+            .await
+            .expect("ends at once");
+    });
+}

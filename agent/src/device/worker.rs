@@ -111,15 +111,25 @@ impl Worker {
         match tokio::time::timeout(deadline, rx).await {
             Err(_) => Err(CallError::Timeout(deadline)),
             Ok(Err(_)) => Err(CallError::Gone),
-            Ok(Ok(Err(panic))) => Err(CallError::Panicked(
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "unknown panic".into()),
-            )),
+            Ok(Ok(Err(panic))) => Err(CallError::Panicked(panic_message(panic.as_ref()))),
             Ok(Ok(Ok(v))) => Ok(v),
         }
+    }
+
+    /// Whether the backend answers `shard` sooner than a hand-off to the worker thread would take
+    /// ([`Backend::answers_at_once`]).
+    pub(super) fn answers_at_once(&self, shard: &cpc_kernels::Shard) -> bool {
+        self.backend.answers_at_once(shard)
+    }
+
+    /// Runs `f` on the calling thread, for a call the backend answers at once: no hand-off, no watchdog.
+    /// A worker given up on takes no more calls here either.
+    pub(super) fn run_here<T>(&self, f: impl FnOnce(&dyn Backend) -> T) -> Result<T, CallError> {
+        if self.tx.lock().map_or(true, |tx| tx.is_none()) {
+            return Err(CallError::Gone);
+        }
+        catch_unwind(AssertUnwindSafe(|| f(self.backend.as_ref())))
+            .map_err(|panic| CallError::Panicked(panic_message(panic.as_ref())))
     }
 
     /// Gives up on the thread: it gets no more work and is never joined (it ends once its call, if any,
@@ -129,6 +139,15 @@ impl Worker {
             tx.take();
         }
     }
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]
