@@ -24,7 +24,10 @@
 //! not on tokio's shared blocking pool, so that a call that never returns (a wedged GPU driver) holds up
 //! nothing but its own device. The actor waits for the call against a deadline, [`watchdog_deadline`]: the
 //! watchdog timeout (`--watchdog-secs`, [`DEFAULT_WATCHDOG`]) plus a grace that lets the CUDA backend's own
-//! polled timeout (given the same value) fire first and name the phase that hung.
+//! polled timeout (given the same value) fire first and name the phase that hung. The one exception is a
+//! shard the backend answers sooner than the hand-off to those threads and back would take
+//! ([`cpc_kernels::Backend::answers_at_once`]: a simulated device's microsecond hold, a no-op device): it
+//! runs on the actor's own thread, with nothing in it that can hang.
 //!
 //! What a backend error does to the device: out of memory ([`BackendError::retry_later`]) fails the shard
 //! only, the coordinator gives it to a device with room, and the GPU keeps serving; a sticky CUDA error

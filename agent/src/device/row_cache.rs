@@ -103,7 +103,8 @@ impl RowCache {
     }
 
     /// Keeps the Merkle tree of a shard answered by its root (its leaves are rows `first_row ..`), evicting
-    /// the oldest trees beyond [`MAX_TREE_BYTES`]. Trees of an earlier connection are dropped.
+    /// the oldest once they hold more than 64 MiB (`MAX_TREE_BYTES`). Trees of an earlier connection are
+    /// dropped.
     pub fn insert_tree(&mut self, key: ShardKey, first_row: u32, tree: MerkleTree) {
         if key.session != self.session {
             return;

@@ -1,5 +1,6 @@
-//! The device's own threads, and the watchdog around every call into its backend: a call that never returns
-//! (a wedged GPU driver) holds up nothing but its own device, and is given up on at [`watchdog_deadline`].
+//! The device's own threads, and the watchdog around every call into its backend that runs on them: a call
+//! that never returns (a wedged GPU driver) holds up nothing but its own device, and is given up on at
+//! [`watchdog_deadline`]. A call the backend answers at once runs on the caller's thread ([`Worker::run_here`]).
 
 use cpc_kernels::Backend;
 use std::{
