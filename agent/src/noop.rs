@@ -3,7 +3,10 @@
 //! coordinator, QUIC and the agents rather than matrix products. Its results are wrong by design: run it only
 //! with spot checks off.
 
-use cpc_common::hashing::sha256;
+use cpc_common::{
+    hashing::{Digest32, sha256},
+    merkle::MerkleTree,
+};
 use cpc_kernels::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
 
 /// The no-op backend.
@@ -34,6 +37,11 @@ impl Backend for NoopBackend {
         shard.challenge.matrix_size() <= 4096
     }
 
+    /// Its leaves are all equal: `log₂ n` hashes.
+    fn merkle_tree(&self, leaves: Vec<Digest32>) -> MerkleTree {
+        crate::simulated::made_up_leaves_tree(leaves)
+    }
+
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         shard.validate()?;
         let n = shard.challenge.matrix_size() as usize;
@@ -44,5 +52,27 @@ impl Backend for NoopBackend {
             rows: keep_rows.then(|| vec![0; rows * n]),
             check: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpc_common::synthetic::Challenge;
+
+    fn shard(n: u32) -> Shard {
+        Shard::new(Challenge::new("noop", n, 1).expect("challenge"), 0, 0..n).expect("shard")
+    }
+
+    #[test]
+    fn answers_small_sizes_at_once_with_the_tree_of_its_leaves() {
+        assert!(NoopBackend.answers_at_once(&shard(1024)));
+        assert!(NoopBackend.answers_at_once(&shard(4096)));
+        assert!(!NoopBackend.answers_at_once(&shard(8192)));
+        let leaves = NoopBackend.run_shard(&shard(64), false).expect("run").leaves;
+        assert_eq!(leaves, vec![sha256(vec![0u8; 4 * 64]); 64]);
+        let (cheap, built) = (NoopBackend.merkle_tree(leaves.clone()), MerkleTree::new(leaves));
+        assert_eq!(cheap.root(), built.root());
+        assert!((0..64).all(|row| cheap.path(row) == built.path(row)), "the same paths");
     }
 }
