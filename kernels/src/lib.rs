@@ -320,6 +320,16 @@ pub fn result_hash(backend: &dyn Backend, challenge: &Challenge) -> Result<Diges
     Ok(Challenge::combine_iterations(&roots))
 }
 
+/// What a panic caught around a backend call says (its message, when it carries one), for the error that
+/// reports it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Opens device `device` of kind `kind`. The CPU is device 0 and uses every core; CUDA needs the `cuda`
 /// feature (without it this answers [`BackendError::CudaNotCompiled`]).
 pub fn open(kind: BackendKind, device: usize) -> Result<Box<dyn Backend>, BackendError> {
@@ -370,6 +380,14 @@ mod tests {
 
     fn challenge(n: u32, iterations: u32) -> Challenge {
         Challenge::new("unit", n, iterations).expect("valid challenge")
+    }
+
+    #[test]
+    fn a_caught_panic_says_its_message() {
+        let caught = |f: fn()| std::panic::catch_unwind(f).expect_err("panicked");
+        assert_eq!(panic_message(caught(|| panic!("static")).as_ref()), "static");
+        assert_eq!(panic_message(caught(|| panic!("formatted {}", 7)).as_ref()), "formatted 7");
+        assert_eq!(panic_message(caught(|| std::panic::panic_any(7u8)).as_ref()), "unknown panic");
     }
 
     #[test]

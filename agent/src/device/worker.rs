@@ -2,7 +2,7 @@
 //! that never returns (a wedged GPU driver) holds up nothing but its own device, and is given up on at
 //! [`watchdog_deadline`]. A call the backend answers at once runs on the caller's thread ([`Worker::run_here`]).
 
-use cpc_kernels::Backend;
+use cpc_kernels::{Backend, panic_message};
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, Mutex},
@@ -140,15 +140,6 @@ impl Worker {
             tx.take();
         }
     }
-}
-
-/// What a caught panic says.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]

@@ -13,11 +13,7 @@ pub(super) fn guarded<T>(
     f: impl FnOnce() -> Result<T, BackendError>,
 ) -> Result<T, BackendError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "unknown panic".into());
+        let why = crate::panic_message(panic.as_ref());
         Err(BackendError::CudaUnavailable(format!("{what}: {why}")))
     })
 }
