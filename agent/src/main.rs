@@ -70,7 +70,8 @@ struct Args {
     #[arg(long, hide = true)]
     fault_injection: Option<u32>,
     /// TEST ONLY: flip one bit of one element of one shard (CPU backend), `SHARD:ROW:COL:BIT` (SHARD counts
-    /// the backend's runs from 0, the start-up measurement's two included), to demonstrate Freivalds' check.
+    /// the shards the farm sends, from 0; the start-up measurement is not counted), to demonstrate Freivalds'
+    /// check.
     #[arg(long, hide = true, value_parser = parse_bit_flip)]
     fault_flip: Option<cpc_kernels::cpu::BitFlip>,
     /// Serve /metrics, /healthz and /readyz on this address.

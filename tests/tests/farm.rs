@@ -53,6 +53,16 @@ fn agent_config(farm: &FarmHandle, name: &str) -> AgentConfig {
     c
 }
 
+/// An agent whose devices skip the start-up measurement and announce 1 op/s each, for a test that needs every
+/// device in the split: measured throughputs of equal CPU devices differ with whatever else the test host runs
+/// at that moment, and a device measured far slower than the others gets a share below `min_shard_rows`
+/// (none). Equal announcements split evenly, and re-issue no straggler.
+fn even_agent_config(farm: &FarmHandle, name: &str) -> AgentConfig {
+    let mut c = agent_config(farm, name);
+    c.measure_matrix_size = 0;
+    c
+}
+
 fn cpu() -> Arc<dyn Backend> {
     Arc::new(CpuBackend::new(1).expect("cpu backend"))
 }
@@ -73,7 +83,7 @@ async fn shutdown(farm: FarmHandle) {
 async fn farm_three_agents_match_single_process() {
     let farm = farm::start(farm_config()).expect("farm");
     let agents: Vec<AgentThread> = (0..3)
-        .map(|i| AgentThread::spawn(agent_config(&farm, &format!("a{i}")), one_device(cpu())))
+        .map(|i| AgentThread::spawn(even_agent_config(&farm, &format!("a{i}")), one_device(cpu())))
         .collect();
     farm.wait_for_agents(3, Duration::from_secs(60)).await.expect("3 agents");
 
@@ -137,9 +147,9 @@ async fn farm_survives_an_agent_killed_mid_job() {
         started: Mutex::new(Some(started_tx)),
         gate: Mutex::new(release_rx),
     });
-    let a = AgentThread::spawn(agent_config(&farm, "a"), one_device(cpu()));
-    let b = AgentThread::spawn(agent_config(&farm, "b"), one_device(cpu()));
-    let mut victim = AgentThread::spawn(agent_config(&farm, "victim"), one_device(gated));
+    let a = AgentThread::spawn(even_agent_config(&farm, "a"), one_device(cpu()));
+    let b = AgentThread::spawn(even_agent_config(&farm, "b"), one_device(cpu()));
+    let mut victim = AgentThread::spawn(even_agent_config(&farm, "victim"), one_device(gated));
     farm.wait_for_agents(3, Duration::from_secs(60)).await.expect("3 agents");
 
     let challenge = Challenge::new(seed, 512, 1).expect("challenge");
@@ -170,9 +180,9 @@ async fn farm_quarantines_a_faulty_device_and_still_gets_it_right() {
     let faulty: Arc<dyn Backend> =
         Arc::new(CpuBackend::new(1).expect("cpu").with_fault_injection(1));
     let agents = [
-        AgentThread::spawn(agent_config(&farm, "good-a"), one_device(cpu())),
-        AgentThread::spawn(agent_config(&farm, "good-b"), one_device(cpu())),
-        AgentThread::spawn(agent_config(&farm, "liar"), one_device(faulty)),
+        AgentThread::spawn(even_agent_config(&farm, "good-a"), one_device(cpu())),
+        AgentThread::spawn(even_agent_config(&farm, "good-b"), one_device(cpu())),
+        AgentThread::spawn(even_agent_config(&farm, "liar"), one_device(faulty)),
     ];
     farm.wait_for_agents(3, Duration::from_secs(60)).await.expect("3 agents");
     let challenge = Challenge::new("farm-it-fault", 256, 1).expect("challenge");
@@ -201,12 +211,12 @@ async fn farm_quarantines_a_faulty_device_and_still_gets_it_right() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farm_recomputes_a_shard_that_failed_its_freivalds_check_and_quarantines_the_device() {
     let farm = farm::start(farm_config()).expect("farm");
-    // Runs 0 and 1 are the agent's start-up measurement; run 2 is its first shard.
-    let flip = cpc_kernels::cpu::BitFlip { shard: 2, row: 3, col: 100, bit: 17 };
+    // No start-up measurement runs (`even_agent_config`): run 0 is the device's first shard.
+    let flip = cpc_kernels::cpu::BitFlip { shard: 0, row: 3, col: 100, bit: 17 };
     let flaky: Arc<dyn Backend> = Arc::new(CpuBackend::new(1).expect("cpu").with_bit_flip(flip));
     let agents = [
-        AgentThread::spawn(agent_config(&farm, "honest"), one_device(cpu())),
-        AgentThread::spawn(agent_config(&farm, "bit-flip"), one_device(flaky)),
+        AgentThread::spawn(even_agent_config(&farm, "honest"), one_device(cpu())),
+        AgentThread::spawn(even_agent_config(&farm, "bit-flip"), one_device(flaky)),
     ];
     farm.wait_for_agents(2, Duration::from_secs(60)).await.expect("2 agents");
     let challenge = Challenge::new("farm-it-freivalds", 256, 1).expect("challenge");
@@ -672,7 +682,7 @@ async fn faulty_device_is_quarantined_and_the_other_keeps_serving(
     let farm = farm::start(farm_config()).expect("farm");
     let mut config = agent_config(&farm, "faulty");
     config.watchdog = Duration::from_millis(500);
-    config.measure_matrix_size = 0; // both announce 1 op/s: an even split, and no straggler re-issue
+    config.measure_matrix_size = 0; // see `even_agent_config`
     let faulty = FaultyDevice { inner: CpuBackend::new(1).expect("cpu backend"), seed, fault };
     let devices = vec![
         DeviceSpec { index: 0, backend: Arc::new(faulty) },

@@ -510,6 +510,51 @@ fn a_device_that_hangs_while_measured_starts_quarantined() {
     });
 }
 
+/// A CPU backend that takes at least `hold` for every shard and counts its calls.
+#[derive(Debug)]
+struct Timed {
+    inner: cpc_kernels::CpuBackend,
+    hold: Duration,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl Backend for Timed {
+    fn name(&self) -> &str {
+        "timed"
+    }
+    fn info(&self) -> cpc_kernels::DeviceInfo {
+        self.inner.info()
+    }
+    fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(self.hold);
+        self.inner.run_shard(shard, keep_rows)
+    }
+}
+
+/// The start-up measurement times a fast product many times (one run that shared its core with other work
+/// does not set the device's share of every job) and a slow one only twice (the agent's start is not held
+/// up), and answers the best run's throughput.
+#[test]
+fn the_measurement_times_a_fast_product_many_times_and_a_slow_one_twice() {
+    let timed = |hold| Timed {
+        inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+        hold,
+        calls: 0.into(),
+    };
+    let fast = timed(Duration::ZERO);
+    let ops = start::measure(&fast, 16).expect("measure");
+    let calls = fast.calls.into_inner();
+    assert!(calls > start::MEASURE_MIN_RUNS && calls <= start::MEASURE_MAX_RUNS, "{calls} runs");
+    assert!(ops > 1.0, "{ops}");
+
+    let slow = timed(start::MEASURE_BUDGET);
+    let ops = start::measure(&slow, 16).expect("measure");
+    assert_eq!(slow.calls.into_inner(), start::MEASURE_MIN_RUNS);
+    // 2·16³ operations in no less than the hold.
+    assert!(ops <= 2.0 * 16f64.powi(3) / start::MEASURE_BUDGET.as_secs_f64(), "{ops}");
+}
+
 /// A CPU backend that answers shards whose seed starts with `now` at once ([`Backend::answers_at_once`]),
 /// panics on those that end in `boom`, and notes the thread every shard ran on.
 #[derive(Debug)]

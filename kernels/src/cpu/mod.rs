@@ -185,8 +185,8 @@ impl FromStr for Kernel {
 /// check and the hashing, as a memory fault without ECC would ([`CpuBackend::with_bit_flip`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BitFlip {
-    /// Which `run_shard` call of the backend gets it (0: the first; the agent's start-up measurement makes
-    /// two calls before its first shard unless it is skipped).
+    /// Which of the backend's checked shards (those that carry a Freivalds seed, as every shard a farm sends
+    /// does) gets it, from 0. Unchecked runs, such as the agent's start-up measurement, are not counted.
     pub shard: u64,
     /// Row within that shard (an offset from its first row, taken modulo its row count).
     pub row: u32,
@@ -204,7 +204,7 @@ pub struct CpuBackend {
     name: String,
     fault_every: Option<NonZeroU32>,
     bit_flip: Option<BitFlip>,
-    shards_run: AtomicU64,
+    checked_shards_run: AtomicU64,
     memory_limit: Option<u64>,
 }
 
@@ -223,7 +223,7 @@ impl CpuBackend {
             name: format!("cpu-{}", kernel.as_str()),
             fault_every: None,
             bit_flip: None,
-            shards_run: AtomicU64::new(0),
+            checked_shards_run: AtomicU64::new(0),
             memory_limit: None,
         })
     }
@@ -269,8 +269,8 @@ impl CpuBackend {
 
     /// Rows `r0..r1` of C for one iteration, row-major, fault injection included, with the packed A and B
     /// they came from (no bounds checks: callers validate the shard first). `ordinal` counts this backend's
-    /// `run_shard` calls, for [`BitFlip`].
-    fn product_rows(&self, shard: &Shard, ordinal: u64) -> (PackedA, PackedB, Vec<i32>) {
+    /// checked `run_shard` calls (`None` for an unchecked one), for [`BitFlip`].
+    fn product_rows(&self, shard: &Shard, ordinal: Option<u64>) -> (PackedA, PackedB, Vec<i32>) {
         let n = shard.challenge.matrix_size();
         let km = shard.challenge.key_material();
         let (a_id, b_id) = matrix_ids(shard.iteration);
@@ -329,7 +329,7 @@ impl CpuBackend {
     }
 
     /// The test-only faults: one element off by one every k rows, and the one-bit flip.
-    fn inject_faults(&self, shard: &Shard, ordinal: u64, c: &mut [i32]) {
+    fn inject_faults(&self, shard: &Shard, ordinal: Option<u64>, c: &mut [i32]) {
         let n = shard.challenge.matrix_size();
         if let Some(k) = self.fault_every {
             for (r, row) in shard.rows.clone().zip(c.chunks_mut(n as usize)) {
@@ -339,7 +339,7 @@ impl CpuBackend {
                 }
             }
         }
-        if let Some(flip) = self.bit_flip.filter(|f| f.shard == ordinal) {
+        if let Some(flip) = self.bit_flip.filter(|f| Some(f.shard) == ordinal) {
             let i = (flip.row % shard.row_count()) as usize * n as usize + (flip.col % n) as usize;
             if let Some(v) = c.get_mut(i) {
                 *v ^= 1 << (flip.bit % 32);
@@ -381,7 +381,7 @@ impl Backend for CpuBackend {
                 device: info.name,
             });
         }
-        let ordinal = self.shards_run.fetch_add(1, Ordering::Relaxed);
+        let ordinal = shard.check.map(|_| self.checked_shards_run.fetch_add(1, Ordering::Relaxed));
         let started = Instant::now();
         self.pool.install(|| {
             let (a, b, c) = self.product_rows(shard, ordinal);
