@@ -7,7 +7,9 @@ use cpc_common::{
     hashing::{Digest32, sha256},
     merkle::MerkleTree,
 };
-use cpc_kernels::{Backend, BackendError, BackendKind, DeviceInfo, Shard, ShardOutput};
+use cpc_kernels::{
+    Backend, BackendError, BackendKind, CancelToken, DeviceInfo, Shard, ShardOutput,
+};
 
 /// The no-op backend.
 #[derive(Debug, Clone, Default)]
@@ -37,22 +39,33 @@ impl Backend for NoopBackend {
         shard.challenge.matrix_size() <= 4096
     }
 
-    /// Its leaves are all equal: `log₂ n` hashes.
-    fn merkle_tree(&self, leaves: Vec<Digest32>) -> MerkleTree {
-        crate::simulated::made_up_leaves_tree(leaves)
+    /// Its leaves are all equal: no leaf is made, and the tree comes from the cache
+    /// ([`uniform_tree`](crate::simulated::uniform_tree)).
+    fn run_shard_for_root(
+        &self,
+        shard: &Shard,
+        keep_rows: bool,
+        _cancel: &CancelToken,
+    ) -> Result<(ShardOutput, MerkleTree), BackendError> {
+        shard.validate()?;
+        let tree = crate::simulated::uniform_tree(zero_leaf(shard), shard.row_count() as usize);
+        let rows = crate::simulated::zero_rows(shard, keep_rows);
+        Ok((ShardOutput { leaves: Vec::new(), rows, check: None }, tree))
     }
 
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         shard.validate()?;
-        let n = shard.challenge.matrix_size() as usize;
-        let leaf = sha256(vec![0u8; 4 * n]);
-        let rows = shard.row_count() as usize;
         Ok(ShardOutput {
-            leaves: vec![leaf; rows],
-            rows: keep_rows.then(|| vec![0; rows * n]),
+            leaves: vec![zero_leaf(shard); shard.row_count() as usize],
+            rows: crate::simulated::zero_rows(shard, keep_rows),
             check: None,
         })
     }
+}
+
+/// The hash of one all-zero row of `shard`'s size.
+fn zero_leaf(shard: &Shard) -> Digest32 {
+    sha256(vec![0u8; 4 * shard.challenge.matrix_size() as usize])
 }
 
 #[cfg(test)]
@@ -71,7 +84,10 @@ mod tests {
         assert!(!NoopBackend.answers_at_once(&shard(8192)));
         let leaves = NoopBackend.run_shard(&shard(64), false).expect("run").leaves;
         assert_eq!(leaves, vec![sha256(vec![0u8; 4 * 64]); 64]);
-        let (cheap, built) = (NoopBackend.merkle_tree(leaves.clone()), MerkleTree::new(leaves));
+        let (output, cheap) =
+            NoopBackend.run_shard_for_root(&shard(64), false, &CancelToken::new()).expect("run");
+        assert!(output.leaves.is_empty());
+        let built = MerkleTree::new(leaves);
         assert_eq!(cheap.root(), built.root());
         assert!((0..64).all(|row| cheap.path(row) == built.path(row)), "the same paths");
     }

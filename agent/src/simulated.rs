@@ -1,7 +1,8 @@
 //! Simulated devices, for measuring a farm at a scale nobody has the GPUs for (`cpc-agent --backend
 //! simulated`, what `cpc-coordinator bench farm` starts): each holds a shard for exactly the time a device
 //! of the configured speed would take, `2·rows·n² / (T·10¹²)` seconds, and then answers the right number of
-//! leaves, each the hash of an all-zero row (hashed once per n). A hold of [`SPIN_BELOW`] or more sleeps, so
+//! leaves, each the hash of an all-zero row (hashed once per n), or for an answer by root the tree of those
+//! leaves without making them ([`uniform_tree`]). A hold of [`SPIN_BELOW`] or more sleeps, so
 //! that hundreds of devices fit on a few cores; a shorter one (a whole n = 1024 product at 660 TOPS is
 //! 3.25 µs) spins on the clock, because a timed sleep would overshoot it many times over and cost two
 //! context switches; one under [`AT_ONCE_BELOW`] spins on the agent's own thread, sparing it the hand-off
@@ -22,7 +23,7 @@ use cpc_kernels::{
 };
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -107,14 +108,30 @@ impl SimulatedBackend {
 
     /// The answer: the right number of leaves, each the hash of an all-zero row (and zero rows when kept).
     fn output(&self, shard: &Shard, keep_rows: bool) -> ShardOutput {
-        let n = shard.challenge.matrix_size() as usize;
-        let rows = shard.row_count() as usize;
         let leaf = self.zero_leaf(shard.challenge.matrix_size());
         ShardOutput {
-            leaves: vec![leaf; rows],
-            rows: keep_rows.then(|| vec![0; rows * n]),
+            leaves: vec![leaf; shard.row_count() as usize],
+            rows: zero_rows(shard, keep_rows),
             check: None,
         }
+    }
+
+    /// Makes `shard`'s answer with `make` while the device "computes", then holds the device until its
+    /// time is up: the answer leaves no sooner than the device would have finished, and the host spends no
+    /// more than its real agent would.
+    fn held<T>(
+        &self,
+        shard: &Shard,
+        cancel: &CancelToken,
+        make: impl FnOnce() -> T,
+    ) -> Result<T, BackendError> {
+        let started = Instant::now();
+        shard.validate()?;
+        let answer = make();
+        if Self::hold(started, self.shard_time(shard), cancel) {
+            return Err(BackendError::Cancelled);
+        }
+        Ok(answer)
     }
 }
 
@@ -143,15 +160,23 @@ impl Backend for SimulatedBackend {
         keep_rows: bool,
         cancel: &CancelToken,
     ) -> Result<ShardOutput, BackendError> {
-        let started = Instant::now();
-        shard.validate()?;
-        // The answer is made while the device "computes": it leaves no sooner than the device would
-        // have finished, and the host spends no more than its real agent would.
-        let output = self.output(shard, keep_rows);
-        if Self::hold(started, self.shard_time(shard), cancel) {
-            return Err(BackendError::Cancelled);
-        }
-        Ok(output)
+        self.held(shard, cancel, || self.output(shard, keep_rows))
+    }
+
+    /// No leaves at all: the tree of equal leaves, from the cache ([`uniform_tree`]).
+    fn run_shard_for_root(
+        &self,
+        shard: &Shard,
+        keep_rows: bool,
+        cancel: &CancelToken,
+    ) -> Result<(ShardOutput, MerkleTree), BackendError> {
+        self.held(shard, cancel, || {
+            let leaf = self.zero_leaf(shard.challenge.matrix_size());
+            let tree = uniform_tree(leaf, shard.row_count() as usize);
+            let output =
+                ShardOutput { leaves: Vec::new(), rows: zero_rows(shard, keep_rows), check: None };
+            (output, tree)
+        })
     }
 
     /// No: rows are never kept (a spot check's row is "recomputed" as zeros, and fails, as it should).
@@ -171,21 +196,32 @@ impl Backend for SimulatedBackend {
     fn answers_at_once(&self, shard: &Shard) -> bool {
         self.shard_time(shard) < AT_ONCE_BELOW
     }
-
-    fn merkle_tree(&self, leaves: Vec<Digest32>) -> MerkleTree {
-        made_up_leaves_tree(leaves)
-    }
 }
 
-/// The tree over a stand-in device's made-up leaves (simulated and no-op devices), which are all equal: it
-/// takes `log₂ n` hashes instead of `n − 1` (at n = 1024, 0.1 ms of CPU that a real agent spends on a host
-/// of its own, and that a hundred simulated agents on one benchmark host would take from the coordinator's
-/// cores). Leaves that differ get the whole tree.
-pub(crate) fn made_up_leaves_tree(leaves: Vec<Digest32>) -> MerkleTree {
-    match leaves.first() {
-        Some(&leaf) if leaves.iter().all(|l| *l == leaf) => MerkleTree::uniform(leaf, leaves.len()),
-        _ => MerkleTree::new(leaves),
+/// The rows of C a stand-in device keeps when asked to: all zeros.
+pub(crate) fn zero_rows(shard: &Shard, keep_rows: bool) -> Option<Vec<i32>> {
+    let n = shard.challenge.matrix_size() as usize;
+    keep_rows.then(|| vec![0; shard.row_count() as usize * n])
+}
+
+/// Most trees of equal leaves [`uniform_tree`] keeps (one per size of shard and n seen; about 600 bytes
+/// each at n = 65,536). Past it the cache starts over.
+const MAX_UNIFORM_TREES: usize = 1024;
+
+/// The tree of a stand-in device's `count` equal leaves, `MerkleTree::uniform(leaf, count)`, built once
+/// per process: no leaf is made and no node hashed for an answer by root. A real agent hashes its leaves on
+/// a host of its own; a hundred stand-in agents on one benchmark host would otherwise take that CPU from the
+/// coordinator they measure (at n = 1024, 1,023 hashes a shard, or 10 for `MerkleTree::uniform`, against
+/// a 3.25 µs hold at 660 TOPS).
+pub(crate) fn uniform_tree(leaf: Digest32, count: usize) -> MerkleTree {
+    static TREES: OnceLock<Mutex<HashMap<(Digest32, usize), MerkleTree>>> = OnceLock::new();
+    // A plain map: a panic elsewhere while it was held leaves nothing half-done in it.
+    let mut trees =
+        TREES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if trees.len() >= MAX_UNIFORM_TREES && !trees.contains_key(&(leaf, count)) {
+        trees.clear();
     }
+    trees.entry((leaf, count)).or_insert_with(|| MerkleTree::uniform(leaf, count)).clone()
 }
 
 #[cfg(test)]
@@ -210,12 +246,33 @@ mod tests {
         assert_eq!(sim.concurrent_shards(), 1);
         assert_eq!(sim.max_rows(65_536), 65_536, "holds a whole product at the largest n");
         assert_eq!(sim.kind_name(), "simulated");
-        let whole = sim.run_shard(&shard(64, 0..64), false).expect("run").leaves;
-        let (cheap, built) = (sim.merkle_tree(whole.clone()), MerkleTree::new(whole));
-        assert_eq!(cheap.root(), built.root(), "the same tree");
-        assert!((0..64).all(|row| cheap.path(row) == built.path(row)), "the same paths");
-        assert_eq!(cheap.bytes(), 7 * 32, "one node a level");
         assert!(sim.info().name.contains("WRONG"), "{}", sim.info().name);
+    }
+
+    /// An answer by root has no leaves, and the tree of the leaves the device answers otherwise (the same
+    /// root and paths, one node a level), at any size, a single row and an odd count included, the second
+    /// time from the cache; a cancelled one is cancelled.
+    #[test]
+    fn an_answer_by_root_is_the_tree_of_its_leaves_without_them() {
+        let sim = SimulatedBackend::new(1e3).expect("sim");
+        for (n, rows) in
+            [(64, 0..64), (64, 3..10), (64, 5..6), (1024, 0..1024), (1024, 0..1024), (33, 0..33)]
+        {
+            let shard = shard(n, rows.clone());
+            let (output, tree) =
+                sim.run_shard_for_root(&shard, true, &CancelToken::new()).expect("run");
+            assert!(output.leaves.is_empty(), "n={n} rows={rows:?}");
+            assert_eq!(output.rows, Some(vec![0; rows.len() * n as usize]));
+            let built = MerkleTree::new(sim.run_shard(&shard, false).expect("run").leaves);
+            assert_eq!(tree.root(), built.root(), "n={n} rows={rows:?}");
+            assert!((0..rows.len()).all(|i| tree.path(i) == built.path(i)), "n={n} rows={rows:?}");
+            let levels = (rows.len() as f64).log2().ceil() as u64 + 1;
+            assert_eq!(tree.bytes(), 32 * levels, "one node a level: n={n} rows={rows:?}");
+        }
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let cancelled = sim.run_shard_for_root(&shard(64, 0..64), false, &cancel);
+        assert!(matches!(cancelled, Err(BackendError::Cancelled)));
     }
 
     #[test]

@@ -244,11 +244,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn concurrent_shards(&self) -> usize {
         1
     }
-    /// The Merkle tree over a shard's leaves, for an answer by its root (an agent keeps the tree for the
-    /// rows a spot check asks for with their paths). By default SHA-256 on the calling thread (the device's
-    /// worker), about 0.1 ms at n = 1024; a backend that knows its leaves may build the same tree cheaper.
-    fn merkle_tree(&self, leaves: Vec<Digest32>) -> MerkleTree {
-        MerkleTree::new(leaves)
+    /// [`Backend::run_shard_cancellable`] for an answer by its root: the output without its leaves, and the
+    /// Merkle tree over them (an agent keeps the tree for the rows a spot check asks for with their paths).
+    /// By default the tree is built from the leaves with SHA-256 on the calling thread (the device's worker),
+    /// about 0.1 ms at n = 1024; a backend that knows its tree without its leaves (the stand-ins, whose
+    /// leaves are all equal) answers it directly.
+    fn run_shard_for_root(
+        &self,
+        shard: &Shard,
+        keep_rows: bool,
+        cancel: &CancelToken,
+    ) -> Result<(ShardOutput, MerkleTree), BackendError> {
+        let mut output = self.run_shard_cancellable(shard, keep_rows, cancel)?;
+        let tree = MerkleTree::new(std::mem::take(&mut output.leaves));
+        Ok((output, tree))
     }
     /// The most rows of one shard at matrix size `n` the device holds (what its agent advertises, so the
     /// coordinator never applies one device's memory layout to another): by default what fits

@@ -309,15 +309,18 @@ impl Handler<Compute> for DeviceActor {
             let what = || format!("shard {shard_id} ({rows} rows at n={n})");
             let at_once = state.worker.answers_at_once(&shard);
             let run = move |backend: &dyn Backend| {
-                let out = backend.run_shard_cancellable(&shard, keep_rows, &token);
+                // An answer by root builds its tree here, one SHA-256 per leaf, on the device's thread and
+                // not the agent's I/O thread (a backend that answers at once knows its tree without
+                // hashing).
+                let out = match answer_with {
+                    AnswerWith::Root => backend
+                        .run_shard_for_root(&shard, keep_rows, &token)
+                        .map(|(output, tree)| (output, Some(tree))),
+                    AnswerWith::Leaves => backend
+                        .run_shard_cancellable(&shard, keep_rows, &token)
+                        .map(|output| (output, None)),
+                };
                 let stats = if out.is_ok() { backend.last_stats() } else { None };
-                // One SHA-256 per leaf: here, on the device's thread, not the agent's I/O thread (a
-                // backend that answers at once builds its tree for next to nothing).
-                let out = out.map(|mut output| {
-                    let tree = (answer_with == AnswerWith::Root)
-                        .then(|| backend.merkle_tree(std::mem::take(&mut output.leaves)));
-                    (output, tree)
-                });
                 (out, stats, backend.gpu_status())
             };
             let out =
