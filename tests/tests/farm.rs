@@ -430,15 +430,14 @@ async fn raw_hello(farm: &FarmHandle, bytes: Vec<u8>) -> Option<HelloReply> {
     reply
 }
 
-/// Joins `farm` as a hand-driven agent of the current protocol, with one device that claims to be very
-/// fast (so that the scheduler picks it first), heartbeats, and answers the first orders on its shard pipe
-/// with `garbage`. Held until the connection is dropped.
-async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connection {
+/// Joins `farm` as a hand-driven agent of the current protocol named `name`, with one device that claims to
+/// be very fast (so that the scheduler picks it first), and heartbeats until the connection is dropped.
+async fn hand_driven_agent(farm: &FarmHandle, name: &str) -> quinn::Connection {
     let (endpoint, conn) = pinned_connection(farm).await;
     let (mut ctl_send, mut ctl_recv) = conn.open_bi().await.expect("control stream");
     let device = DeviceAdvert {
         index: 0,
-        name: "garbler".into(),
+        name: name.into(),
         kind: "gpu".into(),
         memory_bytes: 1 << 40,
         measured_ops_per_sec: 1e15,
@@ -450,7 +449,7 @@ async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connectio
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         token: farm.token().to_owned(),
-        agent_name: "garbler".into(),
+        agent_name: name.into(),
         devices: vec![device],
     };
     write_frame(&mut ctl_send, &hello).await.expect("hello");
@@ -468,6 +467,12 @@ async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connectio
             tokio::time::sleep(Duration::from_millis(heartbeat_interval_ms.into())).await;
         }
     });
+    conn
+}
+
+/// A [`hand_driven_agent`] that answers the first orders on its shard pipe with `garbage`.
+async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connection {
+    let conn = hand_driven_agent(farm, "garbler").await;
     let streams = conn.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -482,6 +487,23 @@ async fn garbling_agent(farm: &FarmHandle, garbage: Vec<u8>) -> quinn::Connectio
         }
     });
     conn
+}
+
+/// The coordinator opens an agent's shard pipe as the agent joins, before any job: a block's first shards
+/// do not wait for the stream to open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_opens_a_joined_agent_s_shard_pipe_before_its_first_shard() {
+    let farm = farm::start(farm_config()).expect("farm");
+    let agent = hand_driven_agent(&farm, "early").await;
+    let opened = tokio::time::timeout(Duration::from_secs(30), async {
+        let (_send, mut recv) = agent.accept_bi().await.expect("a stream from the coordinator");
+        read_frame::<Request>(&mut recv, &mut FrameDecoder::new()).await.expect("read")
+    })
+    .await
+    .expect("the pipe opened without a job");
+    assert!(matches!(opened, Some(Request::OpenShardPipe(_))), "{opened:?}");
+    agent.close(0u32.into(), b"done");
+    shutdown(farm).await;
 }
 
 /// An agent whose shard pipe answers do not decode has every shard it held answered wrong: its device is

@@ -6,9 +6,9 @@
 //!
 //! Plain data owned by the job it belongs to (`schedule.rs`); building the root is the only costly step
 //! (one SHA-256 per leaf still to hash), so the scheduler actor hands a finished [`JobLeaves`] with many
-//! of them to a blocking thread.
+//! of them to a blocking thread, which splits a large iteration's tree over the host's cores.
 
-use cpc_common::{hashing::Digest32, merkle::merkle_root, synthetic::Challenge};
+use cpc_common::{hashing::Digest32, merkle::merkle_root_on_threads, synthetic::Challenge};
 
 /// Why leaves could not be placed or a root built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +138,9 @@ impl JobLeaves {
 
     /// The result: the Merkle root of each iteration's leaves, combined over iterations as the spec says.
     pub fn root(self) -> Result<Digest32, AggregateError> {
+        // A large iteration's tree is split over the host's cores: its root is the last step before the
+        // job's result, while its block waits.
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let mut roots = Vec::with_capacity(self.iterations.len());
         for placed in self.iterations {
             let leaves: Vec<Digest32> = match placed {
@@ -155,7 +158,7 @@ impl JobLeaves {
                     slots.into_iter().flatten().collect()
                 }
             };
-            roots.push(merkle_root(&leaves));
+            roots.push(merkle_root_on_threads(&leaves, threads));
         }
         Ok(Challenge::combine_iterations(&roots))
     }
@@ -164,7 +167,22 @@ impl JobLeaves {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cpc_common::hashing::sha256;
+    use cpc_common::{hashing::sha256, merkle::merkle_root};
+
+    /// An iteration large enough to be split over threads, placed by shards of uneven sizes, gives the
+    /// tree's root.
+    #[test]
+    fn a_large_iteration_s_root_is_the_tree_s_root() {
+        let n = 9000;
+        let challenge = Challenge::new("agg-large", n, 1).expect("challenge");
+        let leaves: Vec<Digest32> = (0..n).map(|i| sha256(i.to_le_bytes())).collect();
+        let mut job = JobLeaves::new(&challenge);
+        for (first, end) in [(5000, 9000), (0, 1234), (1234, 5000)] {
+            let part = leaves[first as usize..end as usize].to_vec();
+            job.place(0, first, ShardResult::Leaves(part)).expect("placed");
+        }
+        assert_eq!(job.root(), Ok(Challenge::combine_iterations(&[merkle_root(&leaves)])));
+    }
 
     #[test]
     fn order_of_arrival_does_not_matter() {

@@ -1,5 +1,6 @@
 //! The shard pipe (farm protocol 7): one long-lived QUIC stream per agent connection that carries every
-//! shard the scheduler sends that agent, and their answers.
+//! shard the scheduler sends that agent, and their answers. The scheduler opens it as the agent's devices
+//! join, so that no shard waits for it.
 //!
 //! Small jobs run whole, one shard each, and a busy farm runs thousands a second; a large job's shards go
 //! out to all devices at once. On a stream each, every

@@ -197,19 +197,23 @@ impl Scheduler {
     /// failed.
     fn send_on_pipe(&mut self, link: AgentLink, dispatch: Dispatch, ctx: &mut Context<Self>) {
         let (shard, agent) = (dispatch.shard_id, dispatch.device.agent);
-        if self.pipes.get(&agent).is_some_and(ShardPipe::has_ended) {
-            // That pipe failed since its last shard: a fresh one takes this shard.
-            self.pipes.remove(&agent);
-        }
-        let pipe = self.pipes.entry(agent).or_insert_with(|| {
-            ShardPipe::open(link.conn.clone(), self.config.spot_check.clone(), outcome_sink(ctx))
-        });
-        if pipe.run(dispatch) {
+        if self.pipe(agent, &link, ctx).run(dispatch) {
             self.aborts.insert(shard, Abort::Pipe(agent));
         } else {
             // It failed just now: the shard never left.
             lost(shard, "the shard pipe to the device's agent failed", ctx);
         }
+    }
+
+    /// The shard pipe to `agent`'s connection, opened where there is none or the one there has failed since
+    /// its last shard (a fresh one takes the next).
+    fn pipe(&mut self, agent: u64, link: &AgentLink, ctx: &mut Context<Self>) -> &ShardPipe {
+        if self.pipes.get(&agent).is_some_and(ShardPipe::has_ended) {
+            self.pipes.remove(&agent);
+        }
+        self.pipes.entry(agent).or_insert_with(|| {
+            ShardPipe::open(link.conn.clone(), self.config.spot_check.clone(), outcome_sink(ctx))
+        })
     }
 
     /// Stops a shard in flight (its answer, should one come, is not reported).
@@ -349,6 +353,11 @@ impl Handler<DeviceUp> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceUp, ctx: &mut Self::Context) {
+        if msg.link.uses_shard_pipe() {
+            // Opened as the agent joins, not with its first shard: that shard (a block's, whose deadline
+            // is the next block) does not wait for the stream to open on both ends.
+            self.pipe(msg.entry.id.agent, &msg.link, ctx);
+        }
         self.links.insert(msg.entry.id, msg.link);
         let actions = self.schedule.add_device(Instant::now(), msg.entry);
         self.apply(actions, ctx);
