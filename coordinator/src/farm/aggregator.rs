@@ -9,6 +9,7 @@
 //! of them to a blocking thread, which splits a large iteration's tree over the host's cores.
 
 use cpc_common::{hashing::Digest32, merkle::merkle_root_on_threads, synthetic::Challenge};
+use std::{num::NonZeroUsize, sync::OnceLock};
 
 /// Why leaves could not be placed or a root built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,9 +139,6 @@ impl JobLeaves {
 
     /// The result: the Merkle root of each iteration's leaves, combined over iterations as the spec says.
     pub fn root(self) -> Result<Digest32, AggregateError> {
-        // A large iteration's tree is split over the host's cores: its root is the last step before the
-        // job's result, while its block waits.
-        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let mut roots = Vec::with_capacity(self.iterations.len());
         for placed in self.iterations {
             let leaves: Vec<Digest32> = match placed {
@@ -158,10 +156,18 @@ impl JobLeaves {
                     slots.into_iter().flatten().collect()
                 }
             };
-            roots.push(merkle_root_on_threads(&leaves, threads));
+            roots.push(merkle_root_on_threads(&leaves, root_threads()));
         }
         Ok(Challenge::combine_iterations(&roots))
     }
+}
+
+/// Threads a large iteration's tree is split over: the host's cores (its root is the last step before the
+/// job's result, while its block waits). Read once: `available_parallelism` reads the cgroup's quota from
+/// files, far more than a small job's root costs.
+fn root_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
 #[cfg(test)]
