@@ -220,8 +220,8 @@ pub fn compute_root(txs: &[Transaction]) -> Result<String, crate::ComputeResultE
 /// A parent node: `sha256(left ‖ right)`.
 ///
 /// The 64-byte message is exactly one block, and its padding the same second block every time, so this
-/// runs SHA-256's compression function on the two blocks directly (the same bytes as [`sha256`] of the
-/// concatenation, without a hasher's buffering).
+/// runs SHA-256's compression function on the two blocks directly (the same bytes as
+/// [`sha256`](crate::hashing::sha256) of the concatenation, without a hasher's buffering).
 pub fn hash_pair(left: &Digest32, right: &Digest32) -> Digest32 {
     /// SHA-256's initial state.
     const INITIAL_STATE: [u32; 8] = [
