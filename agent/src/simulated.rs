@@ -2,7 +2,7 @@
 //! simulated`, what `cpc-coordinator bench farm` starts): each holds a shard for exactly the time a device
 //! of the configured speed would take, `2·rows·n² / (T·10¹²)` seconds, and then answers the right number of
 //! leaves, each the hash of an all-zero row (hashed once per n), or for an answer by root the tree of those
-//! leaves without making them ([`uniform_tree`]). A hold of [`SPIN_BELOW`] or more sleeps, so
+//! leaves without making them (`uniform_tree`). A hold of [`SPIN_BELOW`] or more sleeps, so
 //! that hundreds of devices fit on a few cores; a shorter one (a whole n = 1024 product at 660 TOPS is
 //! 3.25 µs) spins on the clock, because a timed sleep would overshoot it many times over and cost two
 //! context switches; one under [`AT_ONCE_BELOW`] spins on the agent's own thread, sparing it the hand-off
@@ -106,16 +106,6 @@ impl SimulatedBackend {
         *leaves.entry(n).or_insert_with(|| sha256(vec![0u8; 4 * n as usize]))
     }
 
-    /// The answer: the right number of leaves, each the hash of an all-zero row (and zero rows when kept).
-    fn output(&self, shard: &Shard, keep_rows: bool) -> ShardOutput {
-        let leaf = self.zero_leaf(shard.challenge.matrix_size());
-        ShardOutput {
-            leaves: vec![leaf; shard.row_count() as usize],
-            rows: zero_rows(shard, keep_rows),
-            check: None,
-        }
-    }
-
     /// Makes `shard`'s answer with `make` while the device "computes", then holds the device until its
     /// time is up: the answer leaves no sooner than the device would have finished, and the host spends no
     /// more than its real agent would.
@@ -160,10 +150,12 @@ impl Backend for SimulatedBackend {
         keep_rows: bool,
         cancel: &CancelToken,
     ) -> Result<ShardOutput, BackendError> {
-        self.held(shard, cancel, || self.output(shard, keep_rows))
+        self.held(shard, cancel, || {
+            made_up_leaves(shard, self.zero_leaf(shard.challenge.matrix_size()), keep_rows)
+        })
     }
 
-    /// No leaves at all: the tree of equal leaves, from the cache ([`uniform_tree`]).
+    /// No leaves at all: the tree of equal leaves, from the cache (`uniform_tree`).
     fn run_shard_for_root(
         &self,
         shard: &Shard,
@@ -171,11 +163,7 @@ impl Backend for SimulatedBackend {
         cancel: &CancelToken,
     ) -> Result<(ShardOutput, MerkleTree), BackendError> {
         self.held(shard, cancel, || {
-            let leaf = self.zero_leaf(shard.challenge.matrix_size());
-            let tree = uniform_tree(leaf, shard.row_count() as usize);
-            let output =
-                ShardOutput { leaves: Vec::new(), rows: zero_rows(shard, keep_rows), check: None };
-            (output, tree)
+            made_up_tree(shard, self.zero_leaf(shard.challenge.matrix_size()), keep_rows)
         })
     }
 
@@ -198,8 +186,29 @@ impl Backend for SimulatedBackend {
     }
 }
 
+/// A stand-in device's answer to `shard` (simulated and no-op devices): every row's leaf `leaf` (the hash of
+/// an all-zero row), and all-zero rows when kept.
+pub(crate) fn made_up_leaves(shard: &Shard, leaf: Digest32, keep_rows: bool) -> ShardOutput {
+    ShardOutput {
+        leaves: vec![leaf; shard.row_count() as usize],
+        rows: zero_rows(shard, keep_rows),
+        check: None,
+    }
+}
+
+/// [`made_up_leaves`] for an answer by root: no leaf, and the tree of the equal leaves from the cache
+/// ([`uniform_tree`]).
+pub(crate) fn made_up_tree(
+    shard: &Shard,
+    leaf: Digest32,
+    keep_rows: bool,
+) -> (ShardOutput, MerkleTree) {
+    let tree = uniform_tree(leaf, shard.row_count() as usize);
+    (ShardOutput { leaves: Vec::new(), rows: zero_rows(shard, keep_rows), check: None }, tree)
+}
+
 /// The rows of C a stand-in device keeps when asked to: all zeros.
-pub(crate) fn zero_rows(shard: &Shard, keep_rows: bool) -> Option<Vec<i32>> {
+fn zero_rows(shard: &Shard, keep_rows: bool) -> Option<Vec<i32>> {
     let n = shard.challenge.matrix_size() as usize;
     keep_rows.then(|| vec![0; shard.row_count() as usize * n])
 }
@@ -213,7 +222,7 @@ const MAX_UNIFORM_TREES: usize = 1024;
 /// a host of its own; a hundred stand-in agents on one benchmark host would otherwise take that CPU from the
 /// coordinator they measure (at n = 1024, 1,023 hashes a shard, or 10 for `MerkleTree::uniform`, against
 /// a 3.25 µs hold at 660 TOPS).
-pub(crate) fn uniform_tree(leaf: Digest32, count: usize) -> MerkleTree {
+fn uniform_tree(leaf: Digest32, count: usize) -> MerkleTree {
     static TREES: OnceLock<Mutex<HashMap<(Digest32, usize), MerkleTree>>> = OnceLock::new();
     // A plain map: a panic elsewhere while it was held leaves nothing half-done in it.
     let mut trees =

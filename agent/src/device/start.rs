@@ -30,7 +30,7 @@ pub(crate) const MEASURE_MIN_RUNS: u32 = 2;
 pub(crate) const MEASURE_MAX_RUNS: u32 = 32;
 
 /// Measures a backend's throughput on a whole `n × n` product, in ops per second: the best of
-/// [`MEASURE_MIN_RUNS`] runs or more, as many as fit in [`MEASURE_BUDGET`] up to [`MEASURE_MAX_RUNS`]. Runs on
+/// `MEASURE_MIN_RUNS` runs or more, as many as fit in `MEASURE_BUDGET` up to `MEASURE_MAX_RUNS`. Runs on
 /// the calling thread: for the agent's devices [`start`] runs it on the device's worker, under the watchdog.
 pub fn measure(backend: &dyn Backend, n: u32) -> Result<f64, BackendError> {
     if n == 0 {
