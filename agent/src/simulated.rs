@@ -5,8 +5,9 @@
 //! leaves without making them (`uniform_tree`). A hold of [`SPIN_BELOW`] or more sleeps, so
 //! that hundreds of devices fit on a few cores; a shorter one (a whole n = 1024 product at 660 TOPS is
 //! 3.25 µs) spins on the clock, because a timed sleep would overshoot it many times over and cost two
-//! context switches; one under [`AT_ONCE_BELOW`] spins on the agent's own thread, sparing it the hand-off
-//! to the device's. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
+//! context switches. One under [`AT_ONCE_BELOW`] is answered on the agent's own thread, sparing it the
+//! hand-off to the device's, and held there by the device actor, which serves the host's other devices
+//! meanwhile ([`Backend::answers_at_once`]): the agent's devices hold side by side, as real ones compute. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
 //! spot check fails it), never one that submits to a chain; the agent refuses to start one without
 //! `--allow-wrong-results`.
 //!
@@ -40,9 +41,10 @@ pub const SPIN_BELOW: Duration = Duration::from_micros(100);
 
 /// Holds shorter than this run on the agent's own thread ([`Backend::answers_at_once`]) rather than the
 /// device's: handing a shard to another thread and its answer back costs two thread wake-ups, some
-/// microseconds each (tens in a VM), more than the hold itself. The agent's devices then hold such shards
-/// one after another, which for a hundred devices at n = 1024 and 660 TOPS spreads a burst over about a
-/// third of a millisecond.
+/// microseconds each (tens in a VM), more than the hold itself. The call does not hold the shard: the
+/// device actor lets its answer go no sooner than the hold after the call began, serving the agent's other
+/// devices meanwhile. (Spun in the call, a hundred devices' holds at n = 1024 and 660 TOPS would run one
+/// after another, a third of a millisecond for a burst, and take that CPU from the coordinator measured.)
 pub const AT_ONCE_BELOW: Duration = Duration::from_micros(10);
 
 /// Why a simulated device could not be made.
@@ -82,9 +84,13 @@ impl SimulatedBackend {
         Duration::try_from_secs_f64(ops / (self.tera_ops_per_sec * 1e12)).unwrap_or(Duration::MAX)
     }
 
-    /// Holds the device until `duration` after `started`: spins below [`SPIN_BELOW`], sleeps otherwise.
-    /// Answers whether `cancel` ended it early (or was set already).
+    /// Holds the device until `duration` after `started`: not at all below [`AT_ONCE_BELOW`] (the caller
+    /// holds such an answer, see [`Backend::answers_at_once`]), spins below [`SPIN_BELOW`], sleeps
+    /// otherwise. Answers whether `cancel` ended it early (or was set already).
     fn hold(started: Instant, duration: Duration, cancel: &CancelToken) -> bool {
+        if duration < AT_ONCE_BELOW {
+            return cancel.is_cancelled();
+        }
         if duration >= SPIN_BELOW {
             return cancel.sleep(duration.saturating_sub(started.elapsed()));
         }
@@ -180,9 +186,9 @@ impl Backend for SimulatedBackend {
         Some(self.tera_ops_per_sec * 1e12)
     }
 
-    /// Holds under [`AT_ONCE_BELOW`].
-    fn answers_at_once(&self, shard: &Shard) -> bool {
-        self.shard_time(shard) < AT_ONCE_BELOW
+    /// Holds under [`AT_ONCE_BELOW`], which the call leaves to its caller.
+    fn answers_at_once(&self, shard: &Shard) -> Option<Duration> {
+        Some(self.shard_time(shard)).filter(|&hold| hold < AT_ONCE_BELOW)
     }
 }
 
@@ -341,6 +347,11 @@ mod tests {
             !SimulatedBackend::hold(Instant::now(), Duration::from_micros(20), &CancelToken::new()),
             "held to its end"
         );
+        // Under AT_ONCE_BELOW the caller holds: the call only looks at the token.
+        assert!(SimulatedBackend::hold(Instant::now(), Duration::from_micros(5), &cancel));
+        let now = Instant::now();
+        let far = now.checked_add(Duration::from_secs(1)).expect("later");
+        assert!(!SimulatedBackend::hold(far, Duration::from_micros(5), &CancelToken::new()));
         // A hold counts from when the shard started (its answer was made meanwhile), not from now.
         let started = Instant::now().checked_sub(Duration::from_secs(30)).expect("30 s ago");
         let now = Instant::now();
@@ -354,11 +365,14 @@ mod tests {
         // A whole n = 1024 product at 660 TOPS: 3.25 µs.
         let whole = shard(1024, 0..1024);
         assert!(sim.shard_time(&whole) < AT_ONCE_BELOW);
-        assert!(sim.answers_at_once(&whole));
+        assert_eq!(sim.answers_at_once(&whole), Some(sim.shard_time(&whole)));
+        // The call itself does not hold it: its caller does.
+        let (output, _) = sim.run_shard_for_root(&whole, false, &CancelToken::new()).expect("run");
+        assert!(output.leaves.is_empty());
         // At n = 4096, 208 µs: the device's own thread holds it.
         let large = shard(4096, 0..4096);
         assert!(sim.shard_time(&large) >= AT_ONCE_BELOW);
-        assert!(!sim.answers_at_once(&large));
+        assert_eq!(sim.answers_at_once(&large), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use cpc_common::{
     merkle::{MerkleTree, merkle_root},
     synthetic::Challenge,
 };
-use std::{fmt, ops::Range, str::FromStr};
+use std::{fmt, ops::Range, str::FromStr, time::Duration};
 
 pub mod bench;
 pub mod cancel;
@@ -230,13 +230,18 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn keeps_rows_cheaply(&self) -> bool {
         true
     }
-    /// Whether the backend answers `shard` sooner than handing it to another thread would take (a thread
-    /// wake-up each way, some microseconds): a simulated device's microsecond hold, a device that computes
-    /// nothing. The agent then runs the shard on its own thread instead of the device's worker, with no
-    /// watchdog (nothing in such a call can hang). `false` by default, and for every backend that computes.
-    fn answers_at_once(&self, shard: &Shard) -> bool {
+    /// `Some(hold)` when the backend answers `shard` sooner than handing it to another thread would take
+    /// (a thread wake-up each way, some microseconds): a simulated device's microsecond hold, a device that
+    /// computes nothing. The agent then runs the shard on its own thread instead of the device's worker,
+    /// with no watchdog (nothing in such a call can hang).
+    ///
+    /// Such a call returns without spending the device's time for the shard: `hold` is that time (zero
+    /// for a device that computes nothing). The caller lets the answer go no sooner than `hold` after the
+    /// call began, and serves the host's other devices meanwhile, as a host's devices run side by side.
+    /// `None` by default, and for every backend that computes.
+    fn answers_at_once(&self, shard: &Shard) -> Option<Duration> {
         let _ = shard;
-        false
+        None
     }
     /// How many `run_shard` calls from different threads the device overlaps usefully: 1 by default (the CPU
     /// backend already uses every core for one shard); [`gpu::SLOTS`] on a GPU, where one shard's generation

@@ -323,8 +323,14 @@ impl Handler<Compute> for DeviceActor {
                 let stats = if out.is_ok() { backend.last_stats() } else { None };
                 (out, stats, backend.gpu_status())
             };
-            let out =
-                if at_once { state.call_here(what, run) } else { state.call(what, run).await };
+            let out = match at_once {
+                Some(hold) => {
+                    let out = state.call_here(what, run);
+                    hold_for(started, hold, &cancel).await;
+                    out
+                }
+                None => state.call(what, run).await,
+            };
             drop(running);
             let secs = started.elapsed().as_secs_f64();
             if let Ok((_, _, Some(status))) = &out {
@@ -382,6 +388,15 @@ impl Handler<Compute> for DeviceActor {
                 }
             }
         })
+    }
+}
+
+/// Lets an at-once answer's device time, `hold` from `started`, pass (microseconds:
+/// [`Backend::answers_at_once`]) before it leaves, yielding to the agent's other tasks, the host's other devices among them, meanwhile; stops
+/// early once the shard is cancelled. The device's slot stays taken until then.
+async fn hold_for(started: Instant, hold: Duration, cancel: &ShardCancel) {
+    while started.elapsed() < hold && !cancel.is_cancelled() {
+        tokio::task::yield_now().await;
     }
 }
 

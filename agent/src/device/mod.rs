@@ -27,7 +27,9 @@
 //! polled timeout (given the same value) fire first and name the phase that hung. The one exception is a
 //! shard the backend answers sooner than the hand-off to those threads and back would take
 //! ([`cpc_kernels::Backend::answers_at_once`]: a simulated device's microsecond hold, a no-op device): it
-//! runs on the actor's own thread, with nothing in it that can hang.
+//! runs on the actor's own thread, with nothing in it that can hang, and the device time the backend
+//! leaves to its caller passes with the actor yielding to the agent's other devices, whose holds overlap
+//! as real devices' work does.
 //!
 //! What a backend error does to the device: out of memory ([`BackendError::retry_later`]) fails the shard
 //! only, the coordinator gives it to a device with room, and the GPU keeps serving; a sticky CUDA error

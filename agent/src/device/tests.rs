@@ -556,11 +556,23 @@ fn the_measurement_times_a_fast_product_many_times_and_a_slow_one_twice() {
 }
 
 /// A CPU backend that answers shards whose seed starts with `now` at once ([`Backend::answers_at_once`]),
-/// panics on those that end in `boom`, and notes the thread every shard ran on.
+/// leaving `hold` of device time to its caller, panics on those that end in `boom`, and notes the thread
+/// every shard ran on.
 #[derive(Debug)]
 struct AtOnce {
     inner: cpc_kernels::CpuBackend,
     ran_on: Mutex<Vec<(String, Option<String>)>>,
+    hold: Duration,
+}
+
+impl AtOnce {
+    fn new(hold: Duration) -> Self {
+        Self {
+            inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
+            ran_on: Mutex::default(),
+            hold,
+        }
+    }
 }
 
 impl Backend for AtOnce {
@@ -570,8 +582,8 @@ impl Backend for AtOnce {
     fn info(&self) -> cpc_kernels::DeviceInfo {
         self.inner.info()
     }
-    fn answers_at_once(&self, shard: &Shard) -> bool {
-        shard.challenge.seed().starts_with("now")
+    fn answers_at_once(&self, shard: &Shard) -> Option<Duration> {
+        shard.challenge.seed().starts_with("now").then_some(self.hold)
     }
     fn run_shard(&self, shard: &Shard, keep_rows: bool) -> Result<ShardOutput, BackendError> {
         let seed = shard.challenge.seed().to_owned();
@@ -589,10 +601,7 @@ fn a_shard_the_backend_answers_at_once_runs_on_the_agents_thread() {
     let here = std::thread::current().name().map(str::to_owned);
     actix_rt::System::new().block_on(async {
         let health = Health::default();
-        let backend = Arc::new(AtOnce {
-            inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
-            ran_on: Mutex::default(),
-        });
+        let backend = Arc::new(AtOnce::new(Duration::ZERO));
         let opts = options(Duration::from_secs(60));
         let device =
             start(60, backend.clone(), cache(), health.clone(), &opts).await.expect("start");
@@ -625,6 +634,64 @@ fn a_shard_the_backend_answers_at_once_runs_on_the_agents_thread() {
                 ("now-c".to_owned(), here.clone()),
             ],
             "at once on the actor's thread, the rest on the device's worker; nothing once given up"
+        );
+    });
+}
+
+/// An at-once answer leaves no sooner than the device time its backend left to the caller, and the agent's
+/// other devices are served meanwhile: four devices' holds overlap rather than follow one another. A shard
+/// cancelled while held is answered cancelled without waiting out its hold.
+#[test]
+fn at_once_holds_overlap_across_devices_and_end_on_a_cancel() {
+    actix_rt::System::new().block_on(async {
+        let hold = Duration::from_millis(100);
+        let mut devices = Vec::new();
+        for index in 70..74 {
+            let backend = Arc::new(AtOnce::new(hold));
+            let opts = options(Duration::from_secs(60));
+            devices.push(
+                start(index, backend, cache(), Health::default(), &opts).await.expect("start"),
+            );
+        }
+        let started = Instant::now();
+        let running: Vec<_> = (70..74)
+            .zip(&devices)
+            .map(|(index, device)| {
+                let sent = device.addr.send(run_shard(u64::from(index), "now-held", index));
+                actix_rt::spawn(async move { (sent.await.expect("answer"), started.elapsed()) })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for (index, answer) in (70..74).zip(running) {
+            let (answer, after) = answer.await.expect("task");
+            assert!(matches!(answer, ShardAnswer::Done { .. }), "device {index}: {answer:?}");
+            assert!(
+                after >= hold,
+                "device {index} answered after {after:?}, inside its {hold:?} hold"
+            );
+            slowest = slowest.max(after);
+        }
+        assert!(
+            slowest < 3 * hold,
+            "four holds of {hold:?} took {slowest:?}: they ran one after another"
+        );
+
+        let held = Arc::new(AtOnce::new(Duration::from_secs(3600)));
+        let opts = options(Duration::from_secs(60));
+        let device = start(74, held, cache(), Health::default(), &opts).await.expect("start");
+        let compute = run_shard(9, "now-long", 74);
+        let cancel = compute.cancel.clone();
+        let sent = device.addr.send(compute);
+        let answer = actix_rt::spawn(async move { sent.await.expect("answer") });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cancel.cancel();
+        let answer = tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .expect("a cancel ends the hold")
+            .expect("task");
+        assert!(
+            matches!(&answer, ShardAnswer::Failed { reason, .. } if reason.contains("cancelled")),
+            "{answer:?}"
         );
     });
 }

@@ -117,9 +117,9 @@ impl Worker {
         }
     }
 
-    /// Whether the backend answers `shard` sooner than a hand-off to the worker thread would take
-    /// ([`Backend::answers_at_once`]).
-    pub(super) fn answers_at_once(&self, shard: &cpc_kernels::Shard) -> bool {
+    /// Whether the backend answers `shard` sooner than a hand-off to the worker thread would take, and
+    /// the device time it leaves to the caller ([`Backend::answers_at_once`]).
+    pub(super) fn answers_at_once(&self, shard: &cpc_kernels::Shard) -> Option<Duration> {
         self.backend.answers_at_once(shard)
     }
 
