@@ -6,6 +6,12 @@ use cpc_agent::{AgentConfig, DeviceSelection, DeviceSpec};
 use cpc_kernels::BackendKind;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+/// mimalloc rather than glibc's malloc: the farm's hot path allocates and frees many small frames,
+/// messages and tasks a second, and glibc consolidates its fast bins on every request of a kilobyte or
+/// more (a batch of orders or answers), which cost the agent about a sixth of its CPU in the farm bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Joins this host's GPUs (or CPU) to a cpc-farm coordinator.
 #[derive(Debug, Parser)]
 #[command(name = "cpc-agent", version, about)]

@@ -25,6 +25,10 @@ use cpc_coordinator::farm::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::time::{Duration, Instant};
 
+/// The binary's allocator (`cpc-coordinator` uses mimalloc), so that the numbers are its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AGENTS: u64 = 100;
 const DEVICES_PER_AGENT: u32 = 100;
 const IDENTITIES: usize = 500;

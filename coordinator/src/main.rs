@@ -5,6 +5,12 @@ mod cli;
 use clap::{CommandFactory as _, FromArgMatches as _};
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: the farm's hot path allocates and frees many small frames,
+/// messages and tasks a second, and glibc consolidates its fast bins on every request of a kilobyte or
+/// more (a batch of orders or answers), which cost the agent about a sixth of its CPU in the farm bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // `Cli::parse()`, keeping the matches: `run` layers flags over `CPC_*` variables by where clap found

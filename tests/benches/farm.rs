@@ -15,6 +15,10 @@ use std::{
     time::Duration,
 };
 
+/// The binaries' allocator (`cpc-coordinator` and `cpc-agent` use mimalloc), so that the numbers are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AGENTS: u32 = 10;
 const DEVICES_PER_AGENT: u32 = 20;
 /// n: 200 devices × 20 rows.

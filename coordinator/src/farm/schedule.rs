@@ -36,9 +36,10 @@ use cpc_common::{
     synthetic::Challenge,
     wire::{CheckTiming, DeviceAdvert},
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::{
     cmp::Ordering,
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     fmt,
     ops::Range,
     str::FromStr,
@@ -361,8 +362,8 @@ struct Job {
     done: usize,
     leaves: JobLeaves,
     flights: BTreeSet<ShardId>,
-    excluded: HashSet<DeviceId>,
-    device_errors: HashMap<DeviceId, u32>,
+    excluded: FxHashSet<DeviceId>,
+    device_errors: FxHashMap<DeviceId, u32>,
     starved_since: Option<Instant>,
     tally: Tally,
 }
@@ -390,19 +391,19 @@ enum Timer {
 pub struct Schedule {
     policy: SchedulePolicy,
     metrics: FarmMetrics,
-    devices: HashMap<DeviceId, Device>,
+    devices: FxHashMap<DeviceId, Device>,
     /// Usable devices, fastest first.
     usable: BTreeSet<DeviceKey>,
     /// Usable devices with a free slot, fastest first.
     idle: BTreeSet<DeviceKey>,
-    jobs: HashMap<JobId, Job>,
+    jobs: FxHashMap<JobId, Job>,
     /// Jobs with units waiting for a device, first served first.
     ready: BTreeSet<JobKey>,
-    flights: HashMap<ShardId, Flight>,
+    flights: FxHashMap<ShardId, Flight>,
     /// Shards past their straggler time whose job has nothing else to hand out.
     late: BTreeSet<ShardId>,
     timers: BTreeSet<(Instant, Timer)>,
-    last_served: HashMap<String, u64>,
+    last_served: FxHashMap<String, u64>,
     service_seq: u64,
     submit_seq: u64,
     next_shard: ShardId,
@@ -414,15 +415,15 @@ impl Schedule {
         Self {
             policy,
             metrics,
-            devices: HashMap::new(),
+            devices: FxHashMap::default(),
             usable: BTreeSet::new(),
             idle: BTreeSet::new(),
-            jobs: HashMap::new(),
+            jobs: FxHashMap::default(),
             ready: BTreeSet::new(),
-            flights: HashMap::new(),
+            flights: FxHashMap::default(),
             late: BTreeSet::new(),
             timers: BTreeSet::new(),
-            last_served: HashMap::new(),
+            last_served: FxHashMap::default(),
             service_seq: 0,
             submit_seq: 0,
             next_shard: first_shard_id,
@@ -506,8 +507,8 @@ impl Schedule {
                 done: 0,
                 leaves,
                 flights: BTreeSet::new(),
-                excluded: HashSet::new(),
-                device_errors: HashMap::new(),
+                excluded: FxHashSet::default(),
+                device_errors: FxHashMap::default(),
                 starved_since: None,
                 tally: Tally::default(),
             },
@@ -703,7 +704,7 @@ impl Schedule {
 
     /// Hands work to every free device slot: jobs in queue order, then stragglers.
     fn fill(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let mut blocked: HashSet<JobId> = HashSet::new();
+        let mut blocked: FxHashSet<JobId> = FxHashSet::default();
         while !self.idle.is_empty() {
             let Some(key) = self.ready.iter().find(|k| !blocked.contains(&k.job)).copied() else {
                 break;

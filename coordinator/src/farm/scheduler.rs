@@ -20,7 +20,8 @@ use super::{
     shard,
 };
 use actix::{Actor, ActorContext as _, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use rustc_hash::FxHashMap;
+use std::{sync::Arc, time::Instant};
 use tokio::sync::oneshot;
 
 /// Most leaves of a job whose Merkle root is built on the farm's I/O workers rather than a blocking
@@ -120,12 +121,12 @@ pub struct Scheduler {
     schedule: Schedule,
     config: Arc<FarmConfig>,
     registry: Addr<Registry>,
-    links: HashMap<DeviceId, AgentLink>,
+    links: FxHashMap<DeviceId, AgentLink>,
     /// The shard pipe of each agent connection that has one, by [`DeviceId::agent`].
-    pipes: HashMap<u64, ShardPipe>,
+    pipes: FxHashMap<u64, ShardPipe>,
     /// Per shard in flight: how to stop it.
-    aborts: HashMap<ShardId, Abort>,
-    waiters: HashMap<JobId, oneshot::Sender<JobResult>>,
+    aborts: FxHashMap<ShardId, Abort>,
+    waiters: FxHashMap<JobId, oneshot::Sender<JobResult>>,
     wake: Option<(Instant, SpawnHandle)>,
 }
 
@@ -153,10 +154,10 @@ impl Scheduler {
             schedule: Schedule::new(policy, metrics, first_shard_id()),
             config,
             registry,
-            links: HashMap::new(),
-            pipes: HashMap::new(),
-            aborts: HashMap::new(),
-            waiters: HashMap::new(),
+            links: FxHashMap::default(),
+            pipes: FxHashMap::default(),
+            aborts: FxHashMap::default(),
+            waiters: FxHashMap::default(),
             wake: None,
         }
     }

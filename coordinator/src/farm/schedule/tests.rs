@@ -548,8 +548,9 @@ fn any_interleaving_ends_every_job_with_its_root() {
         let mut s = schedule(SchedulingPolicy::BlockFirst);
         let mut now = t0;
         let mut in_flight: Vec<Dispatch> = Vec::new();
-        let mut results: HashMap<JobId, Result<Digest32, JobError>> = HashMap::new();
-        let mut specs = HashMap::new();
+        let mut results: std::collections::HashMap<JobId, Result<Digest32, JobError>> =
+            std::collections::HashMap::new();
+        let mut specs = std::collections::HashMap::new();
         let mut agents = 0;
         let mut live: Vec<u64> = Vec::new();
         let take = |actions: Vec<Action>, in_flight: &mut Vec<Dispatch>| {
