@@ -155,6 +155,7 @@ fn parse_bit_flip(text: &str) -> anyhow::Result<cpc_kernels::cpu::BitFlip> {
 }
 
 fn main() -> anyhow::Result<()> {
+    cpc_common::service::disable_transparent_huge_pages();
     let args = Args::parse();
     init_logging(args.log_format);
     let watchdog = Duration::from_secs(args.watchdog_secs);

@@ -13,6 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    cpc_common::service::disable_transparent_huge_pages();
     // `Cli::parse()`, keeping the matches: `run` layers flags over `CPC_*` variables by where clap found
     // each value.
     let matches = cli::Cli::command().get_matches();
