@@ -329,11 +329,12 @@ impl Handler<Submit> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        let now = Instant::now();
         for NewJob { job, spec, reply } in msg.jobs {
             self.waiters.insert(job, reply);
             // Each job's shards go out as it is placed: agents start on the first while the rest are.
-            let actions = self.schedule.submit(now, job, spec);
+            // Its own clock reading: a shard's round trip starts when it goes out, not when the batch
+            // it came in began (the last of a block's 500 jobs goes out a fraction of a millisecond later).
+            let actions = self.schedule.submit(Instant::now(), job, spec);
             self.apply(actions, ctx);
         }
     }
@@ -403,11 +404,11 @@ impl Handler<ShardsAnswered> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, msg: ShardsAnswered, ctx: &mut Self::Context) {
-        let now = Instant::now();
         let mut actions = Vec::new();
         for (shard, outcome) in msg.outcomes {
             self.aborts.remove(&shard);
-            actions.extend(self.schedule.answer(now, shard, outcome));
+            // Read for each answer: a shard is verified when its turn in the frame comes.
+            actions.extend(self.schedule.answer(Instant::now(), shard, outcome));
         }
         self.apply(actions, ctx);
     }
