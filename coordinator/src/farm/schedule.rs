@@ -38,11 +38,13 @@ use cpc_common::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::{
+    borrow::Cow,
     cmp::Ordering,
     collections::{BTreeMap, BTreeSet, VecDeque},
     fmt,
     ops::Range,
     str::FromStr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -263,6 +265,8 @@ struct DeviceKey {
 #[derive(Debug)]
 struct Device {
     entry: DeviceEntry,
+    /// How job reports name it, made once: every job it serves shares them.
+    names: Arc<DeviceNames>,
     key: DeviceKey,
     usable: bool,
     busy: u32,
@@ -274,6 +278,25 @@ struct Device {
     silent_since: Option<Instant>,
     /// Quarantined: nothing it answers from now on is accepted.
     quarantined: bool,
+}
+
+/// A device's names in job reports.
+#[derive(Debug)]
+struct DeviceNames {
+    /// `agentN/gpuI`.
+    device: String,
+    agent: String,
+    name: String,
+}
+
+impl DeviceNames {
+    fn of(entry: &DeviceEntry) -> Arc<Self> {
+        Arc::new(Self {
+            device: entry.id.to_string(),
+            agent: entry.agent_name.clone(),
+            name: entry.advert.name.clone(),
+        })
+    }
 }
 
 impl Device {
@@ -326,8 +349,7 @@ struct Flight {
 
 #[derive(Debug, Default)]
 struct DevStat {
-    agent: String,
-    name: String,
+    names: Option<Arc<DeviceNames>>,
     rows: u64,
     shards: u64,
     busy: Duration,
@@ -549,6 +571,7 @@ impl Schedule {
             self.devices.insert(
                 id,
                 Device {
+                    names: DeviceNames::of(&entry),
                     entry,
                     key,
                     usable: true,
@@ -561,6 +584,7 @@ impl Schedule {
             self.devices.insert(
                 id,
                 Device {
+                    names: DeviceNames::of(&entry),
                     entry,
                     key,
                     usable: true,
@@ -869,9 +893,8 @@ impl Schedule {
         j.starved_since = None;
         j.tally.dispatched += 1;
         let stat = j.tally.devices.entry(device).or_default();
-        if stat.name.is_empty() {
-            stat.agent.clone_from(&d.entry.agent_name);
-            stat.name.clone_from(&d.entry.advert.name);
+        if stat.names.is_none() {
+            stat.names = Some(d.names.clone());
         }
         let timeout_at = now.checked_add(self.policy.shard_timeout);
         if let Some(at) = timeout_at {
@@ -1158,10 +1181,10 @@ impl Schedule {
     }
 
     fn finish(&mut self, now: Instant, job: JobId, out: &mut Vec<Action>) {
-        let Some(j) = self.remove_job(job, out) else { return };
+        let Some(mut j) = self.remove_job(job, out) else { return };
         let makespan = now.saturating_duration_since(j.submitted);
         self.metrics.job_done(makespan, true);
-        let report = report(job, &j, makespan);
+        let report = report(job, &mut j, makespan);
         out.push(Action::Finished {
             job,
             result: Ok(Box::new(FinishedJob { leaves: j.leaves, report })),
@@ -1175,12 +1198,19 @@ impl Unit {
     }
 }
 
-/// A finished job's report, its `result_hash` still zero.
-fn report(job_id: JobId, j: &Job, makespan: Duration) -> JobReport {
+/// A finished job's report, its `result_hash` still zero; takes the job's round trips.
+fn report(job_id: JobId, j: &mut Job, makespan: Duration) -> JobReport {
     let n = j.n();
+    let round_trips = std::mem::take(&mut j.tally.round_trips);
     let t = &j.tally;
-    let mut sorted = t.round_trips.clone();
-    sorted.sort();
+    // A job run whole has one round trip: no copy to sort.
+    let sorted = if round_trips.len() > 1 {
+        let mut sorted = round_trips.clone();
+        sorted.sort();
+        Cow::Owned(sorted)
+    } else {
+        Cow::Borrowed(&round_trips)
+    };
     let pct = |p: usize| -> f64 {
         if sorted.is_empty() {
             return 0.0;
@@ -1188,16 +1218,18 @@ fn report(job_id: JobId, j: &Job, makespan: Duration) -> JobReport {
         let rank = (sorted.len() * p).div_ceil(100).clamp(1, sorted.len());
         sorted[rank - 1].as_secs_f64()
     };
+    let (p50, p99) = (pct(50), pct(99));
     let devices = t
         .devices
         .iter()
         .map(|(id, s)| {
             let busy = s.busy.as_secs_f64();
             let ops = shard_ops(n, 1) * s.rows as f64;
+            let names = s.names.as_deref();
             DeviceReport {
-                device: id.to_string(),
-                agent: s.agent.clone(),
-                name: s.name.clone(),
+                device: names.map_or_else(|| id.to_string(), |d| d.device.clone()),
+                agent: names.map(|d| d.agent.clone()).unwrap_or_default(),
+                name: names.map(|d| d.name.clone()).unwrap_or_default(),
                 rows: s.rows,
                 shards: s.shards,
                 busy_seconds: busy,
@@ -1231,10 +1263,10 @@ fn report(job_id: JobId, j: &Job, makespan: Duration) -> JobReport {
             t.check_micros as f64 / t.shard_micros as f64
         },
         quarantined: t.quarantined.iter().map(ToString::to_string).collect(),
-        shard_round_trip_p50_seconds: pct(50),
-        shard_round_trip_p99_seconds: pct(99),
+        shard_round_trip_p50_seconds: p50,
+        shard_round_trip_p99_seconds: p99,
         devices,
-        shard_round_trips: t.round_trips.clone(),
+        shard_round_trips: round_trips,
     }
 }
 
