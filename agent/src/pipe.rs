@@ -30,7 +30,8 @@ use cpc_common::{
         ShardPipeAnswers, ShardPipeOrder, ShardPipeOrders,
     },
 };
-use std::{cell::RefCell, collections::HashMap, rc::Rc, sync::Arc};
+use rustc_hash::FxHashMap;
+use std::{cell::RefCell, rc::Rc, sync::Arc};
 use tokio::sync::mpsc;
 
 /// Serves a shard pipe whose `OpenShardPipe` has been read from `recv`, until it ends (see the module doc).
@@ -151,10 +152,10 @@ fn frames(batch: &mut Vec<ShardAnswer>) -> Vec<ShardPipeAnswers> {
     frames
 }
 
-/// The pipe's shards in hand, by shard id, with what cancels each.
+/// The pipe's shards in hand, by shard id, with what cancels each (ids are the pinned coordinator's own).
 #[derive(Debug, Default)]
 struct InHand {
-    shards: HashMap<u64, (u64, ShardCancel)>,
+    shards: FxHashMap<u64, (u64, ShardCancel)>,
     /// Numbers the shards, so that a shard ends only its own entry: a cancelled shard still winding down
     /// must not remove a later shard of the same id.
     tickets: u64,

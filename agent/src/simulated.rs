@@ -22,8 +22,8 @@ use cpc_common::{
 use cpc_kernels::{
     Backend, BackendError, BackendKind, CancelToken, DeviceInfo, Shard, ShardOutput,
 };
+use rustc_hash::FxHashMap;
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
@@ -61,7 +61,7 @@ pub struct SimulatedBackend {
     tera_ops_per_sec: f64,
     name: String,
     /// The leaf of an all-zero row, by n (hashed once: 4·n bytes a shard otherwise).
-    zero_leaves: Arc<Mutex<HashMap<u32, Digest32>>>,
+    zero_leaves: Arc<Mutex<FxHashMap<u32, Digest32>>>,
 }
 
 impl SimulatedBackend {
@@ -229,7 +229,7 @@ const MAX_UNIFORM_TREES: usize = 1024;
 /// coordinator they measure (at n = 1024, 1,023 hashes a shard, or 10 for `MerkleTree::uniform`, against
 /// a 3.25 µs hold at 660 TOPS).
 fn uniform_tree(leaf: Digest32, count: usize) -> MerkleTree {
-    static TREES: OnceLock<Mutex<HashMap<(Digest32, usize), MerkleTree>>> = OnceLock::new();
+    static TREES: OnceLock<Mutex<FxHashMap<(Digest32, usize), MerkleTree>>> = OnceLock::new();
     // A plain map: a panic elsewhere while it was held leaves nothing half-done in it.
     let mut trees =
         TREES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
