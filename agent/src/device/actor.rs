@@ -391,14 +391,29 @@ impl Handler<Compute> for DeviceActor {
     }
 }
 
-/// Lets an at-once answer's device time, `hold` from `started`, pass (microseconds:
-/// [`Backend::answers_at_once`]) before it leaves, yielding to the agent's other tasks, the host's other devices among them, meanwhile; stops
-/// early once the shard is cancelled. The device's slot stays taken until then.
+/// Lets an at-once answer's device time, `hold` from `started`, pass before it leaves, serving the agent's
+/// other tasks, the host's other devices among them, meanwhile; stops early once the shard is cancelled.
+/// The device's slot stays taken until then. Such holds are microseconds ([`Backend::answers_at_once`]),
+/// far below a timer's resolution: the actor yields until the hold is over. A longer one sleeps.
 async fn hold_for(started: Instant, hold: Duration, cancel: &ShardCancel) {
-    while started.elapsed() < hold && !cancel.is_cancelled() {
-        tokio::task::yield_now().await;
+    loop {
+        let left = hold.saturating_sub(started.elapsed());
+        if left.is_zero() || cancel.is_cancelled() {
+            return;
+        }
+        if left < YIELD_BELOW {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(left) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
     }
 }
+
+/// Holds shorter than this (what is left of them) pass in yields rather than a timer's sleep.
+const YIELD_BELOW: Duration = Duration::from_millis(1);
 
 /// A check's cost as the wire carries it.
 fn check_timing(cost: CheckCost) -> CheckTiming {
