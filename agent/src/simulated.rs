@@ -7,8 +7,9 @@
 //! 3.25 µs) spins on the clock, because a timed sleep would overshoot it many times over and cost two
 //! context switches. One under [`AT_ONCE_BELOW`] is answered on the agent's own thread, sparing it the
 //! hand-off to the device's, and held there by the device actor, which serves the host's other devices
-//! meanwhile ([`Backend::answers_at_once`]): the agent's devices hold side by side, as real ones compute. Its results are **wrong by design**: run it only against a coordinator with spot checks off (any
-//! spot check fails it), never one that submits to a chain; the agent refuses to start one without
+//! meanwhile ([`Backend::answers_at_once`]): the agent's devices hold side by side, as real ones compute.
+//! Its results are **wrong by design**: run it only against a coordinator with spot checks off (any spot
+//! check fails it), never one that submits to a chain; the agent refuses to start one without
 //! `--allow-wrong-results`.
 //!
 //! It advertises its configured speed without measuring ([`Backend::declared_ops_per_sec`]), a memory that

@@ -14,9 +14,9 @@ use std::time::Duration;
 /// thread's first small allocations then fault in, and zero, a 2 MiB page. An agent of a hundred
 /// simulated devices (a thread each) held 43 MiB instead of 17, and in the first blocks of a
 /// 100-agent farm bench, whose agents all did so at once, a block's results took up to 250 ms instead of
-/// 6. Without the allocator's request no memory of ours was in huge pages before either, where the
-/// kernel gives them only on request (`madvise`, the common default). The same as mimalloc's own
-/// `MIMALLOC_ALLOW_THP=0`, which is read from the environment before `main` and so cannot be set here.
+/// 6. Where the kernel gives huge pages only on request (`madvise`, the common default), none of our
+/// memory was in them before mimalloc either. This is what mimalloc's own `MIMALLOC_ALLOW_THP=0` does;
+/// that variable is read before `main` runs, so it cannot be set from here.
 pub fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     {
