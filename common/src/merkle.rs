@@ -7,6 +7,7 @@ use crate::{
     hashing::Digest32,
     tx::{Transaction, TxType},
 };
+use std::sync::Arc;
 
 /// The Merkle root of `leaves`.
 ///
@@ -82,7 +83,7 @@ fn parent(level: &[Digest32], i: usize) -> Digest32 {
 /// A Merkle tree with every level kept (the same tree as [`merkle_root`]): what an agent holds for a shard
 /// it answered by its root alone, so that a spot check's row path ([`MerkleTree::path`]) is read off in
 /// `log₂ n` steps instead of a rebuild of the tree. About twice the leaves' bytes; a tree of equal leaves
-/// ([`MerkleTree::uniform`]) keeps one node per level.
+/// ([`MerkleTree::uniform`]) keeps one node per level, shared by its clones.
 #[derive(Debug, Clone)]
 pub struct MerkleTree {
     shape: Shape,
@@ -92,8 +93,9 @@ pub struct MerkleTree {
 enum Shape {
     /// `levels[0]` the leaves, each next level the parents of the one before, the last the root alone.
     Levels(Vec<Vec<Digest32>>),
-    /// `count` equal leaves: every node of level `h` is `nodes[h]`.
-    Uniform { count: usize, nodes: Vec<Digest32> },
+    /// `count` equal leaves: every node of level `h` is `nodes[h]`. Shared: a stand-in device answers
+    /// thousands of shards a second with clones of one such tree, and each clone is kept for spot checks.
+    Uniform { count: usize, nodes: Arc<[Digest32]> },
 }
 
 impl MerkleTree {
@@ -118,7 +120,7 @@ impl MerkleTree {
             width = width.div_ceil(2);
             nodes.push(node);
         }
-        Self { shape: Shape::Uniform { count, nodes } }
+        Self { shape: Shape::Uniform { count, nodes: nodes.into() } }
     }
 
     /// The root: 32 zero bytes without leaves, a single leaf itself.
@@ -141,7 +143,7 @@ impl MerkleTree {
         }
     }
 
-    /// Bytes the tree holds.
+    /// Bytes the tree holds (a uniform tree's shared nodes counted in full).
     pub fn bytes(&self) -> u64 {
         match &self.shape {
             Shape::Levels(levels) => levels.iter().map(|l| l.len() as u64 * 32).sum(),
