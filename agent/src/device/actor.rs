@@ -8,10 +8,12 @@ use super::{
     worker::{CallError, Worker, watchdog_deadline},
 };
 use crate::metrics as m;
-use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use actix::{Actor, Context, Handler, Message, Response, ResponseFuture};
+use cpc_common::merkle::MerkleTree;
 use cpc_common::wire::{CheckTiming, RowAnswer, RunShard, ShardAnswer};
 use cpc_kernels::{
-    Backend, BackendError, CancelToken, CheckCost, CheckSeed, Shard, ShardOutput, gpu::ShardStats,
+    Backend, BackendError, CancelToken, CheckCost, CheckSeed, Shard, ShardOutput,
+    gpu::{GpuStatus, ShardStats},
 };
 use std::{
     sync::{Arc, Mutex},
@@ -32,8 +34,9 @@ pub(super) struct DeviceState {
     /// The device's series: its labels, and the series every shard updates.
     pub(super) meters: m::ShardMeters,
     pub(super) cache: Arc<Mutex<RowCache>>,
-    /// Calls running on the device at once ([`Backend::concurrent_shards`]).
-    pub(super) in_flight: Semaphore,
+    /// Calls running on the device at once ([`Backend::concurrent_shards`]); shared, so that a shard
+    /// held after an at-once call keeps its slot in a future of its own.
+    pub(super) in_flight: Arc<Semaphore>,
     /// [`Backend::keeps_rows_cheaply`]: keep each shard's rows, or recompute the rows asked for.
     pub(super) keeps_rows: bool,
 }
@@ -255,140 +258,276 @@ impl CancelledAt {
 }
 
 impl Handler<Compute> for DeviceActor {
-    type Result = ResponseFuture<ShardAnswer>;
+    type Result = Response<ShardAnswer>;
 
     fn handle(&mut self, msg: Compute, _: &mut Self::Context) -> Self::Result {
-        let state = self.state.clone();
-        Box::pin(async move {
-            let Compute { session, request: req, answer: answer_with, cancel } = msg;
-            let shard_id = req.shard_id;
-            let key = ShardKey { session, shard_id };
-            let failed = |reason: String| {
-                state.meters.done(false, None);
-                ShardAnswer::Failed { shard_id, reason }
+        let state = &self.state;
+        let run = match ShardRun::new(state, msg) {
+            Ok(run) => run,
+            Err(answer) => return Response::reply(answer),
+        };
+        // A shard its device answers at once ([`Backend::answers_at_once`]), with a slot free, is run here
+        // and, once its hold is over, answered without a task of its own: a stand-in device answers
+        // thousands of shards a second, and a task and a boxed future cost each about as much as its call.
+        if let Some(hold) = state.worker.answers_at_once(&run.shard)
+            && !run.cancel.is_cancelled()
+            && let Ok(slot) = Arc::clone(&state.in_flight).try_acquire_owned()
+        {
+            let (out, ran) = match run.call_here(state) {
+                Ok(called) => called,
+                Err(answer) => return Response::reply(answer),
             };
-            let cancelled = |at: CancelledAt| {
-                m::shard_cancelled(at);
-                tracing::debug!(
-                    device = state.index,
-                    shard_id,
-                    at = at.as_str(),
-                    "shard cancelled"
-                );
-                ShardAnswer::Failed { shard_id, reason: "cancelled by the coordinator".into() }
-            };
-            let check_seed = CheckSeed(req.check_seed);
-            let shard = match Shard::new(req.challenge, req.iteration, req.rows.0..req.rows.1)
-                .map(|s| s.with_check(check_seed))
-                .map_err(|e| e.to_string())
-            {
-                Ok(s) => s,
-                Err(e) => return failed(e),
-            };
-            let permit = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return cancelled(CancelledAt::Queued),
-                permit = state.in_flight.acquire() => permit,
-            };
-            let Ok(_permit) = permit else {
-                return failed("device is shutting down".into());
-            };
-            if let Some(reason) = state.health.reason(state.index) {
-                return failed(format!(
+            if ran.started.elapsed() >= hold {
+                return Response::reply(ran.conclude(state, out));
+            }
+            let state = state.clone();
+            return Response::fut(async move {
+                hold_for(ran.started, hold, &ran.cancel).await;
+                let answer = ran.conclude(&state, out);
+                drop(slot);
+                answer
+            });
+        }
+        Response::fut(run.run(state.clone()))
+    }
+}
+
+/// What a device call of a shard gives back, or why the call failed (the watchdog fired, it panicked, the
+/// worker is gone).
+type CallOutcome = Result<CallOutput, String>;
+
+/// What a device call of a shard returns: the output (with the tree of an answer by root), the backend's
+/// stats and GPU status.
+type CallOutput = (
+    Result<(ShardOutput, Option<MerkleTree>), BackendError>,
+    Option<ShardStats>,
+    Option<GpuStatus>,
+);
+
+/// A [`Compute`] on its way to its device, its shard checked.
+struct ShardRun {
+    key: ShardKey,
+    shard: Shard,
+    answer_with: AnswerWith,
+    cancel: ShardCancel,
+}
+
+/// A shard that ran (or whose call failed): what its answer is made of.
+struct Ran {
+    key: ShardKey,
+    answer_with: AnswerWith,
+    cancel: ShardCancel,
+    started: Instant,
+    /// Counted in `cpcfarm_agent_shards_running` until the answer is made.
+    running: m::RunningShard,
+    rows: u32,
+    n: u32,
+    first: u32,
+    /// The shard, kept for recomputing its rows when the device does not keep them.
+    recomputable: Option<Shard>,
+}
+
+impl ShardRun {
+    /// Checks the shard a [`Compute`] asks for; answers `Failed` for one that is not a valid shard.
+    fn new(state: &DeviceState, msg: Compute) -> Result<Self, ShardAnswer> {
+        let Compute { session, request: req, answer: answer_with, cancel } = msg;
+        let shard_id = req.shard_id;
+        let shard = Shard::new(req.challenge, req.iteration, req.rows.0..req.rows.1)
+            .map(|s| s.with_check(CheckSeed(req.check_seed)))
+            .map_err(|e| failed(state, shard_id, e.to_string()))?;
+        Ok(Self { key: ShardKey { session, shard_id }, shard, answer_with, cancel })
+    }
+
+    /// Waits for a slot on the device (a shard cancelled meanwhile is dropped unrun), runs the shard and
+    /// answers it.
+    async fn run(self, state: Arc<DeviceState>) -> ShardAnswer {
+        let permit = tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => {
+                return cancelled(&state, self.key.shard_id, CancelledAt::Queued);
+            }
+            permit = state.in_flight.acquire() => permit,
+        };
+        let Ok(_slot) = permit else {
+            return failed(&state, self.key.shard_id, "device is shutting down".into());
+        };
+        match state.worker.answers_at_once(&self.shard) {
+            Some(hold) => {
+                let (out, ran) = match self.call_here(&state) {
+                    Ok(called) => called,
+                    Err(answer) => return answer,
+                };
+                hold_for(ran.started, hold, &ran.cancel).await;
+                ran.conclude(&state, out)
+            }
+            None => {
+                let (ran, shard) = match self.begin(&state, !state.keeps_rows) {
+                    Ok(begun) => begun,
+                    Err(answer) => return answer,
+                };
+                let (shard_id, rows, n) = (ran.key.shard_id, ran.rows, ran.n);
+                let what = move || format!("shard {shard_id} ({rows} rows at n={n})");
+                let (answer_with, keep_rows, token) =
+                    (ran.answer_with, state.keeps_rows, ran.cancel.token.clone());
+                let out = state
+                    .call(what, move |backend| {
+                        call(backend, &shard, answer_with, keep_rows, &token)
+                    })
+                    .await;
+                ran.conclude(&state, out)
+            }
+        }
+    }
+
+    /// Runs the shard on this thread ([`Backend::answers_at_once`]); its slot is taken.
+    fn call_here(self, state: &DeviceState) -> Result<(CallOutcome, Ran), ShardAnswer> {
+        let (mut ran, shard) = self.begin(state, false)?;
+        let (shard_id, rows, n) = (ran.key.shard_id, ran.rows, ran.n);
+        let what = || format!("shard {shard_id} ({rows} rows at n={n})");
+        let token = &ran.cancel.token;
+        let out = state.call_here(what, |backend| {
+            call(backend, &shard, ran.answer_with, state.keeps_rows, token)
+        });
+        if !state.keeps_rows {
+            // Kept as it is rather than cloned: the call borrowed it.
+            ran.recomputable = Some(shard);
+        }
+        Ok((out, ran))
+    }
+
+    /// Starts the shard on the device, whose slot it holds: refused (`Failed`) on a quarantined device.
+    /// Answers the shard to run; `copy_for_recompute` keeps a copy of it for recomputing rows (for a call
+    /// that must own the shard, on the device's worker thread).
+    fn begin(
+        self,
+        state: &DeviceState,
+        copy_for_recompute: bool,
+    ) -> Result<(Ran, Shard), ShardAnswer> {
+        let Self { key, shard, answer_with, cancel } = self;
+        if let Some(reason) = state.health.reason(state.index) {
+            return Err(failed(
+                state,
+                key.shard_id,
+                format!(
                     "device {} is quarantined ({reason}): the agent's other devices keep serving",
                     state.index
-                ));
-            }
-            let started = Instant::now();
-            let (rows, n, first) =
-                (shard.row_count(), shard.challenge.matrix_size(), shard.rows.start);
-            let keep_rows = state.keeps_rows;
-            let recomputable = (!keep_rows).then(|| shard.clone());
-            let token = cancel.token.clone();
-            let running = m::RunningShard::start();
-            let what = || format!("shard {shard_id} ({rows} rows at n={n})");
-            let at_once = state.worker.answers_at_once(&shard);
-            let run = move |backend: &dyn Backend| {
-                // An answer by root builds its tree here, one SHA-256 per leaf, on the device's thread and
-                // not the agent's I/O thread (a backend that answers at once knows its tree without
-                // hashing).
-                let out = match answer_with {
-                    AnswerWith::Root => backend
-                        .run_shard_for_root(&shard, keep_rows, &token)
-                        .map(|(output, tree)| (output, Some(tree))),
-                    AnswerWith::Leaves => backend
-                        .run_shard_cancellable(&shard, keep_rows, &token)
-                        .map(|output| (output, None)),
-                };
-                let stats = if out.is_ok() { backend.last_stats() } else { None };
-                (out, stats, backend.gpu_status())
-            };
-            let out = match at_once {
-                Some(hold) => {
-                    let out = state.call_here(what, run);
-                    hold_for(started, hold, &cancel).await;
-                    out
-                }
-                None => state.call(what, run).await,
-            };
-            drop(running);
-            let secs = started.elapsed().as_secs_f64();
-            if let Ok((_, _, Some(status))) = &out {
-                m::gpu_status(state.meters.labels(), status);
-            }
-            // Cancelled while it ran: whatever came out (a product that finished anyway, or the device's
-            // `Cancelled`) is dropped. A device that failed meanwhile is still dealt with below.
-            let device_failed = match &out {
-                Err(_) => true, // the watchdog fired, the call panicked or the worker is gone
-                Ok((Err(e), _, _)) => !matches!(e, BackendError::Cancelled),
-                Ok((Ok(_), _, _)) => false,
-            };
-            if cancel.is_cancelled() && !device_failed {
-                return cancelled(CancelledAt::Running);
-            }
-            match out {
-                Err(reason) => failed(reason),
-                Ok((Err(e), _, _)) => {
-                    let reason = format!("{}: {e}", state.name);
-                    state.backend_failed(&e, &reason);
-                    if e.is_failed_check() {
-                        m::freivalds_check(state.meters.labels(), false, None);
-                        state.meters.done(false, None);
-                        tracing::error!(device = state.index, %reason, "Freivalds check failed");
-                        return ShardAnswer::CheckFailed { shard_id, reason };
-                    }
-                    failed(reason)
-                }
-                Ok((Ok((output, tree)), stats, _)) => {
-                    let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
-                    state.meters.done(true, Some((secs, ops)));
-                    record_work(&state.meters, ops, secs, stats.as_ref());
-                    let ShardOutput { leaves, rows: values, check } = output;
-                    if let Some(cost) = check {
-                        let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
-                        m::freivalds_check(state.meters.labels(), true, Some((c, s)));
-                    }
-                    let check = check.map(check_timing);
-                    // Plain data: a panic elsewhere while it was held leaves nothing half-done in it.
-                    let mut c =
-                        state.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    match (values, recomputable) {
-                        (Some(values), _) => c.insert(key, first, n, values),
-                        (None, Some(shard)) => c.insert_recomputable(key, state.index, shard),
-                        (None, None) => {}
-                    }
-                    match tree {
-                        Some(tree) => {
-                            let root = tree.root();
-                            c.insert_tree(key, first, tree);
-                            ShardAnswer::Root { shard_id, root, check }
-                        }
-                        None => ShardAnswer::Done { shard_id, leaves, check },
-                    }
-                }
-            }
-        })
+                ),
+            ));
+        }
+        let ran = Ran {
+            key,
+            answer_with,
+            cancel,
+            started: Instant::now(),
+            running: m::RunningShard::start(),
+            rows: shard.row_count(),
+            n: shard.challenge.matrix_size(),
+            first: shard.rows.start,
+            recomputable: copy_for_recompute.then(|| shard.clone()),
+        };
+        Ok((ran, shard))
     }
+}
+
+/// The device call of a shard: an answer by root builds its tree here, one SHA-256 per leaf, on the
+/// device's thread and not the agent's I/O thread (a backend that answers at once knows its tree without
+/// hashing).
+fn call(
+    backend: &dyn Backend,
+    shard: &Shard,
+    answer_with: AnswerWith,
+    keep_rows: bool,
+    token: &CancelToken,
+) -> CallOutput {
+    let out = match answer_with {
+        AnswerWith::Root => backend
+            .run_shard_for_root(shard, keep_rows, token)
+            .map(|(output, tree)| (output, Some(tree))),
+        AnswerWith::Leaves => {
+            backend.run_shard_cancellable(shard, keep_rows, token).map(|output| (output, None))
+        }
+    };
+    let stats = if out.is_ok() { backend.last_stats() } else { None };
+    (out, stats, backend.gpu_status())
+}
+
+impl Ran {
+    /// The shard's answer from what its call gave: the output kept for spot checks and answered, or the
+    /// failure dealt with (a device that failed is quarantined or restarted). A shard cancelled while it
+    /// ran is not answered, and what came out of it not kept.
+    fn conclude(self, state: &DeviceState, out: CallOutcome) -> ShardAnswer {
+        let Self { key, answer_with: _, cancel, started, running, rows, n, first, recomputable } =
+            self;
+        let shard_id = key.shard_id;
+        drop(running);
+        let secs = started.elapsed().as_secs_f64();
+        if let Ok((_, _, Some(status))) = &out {
+            m::gpu_status(state.meters.labels(), status);
+        }
+        // Cancelled while it ran: whatever came out (a product that finished anyway, or the device's
+        // `Cancelled`) is dropped. A device that failed meanwhile is still dealt with below.
+        let device_failed = match &out {
+            Err(_) => true, // the watchdog fired, the call panicked or the worker is gone
+            Ok((Err(e), _, _)) => !matches!(e, BackendError::Cancelled),
+            Ok((Ok(_), _, _)) => false,
+        };
+        if cancel.is_cancelled() && !device_failed {
+            return cancelled(state, shard_id, CancelledAt::Running);
+        }
+        match out {
+            Err(reason) => failed(state, shard_id, reason),
+            Ok((Err(e), _, _)) => {
+                let reason = format!("{}: {e}", state.name);
+                state.backend_failed(&e, &reason);
+                if e.is_failed_check() {
+                    m::freivalds_check(state.meters.labels(), false, None);
+                    state.meters.done(false, None);
+                    tracing::error!(device = state.index, %reason, "Freivalds check failed");
+                    return ShardAnswer::CheckFailed { shard_id, reason };
+                }
+                failed(state, shard_id, reason)
+            }
+            Ok((Ok((output, tree)), stats, _)) => {
+                let ops = 2.0 * f64::from(rows) * f64::from(n) * f64::from(n);
+                state.meters.done(true, Some((secs, ops)));
+                record_work(&state.meters, ops, secs, stats.as_ref());
+                let ShardOutput { leaves, rows: values, check } = output;
+                if let Some(cost) = check {
+                    let (c, s) = (cost.check.as_secs_f64(), cost.shard.as_secs_f64());
+                    m::freivalds_check(state.meters.labels(), true, Some((c, s)));
+                }
+                let check = check.map(check_timing);
+                // Plain data: a panic elsewhere while it was held leaves nothing half-done in it.
+                let mut c = state.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match (values, recomputable) {
+                    (Some(values), _) => c.insert(key, first, n, values),
+                    (None, Some(shard)) => c.insert_recomputable(key, state.index, shard),
+                    (None, None) => {}
+                }
+                match tree {
+                    Some(tree) => {
+                        let root = tree.root();
+                        c.insert_tree(key, first, tree);
+                        ShardAnswer::Root { shard_id, root, check }
+                    }
+                    None => ShardAnswer::Done { shard_id, leaves, check },
+                }
+            }
+        }
+    }
+}
+
+/// A shard that failed: counted, and answered `Failed`.
+fn failed(state: &DeviceState, shard_id: u64, reason: String) -> ShardAnswer {
+    state.meters.done(false, None);
+    ShardAnswer::Failed { shard_id, reason }
+}
+
+/// A shard cancelled by the coordinator: counted and logged; its `Failed` answer is never sent.
+fn cancelled(state: &DeviceState, shard_id: u64, at: CancelledAt) -> ShardAnswer {
+    m::shard_cancelled(at);
+    tracing::debug!(device = state.index, shard_id, at = at.as_str(), "shard cancelled");
+    ShardAnswer::Failed { shard_id, reason: "cancelled by the coordinator".into() }
 }
 
 /// Lets an at-once answer's device time, `hold` from `started`, pass before it leaves, serving the agent's

@@ -96,7 +96,7 @@ pub async fn start(
         max_restarts: options.max_restarts,
         meters: m::ShardMeters::new(labels),
         cache,
-        in_flight: Semaphore::new(backend.concurrent_shards().max(1)),
+        in_flight: Arc::new(Semaphore::new(backend.concurrent_shards().max(1))),
         keeps_rows: backend.keeps_rows_cheaply(),
     });
     m::device_healthy(state.meters.labels(), true);

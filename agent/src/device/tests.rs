@@ -342,12 +342,14 @@ fn out_of_memory_keeps_the_device_and_a_lost_context_asks_for_a_restart() {
 }
 
 /// A GPU-like device: C is not in host memory, so rows are not kept (asserted) and a spot check's row is
-/// recomputed on the device. `corrupt_row` makes the device get one row wrong on its first run only.
+/// recomputed on the device. `corrupt_row` makes the device get one row wrong on its first run only;
+/// `at_once` makes it answer at once ([`Backend::answers_at_once`]).
 #[derive(Debug)]
 struct DeviceMemoryBackend {
     inner: cpc_kernels::CpuBackend,
     corrupt_row: Option<u32>,
     runs: Mutex<Vec<(std::ops::Range<u32>, bool)>>,
+    at_once: Option<Duration>,
 }
 
 impl Backend for DeviceMemoryBackend {
@@ -379,22 +381,33 @@ impl Backend for DeviceMemoryBackend {
     fn keeps_rows_cheaply(&self) -> bool {
         false
     }
+    fn answers_at_once(&self, _: &Shard) -> Option<Duration> {
+        self.at_once
+    }
 }
 
+/// On the device's worker, and answered at once on the agent's thread alike.
 #[test]
 fn a_device_that_keeps_no_rows_recomputes_the_row_a_spot_check_asks_for() {
+    for (index, at_once) in [(30, None), (31, Some(Duration::ZERO))] {
+        recomputes_the_row_a_spot_check_asks_for(index, at_once);
+    }
+}
+
+fn recomputes_the_row_a_spot_check_asks_for(index: u32, at_once: Option<Duration>) {
     actix_rt::System::new().block_on(async {
         let backend = Arc::new(DeviceMemoryBackend {
             inner: cpc_kernels::CpuBackend::new(1).expect("cpu"),
             corrupt_row: Some(9),
             runs: Mutex::new(Vec::new()),
+            at_once,
         });
         let rows = cache();
         let opts = options(Duration::from_secs(60));
-        let device = start(30, backend.clone(), rows.clone(), Health::default(), &opts)
+        let device = start(index, backend.clone(), rows.clone(), Health::default(), &opts)
             .await
             .expect("start");
-        let answer = device.addr.send(run_shard(7, "gpu-like", 30)).await.expect("answer");
+        let answer = device.addr.send(run_shard(7, "gpu-like", index)).await.expect("answer");
         let ShardAnswer::Done { leaves, .. } = answer else { panic!("{answer:?}") };
         assert_eq!(
             backend.runs.lock().expect("runs").as_slice(),
@@ -411,9 +424,10 @@ fn a_device_that_keeps_no_rows_recomputes_the_row_a_spot_check_asks_for() {
         for row in [0u32, 5, 9, 15] {
             let source =
                 rows.lock().expect("cache").source(ShardKey { session: 0, shard_id: 7 }, row);
-            let RowSource::Recompute { device: 30, shard } = source else {
+            let RowSource::Recompute { device: on, shard } = source else {
                 panic!("row {row}: {source:?}")
             };
+            assert_eq!(on, index);
             assert_eq!(shard.rows, row..row + 1);
             let answer =
                 device.addr.send(RecomputeRow { shard_id: 7, shard }).await.expect("answer");
