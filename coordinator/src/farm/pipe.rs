@@ -28,10 +28,8 @@ use cpc_common::{
         MAX_PIPE_BATCH, OpenShardPipe, Request, ShardPipeAnswers, ShardPipeOrder, ShardPipeOrders,
     },
 };
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-};
+use rustc_hash::FxHashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 /// What the scheduler asks of a pipe.
@@ -42,8 +40,9 @@ enum Command {
     Cancel(ShardId),
 }
 
-/// Shards sent on a pipe and not yet answered or cancelled, with whether each was asked for its root.
-type InFlight = Arc<Mutex<HashMap<ShardId, (Dispatch, bool)>>>;
+/// Shards sent on a pipe and not yet answered or cancelled, with whether each was asked for its root (keyed
+/// by the ids this coordinator hands out: FxHash).
+type InFlight = Arc<Mutex<FxHashMap<ShardId, (Dispatch, bool)>>>;
 
 /// Why a pipe ended.
 #[derive(Debug)]

@@ -342,9 +342,12 @@ struct Flight {
     unit: usize,
     device: DeviceId,
     started: Instant,
-    /// Its timers, removed when it ends (a farm dispatching tens of thousands of shards a second must not
-    /// keep one timer per shard for the whole shard timeout).
-    timers: [Option<Instant>; 2],
+    /// When it times out (none past `Instant`'s range).
+    timeout_at: Option<Instant>,
+    /// Its one timer in [`Schedule::timers`]: its straggler time until that passes, then its timeout.
+    /// Removed when it ends: a farm dispatching tens of thousands of shards a second must not keep a timer
+    /// per shard for the whole shard timeout, and one timer a flight is half the work of two.
+    armed: Option<(Instant, Timer)>,
 }
 
 #[derive(Debug, Default)]
@@ -675,8 +678,13 @@ impl Schedule {
                     }
                 }
                 Timer::Straggler(shard) => {
-                    if self.flights.contains_key(&shard) {
+                    if let Some(f) = self.flights.get_mut(&shard) {
                         self.late.insert(shard);
+                        // Its timeout next (handled in this loop already if it is due too).
+                        f.armed = f.timeout_at.map(|at| (at, Timer::ShardTimeout(shard)));
+                        if let Some(timer) = f.armed {
+                            self.timers.insert(timer);
+                        }
                     }
                 }
                 Timer::Deadline(job) => {
@@ -897,20 +905,23 @@ impl Schedule {
             stat.names = Some(d.names.clone());
         }
         let timeout_at = now.checked_add(self.policy.shard_timeout);
-        if let Some(at) = timeout_at {
-            self.timers.insert((at, Timer::ShardTimeout(shard_id)));
-        }
         let straggler = &self.policy.straggler;
         let late_at = Duration::try_from_secs_f64(expected.as_secs_f64() * straggler.factor)
             .ok()
             .and_then(|late| now.checked_add(late)?.checked_add(straggler.grace));
-        if let Some(at) = late_at {
-            self.timers.insert((at, Timer::Straggler(shard_id)));
+        // The straggler timer first, when it comes before the timeout; the timeout is armed when it fires.
+        let armed = match (late_at, timeout_at) {
+            (Some(late), Some(timeout)) if late < timeout => {
+                Some((late, Timer::Straggler(shard_id)))
+            }
+            (Some(late), None) => Some((late, Timer::Straggler(shard_id))),
+            (_, timeout) => timeout.map(|at| (at, Timer::ShardTimeout(shard_id))),
+        };
+        if let Some(timer) = armed {
+            self.timers.insert(timer);
         }
-        self.flights.insert(
-            shard_id,
-            Flight { job, unit: u, device, started: now, timers: [timeout_at, late_at] },
-        );
+        self.flights
+            .insert(shard_id, Flight { job, unit: u, device, started: now, timeout_at, armed });
         if silent {
             // Hedged: the first other device to free up takes a copy (the straggler path), so a silently
             // dead agent costs no block task once it owes answers.
@@ -981,11 +992,8 @@ impl Schedule {
             }
         }
         self.late.remove(&shard);
-        if let Some(at) = f.timers[0] {
-            self.timers.remove(&(at, Timer::ShardTimeout(shard)));
-        }
-        if let Some(at) = f.timers[1] {
-            self.timers.remove(&(at, Timer::Straggler(shard)));
+        if let Some(timer) = f.armed {
+            self.timers.remove(&timer);
         }
         if let Some(d) = self.devices.get_mut(&f.device) {
             d.busy = d.busy.saturating_sub(1);

@@ -398,6 +398,11 @@ fn timeouts_retry_elsewhere_and_a_failing_device_is_dropped_from_the_job() {
     assert!(straggler > t0 + SEC && straggler < t0 + 2 * SEC, "the straggler time comes first");
     assert!(dispatches(&s.wake(straggler)).is_empty(), "no other device to re-issue to");
     let timeout = t0 + 60 * SEC;
+    assert_eq!(
+        s.next_wake(),
+        Some(timeout),
+        "past its straggler time, the shard's timeout is armed"
+    );
     let actions = s.wake(timeout);
     assert_eq!(aborts(&actions), vec![sent[0].shard_id]);
     let mut retry = dispatches(&actions);
