@@ -6,7 +6,7 @@
 //! O(n) work).
 
 use crate::hashing::{Digest32, sha256, sha256_hex};
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 /// Largest matrix size for which `i8 × i8` sums stay exact in `i32`.
 pub const MAX_MATRIX_SIZE: u32 = 65_536;
@@ -139,11 +139,12 @@ pub fn matrix_ids(iteration: u32) -> (u32, u32) {
 ///
 /// Valid by construction: [`Challenge::new`] checks the spec's bounds (1 ≤ n ≤ [`MAX_MATRIX_SIZE`],
 /// iterations ≥ 1), the fields are private, and deserialisation goes through the same check, so code that
-/// holds a `Challenge` never checks it again.
+/// holds a `Challenge` never checks it again. The seed is shared by its clones: a coordinator copies a
+/// challenge into every shard it sends.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "ChallengeFields")]
 pub struct Challenge {
-    seed: String,
+    seed: Arc<str>,
     matrix_size: u32,
     iterations: u32,
 }
@@ -177,7 +178,7 @@ impl Challenge {
         if iterations == 0 {
             return Err(SyntheticError::Iterations);
         }
-        Ok(Self { seed: seed.into(), matrix_size, iterations })
+        Ok(Self { seed: seed.into().into(), matrix_size, iterations })
     }
 
     /// The seed string (block tasks: `sha256_hex(block_hash + worker_address)`).

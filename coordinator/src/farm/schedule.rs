@@ -870,7 +870,13 @@ impl Schedule {
         if !j.served {
             j.served = true;
             self.service_seq += 1;
-            self.last_served.insert(j.spec.owner.clone(), self.service_seq);
+            // The owner's name is cloned only the first time it is served.
+            match self.last_served.get_mut(&j.spec.owner) {
+                Some(seq) => *seq = self.service_seq,
+                None => {
+                    self.last_served.insert(j.spec.owner.clone(), self.service_seq);
+                }
+            }
         }
         self.dispatch(now, job, u, device, out);
     }
