@@ -266,9 +266,9 @@ impl Handler<Compute> for DeviceActor {
             Ok(run) => run,
             Err(answer) => return Response::reply(answer),
         };
-        // A shard its device answers at once ([`Backend::answers_at_once`]), with a slot free, is run here
-        // and, once its hold is over, answered without a task of its own: a stand-in device answers
-        // thousands of shards a second, and a task and a boxed future cost each about as much as its call.
+        // A shard its device answers at once (`Backend::answers_at_once`), with a slot free, runs here and,
+        // once its hold is over, is answered without a task of its own: a stand-in device answers thousands
+        // of shards a second, and a task and a boxed future each cost about as much as the call itself.
         if let Some(hold) = state.worker.answers_at_once(&run.shard)
             && !run.cancel.is_cancelled()
             && let Ok(slot) = Arc::clone(&state.in_flight).try_acquire_owned()
