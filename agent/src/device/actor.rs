@@ -269,7 +269,8 @@ impl Handler<Compute> for DeviceActor {
         // A shard its device answers at once (`Backend::answers_at_once`), with a slot free, runs here and,
         // once its hold is over, is answered without a task of its own: a stand-in device answers thousands
         // of shards a second, and a task and a boxed future each cost about as much as the call itself.
-        if let Some(hold) = state.worker.answers_at_once(&run.shard)
+        let at_once = state.worker.answers_at_once(&run.shard);
+        if let Some(hold) = at_once
             && !run.cancel.is_cancelled()
             && let Ok(slot) = Arc::clone(&state.in_flight).try_acquire_owned()
         {
@@ -288,7 +289,7 @@ impl Handler<Compute> for DeviceActor {
                 answer
             });
         }
-        Response::fut(run.run(state.clone()))
+        Response::fut(run.run(state.clone(), at_once))
     }
 }
 
@@ -339,8 +340,8 @@ impl ShardRun {
     }
 
     /// Waits for a slot on the device (a shard cancelled meanwhile is dropped unrun), runs the shard and
-    /// answers it.
-    async fn run(self, state: Arc<DeviceState>) -> ShardAnswer {
+    /// answers it; `at_once` is what the backend's [`Backend::answers_at_once`] said of it.
+    async fn run(self, state: Arc<DeviceState>, at_once: Option<Duration>) -> ShardAnswer {
         let permit = tokio::select! {
             biased;
             () = self.cancel.cancelled() => {
@@ -351,7 +352,7 @@ impl ShardRun {
         let Ok(_slot) = permit else {
             return failed(&state, self.key.shard_id, "device is shutting down".into());
         };
-        match state.worker.answers_at_once(&self.shard) {
+        match at_once {
             Some(hold) => {
                 let (out, ran) = match self.call_here(&state) {
                     Ok(called) => called,
