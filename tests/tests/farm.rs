@@ -79,9 +79,22 @@ async fn shutdown(farm: FarmHandle) {
     tokio::task::spawn_blocking(move || farm.shutdown()).await.expect("shutdown");
 }
 
+/// The farm's QUIC I/O on the scheduler's own thread (the default on a host of 3 cores or fewer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn farm_three_agents_match_single_process() {
-    let farm = farm::start(farm_config()).expect("farm");
+async fn farm_three_agents_match_single_process_with_io_on_the_scheduler_thread() {
+    three_agents_match_single_process(0).await;
+}
+
+/// The farm's QUIC I/O on worker threads of its own (the default on a larger host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn farm_three_agents_match_single_process_with_io_workers() {
+    three_agents_match_single_process(2).await;
+}
+
+/// A job sharded over three agents, spot-checked and Freivalds-checked, gives the single-process result,
+/// with the farm's I/O on `io_threads` workers (0: on the scheduler's thread).
+async fn three_agents_match_single_process(io_threads: usize) {
+    let farm = farm::start(FarmConfig { io_threads, ..farm_config() }).expect("farm");
     let agents: Vec<AgentThread> = (0..3)
         .map(|i| AgentThread::spawn(even_agent_config(&farm, &format!("a{i}")), one_device(cpu())))
         .collect();

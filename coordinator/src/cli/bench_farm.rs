@@ -101,6 +101,14 @@ pub(crate) struct FarmBenchArgs {
     /// Seconds to wait for every simulated device to connect.
     #[arg(long, default_value_t = DEFAULT_WAIT_SECS, help_heading = "Farm bench")]
     wait: u64,
+    /// Worker threads for the farm's QUIC I/O; 0 runs it on the scheduler's thread [default: half the
+    /// cores beyond two, at most 8].
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(farm::MAX_IO_THREADS)),
+        help_heading = "Farm bench"
+    )]
+    io_threads: Option<u32>,
 }
 
 fn parse_tops(text: &str) -> Result<f64, String> {
@@ -180,6 +188,8 @@ pub(crate) struct BlockReport {
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FarmBenchReport {
+    /// The farm's I/O worker threads (0: on the scheduler's thread).
+    io_threads: usize,
     agents: u32,
     devices_per_agent: u32,
     devices: u32,
@@ -391,6 +401,10 @@ pub(crate) async fn run(g: &GlobalArgs, args: FarmBenchArgs) -> anyhow::Result<E
     config.shutdown = shutdown.clone();
     // Simulated devices answer wrong leaves: a spot check would quarantine every one of them.
     config.spot_check = SpotCheckConfig { rows_per_shard: 0, ..SpotCheckConfig::default() };
+    if let Some(threads) = args.io_threads {
+        config.io_threads = threads as usize;
+    }
+    let io_threads = config.io_threads;
     let farm = farm::start(config)?;
     let mut agents = AgentProcesses::default();
     // The farm stops on the same token, so its jobs may fail with "shut down" in the same instant:
@@ -398,7 +412,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: FarmBenchArgs) -> anyhow::Result<E
     let result = tokio::select! {
         biased;
         () = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted: the agents are stopped")),
-        r = bench(&farm, &args, &agent_bin, &mut agents, g.json) => r,
+        r = bench(&farm, &args, io_threads, &agent_bin, &mut agents, g.json) => r,
     };
     let result = match result {
         Err(e) if shutdown.is_cancelled() => Err(e.context("interrupted: the agents are stopped")),
@@ -422,6 +436,7 @@ pub(crate) async fn run(g: &GlobalArgs, args: FarmBenchArgs) -> anyhow::Result<E
 async fn bench(
     farm: &FarmHandle,
     args: &FarmBenchArgs,
+    io_threads: usize,
     agent_bin: &Path,
     agents: &mut AgentProcesses,
     json: bool,
@@ -436,13 +451,17 @@ async fn bench(
     if !json {
         println!(
             "farm bench: {} agents x {} simulated devices of {} TOPS, {} identities at n = {n}, {} blocks; \
-             one task takes {} on one device",
+             one task takes {} on one device; the farm's I/O {}",
             args.agents,
             args.devices_per_agent,
             args.device_tops,
             args.identities,
             args.blocks,
-            show_seconds(task_seconds)
+            show_seconds(task_seconds),
+            match io_threads {
+                0 => "on the scheduler's thread".to_owned(),
+                n => format!("on {n} worker threads"),
+            }
         );
     }
     let addresses: Vec<String> = (0..args.identities).map(made_up_address).collect();
@@ -499,6 +518,7 @@ async fn bench(
     let shards: u64 = per_block.iter().map(|b| b.shards_dispatched).sum();
     let busy: f64 = per_block.iter().map(|b| b.all_ready_seconds).sum();
     Ok(FarmBenchReport {
+        io_threads,
         agents: args.agents,
         devices_per_agent: args.devices_per_agent,
         devices,

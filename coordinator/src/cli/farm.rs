@@ -48,6 +48,14 @@ pub(crate) struct FarmArgs {
     /// Seconds a shard may take before its rows go to another device.
     #[arg(long, default_value_t = farm::DEFAULT_SHARD_TIMEOUT.as_secs(), help_heading = "Farm")]
     pub(crate) shard_timeout: u64,
+    /// Worker threads for the farm's QUIC I/O; 0 runs it on the scheduler's thread [default: half the
+    /// cores beyond two, at most 8].
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(farm::MAX_IO_THREADS)),
+        help_heading = "Farm"
+    )]
+    pub(crate) io_threads: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +93,9 @@ fn start(args: &FarmArgs, shutdown: &CancellationToken) -> anyhow::Result<(FarmH
     let mut config = FarmConfig::new(args.listen, identity);
     config.metrics_listen = args.metrics;
     config.shard_timeout = Duration::from_secs(args.shard_timeout.max(1));
+    if let Some(threads) = args.io_threads {
+        config.io_threads = threads as usize;
+    }
     config.shutdown = shutdown.clone();
     let handle = farm::start(config)?;
     let public = args.public_addr.clone().unwrap_or_else(|| handle.local_addr().to_string());

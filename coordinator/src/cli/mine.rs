@@ -71,6 +71,10 @@ pub(crate) struct RunArgs {
     /// Agents to wait for before mining (farm mode).
     #[arg(long, default_value_t = 0, help_heading = "Mining")]
     min_agents: usize,
+    /// Worker threads for the farm's QUIC I/O; 0 runs it on the scheduler's thread [default: half the
+    /// cores beyond two, at most 8].
+    #[arg(long, env = "CPC_IO_THREADS", help_heading = "Mining")]
+    io_threads: Option<u32>,
     /// Stop after this many new blocks have been mined and their submissions settled (0: run until
     /// interrupted), then print the report.
     #[arg(long, default_value_t = 0, help_heading = "Mining")]
@@ -137,6 +141,7 @@ fn layers(g: &GlobalArgs, args: &RunArgs, matches: &ArgMatches) -> (Layer, Layer
         &mut l.max_validator_matrix_size
     });
     split.put("scheduling", v.scheduling.clone(), |l| &mut l.scheduling);
+    split.put("io_threads", args.io_threads, |l| &mut l.io_threads);
     split.put("min_agents", Some(args.min_agents), |l| &mut l.min_agents);
     split.put("stop_after_blocks", Some(args.stop_after_blocks), |l| &mut l.stop_after_blocks);
     split.put("settle_timeout", Some(args.settle_timeout), |l| &mut l.settle_timeout_secs);

@@ -130,6 +130,9 @@ pub struct FarmConfig {
     pub scheduling: SchedulingPolicy,
     /// Handshakes in progress at once (more are refused).
     pub max_pending_handshakes: usize,
+    /// Worker threads for the farm's QUIC and shard I/O tasks; 0 runs them on the scheduler's own thread.
+    /// [`default_io_threads`] by default.
+    pub io_threads: usize,
     /// What `/readyz` requires besides a started farm (nothing by default; `run` adds an L1, funded
     /// identities and, in farm mode, a usable device).
     pub readiness: Arc<crate::readiness::Readiness>,
@@ -157,6 +160,7 @@ impl FarmConfig {
             spot_check: SpotCheckConfig::default(),
             scheduling: SchedulingPolicy::default(),
             max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            io_threads: default_io_threads(),
             readiness: Arc::default(),
             shutdown: CancellationToken::new(),
         }
@@ -510,10 +514,12 @@ pub fn start(config: FarmConfig) -> Result<FarmHandle, FarmError> {
     // Its own child: `FarmHandle::shutdown` stops this farm, not whatever else shares the parent.
     let stop = config.shutdown.child_token();
     let stopped = stop.clone();
-    // The actors run on the arbiter's thread; QUIC and the shard I/O tasks (`tokio::spawn`) on a few
-    // worker threads, so that encryption and spot checks of thousands of shards a second do not queue
-    // behind the scheduler.
-    let runtime = SubsystemRuntime::MultiThread { workers: farm_io_threads(), name: "cpc-farm-io" };
+    // The actors run on the arbiter's thread; QUIC and the shard I/O tasks (`tokio::spawn`) there too, or
+    // on worker threads of their own (see `default_io_threads`).
+    let runtime = match config.io_threads {
+        0 => SubsystemRuntime::CurrentThread,
+        workers => SubsystemRuntime::MultiThread { workers, name: "cpc-farm-io" },
+    };
     let subsystem = Subsystem::start(runtime, move || async move {
         let (endpoint, scheduler) = match start_actors(config).await {
             Ok((parts, endpoint)) => {
@@ -592,7 +598,18 @@ async fn start_actors(config: FarmConfig) -> Result<(Parts, quinn::Endpoint), Fa
     Ok((parts, endpoint))
 }
 
-/// Worker threads of the farm's I/O runtime: half the cores, 2 to 8.
-fn farm_io_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| (n.get() / 2).clamp(2, 8))
+/// Most worker threads [`FarmConfig::io_threads`] is set to by the operator's settings.
+pub const MAX_IO_THREADS: u32 = 64;
+
+/// Worker threads of the farm's I/O runtime by default: half of the cores beyond two, at most 8; none (the
+/// I/O runs on the scheduler's thread) on a host of 3 cores or fewer.
+///
+/// Each hand-off between the scheduler's thread and an I/O worker is a thread wake-up: on a 2-core host,
+/// two workers cost the farm about a fifth more CPU per shard than none, and raised the shard round trip's
+/// p99 with 200 devices (`bench farm`, measured on 2 vCPUs). Workers pay off where they have cores of their
+/// own, leaving one to the scheduler and one to the rest of the process (the miner, blocking threads for
+/// roots and spot checks): there the I/O of a very busy farm (its QUIC encryption above all) no longer
+/// shares the scheduler's thread.
+pub fn default_io_threads() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| (n.get().saturating_sub(2) / 2).min(8))
 }

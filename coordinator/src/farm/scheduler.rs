@@ -28,6 +28,10 @@ use tokio::sync::oneshot;
 /// thread (4096 leaves: about 0.45 ms of hashing).
 const INLINE_ROOT_ROWS: u64 = 4096;
 
+/// The same where the I/O runs on the scheduler's own thread (`FarmConfig::io_threads` 0), which the
+/// hashing would hold up: 256 leaves, about 30 µs, roughly what handing it to a blocking thread costs.
+const INLINE_ROOT_ROWS_ON_SCHEDULER: u64 = 256;
+
 /// What a job's caller is answered.
 pub type JobResult = Result<JobReport, JobError>;
 
@@ -239,14 +243,19 @@ impl Scheduler {
                 let _ = reply.send(Err(e));
             }
             Ok(done) => {
-                // About one SHA-256 per leaf, off the actor's thread: a small job's root (at most
-                // INLINE_ROOT_ROWS leaves, under half a millisecond) on the farm's I/O workers, where a
-                // blocking thread's hand-off would cost about as much as the hashing; a larger one on a
-                // blocking thread, so that it holds up no QUIC stream. A job whose every iteration came
-                // as a root (every small job on a current agent) has no leaf to hash: its result is
-                // ready here.
+                // About one SHA-256 per leaf, off the actor's handler: a small job's root on the farm's
+                // I/O runtime, where a blocking thread's hand-off would cost about as much as the hashing
+                // (at most INLINE_ROOT_ROWS leaves, under half a millisecond, on I/O workers; fewer on
+                // the scheduler's own thread); a larger one on a blocking thread, so that it holds up no
+                // QUIC stream. A job whose every iteration came as a root (every small job on a current
+                // agent) has no leaf to hash: its result is ready here.
                 let to_hash = done.leaves.leaves_to_hash();
-                let small = to_hash <= INLINE_ROOT_ROWS;
+                let inline_limit = if self.config.io_threads == 0 {
+                    INLINE_ROOT_ROWS_ON_SCHEDULER
+                } else {
+                    INLINE_ROOT_ROWS
+                };
+                let small = to_hash <= inline_limit;
                 let build = move || {
                     let FinishedJob { leaves, mut report } = *done;
                     let answer = match leaves.root() {

@@ -56,6 +56,9 @@ pub struct ConfigFile {
     pub max_validator_matrix_size: Option<u32>,
     /// Order of block tasks and validator jobs: `block_first` (default) or `fifo`.
     pub scheduling: Option<String>,
+    /// Worker threads for the farm's QUIC I/O, 0 to run it on the scheduler's thread (default: half the
+    /// cores beyond two, at most 8).
+    pub io_threads: Option<u32>,
     /// Days to keep settled tasks and answered validator jobs in the journal (0: keep forever).
     pub journal_retention_days: Option<u64>,
 }

@@ -177,6 +177,7 @@ pub(super) fn not_in_place(old: &Settings, new: &Settings) -> Vec<&'static str> 
     check(old.compute != new.compute, "compute");
     check(old.keystore != new.keystore, "keystore");
     check(old.scheduling != new.scheduling, "scheduling");
+    check(old.io_threads != new.io_threads, "io_threads");
     check(old.poll_interval != new.poll_interval, "poll_interval_ms");
     check(old.journal_retention != new.journal_retention, "journal_retention_days");
     names

@@ -35,7 +35,7 @@ enum Shape {
     U64,
 }
 
-const KEYS: [(&str, Shape); 12] = [
+const KEYS: [(&str, Shape); 13] = [
     ("nodes", Shape::Strings),
     ("identities", Shape::Strings),
     ("keystore", Shape::Text),
@@ -48,6 +48,7 @@ const KEYS: [(&str, Shape); 12] = [
     ("compute", Shape::Text),
     ("max_validator_matrix_size", Shape::U32),
     ("scheduling", Shape::Text),
+    ("io_threads", Shape::U32),
 ];
 
 /// Whether `value` fits a key of `shape` (TOML integers are i64).

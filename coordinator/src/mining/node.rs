@@ -552,6 +552,9 @@ fn start_farm(
     config.metrics_listen = settings.metrics;
     config.readiness = Arc::clone(readiness);
     config.scheduling = settings.scheduling;
+    if let Some(threads) = settings.io_threads {
+        config.io_threads = threads;
+    }
     config.shutdown = shutdown.clone();
     farm::metrics::init_identity_series(settings.identities.iter().map(String::as_str));
     Ok((farm::start(config)?, token_file))

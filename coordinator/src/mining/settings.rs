@@ -123,6 +123,12 @@ pub enum SettingsError {
     /// `scheduling` is neither `block_first` nor `fifo`.
     #[error("{0}")]
     InvalidScheduling(String),
+    /// `io_threads` is over [`crate::farm::MAX_IO_THREADS`].
+    #[error(
+        "invalid io_threads {0}: expected 0 (the farm's I/O on its scheduler's thread) to {max}",
+        max = crate::farm::MAX_IO_THREADS
+    )]
+    InvalidIoThreads(u32),
 }
 
 impl SettingsError {
@@ -172,6 +178,8 @@ pub struct Layer {
     pub max_validator_matrix_size: Option<u32>,
     /// `block_first` or `fifo`.
     pub scheduling: Option<String>,
+    /// Worker threads for the farm's QUIC I/O (0: on the scheduler's thread).
+    pub io_threads: Option<u32>,
     /// Agents to wait for before mining (farm mode).
     pub min_agents: Option<usize>,
     /// Blocks to mine before stopping (0: until interrupted).
@@ -247,6 +255,8 @@ pub struct Settings {
     pub max_validator_matrix_size: u32,
     /// Order of block tasks and validator jobs.
     pub scheduling: SchedulingPolicy,
+    /// Worker threads for the farm's QUIC I/O, 0 for none (`None`: the farm's default for this host).
+    pub io_threads: Option<usize>,
     /// How long settled journal rows are kept (`None`: forever).
     pub journal_retention: Option<Duration>,
     /// Agents to wait for before mining (farm mode).
@@ -316,6 +326,13 @@ impl Settings {
                 Some(s) => s.parse().map_err(SettingsError::InvalidScheduling)?,
                 None => SchedulingPolicy::default(),
             };
+        let io_threads = match sources.layered(|l| &l.io_threads).or(file.io_threads) {
+            Some(n) if n > crate::farm::MAX_IO_THREADS => {
+                return Err(SettingsError::InvalidIoThreads(n));
+            }
+            Some(n) => Some(n as usize),
+            None => None,
+        };
         let retention_days = sources
             .layered(|l| &l.journal_retention_days)
             .or(file.journal_retention_days)
@@ -351,6 +368,7 @@ impl Settings {
             validators,
             max_validator_matrix_size,
             scheduling,
+            io_threads,
             journal_retention,
             min_agents: sources.layered(|l| &l.min_agents).unwrap_or(0),
             stop_after_blocks: sources.layered(|l| &l.stop_after_blocks).unwrap_or(0),
@@ -489,7 +507,14 @@ mod tests {
         sources.env.keystore = Some("/env/keys".into());
         sources.file.keystore = Some("/file/keys".into());
         sources.file.listen = Some("127.0.0.1:9".into());
+        sources.env.io_threads = Some(0);
+        sources.file.io_threads = Some(4);
         let s = resolve(&sources);
+        assert_eq!(
+            s.io_threads,
+            Some(0),
+            "0 is a setting (the scheduler's thread), not an absence"
+        );
         assert_eq!((s.matrix_size, s.identities.as_slice()), (64, &["w1".to_owned()][..]));
         assert_eq!((s.compute, s.keystore.as_path()), (ComputeMode::Local, "/env/keys".as_ref()));
         assert_eq!(s.listen, "127.0.0.1:9".parse().expect("addr"));
@@ -502,6 +527,13 @@ mod tests {
         let s = resolve(&sources);
         assert_eq!((s.matrix_size, s.identities.as_slice()), (256, &["file".to_owned()][..]));
         assert_eq!((s.compute, s.keystore.as_path()), (ComputeMode::Farm, "/file/keys".as_ref()));
+        assert_eq!(s.io_threads, Some(4));
+        sources.file.io_threads = None;
+        assert_eq!(
+            resolve(&sources).io_threads,
+            None,
+            "none given: the farm's default for the host"
+        );
     }
 
     /// The reported case: `--node`/`CPC_NODE` lost to the config file's `nodes`.
@@ -560,7 +592,7 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_usage_errors_that_name_the_setting() {
-        let cases: [(Breakage, &str); 10] = [
+        let cases: [(Breakage, &str); 11] = [
             (|s| s.flags.identities.clear(), "no worker identity: pass --identity NAME"),
             (|s| s.flags.identities = strings(&["a", "b", "a"]), "identity `a` is listed twice"),
             (
@@ -580,6 +612,10 @@ mod tests {
                 "invalid gas_price 1: the L1 drops transactions under",
             ),
             (|s| s.file.scheduling = Some("lifo".into()), "invalid scheduling `lifo`"),
+            (
+                |s| s.env.io_threads = Some(65),
+                "invalid io_threads 65: expected 0 (the farm's I/O on its scheduler's thread) to 64",
+            ),
         ];
         for (break_it, message) in cases {
             let mut sources = minimal();
