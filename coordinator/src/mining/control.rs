@@ -205,10 +205,13 @@ mod tests {
         new.data_dir = "/elsewhere".into();
         new.listen = "127.0.0.1:1".parse().expect("addr");
         new.scheduling = crate::mining::priority::SchedulingPolicy::Fifo;
-        assert_eq!(not_in_place(&old, &new), ["data_dir", "listen", "scheduling"]);
+        new.io_threads = Some(0);
+        assert_eq!(not_in_place(&old, &new), ["data_dir", "listen", "scheduling", "io_threads"]);
         let e = ReloadError::NotInPlace(not_in_place(&old, &new));
         assert!(
-            e.to_string().contains("data_dir, listen, scheduling cannot change without a restart")
+            e.to_string().contains(
+                "data_dir, listen, scheduling, io_threads cannot change without a restart"
+            )
         );
     }
 
