@@ -605,8 +605,8 @@ pub const MAX_IO_THREADS: u32 = 64;
 /// I/O runs on the scheduler's thread) on a host of 3 cores or fewer.
 ///
 /// Each hand-off between the scheduler's thread and an I/O worker is a thread wake-up. On 2 vCPUs
-/// (`bench farm` with 200 devices, interleaved runs), the coordinator spent 13-28 % less CPU with none
-/// than with two, and the shard round trip's p99 was lower in most runs. Workers pay off where
+/// (`bench farm` with 200 devices, sixteen interleaved pairs of runs), the coordinator spent 3-32 % less
+/// CPU with none than with two, and the shard round trip's p99 was lower in 11 of 16. Workers pay off where
 /// they have cores of their own, leaving one to the scheduler and one to the rest of the process (the
 /// miner, blocking threads for roots and spot checks): there the I/O of a very busy farm (its QUIC
 /// encryption above all) no longer shares the scheduler's thread.
