@@ -366,8 +366,7 @@ impl ShardRun {
                     Ok(begun) => begun,
                     Err(answer) => return answer,
                 };
-                let (shard_id, rows, n) = (ran.key.shard_id, ran.rows, ran.n);
-                let what = move || format!("shard {shard_id} ({rows} rows at n={n})");
+                let what = ran.what();
                 let (answer_with, keep_rows, token) =
                     (ran.answer_with, state.keeps_rows, ran.cancel.token.clone());
                 let out = state
@@ -383,8 +382,7 @@ impl ShardRun {
     /// Runs the shard on this thread ([`Backend::answers_at_once`]); its slot is taken.
     fn call_here(self, state: &DeviceState) -> Result<(CallOutcome, Ran), ShardAnswer> {
         let (mut ran, shard) = self.begin(state, false)?;
-        let (shard_id, rows, n) = (ran.key.shard_id, ran.rows, ran.n);
-        let what = || format!("shard {shard_id} ({rows} rows at n={n})");
+        let what = ran.what();
         let token = &ran.cancel.token;
         let out = state.call_here(what, |backend| {
             call(backend, &shard, ran.answer_with, state.keeps_rows, token)
@@ -453,6 +451,12 @@ fn call(
 }
 
 impl Ran {
+    /// How a failed call names the shard (the watchdog's and the worker's messages).
+    fn what(&self) -> impl Fn() -> String + Send + 'static {
+        let (shard_id, rows, n) = (self.key.shard_id, self.rows, self.n);
+        move || format!("shard {shard_id} ({rows} rows at n={n})")
+    }
+
     /// The shard's answer from what its call gave: the output kept for spot checks and answered, or the
     /// failure dealt with (a device that failed is quarantined or restarted). A shard cancelled while it
     /// ran is not answered, and what came out of it not kept.

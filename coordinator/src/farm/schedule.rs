@@ -566,37 +566,27 @@ impl Schedule {
             }),
             id,
         };
-        if let Some(old) = self.devices.remove(&id) {
-            self.usable.remove(&old.key);
-            self.idle.remove(&old.key);
-            let busy = old.busy;
-            let silent_since = old.silent_since;
-            self.devices.insert(
-                id,
-                Device {
-                    names: DeviceNames::of(&entry),
-                    entry,
-                    key,
-                    usable: true,
-                    busy,
-                    silent_since,
-                    quarantined: old.quarantined,
-                },
-            );
-        } else {
-            self.devices.insert(
-                id,
-                Device {
-                    names: DeviceNames::of(&entry),
-                    entry,
-                    key,
-                    usable: true,
-                    busy: 0,
-                    silent_since: None,
-                    quarantined: false,
-                },
-            );
-        }
+        // A device added again keeps its shards in flight, its silence and its quarantine.
+        let (busy, silent_since, quarantined) = match self.devices.remove(&id) {
+            Some(old) => {
+                self.usable.remove(&old.key);
+                self.idle.remove(&old.key);
+                (old.busy, old.silent_since, old.quarantined)
+            }
+            None => (0, None, false),
+        };
+        self.devices.insert(
+            id,
+            Device {
+                names: DeviceNames::of(&entry),
+                entry,
+                key,
+                usable: true,
+                busy,
+                silent_since,
+                quarantined,
+            },
+        );
         self.usable.insert(key);
         self.refresh_idle(id);
         // Jobs that waited for a device this one can serve stop counting towards their failure.
